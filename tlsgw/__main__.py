@@ -1,0 +1,3 @@
+from tlsgw.cli import main
+
+raise SystemExit(main())
