@@ -1,0 +1,112 @@
+"""Command line: ``tlsgw serve|check|gencert|lab``.
+
+This is the only module that maps exceptions to exit codes:
+0 success, 1 invalid configuration (or bad command input), 3 start-up failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from tlsgw import __version__
+from tlsgw.errors import ConfigError, ConfigErrors, StartupError, TlsgwError
+
+EXIT_OK = 0
+EXIT_CONFIG = 1
+EXIT_STARTUP = 3
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    from tlsgw.config.load import load_config
+
+    cfg = load_config(args.config, check_files=True)
+    for warning in cfg.warnings:
+        print(f"tlsgw: [warn] {warning}", file=sys.stderr)
+    print(f"tlsgw: the configuration file {args.config} syntax is ok")
+    print(f"tlsgw: configuration file {args.config} test is successful")
+    return EXIT_OK
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from tlsgw.config.load import load_config
+    from tlsgw.supervisor import run_master
+
+    cfg = load_config(args.config, check_files=True)
+    for warning in cfg.warnings:
+        print(f"tlsgw: [warn] {warning}", file=sys.stderr)
+    return run_master(cfg)
+
+
+def _cmd_gencert(args: argparse.Namespace) -> int:
+    from tlsgw import gencert
+
+    return gencert.run(args)
+
+
+def _cmd_lab(args: argparse.Namespace) -> int:
+    from tlsgw import lab
+
+    return lab.run(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tlsgw",
+        description="TLS-terminating TCP stream gateway configured with nginx's stream directives in YAML.",
+    )
+    parser.add_argument("-V", "--version", action="version", version=f"tlsgw {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    p = sub.add_parser("serve", help="run the gateway", description="Run the gateway in the foreground. "
+                       "SIGTERM/SIGINT stop gracefully (drain up to worker_shutdown_timeout), "
+                       "SIGQUIT stops at once.")
+    p.add_argument("-c", "--config", required=True, metavar="FILE", help="YAML configuration file")
+    p.set_defaults(func=_cmd_serve)
+
+    p = sub.add_parser("check", help="validate a configuration file (like nginx -t)",
+                       description="Parse and validate FILE, resolve upstream names and check that "
+                       "referenced files exist, without binding any socket. Prints every problem as "
+                       "FILE:LINE: message; exits 0 if the file is valid, 1 otherwise.")
+    p.add_argument("-c", "--config", required=True, metavar="FILE", help="YAML configuration file")
+    p.set_defaults(func=_cmd_check)
+
+    from tlsgw import gencert
+
+    p = sub.add_parser("gencert", help="create lab certificates (CA, server, client)",
+                       description=gencert.DESCRIPTION)
+    gencert.add_arguments(p)
+    p.set_defaults(func=_cmd_gencert)
+
+    from tlsgw import lab
+
+    p = sub.add_parser("lab", help="run demo backends (echo/identify servers) for labs and demos",
+                       description=lab.DESCRIPTION)
+    lab.add_arguments(p)
+    p.set_defaults(func=_cmd_lab)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ConfigErrors as exc:
+        for err in exc.errors:
+            print(f"tlsgw: [emerg] {err}", file=sys.stderr)
+        print(f"tlsgw: configuration file {getattr(args, 'config', '')} test failed", file=sys.stderr)
+        return EXIT_CONFIG
+    except ConfigError as exc:
+        print(f"tlsgw: [emerg] {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except StartupError as exc:
+        print(f"tlsgw: [emerg] {exc}", file=sys.stderr)
+        return EXIT_STARTUP
+    except TlsgwError as exc:
+        print(f"tlsgw: error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,497 @@
+"""YAML → :class:`~tlsgw.config.model.Config`, with every problem reported as ``FILE:LINE: message``.
+
+The YAML is composed into a node tree (not constructed into Python objects) so that every value
+keeps its line number and its text exactly as written: ``on`` stays ``"on"`` rather than becoming
+``True``, and ``010`` stays ``"010"``. All problems are collected, then raised together as
+:class:`~tlsgw.errors.ConfigErrors`, so ``tlsgw check`` shows them all at once.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Iterator
+from types import SimpleNamespace
+from typing import Any
+
+import yaml
+
+from tlsgw.balancer import Method, validate
+from tlsgw.config import schema, units
+from tlsgw.config.addresses import AddressError, parse_listen, parse_upstream_server
+from tlsgw.config.model import (
+    AccessLog,
+    Config,
+    Listen,
+    LogTarget,
+    ServerConfig,
+    UpstreamConfig,
+    UpstreamServer,
+)
+from tlsgw.config.units import UnitError
+from tlsgw.errors import ConfigError, ConfigErrors
+from tlsgw.variables import Template, TemplateError
+
+Node = yaml.Node
+_CONTEXT_NAMES = {"main": "the top level", "server": "a servers entry",
+                  "upstream": "an upstreams entry", "peer": "an upstream server"}
+
+
+class _Stop(Exception):
+    """Raised after an error was recorded, to abandon the current item."""
+
+
+class Loader:
+    def __init__(self, path: str, check_files: bool):
+        self.path = path
+        self.check_files = check_files
+        self.errors: list[ConfigError] = []
+        self.warnings: list[str] = []
+
+    # ---- error helpers ------------------------------------------------------------------------
+    def error(self, node: Node | None, message: str) -> None:
+        line = node.start_mark.line + 1 if node is not None else None
+        self.errors.append(ConfigError(message, self.path, line))
+
+    def fail(self, node: Node | None, message: str) -> _Stop:
+        self.error(node, message)
+        return _Stop()
+
+    def items(self, node: Node, context: str, what: str) -> Iterator[tuple[str, Node, Node]]:
+        """Key/value pairs of a mapping; unknown keys and duplicates are reported here."""
+        if not isinstance(node, yaml.MappingNode):
+            raise self.fail(node, f"{what} must be a mapping of directives")
+        known: Any = None  # "free": keys are names chosen by the user
+        if context == "peer_map":
+            known, context = {**schema.BY_CONTEXT["peer"], "address": None}, "peer"
+        elif context != "free":
+            known = schema.BY_CONTEXT[context]
+        seen: dict[str, Node] = {}
+        for knode, vnode in node.value:
+            key = str(knode.value)
+            if key in seen:
+                self.error(knode, f'"{key}" directive is duplicate (first at line '
+                                  f"{seen[key].start_mark.line + 1})")
+                continue
+            seen[key] = knode
+            if known is not None and key not in known:
+                self.error(knode, self.unknown(key, context))
+                continue
+            yield key, knode, vnode
+
+    def unknown(self, key: str, context: str) -> str:
+        elsewhere = [c for c, ds in schema.BY_CONTEXT.items() if key in ds and c != context]
+        if elsewhere:
+            where = " or ".join(_CONTEXT_NAMES[c] for c in elsewhere)
+            return f'"{key}" directive is not allowed in {_CONTEXT_NAMES[context]} (it belongs in {where})'
+        known = list(schema.BY_CONTEXT.get(context, {}))
+        close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+        if not close:
+            everywhere = [d.name for d in schema.DIRECTIVES]
+            close = difflib.get_close_matches(key, everywhere, n=1, cutoff=0.75)
+        hint = f'; did you mean "{close[0]}"?' if close else ""
+        return f'unknown directive "{key}" in {_CONTEXT_NAMES[context]}{hint}'
+
+    def scalar(self, node: Node, name: str) -> str:
+        if not isinstance(node, yaml.ScalarNode):
+            raise self.fail(node, f'"{name}" takes a single value, not a list or mapping')
+        if node.tag == "tag:yaml.org,2002:null":
+            raise self.fail(node, f'"{name}" has no value')
+        return str(node.value)
+
+    def scalars(self, node: Node, name: str) -> list[tuple[str, Node]]:
+        """A value that may be one scalar or a list of scalars (repeatable directives)."""
+        if isinstance(node, yaml.SequenceNode):
+            if not node.value:
+                raise self.fail(node, f'"{name}" is an empty list')
+            return [(self.scalar(n, name), n) for n in node.value]
+        return [(self.scalar(node, name), node)]
+
+    def value(self, d: schema.Directive, node: Node) -> Any:
+        text = self.scalar(node, d.name)
+        assert d.parse is not None
+        try:
+            return d.parse(text)
+        except (UnitError, AddressError) as exc:
+            raise self.fail(node, f'{exc} in "{d.name}"')
+
+    # ---- top level ----------------------------------------------------------------------------
+    def load(self) -> Config:
+        try:
+            with open(self.path, encoding="utf-8") as f:
+                text = f.read()
+        except OSError as exc:
+            raise ConfigErrors([ConfigError(f'open() "{self.path}" failed ({exc.errno}: {exc.strerror})')])
+        except UnicodeDecodeError as exc:
+            raise ConfigErrors([ConfigError(f"not UTF-8 text ({exc.reason})", self.path)])
+        try:
+            root = yaml.compose(text, Loader=yaml.SafeLoader)
+        except yaml.MarkedYAMLError as exc:
+            mark = exc.problem_mark
+            line = mark.line + 1 if mark is not None else None
+            raise ConfigErrors([ConfigError(f"YAML syntax error: {exc.problem}", self.path, line)])
+        except yaml.YAMLError as exc:
+            raise ConfigErrors([ConfigError(f"YAML syntax error: {exc}", self.path)])
+        if root is None:
+            raise ConfigErrors([ConfigError("the file is empty (it needs at least servers:)", self.path)])
+
+        main: dict[str, Any] = {}
+        nodes: dict[str, Node] = {}
+        try:
+            for key, _knode, vnode in self.items(root, "main", "the configuration"):
+                nodes[key] = vnode
+                d = schema.BY_CONTEXT["main"][key]
+                if d.parse is None:
+                    continue
+                try:
+                    main[key] = self.value(d, vnode)
+                except _Stop:
+                    pass
+        except _Stop:
+            raise ConfigErrors(self.errors)
+
+        for d in schema.BY_CONTEXT["main"].values():
+            if d.parse is not None and d.name not in main:
+                main[d.name] = d.default_value()
+
+        formats = self.log_formats(nodes.get("log_format"))
+        upstreams = self.upstreams(nodes.get("upstreams"))
+        servers: list[ServerConfig] = []
+        if "servers" not in nodes:
+            self.error(None, 'no "servers" defined: nothing to listen on')
+        else:
+            servers = self.servers(nodes["servers"], main, nodes, formats, upstreams)
+        error_target, level = main["error_log"]
+        error_line = nodes["error_log"].start_mark.line + 1 if "error_log" in nodes else 0
+        self.check_log_target(error_target, nodes.get("error_log"))
+        if self.errors:
+            raise ConfigErrors(self.errors)
+        for name, up in upstreams.items():
+            if not any(up is s.upstream for s in servers):
+                self.warnings.append(f'{self.path}:{up.line}: upstream "{name}" is not used by any server')
+        return Config(
+            file=self.path,
+            worker_processes=main["worker_processes"],
+            error_log=LogTarget(error_target, error_line),
+            error_log_level=level,
+            worker_shutdown_timeout=main["worker_shutdown_timeout"],
+            log_formats=formats,
+            upstreams=upstreams,
+            servers=servers,
+            warnings=self.warnings,
+            main=SimpleNamespace(**main),
+        )
+
+    # ---- log_format ---------------------------------------------------------------------------
+    def log_formats(self, node: Node | None) -> dict[str, Template]:
+        out: dict[str, Template] = {}
+        if node is None:
+            return out
+        try:
+            for name, _knode, vnode in self.items(node, "free", '"log_format"'):
+                try:
+                    text = self.scalar(vnode, f"log_format {name}")
+                except _Stop:
+                    continue
+                escape = "default"
+                if text.startswith("escape="):
+                    first, _, text = text.partition(" ")
+                    escape = first[len("escape="):]
+                    if escape not in ("default", "json", "none"):
+                        self.error(vnode, f'unknown log format escaping "{escape}" (default, json or none)')
+                        continue
+                try:
+                    out[name] = Template(text, escape)
+                except TemplateError as exc:
+                    self.error(vnode, f'{exc} in log_format "{name}"')
+        except _Stop:
+            pass
+        return out
+
+    # ---- upstreams ----------------------------------------------------------------------------
+    def upstreams(self, node: Node | None) -> dict[str, UpstreamConfig]:
+        out: dict[str, UpstreamConfig] = {}
+        if node is None:
+            return out
+        try:
+            for name, knode, vnode in self.items(node, "free", '"upstreams"'):
+                try:
+                    out[name] = self.upstream(name, knode, vnode)
+                except _Stop:
+                    pass
+        except _Stop:
+            pass
+        return out
+
+    def upstream(self, name: str, knode: Node, node: Node) -> UpstreamConfig:
+        methods: list[tuple[str, Node, Any]] = []
+        servers: list[UpstreamServer] = []
+        servers_node = None
+        for key, kn, vn in self.items(node, "upstream", f'upstream "{name}"'):
+            if key == "servers":
+                servers_node = vn
+                servers = self.upstream_servers(name, vn)
+                continue
+            try:
+                methods.append((key, kn, self.value(schema.BY_CONTEXT["upstream"][key], vn)))
+            except _Stop:
+                pass
+        if len(methods) > 1:
+            raise self.fail(methods[1][1], f'load balancing method redefined in upstream "{name}" '
+                            f'("{methods[0][0]}" and "{methods[1][0]}")')
+        key_tpl = None
+        if not methods:
+            method = Method("round_robin")
+        else:
+            mname, mnode, mval = methods[0]
+            if mname == "hash":
+                key_text, consistent = mval
+                try:
+                    key_tpl = Template(key_text, escape="none")
+                except TemplateError as exc:
+                    raise self.fail(mnode, f'{exc} in "hash"')
+                method = Method("hash_consistent" if consistent else "hash")
+            elif mname == "least_conn":
+                method = Method("least_conn")
+            else:
+                method = Method(mval)
+        if servers_node is None or (not servers and isinstance(servers_node, yaml.SequenceNode)
+                                    and not servers_node.value):
+            raise self.fail(knode, f'no servers are inside upstream "{name}"')
+        up = UpstreamConfig(name=name, method=method, servers=servers, key=key_tpl,
+                            line=knode.start_mark.line + 1)
+        for problem in validate(method, up.peer_configs()):
+            self.error(methods[0][1] if methods else knode, f'{problem} in upstream "{name}"')
+        return up
+
+    def upstream_servers(self, upstream: str, node: Node) -> list[UpstreamServer]:
+        if not isinstance(node, yaml.SequenceNode):
+            raise self.fail(node, f'"servers" of upstream "{upstream}" must be a list')
+        out = []
+        for item in node.value:
+            try:
+                out.append(self.upstream_server(item))
+            except _Stop:
+                pass
+        return out
+
+    def upstream_server(self, node: Node) -> UpstreamServer:
+        params: list[tuple[str, str | None, Node]] = []
+        if isinstance(node, yaml.MappingNode):
+            address = None
+            for key, _kn, vn in self.items(node, "peer_map", "an upstream server"):
+                if key == "address":
+                    address = self.scalar(vn, "address")
+                elif key in ("backup", "down"):
+                    try:
+                        if units.parse_flag(self.scalar(vn, key)):
+                            params.append((key, None, vn))
+                    except UnitError as exc:
+                        self.error(vn, f'{exc} in "{key}"')
+                else:
+                    params.append((key, self.scalar(vn, key), vn))
+            if address is None:
+                raise self.fail(node, 'an upstream server mapping needs "address"')
+        else:
+            words = self.scalar(node, "server").split()
+            if not words:
+                raise self.fail(node, "empty upstream server")
+            address = words[0]
+            for w in words[1:]:
+                k, eq, v = w.partition("=")
+                params.append((k, v if eq else None, node))
+        try:
+            addresses = parse_upstream_server(address)
+        except AddressError as exc:
+            raise self.fail(node, str(exc))
+        srv = UpstreamServer(text=address, addresses=addresses, line=node.start_mark.line + 1)
+        peer = schema.BY_CONTEXT["peer"]
+        for key, val, pnode in params:
+            d = peer.get(key)
+            if d is None:
+                close = difflib.get_close_matches(key, list(peer), n=1, cutoff=0.6)
+                hint = f'; did you mean "{close[0]}"?' if close else ""
+                self.error(pnode, f'invalid parameter "{key}" in upstream server "{address}"{hint}')
+                continue
+            if d.parse is None:
+                if val is not None:
+                    self.error(pnode, f'"{key}" takes no value in upstream server "{address}"')
+                setattr(srv, key, True)
+                continue
+            if val is None or val == "":
+                self.error(pnode, f'"{key}" needs a value ({d.syntax}) in upstream server "{address}"')
+                continue
+            try:
+                setattr(srv, key, d.parse(val))
+            except UnitError as exc:
+                self.error(pnode, f'{exc} in "{key}" of upstream server "{address}"')
+        return srv
+
+    # ---- servers ------------------------------------------------------------------------------
+    def servers(self, node: Node, main: dict[str, Any], main_nodes: dict[str, Node],
+                formats: dict[str, Template],
+                upstreams: dict[str, UpstreamConfig]) -> list[ServerConfig]:
+        if not isinstance(node, yaml.SequenceNode) or not node.value:
+            raise_at = node
+            self.error(raise_at, '"servers" must be a non-empty list of servers')
+            return []
+        out: list[ServerConfig] = []
+        seen_listen: dict[str, int] = {}
+        implicit: dict[str, UpstreamConfig] = {}
+        main_access = None
+        if main.get("access_log") is not None:
+            try:
+                main_access = self.access_log(main["access_log"], main_nodes["access_log"], formats)
+            except _Stop:
+                pass
+        for index, snode in enumerate(node.value):
+            try:
+                out.append(self.server(index, snode, main, main_access, formats, upstreams,
+                                       implicit, seen_listen))
+            except _Stop:
+                pass
+        return out
+
+    def server(self, index: int, node: Node, main: dict[str, Any], main_access: AccessLog | None,
+               formats: dict[str, Template], upstreams: dict[str, UpstreamConfig],
+               implicit: dict[str, UpstreamConfig], seen_listen: dict[str, int]) -> ServerConfig:
+        values: dict[str, Any] = {}
+        nodes: dict[str, Node] = {}
+        listens: list[Listen] = []
+        for key, _kn, vn in self.items(node, "server", f"servers[{index}]"):
+            nodes[key] = vn
+            try:
+                if key == "listen":
+                    for text, ln in self.scalars(vn, "listen"):
+                        listens.append(self.listen(text, ln))
+                elif key == "proxy_pass":
+                    values[key] = self.scalar(vn, key)
+                else:
+                    values[key] = self.value(schema.BY_CONTEXT["server"][key], vn)
+            except _Stop:
+                pass
+        if "listen" not in nodes:
+            raise self.fail(node, f'no "listen" in servers[{index}]')
+        if "proxy_pass" not in nodes:
+            raise self.fail(node, f'no "proxy_pass" in servers[{index}]')
+        for ls in listens:
+            key = ls.address.name
+            if key in seen_listen:
+                self.error(nodes["listen"], f'duplicate listen "{ls.text}" (also at line {seen_listen[key]})')
+            else:
+                seen_listen[key] = ls.line
+        s = SimpleNamespace()
+        for d in schema.INHERITED:
+            setattr(s, d.name, values.get(d.name, main.get(d.name)))
+        access = main_access
+        if "access_log" in values:
+            access = None if values["access_log"] is None else self.access_log(
+                values["access_log"], nodes["access_log"], formats)
+        upstream = self.proxy_pass(values["proxy_pass"], nodes["proxy_pass"], upstreams, implicit)
+        return ServerConfig(index=index, listens=listens, proxy_pass=values["proxy_pass"],
+                            upstream=upstream, access_log=access, s=s,
+                            line=node.start_mark.line + 1)
+
+    def listen(self, text: str, node: Node) -> Listen:
+        words = text.split()
+        try:
+            addrs = parse_listen(words[0])
+        except AddressError as exc:
+            raise self.fail(node, f'{exc} of the "listen" directive')
+        if len(addrs) > 1:
+            self.warnings.append(f"{self.path}:{node.start_mark.line + 1}: listen \"{words[0]}\" "
+                                 f"resolves to {len(addrs)} addresses; using {addrs[0].name}")
+        ls = Listen(address=addrs[0], text=words[0], line=node.start_mark.line + 1)
+        unsupported = {"udp", "ssl", "proxy_protocol", "fastopen", "deferred", "accept_filter",
+                       "setfib", "default_server", "multipath"}
+        for w in words[1:]:
+            k, eq, v = w.partition("=")
+            try:
+                if k == "backlog" and eq:
+                    ls.backlog = units.parse_int(v, minimum=1)
+                elif k in ("rcvbuf", "sndbuf") and eq:
+                    setattr(ls, k, units.parse_size(v))
+                elif k == "reuseport" and not eq:
+                    ls.reuseport = True
+                elif k == "bind" and not eq:
+                    pass  # every listen address is bound separately anyway (see the reference)
+                elif k == "ipv6only" and eq:
+                    ls.ipv6only = units.parse_flag(v)
+                    if ls.address.host != "::":
+                        raise UnitError(f'ipv6only applies only to the "[::]" wildcard, not "{words[0]}"')
+                elif k == "so_keepalive" and eq:
+                    ls.so_keepalive = _keepalive(v)
+                elif k in unsupported:
+                    raise UnitError(f'the "{k}" parameter is not supported by tlsgw yet')
+                else:
+                    known = ["backlog=", "rcvbuf=", "sndbuf=", "reuseport", "so_keepalive=",
+                             "ipv6only=", "bind"]
+                    close = difflib.get_close_matches(w, known, n=1, cutoff=0.5)
+                    hint = f'; did you mean "{close[0]}"?' if close else ""
+                    raise UnitError(f'invalid parameter "{w}"{hint}')
+            except UnitError as exc:
+                self.error(node, f'{exc} of the "listen" directive')
+        return ls
+
+    def proxy_pass(self, target: str, node: Node, upstreams: dict[str, UpstreamConfig],
+                   implicit: dict[str, UpstreamConfig]) -> UpstreamConfig:
+        if target in upstreams:
+            return upstreams[target]
+        if target in implicit:
+            return implicit[target]
+        looks_like_address = target.startswith("unix:") or ":" in target
+        if not looks_like_address:
+            close = difflib.get_close_matches(target, list(upstreams), n=1, cutoff=0.6)
+            hint = f'; did you mean "{close[0]}"?' if close else ""
+            if upstreams:
+                known = ", ".join(f'"{n}"' for n in upstreams)
+                raise self.fail(node, f'unknown upstream "{target}" in "proxy_pass" (defined: '
+                                f"{known}){hint}")
+            raise self.fail(node, f'unknown upstream "{target}" in "proxy_pass": no upstreams are '
+                            "defined, and it is not HOST:PORT or unix:PATH")
+        try:
+            addresses = parse_upstream_server(target)
+        except AddressError as exc:
+            raise self.fail(node, f'{exc} in "proxy_pass"')
+        srv = UpstreamServer(text=target, addresses=addresses, line=node.start_mark.line + 1)
+        up = UpstreamConfig(name=target, method=Method("round_robin"), servers=[srv],
+                            line=srv.line, implicit=True)
+        implicit[target] = up
+        return up
+
+    def access_log(self, value: tuple[str, str], node: Node, formats: dict[str, Template]) -> AccessLog:
+        target, fmt = value
+        if fmt not in formats:
+            close = difflib.get_close_matches(fmt, list(formats), n=1, cutoff=0.6)
+            hint = f'; did you mean "{close[0]}"?' if close else ""
+            raise self.fail(node, f'unknown log format "{fmt}" in "access_log"{hint}')
+        self.check_log_target(target, node)
+        return AccessLog(LogTarget(target, node.start_mark.line + 1), fmt, formats[fmt])
+
+    def check_log_target(self, target: str, node: Node | None) -> None:
+        if target in ("stdout", "stderr") or not self.check_files:
+            return
+        directory = os.path.dirname(os.path.abspath(target))
+        if not os.path.isdir(directory):
+            self.error(node, f'log directory "{directory}" does not exist (for "{target}")')
+        elif os.path.exists(target) and not os.access(target, os.W_OK):
+            self.error(node, f'log file "{target}" is not writable')
+        elif not os.path.exists(target) and not os.access(directory, os.W_OK):
+            self.error(node, f'log directory "{directory}" is not writable (for "{target}")')
+
+
+def _keepalive(v: str) -> bool | tuple[int | None, int | None, int | None]:
+    if v in ("on", "off"):
+        return v == "on"
+    parts = v.split(":")
+    if len(parts) != 3:
+        raise UnitError(f'invalid so_keepalive value "{v}" (on, off or [IDLE]:[INTVL]:[CNT])')
+    idle = int(units.parse_time(parts[0])) if parts[0] else None
+    intvl = int(units.parse_time(parts[1])) if parts[1] else None
+    cnt = units.parse_int(parts[2], minimum=1) if parts[2] else None
+    return (idle, intvl, cnt)
+
+
+def load_config(path: str, check_files: bool = True) -> Config:
+    """Load and validate ``path``; raises :class:`ConfigErrors` listing every problem."""
+    return Loader(path, check_files).load()

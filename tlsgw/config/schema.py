@@ -1,0 +1,268 @@
+"""The directive table: the single source of truth for parsing, ``tlsgw check`` and the docs.
+
+Each :class:`Directive` names the contexts where it may appear, its nginx syntax and default,
+the parser that turns the YAML value into a Python value, and the reference text.
+docs/config-reference.md is generated from this table (``python -m tlsgw.config.docs``) and a
+test fails when the two drift apart.
+
+Contexts: ``main`` (top level; a value there is inherited by every server, as nginx's
+``stream {}`` level is), ``server`` (a ``servers:`` entry), ``upstream`` (an ``upstreams:``
+entry) and ``peer`` (a parameter of one upstream server).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from tlsgw.config import units
+from tlsgw.config.units import UnitError
+
+LEVELS = ("debug", "info", "notice", "warn", "error", "crit", "alert", "emerg")
+
+
+@dataclass(frozen=True)
+class Directive:
+    name: str
+    contexts: tuple[str, ...]
+    syntax: str
+    default: str | None
+    parse: Callable[[str], Any] | None
+    doc: str
+    example: str
+    differs: str = ""  # how tlsgw differs from nginx, if it does
+    repeatable: bool = False  # may be a YAML list
+
+    @property
+    def inherited(self) -> bool:
+        return "main" in self.contexts and "server" in self.contexts
+
+    def default_value(self) -> Any:
+        if self.default is None or self.parse is None:
+            return None
+        return self.parse(self.default)
+
+
+def _time(v: str) -> float:
+    return units.parse_time(v)
+
+
+def _time_or_zero(v: str) -> float:
+    return units.parse_time(v)
+
+
+def _positive_time(v: str) -> float:
+    t = units.parse_time(v)
+    if t <= 0:
+        raise UnitError(f'invalid time "{v}" (must be greater than 0)')
+    return t
+
+
+def _size(v: str) -> int:
+    n = units.parse_size(v)
+    if n <= 0:
+        raise UnitError(f'invalid size "{v}" (must be greater than 0)')
+    return n
+
+
+def _workers(v: str) -> int:
+    if str(v).strip() == "auto":
+        return os.cpu_count() or 1
+    return units.parse_int(v, minimum=1)
+
+
+def _error_log(v: str) -> tuple[str, str]:
+    parts = str(v).split()
+    if not parts or len(parts) > 2:
+        raise UnitError('invalid "error_log": expected "stderr|PATH [level]"')
+    level = parts[1] if len(parts) == 2 else "error"
+    if level not in LEVELS:
+        raise UnitError(f'invalid log level "{level}" (one of: {", ".join(LEVELS)})')
+    return parts[0], level
+
+
+def _access_log(v: str) -> tuple[str, str] | None:
+    parts = str(v).split()
+    if parts == ["off"]:
+        return None
+    if len(parts) == 1:
+        raise UnitError(f'log format is not specified in "access_log {v}" (write: access_log: '
+                        f'{parts[0]} FORMAT_NAME, with FORMAT_NAME defined in log_format)')
+    if len(parts) != 2:
+        extra = " ".join(parts[2:])
+        raise UnitError(f'invalid parameter "{extra}" in "access_log" (tlsgw does not support '
+                        "buffer=, flush=, gzip or if=; lines are always written asynchronously)")
+    return parts[0], parts[1]
+
+
+def _method_flag(v: str) -> bool:
+    if not units.parse_flag(v):
+        raise UnitError('the only valid value is "on" (omit the key for round robin)')
+    return True
+
+
+def _random(v: str) -> str:
+    s = str(v).strip().lower()
+    if s in ("on", "true", "yes", ""):
+        return "random"
+    if s in ("two", "two least_conn"):
+        return "random_two"
+    raise UnitError(f'invalid parameter "{v}" (expected "on", "two" or "two least_conn")')
+
+
+def _hash(v: str) -> tuple[str, bool]:
+    parts = str(v).split()
+    if not parts:
+        raise UnitError("a key is required, e.g. hash: $remote_addr consistent")
+    if len(parts) > 2 or (len(parts) == 2 and parts[1] != "consistent"):
+        raise UnitError(f'invalid parameter "{" ".join(parts[1:])}" (expected "consistent")')
+    return parts[0], len(parts) == 2
+
+
+def _grace(v: str) -> float:
+    return units.parse_time(v)
+
+
+D = Directive
+DIRECTIVES: list[Directive] = [
+    # ---- main -------------------------------------------------------------------------------
+    D("worker_processes", ("main",), "worker_processes: NUMBER | auto", "1", _workers,
+      "How many worker processes serve connections. `auto` starts one per CPU. The master "
+      "binds every listener, then forks the workers; a worker that dies is restarted.",
+      "worker_processes: auto"),
+    D("worker_shutdown_timeout", ("main",), "worker_shutdown_timeout: TIME", "30s", _grace,
+      "On SIGTERM/SIGINT, how long workers let open sessions finish after they stop accepting; "
+      "sessions still open then are closed. `0s` closes them at once.",
+      "worker_shutdown_timeout: 1m",
+      differs="nginx has no default (waits for sessions forever) and uses SIGQUIT for graceful "
+      "stop; tlsgw stops gracefully on SIGTERM/SIGINT within this time, and SIGQUIT is immediate."),
+    D("error_log", ("main",), "error_log: stderr | PATH [LEVEL]", "stderr error", _error_log,
+      "Where error and informational messages go, and the lowest level written "
+      f"({', '.join(LEVELS)}). Lines have nginx's shape: "
+      "`2026/11/21 15:03:01 [error] 1234#1234: *5 connect() failed (111: Connection refused) "
+      "while connecting to upstream, client: ..., server: ..., upstream: ...`.",
+      "error_log: /var/log/tlsgw/error.log info",
+      differs="nginx's default target is logs/error.log; tlsgw's is stderr."),
+    D("log_format", ("main",), "log_format: {NAME: '[escape=default|json|none] FORMAT', ...}",
+      None, None,
+      "Named access-log formats built from nginx stream variables (see *Variables*). "
+      "`escape=json` makes a value JSON-safe, `escape=none` writes it as is; the default "
+      "escaping writes control characters, `\"`, `\\` and non-ASCII bytes as `\\xHH`.",
+      "log_format:\n  basic: '$remote_addr [$time_local] $protocol $status $bytes_sent "
+      "$bytes_received $session_time \"$upstream_addr\"'"),
+    D("access_log", ("main", "server"), "access_log: off | stdout | stderr | PATH FORMAT_NAME",
+      "off", _access_log,
+      "Writes one line per session, when it ends, in the named `log_format`. Writing never "
+      "blocks the event loop: lines go to a writer thread; if the destination stalls and "
+      "the queue holds 10000 lines, further lines are dropped and the count is reported in "
+      "the error log.",
+      "access_log: /var/log/tlsgw/access.log basic",
+      differs="`buffer=`, `flush=`, `gzip` and `if=` are not supported (rejected by check)."),
+    D("upstreams", ("main",), "upstreams: {NAME: {servers: [...], hash|least_conn|random: ...}}",
+      None, None, "Named groups of backend servers that `proxy_pass` can name.",
+      "upstreams:\n  backend:\n    hash: $remote_addr consistent\n    servers:\n"
+      "      - 127.0.0.1:7773 weight=5"),
+    D("servers", ("main",), "servers: [{listen: ..., proxy_pass: ..., ...}, ...]", None, None,
+      "The listening servers. Each entry takes `listen`, `proxy_pass` and any directive of "
+      "context *server*.", "servers:\n  - listen: 9000\n    proxy_pass: backend"),
+    # ---- server -----------------------------------------------------------------------------
+    D("listen", ("server",),
+      "listen: ADDRESS[:PORT] | PORT | [IPV6]:PORT | unix:PATH [backlog=N] [rcvbuf=SIZE] "
+      "[sndbuf=SIZE] [reuseport] [so_keepalive=on|off|[IDLE]:[INTVL]:[CNT]] [ipv6only=on|off] "
+      "[bind]", None, None,
+      "Address to accept connections on; a YAML list gives several. A bare port means "
+      "0.0.0.0:PORT. `backlog` defaults to 511. `reuseport` sets SO_REUSEPORT on the socket. "
+      "`so_keepalive` sets SO_KEEPALIVE and, with times, TCP_KEEPIDLE/TCP_KEEPINTVL/TCP_KEEPCNT. "
+      "`ipv6only` (default on) applies to `[::]` wildcard addresses.",
+      "listen:\n  - 127.0.0.1:9000 backlog=4096\n  - \"[::1]:9000\"",
+      differs="`bind` is accepted and has no extra effect: tlsgw always binds every listen "
+      "address separately. `udp`, `ssl`, `proxy_protocol`, `fastopen`, `deferred`, "
+      "`accept_filter`, `setfib` and port ranges are not supported yet and are rejected."),
+    D("proxy_pass", ("server",), "proxy_pass: UPSTREAM_NAME | HOST:PORT | unix:PATH", None, None,
+      "Where sessions go: a named upstream, or one address (a host name is resolved at start-up "
+      "into one peer per address, balanced round robin).", "proxy_pass: backend"),
+    D("proxy_connect_timeout", ("main", "server"), "proxy_connect_timeout: TIME", "60s",
+      _positive_time, "Time allowed to establish a connection with an upstream server; on "
+      "expiry the attempt fails and the next upstream is tried (`proxy_next_upstream`).",
+      "proxy_connect_timeout: 1s"),
+    D("proxy_timeout", ("main", "server"), "proxy_timeout: TIME", "10m", _positive_time,
+      "Closes a session when neither side has sent anything for this long (idle time "
+      "between successive reads or writes). Logged as `connection timed out`; `$status` 200.",
+      "proxy_timeout: 20s"),
+    D("proxy_next_upstream", ("main", "server"), "proxy_next_upstream: on | off", "on",
+      units.parse_flag, "When a connection to an upstream server cannot be established, try "
+      "the next server. Once connected, a session is never moved.",
+      "proxy_next_upstream: off"),
+    D("proxy_next_upstream_tries", ("main", "server"), "proxy_next_upstream_tries: NUMBER", "0",
+      units.parse_int, "Caps the number of attempts (the first one included); 0 means no cap "
+      "beyond one attempt per eligible server.", "proxy_next_upstream_tries: 2"),
+    D("proxy_next_upstream_timeout", ("main", "server"), "proxy_next_upstream_timeout: TIME", "0",
+      _time_or_zero, "No new attempt is started once this long has passed since the first "
+      "attempt began; 0 means no limit. An attempt in progress is never cut short.",
+      "proxy_next_upstream_timeout: 5s"),
+    D("proxy_buffer_size", ("main", "server"), "proxy_buffer_size: SIZE", "16k", _size,
+      "The per-direction buffering bound: data from one side is read while the other side's "
+      "unsent data is below this size (reading pauses above it, resumes when it drains), and "
+      "client data that arrives before the upstream connection is ready is held up to this size.",
+      "proxy_buffer_size: 64k",
+      differs="nginx reads into one fixed buffer of this size; tlsgw reads what the kernel "
+      "has (up to 256k at a time) and uses this size as the high-water mark of the write "
+      "queue, so memory per session stays within a few times this size."),
+    D("proxy_half_close", ("main", "server"), "proxy_half_close: on | off", "off",
+      units.parse_flag, "With `on`, when one side closes its sending direction (TCP FIN) the "
+      "other side is shut down for writing too and the session continues in the other "
+      "direction until both sides have closed. With `off`, the session ends when either side "
+      "closes, after pending data is delivered.", "proxy_half_close: on"),
+    D("tcp_nodelay", ("main", "server"), "tcp_nodelay: on | off", "on", units.parse_flag,
+      "Sets TCP_NODELAY on client and upstream connections (no Nagle delay).",
+      "tcp_nodelay: off"),
+    # ---- upstream ---------------------------------------------------------------------------
+    D("hash", ("upstream",), "hash: KEY [consistent]", None, _hash,
+      "Chooses the server from a hash of KEY, text with variables such as `$remote_addr`, "
+      "`$remote_port`, `$server_port`. With `consistent`, ketama consistent hashing places "
+      "keys exactly where nginx does (same ring, same retry order), so migrating keeps "
+      "sticky clients on the same backends. An empty key falls back to round robin. "
+      "`backup` servers are not allowed.", "hash: $remote_addr consistent"),
+    D("least_conn", ("upstream",), "least_conn: on", None, _method_flag,
+      "Chooses the server with the fewest active connections relative to its weight; ties "
+      "are broken by weighted round robin. Counts are per worker process, as in nginx "
+      "without `zone`.", "least_conn: on"),
+    D("random", ("upstream",), "random: on | two [least_conn]", None, _random,
+      "Chooses a server at random, weighted; `two` picks two and takes the one with fewer "
+      "connections. `backup` servers are not allowed.", "random: two least_conn"),
+    D("servers", ("upstream",), "servers: [\"ADDRESS [PARAMETERS]\" | {address: ADDRESS, ...}]",
+      None, None, "The servers of the group, each a string in nginx's `server` syntax or a "
+      "mapping with `address` and the same parameters. Without `hash`, `least_conn` or "
+      "`random`, smooth weighted round robin is used.",
+      "servers:\n  - 127.0.0.1:7773 weight=5 max_fails=3 fail_timeout=30s\n"
+      "  - unix:/run/b.sock backup\n  - address: \"[::1]:7775\"\n    weight: 2"),
+    # ---- peer -------------------------------------------------------------------------------
+    D("weight", ("peer",), "weight=NUMBER", "1", lambda v: units.parse_int(v, minimum=1),
+      "Relative share of sessions.", "- 10.0.0.1:80 weight=5"),
+    D("max_conns", ("peer",), "max_conns=NUMBER", "0", units.parse_int,
+      "Limit of simultaneous sessions to the server, per worker process; 0 is no limit.",
+      "- 10.0.0.1:80 max_conns=100"),
+    D("max_fails", ("peer",), "max_fails=NUMBER", "1", units.parse_int,
+      "After this many failed connection attempts within `fail_timeout`, the server is "
+      "considered unavailable for `fail_timeout`. 0 disables the accounting. A failure is a "
+      "connect error or timeout (never an error after the connection was established).",
+      "- 10.0.0.1:80 max_fails=3"),
+    D("fail_timeout", ("peer",), "fail_timeout=TIME", "10s", _time_or_zero,
+      "The window for counting failures and the time a failed server is left out.",
+      "- 10.0.0.1:80 fail_timeout=30s"),
+    D("backup", ("peer",), "backup", None, None,
+      "Used only when every primary server is unavailable. Not allowed with `hash` or "
+      "`random`.", "- 10.0.0.2:80 backup"),
+    D("down", ("peer",), "down", None, None,
+      "Marks the server permanently unavailable (it keeps its place on the hash ring, so "
+      "other keys do not move).", "- 10.0.0.3:80 down"),
+]
+
+BY_CONTEXT: dict[str, dict[str, Directive]] = {}
+for _d in DIRECTIVES:
+    for _c in _d.contexts:
+        BY_CONTEXT.setdefault(_c, {})[_d.name] = _d
+
+INHERITED: list[Directive] = [d for d in DIRECTIVES if d.inherited]

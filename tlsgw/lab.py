@@ -1,0 +1,89 @@
+"""``tlsgw lab``: small demo backends for labs, demos and tests.
+
+Each backend listens on its own address. On connect it greets the client with one line that
+names the backend and the client address it saw, then echoes back every byte it receives — the
+``sock``-style identify/echo servers of nginx tutorials. With a gateway in front, the greeting
+shows which backend a client was sent to, so stickiness is visible from a shell.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+
+DESCRIPTION = (
+    "Run demo backends: each greets a client with 'backend NAME: hello CLIENT' and then echoes "
+    "what it receives. Runs in the foreground until SIGINT/SIGTERM."
+)
+
+
+class _Backend(asyncio.Protocol):
+    def __init__(self, name: str, greet: bool):
+        self.name = name
+        self.greet = greet
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        if self.greet:
+            peer = transport.get_extra_info("peername")
+            who = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else "unix client"
+            self.transport.write(f"backend {self.name}: hello {who}\n".encode())  # type: ignore[attr-defined]
+
+    def data_received(self, data: bytes) -> None:
+        self.transport.write(data)  # type: ignore[attr-defined]
+
+    def eof_received(self) -> bool:
+        return False  # close after our pending echo is flushed
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("addresses", nargs="*", metavar="ADDRESS",
+                   help="HOST:PORT or unix:PATH to listen on (default: --count backends on "
+                   "127.0.0.1 from --base-port)")
+    p.add_argument("--count", type=int, default=3, help="number of backends (default 3)")
+    p.add_argument("--base-port", type=int, default=7001, help="first port (default 7001)")
+    p.add_argument("--no-greeting", action="store_true", help="pure echo, no greeting line")
+
+
+async def _serve(addresses: list[str], greet: bool) -> None:
+    loop = asyncio.get_running_loop()
+    servers = []
+    for i, addr in enumerate(addresses, 1):
+        name = f"{i} ({addr})"
+
+        def factory(name: str = name) -> _Backend:
+            return _Backend(name, greet)
+
+        if addr.startswith("unix:"):
+            servers.append(await loop.create_unix_server(factory, addr[5:]))
+        else:
+            host, _, port = addr.rpartition(":")
+            servers.append(await loop.create_server(factory, host.strip("[]"), int(port)))
+        print(f"tlsgw lab: backend {name} listening", flush=True)
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    for s in servers:
+        s.close()
+
+
+def run(args: argparse.Namespace) -> int:
+    addresses = args.addresses or [f"127.0.0.1:{args.base_port + i}" for i in range(args.count)]
+    try:
+        import uvloop
+
+        runner = uvloop.run
+    except ImportError:  # pragma: no cover - uvloop is a dependency
+        runner = asyncio.run
+    try:
+        runner(_serve(addresses, not args.no_greeting))
+    except OSError as exc:
+        print(f"tlsgw lab: cannot listen: {exc}", file=sys.stderr)
+        return 3
+    with contextlib.suppress(Exception):
+        sys.stdout.flush()
+    return 0

@@ -1,0 +1,383 @@
+"""One proxied session: a client connection paired with an upstream connection.
+
+Theory of operation
+-------------------
+A :class:`Session` is the asyncio protocol of the accepted client connection. On
+``connection_made`` it asks the upstream's balancer for a peer and starts one *connect task*
+that walks the attempts (connect, on failure free the peer as failed and ask for the next one,
+as nginx's ``proxy_next_upstream`` does). Client bytes that arrive meanwhile are held, up to
+``proxy_buffer_size``; beyond that the client is paused. uvloop may still deliver data after
+``pause_reading()``, so the hold buffer is a list, never dropped.
+
+Once connected, bytes move by callbacks only, with no task and no per-chunk allocation beyond
+the chunk itself: ``Session.data_received`` writes to the upstream transport and
+``UpstreamSide.data_received`` writes to the client transport. Backpressure is the transports'
+own: each transport's high-water mark is ``proxy_buffer_size``; when the client transport's
+queue passes it, asyncio calls ``Session.pause_writing`` and the upstream is paused, and the
+other way round. Memory per session is therefore bounded by about twice the buffer size plus
+one read.
+
+Idle timeout (``proxy_timeout``): every chunk stores a monotonic timestamp; one timer per
+session wakes at ``last + timeout`` and either ends the session or re-arms itself for the
+remaining time, so a busy session costs no timer operations per chunk.
+
+End of session: with ``proxy_half_close off`` (nginx's default) an EOF from either side ends the
+session once the data already read has been delivered (``transport.close()`` flushes). With
+``on``, the EOF is passed on with ``write_eof()`` and the session ends when both directions are
+closed. A reset or error on either side ends it at once. ``finalize`` runs exactly once: it
+frees the peer, logs, and writes the access-log line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import socket
+import time
+from typing import TYPE_CHECKING, Any
+
+from tlsgw.balancer import Peer, PeerSession
+
+if TYPE_CHECKING:
+    from tlsgw.worker import ServerRuntime
+
+_monotonic = time.monotonic
+
+
+class Attempt:
+    """One upstream connection attempt (one entry of ``$upstream_addr`` and friends)."""
+
+    __slots__ = ("name", "start", "connect_time", "first_byte_time", "session_time",
+                 "bytes_sent", "bytes_received")
+
+    def __init__(self, name: str, start: float):
+        self.name = name
+        self.start = start
+        self.connect_time: float | None = None
+        self.first_byte_time: float | None = None
+        self.session_time: float | None = None
+        self.bytes_sent = 0
+        self.bytes_received = 0
+
+
+def _strerror(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.errno:
+        return f"({exc.errno}: {os.strerror(exc.errno)})"
+    return f"({exc})"
+
+
+class UpstreamSide(asyncio.Protocol):
+    """Protocol of the upstream connection; forwards to the session's client transport."""
+
+    __slots__ = ("session", "transport", "write_client")
+
+    def __init__(self, session: Session):
+        self.session = session
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        self.write_client = self.session.transport.write
+
+    def data_received(self, data: bytes) -> None:
+        s = self.session
+        self.write_client(data)
+        s.up_received += len(data)
+        s.last = _monotonic()
+
+    def eof_received(self) -> bool:
+        return self.session.side_eof(upstream=True)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.session.side_lost(upstream=True, exc=exc)
+
+    def pause_writing(self) -> None:
+        self.session.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.session.transport.resume_reading()
+
+
+class Session(asyncio.Protocol):
+    """Protocol of the accepted client connection, and the session state."""
+
+    def __init__(self, rt: ServerRuntime, listen_name: str):
+        self.rt = rt
+        self.worker = rt.worker
+        self.listen_name = listen_name
+        self.status = 0
+        self.bytes_sent = 0  # to the client
+        self.bytes_received = 0  # from the client
+        self.up_received = 0  # from the current upstream
+        self.attempts: list[Attempt] = []
+        self.upstream: UpstreamSide | None = None
+        self.write_upstream: Any = None
+        self.held: list[bytes] | None = []
+        self.held_size = 0
+        self.peer: Peer | None = None
+        self.peers: PeerSession | None = None
+        self.client_eof = False
+        self.upstream_eof = False
+        self.finished = False
+        self.connect_task: asyncio.Task[None] | None = None
+        self.idle_timer: asyncio.TimerHandle | None = None
+        self.last = 0.0
+
+    # ---- client side ----------------------------------------------------------------------
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        self.start = self.last = _monotonic()
+        w = self.worker
+        w.conn_seq += 1
+        self.conn_id = w.conn_seq
+        w.sessions.add(self)
+        sock = transport.get_extra_info("socket")
+        peer = transport.get_extra_info("peername")
+        local = transport.get_extra_info("sockname")
+        if isinstance(peer, tuple):
+            self.remote_addr, self.remote_port = peer[0], peer[1]
+            self.server_addr, self.server_port = local[0], local[1]
+        else:  # unix socket listener
+            self.remote_addr, self.remote_port = "unix:", 0
+            self.server_addr, self.server_port = f"unix:{local}", 0
+        rt = self.rt
+        if sock is not None and sock.family != socket.AF_UNIX:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, rt.tcp_nodelay)
+        transport.set_write_buffer_limits(high=rt.buffer_size)
+        if w.log_info:
+            w.error_log.log("info", f"client {_peer_text(peer)} connected to {self.listen_name}",
+                            self.conn_id)
+        key = rt.key.render(self).encode() if rt.key is not None else None
+        self.peers = rt.upstream.session(key, rt.next_upstream_tries)
+        self.connect_task = w.loop.create_task(self.connect())
+
+    def data_received(self, data: bytes) -> None:
+        write = self.write_upstream
+        if write is not None:
+            write(data)
+            self.bytes_received += len(data)
+            self.last = _monotonic()
+            return
+        if self.held is None:  # connect failed; the session is ending
+            return
+        self.held.append(data)
+        self.held_size += len(data)
+        self.bytes_received += len(data)
+        if self.held_size >= self.rt.buffer_size:
+            self.transport.pause_reading()
+
+    def eof_received(self) -> bool:
+        return self.side_eof(upstream=False)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.side_lost(upstream=False, exc=exc)
+
+    def pause_writing(self) -> None:
+        if self.upstream is not None and self.upstream.transport is not None:
+            self.upstream.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.upstream is not None and self.upstream.transport is not None:
+            self.upstream.transport.resume_reading()
+
+    # ---- connecting -----------------------------------------------------------------------
+    async def connect(self) -> None:
+        try:
+            await self._connect()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug must end this session, never the worker
+            self.error("crit", f"unexpected error while connecting to upstream: {exc!r}")
+            self.finalize(500, abort=True)
+
+    async def _connect(self) -> None:
+        rt, w, peers = self.rt, self.worker, self.peers
+        assert peers is not None
+        first_start = _monotonic()
+        while True:
+            peer = peers.get()
+            if peer is None:
+                self.attempts.append(Attempt(rt.upstream.name, _monotonic()))
+                self.error("error", "no live upstreams while connecting to upstream",
+                           upstream=rt.upstream.name)
+                self.finalize(502)
+                return
+            self.peer = peer
+            attempt = Attempt(peer.name, _monotonic())
+            self.attempts.append(attempt)
+            addr = peer.config.address
+            try:
+                async with asyncio.timeout(rt.connect_timeout):
+                    if addr.family == socket.AF_UNIX:
+                        transport, up = await w.loop.create_unix_connection(
+                            lambda: UpstreamSide(self), addr.host)
+                    else:
+                        transport, up = await w.loop.create_connection(
+                            lambda: UpstreamSide(self), addr.host, addr.port)
+            except asyncio.CancelledError:
+                if self.finished:
+                    peers.free(peer, failed=False)
+                    self.peer = None
+                    return
+                raise
+            except (OSError, TimeoutError) as exc:
+                attempt.session_time = _monotonic() - attempt.start
+                if isinstance(exc, TimeoutError):
+                    msg = "upstream timed out (110: Connection timed out) while connecting to upstream"
+                    level = "error"
+                else:
+                    msg = f"connect() failed {_strerror(exc)} while connecting to upstream"
+                    level = "error" if exc.errno in _ERROR_LEVEL_ERRNOS else "crit"
+                self.error(level, msg, upstream=peer.name)
+                if peers.free(peer, failed=True):
+                    self.error("warn", "upstream server temporarily disabled while connecting to "
+                               "upstream", upstream=peer.name)
+                self.peer = None
+                if (not rt.next_upstream or peers.tries == 0
+                        or (rt.next_upstream_timeout
+                            and _monotonic() - first_start >= rt.next_upstream_timeout)):
+                    self.finalize(502)
+                    return
+                if self.finished:
+                    return
+                continue
+            break
+        self.connect_task = None
+        if self.finished:  # the client went away while we were connecting
+            transport.close()
+            return
+        peers.connected(peer)
+        now = _monotonic()
+        attempt.connect_time = now - attempt.start
+        self.upstream = up
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family != socket.AF_UNIX:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, rt.tcp_nodelay)
+        transport.set_write_buffer_limits(high=rt.buffer_size)
+        if w.log_info:
+            local = transport.get_extra_info("sockname")
+            w.error_log.log("info", f"proxy {_peer_text(local)} connected to {peer.name}", self.conn_id)
+        held, self.held = self.held, None
+        self.write_upstream = transport.write
+        if held:
+            transport.write(b"".join(held))
+            self.transport.resume_reading()
+        self.last = now
+        self.idle_timer = w.loop.call_at(now + rt.timeout, self.check_idle)
+        if self.client_eof:
+            self.side_eof(upstream=False)
+
+    # ---- ending ---------------------------------------------------------------------------
+    def check_idle(self) -> None:
+        if self.finished:
+            return
+        deadline = self.last + self.rt.timeout
+        now = _monotonic()
+        if now < deadline:
+            self.idle_timer = self.worker.loop.call_at(deadline, self.check_idle)
+            return
+        self.idle_timer = None
+        self.error("info", "connection timed out (110: Connection timed out) while proxying connection",
+                   upstream=self.peer.name if self.peer else None)
+        self.finalize(200, abort=True)
+
+    def side_eof(self, upstream: bool) -> bool:
+        """A FIN from one side. Returns True to keep that transport open for writing."""
+        if upstream:
+            self.upstream_eof = True
+        else:
+            self.client_eof = True
+            if self.write_upstream is None:
+                return True  # still connecting: nginx completes the connect and delivers
+        if not self.rt.half_close:
+            self.disconnected(upstream)
+            return True
+        other = self.transport if upstream else (self.upstream.transport if self.upstream else None)
+        if self.client_eof and self.upstream_eof:
+            self.disconnected(upstream)
+        elif other is not None and other.can_write_eof():
+            try:
+                other.write_eof()
+            except OSError:
+                pass
+        return True
+
+    def side_lost(self, upstream: bool, exc: Exception | None) -> None:
+        if self.finished:
+            return
+        if exc is not None:
+            side = "upstream" if upstream else "client"
+            level = "error" if upstream else "info"
+            self.error(level, f"recv() failed {_strerror(exc)} while proxying and reading from {side}",
+                       upstream=self.peer.name if self.peer else None)
+            self.finalize(200, abort=True)
+            return
+        self.disconnected(upstream)
+
+    def disconnected(self, upstream: bool) -> None:
+        if self.worker.log_info and not self.finished:
+            self.worker.error_log.log(
+                "info", f"{'upstream' if upstream else 'client'} disconnected, "
+                f"{self.byte_counts()}", self.conn_id)
+        self.finalize(200)
+
+    def finalize(self, status: int, abort: bool = False) -> None:
+        """End the session once: close both sides, free the peer, write the access log."""
+        if self.finished:
+            return
+        self.finished = True
+        self.status = status
+        if self.idle_timer is not None:
+            self.idle_timer.cancel()
+        if self.connect_task is not None and self.connect_task is not asyncio.current_task():
+            self.connect_task.cancel()
+        up = self.upstream
+        if up is not None and up.transport is not None:
+            (up.transport.abort if abort else up.transport.close)()
+        (self.transport.abort if abort else self.transport.close)()
+        if self.attempts:
+            last = self.attempts[-1]
+            if self.upstream is not None:
+                last.bytes_sent = self.bytes_received
+                last.bytes_received = self.up_received
+                self.bytes_sent = self.up_received
+            if last.session_time is None:
+                last.session_time = _monotonic() - last.start
+        if self.peer is not None and self.peers is not None and self.upstream is not None:
+            self.peers.free(self.peer, failed=False)
+            self.peer = None
+        w = self.worker
+        w.sessions.discard(self)
+        if self.rt.access_log is not None:
+            self.rt.access_log.write(self.rt.access_template.render(self) + "\n")
+        if w.draining and not w.sessions:
+            w.drained.set()
+
+    # ---- logging helpers ------------------------------------------------------------------
+    def byte_counts(self) -> str:
+        up_sent = self.bytes_received if self.upstream is not None else 0
+        return (f"bytes from/to client:{self.bytes_received}/{self.up_received}, "
+                f"bytes from/to upstream:{self.up_received}/{up_sent}")
+
+    def error(self, level: str, message: str, upstream: str | None = None) -> None:
+        log = self.worker.error_log
+        if not log.enabled(level):
+            return
+        text = f"{message}, client: {self.remote_addr}, server: {self.listen_name}"
+        if upstream is not None:
+            text += f', upstream: "{upstream}"'
+        text += f", {self.byte_counts()}"
+        log.log(level, text, self.conn_id)
+
+
+# nginx logs connect() failures at "error" for these errnos and at "crit" for the rest.
+_ERROR_LEVEL_ERRNOS = {errno.ECONNREFUSED, errno.ECONNRESET, errno.ENETDOWN, errno.ENETUNREACH,
+                       errno.EHOSTDOWN, errno.EHOSTUNREACH, errno.EAGAIN}
+
+
+def _peer_text(addr: Any) -> str:
+    if isinstance(addr, tuple):
+        host, port = addr[0], addr[1]
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return f"unix:{addr}" if addr else "unix:"
