@@ -144,6 +144,15 @@ def test_ketama_dead_servers_retry_order() -> None:
     assert any(0 < s._skips <= MAX_HASH_TRIES for s in sessions)  # walked along the ring
 
 
+@pytest.mark.parametrize("n", [1, 2])
+def test_ketama_point_collision_kept_by_first_listed_server(n: int) -> None:
+    vec = load(f"chash_point_collision_{n}")
+    first_listed = vec["upstream"]["servers"][0].split()[0]
+    # the first sessions land on the shared point: nginx's (stable) sort kept the first listed
+    assert {r["upstream_addr"][0] for r in vec["sessions"][:6]} == {first_listed}
+    replay_sessions(f"chash_point_collision_{n}")
+
+
 @pytest.mark.parametrize("name", ["chash_rr_fallback", "hash_rr_fallback"])
 def test_hash_twenty_skips_fall_back_to_round_robin(name: str) -> None:
     _, sessions = replay_sessions(name)

@@ -37,6 +37,7 @@ import sys
 import tempfile
 import threading
 import time
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,6 +82,7 @@ class Scenario:
     next_upstream_tries: int = 0
     v6_frontend: bool = False
     maps: str = ""  # extra ``map`` blocks the key needs
+    dead: list[str] = field(default_factory=list)  # dead servers beyond the shared DEAD list
 
 
 def _addresses(seed: str, count: int) -> list[str]:
@@ -113,6 +115,47 @@ def _held_steps(seed: str, count: int, max_open: int) -> list[tuple[str, int]]:
     rng.shuffle(live)
     steps.extend(("close", cid) for cid in live)
     return steps
+
+
+def _ketama_ring(servers: list[str]) -> list[int]:
+    """Sorted distinct ketama point hashes for weight-1 ``127.0.0.1:port`` servers (only used
+    to choose client addresses that land on an interesting point, never as the expectation)."""
+    hashes: set[int] = set()
+    for server in servers:
+        host, _, port = server.rpartition(":")
+        base = zlib.crc32(host.encode() + b"\0" + port.encode())
+        prev = 0
+        for _ in range(160):
+            prev = zlib.crc32(prev.to_bytes(4, "little"), base)
+            hashes.add(prev)
+    return sorted(hashes)
+
+
+def _point_collision() -> tuple[str, str, int]:
+    """The first two ``127.0.0.1:port`` servers (ports 10000-16999) sharing a ketama point."""
+    owner: dict[int, int] = {}
+    for port in range(10000, 17000):
+        base = zlib.crc32(b"127.0.0.1\0" + str(port).encode())
+        prev = 0
+        for _ in range(160):
+            prev = zlib.crc32(prev.to_bytes(4, "little"), base)
+            other = owner.setdefault(prev, port)
+            if other != port:
+                return f"127.0.0.1:{other}", f"127.0.0.1:{port}", prev
+    raise RuntimeError("no ketama point collision found")
+
+
+def _keys_on_point(seed: str, ring: list[int], point: int, count: int) -> list[str]:
+    """Client addresses whose CRC-32 makes the ketama lookup start exactly at ``point``."""
+    i = ring.index(point)
+    low = ring[i - 1] if i else -1
+    out = []
+    for ip in _addresses(seed, 200000):
+        if low < zlib.crc32(ip.encode()) <= point:
+            out.append(ip)
+            if len(out) == count:
+                return out
+    raise RuntimeError("no client address lands on the collision point")
 
 
 def scenarios() -> list[Scenario]:
@@ -182,6 +225,28 @@ def scenarios() -> list[Scenario]:
     )
     fail.clients = [(ip, 0, 17403) for ip in _addresses("chash_fail_state", 400)]
     out.append(fail)
+
+    # Two different servers owning the same ketama point: which one keeps it depends on the
+    # sort nginx uses (glibc qsort = merge sort, stable: the one listed first).
+    c1, c2, point = _point_collision()
+    live = "127.0.0.1:17301"
+    ring = _ketama_ring([c1, c2, live])
+    hits = _keys_on_point("chash_point_collision", ring, point, 6)
+    for n, order in enumerate([(c1, c2), (c2, c1)], 1):
+        col = Scenario(
+            f"chash_point_collision_{n}",
+            f"hash $remote_addr consistent where {c1} and {c2} (both dead, max_fails=0) "
+            "produce one identical point; client addresses chosen to land on it show "
+            "which server kept it (first attempt), then the walk continues.",
+            "hash $remote_addr consistent",
+            [f"{order[0]} max_fails=0", f"{order[1]} max_fails=0", f"{live} max_fails=0"],
+            17418 + n,
+            key="$remote_addr",
+            dead=[c1, c2],
+        )
+        col.clients = [(ip, 0, 17418 + n) for ip in hits]
+        col.clients += [(ip, 0, 17418 + n) for ip in _addresses("chash_point_collision", 60)]
+        out.append(col)
 
     fb = Scenario(
         "chash_rr_fallback",
@@ -494,7 +559,7 @@ def preflight(scs: list[Scenario]) -> None:
                 s.listen(1)
             except OSError as e:
                 sys.exit(f"gen_vectors: {name} is in use ({e}); free it and retry")
-    for name in DEAD:
+    for name in DEAD + [d for sc in scs for d in sc.dead]:
         if name.startswith("unix:"):
             if os.path.exists(name[5:]):
                 sys.exit(f"gen_vectors: {name} must not exist")
@@ -763,7 +828,9 @@ def main(argv: list[str] | None = None) -> int:
                     "key": sc.key,
                     "servers": sc.servers,
                 },
-                "dead": [d for d in DEAD if any(s.split(" ")[0] == d for s in sc.servers)],
+                "dead": [
+                    d for d in DEAD + sc.dead if any(s.split(" ")[0] == d for s in sc.servers)
+                ],
                 "proxy_next_upstream_tries": sc.next_upstream_tries,
             }
             path = args.out / f"{sc.name}.json"
