@@ -1,0 +1,480 @@
+"""Real TLS handshakes on 127.0.0.1 proving the session directives take effect.
+
+Servers are uvloop ``loop.create_server(ssl=ctx)`` (what production runs), in a thread of this
+process or in forked worker processes of a small master script. Clients are Python's ``ssl``
+(``SSLSocket.session`` / ``session_reused``) and ``openssl s_client -sess_out/-sess_in``.
+Every server replies ``<pid>\\n`` and closes, so a client also learns which process served it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import json
+import os
+import shutil
+import socket
+import ssl
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import uvloop
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from tlsgw.errors import ConfigError, StartupError
+from tlsgw.tls import native, sessions
+from tlsgw.tls.sessions import SessionSettings
+
+ROOT = Path(__file__).resolve().parents[1]
+OPENSSL = shutil.which("openssl")
+TLS12 = ssl.TLSVersion.TLSv1_2
+TLS13 = ssl.TLSVersion.TLSv1_3
+
+pytestmark = pytest.mark.timeout(60)
+
+
+# ------------------------------------------------------------------------------------------------
+# certificates
+# ------------------------------------------------------------------------------------------------
+def _make_cert(directory: Path, name: str) -> tuple[str, str]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=30))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / f"{name}.crt", directory / f"{name}.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return str(cert_path), str(key_path)
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory) -> dict[str, tuple[str, str]]:
+    d = tmp_path_factory.mktemp("certs")
+    return {"a": _make_cert(d, "a"), "b": _make_cert(d, "b")}
+
+
+def server_context(certs, which="a", max_version=None) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(*certs[which])
+    if max_version is not None:
+        ctx.maximum_version = max_version
+    return ctx
+
+
+def configured(certs, settings: SessionSettings, runtime=None, which="a", max_version=None):
+    runtime = runtime or sessions.prepare_in_master([settings])
+    ctx = server_context(certs, which, max_version)
+    sessions.apply(ctx, settings, runtime, sessions.session_id_context_from_files([certs[which][0]]))
+    return ctx, runtime
+
+
+# ------------------------------------------------------------------------------------------------
+# uvloop server in a thread of this process
+# ------------------------------------------------------------------------------------------------
+class _Greeter(asyncio.Protocol):
+    def __init__(self, reused_log: list):
+        self.reused_log = reused_log
+
+    def connection_made(self, transport):
+        sslobj = transport.get_extra_info("ssl_object")
+        self.reused_log.append(bool(sslobj and sslobj.session_reused))
+        transport.write(f"{os.getpid()}\n".encode())
+        transport.close()
+
+    def data_received(self, data):
+        pass
+
+
+class UvServer:
+    """A uvloop TLS server on 127.0.0.1 running in a daemon thread."""
+
+    def __init__(self, ctx: ssl.SSLContext):
+        self.reused: list[bool] = []
+        self.loop = uvloop.new_event_loop()
+        ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(ctx, ready), daemon=True)
+        self._thread.start()
+        assert ready.wait(10), "server did not start"
+
+    def _run(self, ctx, ready):
+        asyncio.set_event_loop(self.loop)
+        self.server = self.loop.run_until_complete(
+            self.loop.create_server(lambda: _Greeter(self.reused), "127.0.0.1", 0, ssl=ctx)
+        )
+        self.port = self.server.sockets[0].getsockname()[1]
+        ready.set()
+        self.loop.run_forever()
+        self.server.close()
+        self.loop.run_until_complete(self.server.wait_closed())
+        self.loop.close()
+
+    def stop(self):
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+
+
+@pytest.fixture
+def serve():
+    servers: list[UvServer] = []
+
+    def start(ctx):
+        srv = UvServer(ctx)
+        servers.append(srv)
+        return srv.port
+
+    yield start
+    for srv in reversed(servers):
+        srv.stop()
+
+
+# ------------------------------------------------------------------------------------------------
+# clients
+# ------------------------------------------------------------------------------------------------
+def client_context(version: ssl.TLSVersion, tickets: bool = True) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.minimum_version = ctx.maximum_version = version
+    if not tickets:
+        ctx.options |= ssl.OP_NO_TICKET
+    return ctx
+
+
+def py_connect(port: int, ctx: ssl.SSLContext, session=None):
+    """Handshake, read the greeting to EOF; returns (reused, session, server pid)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, \
+            ctx.wrap_socket(raw, server_hostname="localhost", session=session) as s:
+        data = b""
+        while chunk := s.recv(100):
+            data += chunk
+        return s.session_reused, s.session, int(data.strip() or 0)
+
+
+def s_client(port: int, version: str, sess_file: Path, resume: bool, no_ticket: bool = False):
+    """Run ``openssl s_client``; returns (reused, server pid)."""
+    cmd = [OPENSSL, "s_client", "-connect", f"127.0.0.1:{port}", f"-{version}", "-ign_eof"]
+    cmd += ["-sess_in" if resume else "-sess_out", str(sess_file)]
+    if no_ticket:
+        cmd.append("-no_ticket")
+    out = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=15, text=True).stdout
+    assert ("Reused," in out) or ("New," in out), out
+    pid = next((int(line) for line in out.splitlines() if line.strip().isdigit()), 0)
+    return "Reused," in out, pid
+
+
+needs_openssl = pytest.mark.skipif(OPENSSL is None, reason="openssl binary not installed")
+
+
+# ------------------------------------------------------------------------------------------------
+# a miniature tlsgw master: prepare_in_master, bind, fork N uvloop workers
+# ------------------------------------------------------------------------------------------------
+MASTER_SCRIPT = textwrap.dedent(
+    """
+    import asyncio, json, os, signal, socket, ssl, sys, time
+    sys.path.insert(0, sys.argv[1])
+    import uvloop
+    from tlsgw.tls import sessions
+
+    cfg = json.loads(sys.argv[2])
+    settings = sessions.SessionSettings.from_directives(**cfg["directives"])
+    runtime = sessions.prepare_in_master([settings])
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cfg["cert"], cfg["key"])
+    id_ctx = sessions.session_id_context_from_files([cfg["cert"]])
+    if cfg["apply"] == "master":
+        sessions.apply(ctx, settings, runtime, id_ctx)
+    socks = []
+    for _ in range(cfg["workers"]):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        s.listen(64)
+        socks.append(s)
+    deadline = time.monotonic() + cfg.get("lifetime", 50)
+    master = os.getpid()
+
+    class Greeter(asyncio.Protocol):
+        def connection_made(self, transport):
+            transport.write(f"{os.getpid()}\\n".encode())
+            transport.close()
+
+    def worker(sock):
+        if cfg["apply"] == "worker":
+            sessions.apply(ctx, settings, runtime, id_ctx)
+        loop = uvloop.new_event_loop()
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(loop.create_server(Greeter, sock=sock, ssl=ctx))
+        def watchdog():
+            if os.getppid() != master or time.monotonic() > deadline:
+                loop.stop()
+            else:
+                loop.call_later(0.2, watchdog)
+        loop.add_signal_handler(signal.SIGTERM, loop.stop)
+        watchdog()
+        loop.run_forever()
+
+    children = []
+    for sock in socks:
+        pid = os.fork()
+        if pid == 0:
+            try:
+                worker(sock)
+            finally:
+                os._exit(0)
+        children.append(pid)
+    print(json.dumps([s.getsockname()[1] for s in socks]), flush=True)
+    try:
+        signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))
+        signal.alarm(int(cfg.get("lifetime", 50)))
+        sys.stdin.read()  # the test closes stdin (or dies) to stop us
+    finally:
+        for pid in children:
+            try:
+                os.kill(pid, signal.SIGTERM)
+                os.waitpid(pid, 0)
+            except OSError:
+                pass
+    """
+)
+
+
+@pytest.fixture
+def master(tmp_path, certs):
+    """Start a master that forks workers; returns the worker ports."""
+    script = tmp_path / "master.py"
+    script.write_text(MASTER_SCRIPT)
+    procs: list[subprocess.Popen] = []
+
+    def start(directives: dict, workers: int = 2, apply_in: str = "master", which="a"):
+        cfg = {"directives": directives, "workers": workers, "apply": apply_in,
+               "cert": certs[which][0], "key": certs[which][1]}
+        proc = subprocess.Popen([sys.executable, str(script), str(ROOT), json.dumps(cfg)],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        procs.append(proc)
+        line = proc.stdout.readline()
+        assert line, "master did not start"
+        return json.loads(line)
+
+    yield start
+    for proc in procs:
+        proc.stdin.close()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+# ================================================================================================
+# configuration parsing and validation
+# ================================================================================================
+def test_parse_session_cache_nginx_syntax():
+    p = sessions.parse_session_cache
+    assert p("none") == sessions.SessionCacheSpec("none")
+    assert p("off") == sessions.SessionCacheSpec("off")
+    assert p("builtin") == sessions.SessionCacheSpec("builtin", None)
+    assert p("builtin:1000") == sessions.SessionCacheSpec("builtin", 1000)
+    assert p("shared:SSL:10m") == sessions.SessionCacheSpec("shared", None, "SSL", 10 * 2**20)
+    assert p("builtin:5 shared:S:64k") == sessions.SessionCacheSpec("builtin+shared", 5, "S", 65536)
+    assert p(["shared:S:1m", "builtin"]) == sessions.SessionCacheSpec("builtin+shared", None, "S", 2**20)
+    assert p("off shared:S:1m").cache == "off"
+    for bad in ("builtin:abc", "shared:X", "shared::1m", "shared:X:1q", "bogus"):
+        with pytest.raises(ConfigError, match=f'invalid session cache "{bad}"'):
+            p(bad)
+    with pytest.raises(ConfigError, match='session cache "shared:X:16k" is too small'):
+        p("shared:X:16k")
+    assert sessions.parse_size("32k") == 32768 and sessions.parse_size("1x") is None
+
+
+def test_settings_defaults_are_nginx_defaults():
+    s = SessionSettings()
+    assert (s.cache, s.timeout, s.tickets, s.ticket_key_files) == ("none", 300.0, True, ())
+    s = SessionSettings.from_directives("shared:SSL:1m", "2", False, ["k1"])
+    assert s.describe() == ("ssl_session_cache shared:SSL:1048576; ssl_session_timeout 2s; "
+                            "ssl_session_tickets off; ssl_session_ticket_key k1")
+    with pytest.raises(ConfigError):
+        SessionSettings(timeout=0)
+
+
+@pytest.mark.parametrize("length", [0, 47, 49, 79, 81, 100])
+def test_ticket_key_file_must_be_48_or_80_bytes(tmp_path, length):
+    path = tmp_path / "bad.key"
+    path.write_bytes(os.urandom(length))
+    with pytest.raises(ConfigError) as info:
+        sessions.prepare_in_master([SessionSettings(ticket_key_files=(str(path),))])
+    assert str(info.value) == f'"{path}" must be 48 or 80 bytes'
+
+
+def test_ticket_key_file_missing(tmp_path):
+    with pytest.raises(ConfigError, match=r'open\(\) ".*nope.key" failed'):
+        sessions.prepare_in_master([SessionSettings(ticket_key_files=(str(tmp_path / "nope.key"),))])
+
+
+def test_ticket_key_layouts_match_nginx():
+    raw48 = bytes(range(48))
+    k = sessions.TicketKey.from_bytes(raw48)
+    assert (k.name, k.aes_key, k.hmac_key, k.bits) == (raw48[:16], raw48[16:32], raw48[32:], 128)
+    raw80 = bytes(range(80))
+    k = sessions.TicketKey.from_bytes(raw80)
+    assert (k.name, k.hmac_key, k.aes_key, k.bits) == (raw80[:16], raw80[16:48], raw80[48:], 256)
+
+
+def test_one_shared_name_with_two_sizes_is_an_error():
+    a = SessionSettings.from_directives("shared:Z:1m")
+    b = SessionSettings.from_directives("shared:Z:2m")
+    with pytest.raises(ConfigError, match='shared memory zone "Z" conflicts with already declared size'):
+        sessions.prepare_in_master([a, b])
+    runtime = sessions.prepare_in_master([a, SessionSettings.from_directives("builtin shared:Z:1m")])
+    assert list(runtime.stores) == ["Z"]
+    runtime.close()
+
+
+# ================================================================================================
+# the native binding and its safety checks
+# ================================================================================================
+def test_native_binds_the_ssl_modules_own_libssl():
+    n = native.load()
+    assert n.version_num == ssl.OPENSSL_VERSION_NUMBER
+    assert n.version_text == ssl.OPENSSL_VERSION
+    assert n.path is None or "libssl" in os.path.basename(n.path)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    raw = native.ctx_pointer(ctx)
+    ctx.options |= ssl.OP_NO_TICKET  # a change made through Python is seen through the pointer
+    assert native.load().ssl.SSL_CTX_get_options(raw) & native.SSL_OP_NO_TICKET
+    with pytest.raises(TypeError):
+        native.ctx_pointer(object())
+
+
+def test_native_layout_check_rejects_a_foreign_pointer():
+    a = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    b = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    b.options |= ssl.OP_NO_TICKET
+    with pytest.raises(native.NativeTLSUnavailable, match="options"):
+        native._check_ctx(native.load(), a, native.ctx_pointer(b))
+    with pytest.raises(native.NativeTLSUnavailable, match="not readable"):
+        native._probe_readable(8, 64)
+
+
+def test_unusable_libssl_is_a_startup_error_naming_the_setting(monkeypatch):
+    def broken():
+        raise native.NativeTLSUnavailable("libssl not found")
+
+    monkeypatch.setattr(native, "load", broken)
+    settings = SessionSettings.from_directives("shared:SSL:1m", 120)
+    with pytest.raises(StartupError, match=r"ssl_session_cache shared:SSL:1048576.*ssl_session_timeout 120s.*libssl not found"):
+        sessions.prepare_in_master([settings])
+    with pytest.raises(StartupError, match="ssl_session_timeout"):
+        sessions.apply(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), settings, sessions.SessionRuntime(), b"x")
+
+
+def test_apply_sets_what_nginx_sets(certs):
+    cases = {
+        "off": (native.SSL_SESS_CACHE_OFF, None),
+        "none": (native.SSL_SESS_CACHE_SERVER | native.SSL_SESS_CACHE_NO_AUTO_CLEAR
+                 | native.SSL_SESS_CACHE_NO_INTERNAL_STORE, 1),
+        "builtin": (native.SSL_SESS_CACHE_SERVER, 20480),
+        "builtin:77": (native.SSL_SESS_CACHE_SERVER, 77),
+        "shared:S:1m": (native.SSL_SESS_CACHE_SERVER | native.SSL_SESS_CACHE_NO_INTERNAL, None),
+        "builtin:9 shared:S:1m": (native.SSL_SESS_CACHE_SERVER, 9),
+    }
+    for cache, (mode, size) in cases.items():
+        s = SessionSettings.from_directives(cache, 42, num_tickets=1, release_buffers=True)
+        ctx, runtime = configured(certs, s)
+        raw = native.ctx_pointer(ctx)
+        assert native.get_cache_mode(raw) == mode, cache
+        if size is not None:
+            assert native.get_cache_size(raw) == size, cache
+        assert native.get_timeout(raw) == 42
+        assert native.get_num_tickets(raw) == 1 == ctx.num_tickets
+        assert native.get_mode(raw) & native.SSL_MODE_RELEASE_BUFFERS
+        assert not ctx.options & ssl.OP_NO_TICKET
+        runtime.close()
+    ctx, runtime = configured(certs, SessionSettings(tickets=False))
+    assert ctx.options & ssl.OP_NO_TICKET
+    assert not native.get_mode(native.ctx_pointer(ctx)) & native.SSL_MODE_RELEASE_BUFFERS
+
+
+# ================================================================================================
+# real handshakes: timeout
+# ================================================================================================
+TIMEOUT = 2  # ssl_session_timeout used by the expiry tests
+
+
+def _expiry_case(certs, tmp_path, cache, tickets, version, client, delay):
+    """Issue a session, wait *delay* s, try to resume. Returns (reused, ticket decrypt count)."""
+    settings = SessionSettings.from_directives(cache, TIMEOUT, tickets)
+    ctx, runtime = configured(certs, settings)
+    srv = UvServer(ctx)
+    try:
+        if client == "python":
+            cctx = client_context(version, tickets=tickets)
+            first, sess, _ = py_connect(srv.port, cctx)
+            assert not first
+            if tickets:
+                assert sess.has_ticket and sess.ticket_lifetime_hint == TIMEOUT
+            time.sleep(delay)
+            reused, _, _ = py_connect(srv.port, cctx, sess)
+        else:
+            sess_file = tmp_path / f"{cache}-{tickets}-{version.name}-{delay}.pem"
+            v = "tls1_2" if version == TLS12 else "tls1_3"
+            first, _ = s_client(srv.port, v, sess_file, resume=False, no_ticket=not tickets)
+            assert not first
+            time.sleep(delay)
+            reused, _ = s_client(srv.port, v, sess_file, resume=True, no_ticket=not tickets)
+        assert srv.reused[-1] == reused  # the server saw the same thing
+        return reused, runtime.auto_keys.stats["decrypted"]
+    finally:
+        srv.stop()
+        runtime.close()
+
+
+EXPIRY_CASES = [
+    # cache, tickets, version, client
+    ("builtin", False, TLS12, "python"),       # TLS 1.2 session ID, builtin cache
+    ("shared:E:1m", False, TLS12, "python"),   # TLS 1.2 session ID, shared cache
+    ("none", True, TLS12, "python"),           # TLS 1.2 ticket
+    ("none", True, TLS13, "python"),           # TLS 1.3 ticket
+    ("builtin", False, TLS13, "python"),       # TLS 1.3 stateful ticket (tickets off)
+    ("builtin", False, TLS12, "s_client"),
+    ("none", True, TLS12, "s_client"),
+    ("none", True, TLS13, "s_client"),
+]
+
+
+@needs_openssl
+def test_resumes_within_timeout_and_not_after(certs, tmp_path):
+    """All cases run in parallel; each checks at 1 s (resumes) and at TIMEOUT+1.3 s (does not:
+    OpenSSL keeps whole seconds, so a session lives between TIMEOUT and TIMEOUT+1 s)."""
+    jobs = [(c, d) for c in EXPIRY_CASES for d in (1.0, TIMEOUT + 1.3)]
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        results = list(pool.map(lambda j: _expiry_case(certs, tmp_path, *j[0], delay=j[1]), jobs))
+    for (case, delay), (reused, decrypted) in zip(jobs, results, strict=True):
+        assert reused == (delay < TIMEOUT), (case, delay)
+        if case[1]:
+            # the client did offer the ticket and the server decrypted it: the expiry is the
+            # server's decision, not just the client skipping an old ticket
+            assert decrypted == 1, (case, delay)

@@ -1,0 +1,895 @@
+"""nginx's TLS session directives on top of a stdlib :class:`ssl.SSLContext`.
+
+Directives covered (nginx ``stream`` semantics, see the semantics doc §9 and §6):
+
+* ``ssl_session_timeout`` (default 5m) – ``SSL_CTX_set_timeout``: the lifetime of every new session,
+  whether it is resumed by session ID or by ticket (TLS 1.2 and 1.3). OpenSSL counts whole seconds.
+* ``ssl_session_cache off | none | builtin[:N] | shared:NAME:SIZE`` (default ``none``):
+
+  ===================  ==========================================================================
+  ``off``              ``SSL_SESS_CACHE_OFF``: clients are told sessions cannot be reused.
+  ``none``             ``SERVER | NO_AUTO_CLEAR | NO_INTERNAL_STORE``, size 1: clients are told
+                       sessions may be reused, nothing is stored (tickets still resume).
+  ``builtin[:N]``      OpenSSL's per-process cache, N sessions (default 20480; 0 = unbounded).
+  ``shared:NAME:SIZE`` a cache in ``MAP_SHARED`` memory created by the master before it forks,
+                       reached through ``SSL_CTX_sess_set_new_cb/get_cb/remove_cb``; the builtin
+                       cache is disabled unless ``builtin`` is also given.
+  ===================  ==========================================================================
+
+* ``ssl_session_tickets on|off`` (default on) – ``SSL_OP_NO_TICKET``. With tickets off, TLS 1.3
+  resumption uses OpenSSL's *stateful* tickets, which live in the session cache above.
+* ``ssl_session_ticket_key FILE`` (repeatable) – 48-byte (AES-128-CBC) or 80-byte (AES-256-CBC)
+  files laid out as nginx does; the first key encrypts, every key decrypts (matched by its 16-byte
+  name), a ticket decrypted by a non-first key is renewed, TLS 1.3 tickets are always renewed.
+
+Theory of operation
+-------------------
+Two phases, because workers are created with ``os.fork()``:
+
+1. **Master, before fork:** :func:`prepare_in_master` takes every server's
+   :class:`SessionSettings` and returns a :class:`SessionRuntime`. It
+
+   * checks that the native binding works (:mod:`tlsgw.tls.native`), so a Python whose libssl
+     cannot be driven fails at startup, naming the directives;
+   * creates one :class:`SharedSessionStore` per ``shared`` NAME (servers using the same NAME share
+     it; different sizes for one NAME are an error, as in nginx) – anonymous ``MAP_SHARED``
+     memory plus a process-shared semaphore, both inherited by forked children;
+   * reads and validates ``ssl_session_ticket_key`` files;
+   * generates one random 80-byte ticket key for servers without key files. Because it is made
+     before the fork, every worker encrypts and decrypts tickets with the same key and a ticket
+     issued by one worker resumes on any other (OpenSSL's own keys are per process).
+
+2. **Master or worker:** :func:`apply` configures one ``ssl.SSLContext`` (timeout, session-id
+   context, cache mode and size, cache callbacks, ticket option and ticket-key callback,
+   ``num_tickets``, ``SSL_MODE_RELEASE_BUFFERS``). It may run before the fork (the context and the
+   callbacks are inherited) or in each worker after it; both give the same result.
+
+Typical master code::
+
+    runtime = sessions.prepare_in_master([srv.session for srv in servers])
+    for srv in servers:
+        ctx = build_ssl_context(srv)                      # certificates, ciphers, ...
+        sessions.apply(ctx, srv.session, runtime,
+                       sessions.session_id_context_from_files(srv.certificates))
+    for _ in range(workers):
+        if os.fork() == 0:
+            run_worker(...)                               # loop.create_server(..., ssl=ctx)
+
+The shared store
+----------------
+A fixed-size region: a header, a bucket array (``uint32`` offsets, about one bucket per 256
+bytes of cache) and a data area used as a ring of variable-length records (64-byte record header
+plus the DER of the session). New sessions are appended at the head; when space runs out the
+oldest records at the tail are dropped. Records are appended in time order and share a timeout per
+server, so dropping from the tail drops expired sessions first and then the oldest ones, the
+order nginx uses. Lookups hash the session ID to a bucket and follow a chain through the records;
+removals unlink a record and leave its bytes to be reclaimed when the tail passes. Sessions whose
+DER exceeds 8192 bytes or whose ID exceeds 32 bytes are not stored (as in nginx); TLS 1.3 sessions
+are not stored while tickets are on (nginx 1.23.2+), because the ticket carries them. Capacity is
+about 3,500–4,000 TLS 1.2 sessions per MB, close to nginx's documented 4,000.
+
+Every operation runs under the semaphore with a short timeout. If the holder died (its pid is
+recorded in the header) the lock is taken over and the store is wiped (it may be half written);
+if a live process holds it too long, the operation is skipped (a miss, never a stall). Every walk
+is bounded, and any inconsistency found wipes the store: it is only a cache.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import hashlib
+import logging
+import mmap
+import multiprocessing
+import os
+import re
+import ssl
+import struct
+import time
+import zlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from tlsgw.errors import ConfigError, StartupError
+from tlsgw.tls import native
+
+log = logging.getLogger("tlsgw.error")
+
+__all__ = [
+    "DEFAULT_BUILTIN_SIZE",
+    "SessionRuntime",
+    "SessionSettings",
+    "SharedSessionStore",
+    "TicketKey",
+    "apply",
+    "load_ticket_key_file",
+    "parse_session_cache",
+    "parse_size",
+    "prepare_in_master",
+    "session_id_context",
+    "session_id_context_from_files",
+]
+
+#: OpenSSL's default internal cache size (SSL_SESSION_CACHE_MAX_SIZE_DEFAULT), used by ``builtin``.
+DEFAULT_BUILTIN_SIZE = 1024 * 20
+#: nginx refuses shared caches smaller than 8 pages.
+PAGE_SIZE = mmap.PAGESIZE
+MIN_SHARED_SIZE = 8 * PAGE_SIZE
+#: nginx does not cache sessions whose DER is larger than this.
+MAX_SESSION_DER = 8192
+CACHE_MODES = ("off", "none", "builtin", "shared", "builtin+shared")
+
+
+# ---------------------------------------------------------------------------------------------
+# Settings and nginx syntax
+# ---------------------------------------------------------------------------------------------
+_SIZE_RE = re.compile(r"^(\d+)([kKmMgG]?)$")
+
+
+def parse_size(text: str) -> int | None:
+    """nginx ``size`` syntax: ``1024``, ``64k``, ``10m``, ``1g``; ``None`` if invalid."""
+    m = _SIZE_RE.match(text)
+    if not m:
+        return None
+    return int(m.group(1)) * {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}[m.group(2).lower()]
+
+
+@dataclass(frozen=True)
+class SessionCacheSpec:
+    """The parsed value of one ``ssl_session_cache`` directive."""
+
+    cache: str
+    builtin_size: int | None = None
+    shared_name: str | None = None
+    shared_size: int | None = None
+
+
+def parse_session_cache(value: str | Sequence[str]) -> SessionCacheSpec:
+    """Parse ``ssl_session_cache`` arguments the way nginx does.
+
+    ``value`` is the directive's argument string (``"builtin:1000 shared:SSL:10m"``) or the list of
+    arguments. Later ``off``/``none``/``builtin`` words override earlier ones; ``off`` and ``none``
+    win over a ``shared`` zone given on the same line (nginx allocates the zone but never uses it).
+
+    Raises:
+        ConfigError: with nginx's wording (``invalid session cache "…"``,
+            ``session cache "…" is too small``).
+    """
+    args = value.split() if isinstance(value, str) else list(value)
+    if not 1 <= len(args) <= 2:
+        raise ConfigError('invalid number of arguments in "ssl_session_cache" directive')
+    builtin: str | int | None = None  # "off" | "none" | "default" | int
+    shared_name: str | None = None
+    shared_size: int | None = None
+    for arg in args:
+        if arg in ("off", "none"):
+            builtin = arg
+        elif arg == "builtin":
+            builtin = "default"
+        elif arg.startswith("builtin:") and len(arg) > len("builtin:"):
+            digits = arg[len("builtin:"):]
+            if not digits.isdigit():
+                raise ConfigError(f'invalid session cache "{arg}"')
+            builtin = int(digits)
+        elif arg.startswith("shared:") and len(arg) > len("shared:"):
+            name, sep, size_text = arg[len("shared:"):].partition(":")
+            size = parse_size(size_text) if sep else None
+            if not name or size is None:
+                raise ConfigError(f'invalid session cache "{arg}"')
+            if size < MIN_SHARED_SIZE:
+                raise ConfigError(f'session cache "{arg}" is too small')
+            shared_name, shared_size = name, size
+        else:
+            raise ConfigError(f'invalid session cache "{arg}"')
+    if builtin in ("off", "none"):
+        return SessionCacheSpec(str(builtin))
+    size = None if builtin in (None, "default") else int(builtin)  # type: ignore[arg-type]
+    if shared_name is None:
+        return SessionCacheSpec("builtin", size)
+    if builtin is None:
+        return SessionCacheSpec("shared", None, shared_name, shared_size)
+    return SessionCacheSpec("builtin+shared", size, shared_name, shared_size)
+
+
+@dataclass(frozen=True)
+class SessionSettings:
+    """Session-related settings of one server (one ``SSLContext``); defaults are nginx's."""
+
+    cache: str = "none"
+    """``off`` | ``none`` | ``builtin`` | ``shared`` | ``builtin+shared``."""
+    builtin_size: int | None = None
+    """Sessions in the builtin cache; ``None`` = OpenSSL's default 20480, 0 = no limit."""
+    shared_name: str | None = None
+    shared_size: int | None = None
+    """Bytes of the shared cache (at least 8 pages)."""
+    timeout: float = 300.0
+    """``ssl_session_timeout`` in seconds (OpenSSL keeps whole seconds; at least 1)."""
+    tickets: bool = True
+    ticket_key_files: tuple[str, ...] = ()
+    num_tickets: int | None = None
+    """TLS 1.3 tickets sent after a full handshake (``SSL_CTX_set_num_tickets``); None = OpenSSL's 2."""
+    release_buffers: bool = False
+    """``SSL_MODE_RELEASE_BUFFERS``: free a connection's record buffers while it is idle."""
+
+    def __post_init__(self) -> None:
+        if self.cache not in CACHE_MODES:
+            raise ConfigError(f"invalid session cache mode {self.cache!r}")
+        if "shared" in self.cache:
+            if not self.shared_name or self.shared_size is None:
+                raise ConfigError("a shared session cache needs a name and a size")
+            if self.shared_size < MIN_SHARED_SIZE:
+                raise ConfigError(f'session cache "shared:{self.shared_name}:{self.shared_size}" is too small')
+        if self.builtin_size is not None and self.builtin_size < 0:
+            raise ConfigError("builtin session cache size must not be negative")
+        if not self.timeout >= 0.5:
+            raise ConfigError("ssl_session_timeout must be at least 1s")
+        if self.num_tickets is not None and self.num_tickets < 0:
+            raise ConfigError("num_tickets must not be negative")
+        object.__setattr__(self, "ticket_key_files", tuple(self.ticket_key_files))
+
+    @classmethod
+    def from_directives(
+        cls,
+        ssl_session_cache: str | Sequence[str] = "none",
+        ssl_session_timeout: float = 300.0,
+        ssl_session_tickets: bool = True,
+        ssl_session_ticket_key: Sequence[str] = (),
+        **extra: object,
+    ) -> SessionSettings:
+        """Build settings from nginx directive values (``extra``: num_tickets, release_buffers)."""
+        spec = parse_session_cache(ssl_session_cache)
+        return cls(
+            cache=spec.cache,
+            builtin_size=spec.builtin_size,
+            shared_name=spec.shared_name,
+            shared_size=spec.shared_size,
+            timeout=float(ssl_session_timeout),
+            tickets=bool(ssl_session_tickets),
+            ticket_key_files=tuple(ssl_session_ticket_key),
+            **extra,  # type: ignore[arg-type]
+        )
+
+    @property
+    def timeout_seconds(self) -> int:
+        return max(1, round(self.timeout))
+
+    def describe(self) -> str:
+        """The directives as nginx would spell them (for error messages)."""
+        if self.cache in ("off", "none"):
+            cache = self.cache
+        else:
+            parts = []
+            if "builtin" in self.cache:
+                parts.append("builtin" if self.builtin_size is None else f"builtin:{self.builtin_size}")
+            if "shared" in self.cache:
+                parts.append(f"shared:{self.shared_name}:{self.shared_size}")
+            cache = " ".join(parts)
+        out = [f"ssl_session_cache {cache}", f"ssl_session_timeout {self.timeout_seconds}s",
+               f"ssl_session_tickets {'on' if self.tickets else 'off'}"]
+        out += [f"ssl_session_ticket_key {p}" for p in self.ticket_key_files]
+        return "; ".join(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Session-id context
+# ---------------------------------------------------------------------------------------------
+def session_id_context(certificates: Iterable[bytes], client_ca_names: Iterable[bytes] = ()) -> bytes:
+    """SHA-1 over ``"STREAM"``, each certificate's SHA-1 and each client CA name's SHA-1.
+
+    Like nginx, sessions then never cross listeners that serve different certificates or trust
+    different client CAs, even when they share a ``shared`` cache or ticket keys.
+    """
+    h = hashlib.sha1(b"STREAM")
+    for der in certificates:
+        h.update(hashlib.sha1(der).digest())
+    for name in client_ca_names:
+        h.update(hashlib.sha1(name).digest())
+    return h.digest()
+
+
+_PEM_CERT_RE = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.S)
+
+
+def session_id_context_from_files(cert_files: Iterable[str], client_ca_file: str | None = None) -> bytes:
+    """:func:`session_id_context` from PEM files (the leaf of each ``ssl_certificate`` file, and
+    every certificate of ``ssl_client_certificate`` standing for the CA names)."""
+    leaves = []
+    for path in cert_files:
+        with open(path, "rb") as fh:
+            blocks = _PEM_CERT_RE.findall(fh.read())
+        if blocks:
+            leaves.append(ssl.PEM_cert_to_DER_cert(blocks[0].decode("ascii")))
+    cas = []
+    if client_ca_file:
+        with open(client_ca_file, "rb") as fh:
+            cas = [ssl.PEM_cert_to_DER_cert(b.decode("ascii")) for b in _PEM_CERT_RE.findall(fh.read())]
+    return session_id_context(leaves, cas)
+
+
+# ---------------------------------------------------------------------------------------------
+# Ticket keys
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TicketKey:
+    """One ticket key in nginx's layout (48 bytes: AES-128; 80 bytes: AES-256)."""
+
+    name: bytes
+    aes_key: bytes
+    hmac_key: bytes
+    source: str = "<generated>"
+
+    @classmethod
+    def from_bytes(cls, data: bytes, source: str = "<generated>") -> TicketKey:
+        if len(data) == 48:  # name | AES-128 key | 16-byte HMAC key
+            return cls(data[0:16], data[16:32], data[32:48], source)
+        if len(data) == 80:  # name | 32-byte HMAC key | AES-256 key
+            return cls(data[0:16], data[48:80], data[16:48], source)
+        raise ConfigError(f'"{source}" must be 48 or 80 bytes')
+
+    @property
+    def bits(self) -> int:
+        return len(self.aes_key) * 8
+
+
+def load_ticket_key_file(path: str) -> TicketKey:
+    """Read and validate one ``ssl_session_ticket_key`` file (nginx's messages on failure)."""
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(81)
+    except OSError as exc:
+        raise ConfigError(f'open() "{path}" failed ({exc.strerror or exc})') from None
+    if len(data) not in (48, 80):
+        raise ConfigError(f'"{path}" must be 48 or 80 bytes')
+    return TicketKey.from_bytes(data, path)
+
+
+class TicketKeyRing:
+    """Keys for one server: ``keys[0]`` encrypts, all decrypt. Owns its OpenSSL callback."""
+
+    def __init__(self, keys: Sequence[TicketKey]):
+        if not keys:
+            raise ValueError("a ticket key ring needs at least one key")
+        self.keys = tuple(keys)
+        self._by_name: dict[bytes, int] = {}
+        for i, k in enumerate(self.keys):
+            self._by_name.setdefault(k.name, i)
+        self._cb = None
+        self._native: list[tuple[int, native.MacParams]] = []
+        self.stats = {"encrypted": 0, "decrypted": 0, "renewed": 0, "unknown": 0, "errors": 0}
+
+    def _prepare(self) -> None:
+        n = native.load()
+        self._native = [
+            (n.aes_128_cbc if k.bits == 128 else n.aes_256_cbc, native.MacParams(k.hmac_key))
+            for k in self.keys
+        ]
+
+    def callback(self):
+        """The ``CFUNCTYPE`` thunk for this ring (created once, pinned for the process lifetime)."""
+        if self._cb is None:
+            self._prepare()
+            self._cb = native.TICKET_KEY_CB(self._ticket_key_cb)
+            native.keep_alive(self._cb, self)
+        return self._cb
+
+    def _ticket_key_cb(self, ssl_ptr, name_ptr, iv_ptr, cctx, hctx, enc) -> int:
+        try:
+            if enc == 1:
+                key = self.keys[0]
+                cipher, mac = self._native[0]
+                ctypes.memmove(name_ptr, key.name, 16)
+                ctypes.memmove(iv_ptr, os.urandom(16), 16)
+                if not native.cipher_init(cctx, cipher, key.aes_key, iv_ptr, True):
+                    self.stats["errors"] += 1
+                    return -1
+                if not native.mac_init(hctx, mac):
+                    self.stats["errors"] += 1
+                    return -1
+                self.stats["encrypted"] += 1
+                return 1
+            index = self._by_name.get(ctypes.string_at(name_ptr, 16))
+            if index is None:
+                self.stats["unknown"] += 1
+                return 0  # unknown key: full handshake, new ticket
+            key = self.keys[index]
+            cipher, mac = self._native[index]
+            if not native.mac_init(hctx, mac) or not native.cipher_init(
+                cctx, cipher, key.aes_key, iv_ptr, False
+            ):
+                self.stats["errors"] += 1
+                return -1
+            self.stats["decrypted"] += 1
+            if index != 0 or native.ssl_version(ssl_ptr) == native.TLS1_3_VERSION:
+                self.stats["renewed"] += 1
+                return 2  # resume, and issue a fresh ticket under the current key
+            return 1
+        except BaseException:  # never let an exception unwind into OpenSSL
+            self.stats["errors"] += 1
+            with contextlib.suppress(BaseException):
+                log.exception("session ticket key callback failed")
+            return -1
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared (cross-process) session store
+# ---------------------------------------------------------------------------------------------
+_MAGIC = b"TLSGWSC1"
+# magic, nbuckets, (reserved), data_size, head, tail, wrap_at, count, owner_pid, 8 counters
+_HDR = struct.Struct("<8sIIQQQQQq8Q")
+_HDR_SIZE = 128
+H_HEAD, H_TAIL, H_WRAP, H_COUNT, H_OWNER, H_COUNTERS = 4, 5, 6, 7, 8, 9
+_OWNER_OFF = 56
+_COUNTERS = ("stored", "hits", "misses", "expired", "evicted", "removed", "skipped", "lock_timeouts")
+# total_len, flags, expire, next(+1), der_len, id_len, id  (64 bytes)
+_REC = struct.Struct("<IIqIIB32s7x")
+_FLAGS_OFF, _NEXT_OFF = 4, 16
+_REC_LIVE = 1
+_LOCK_TIMEOUT = 0.05
+
+
+def _align8(n: int) -> int:
+    return (n + 7) & ~7
+
+
+class _Corrupt(Exception):
+    pass
+
+
+class SharedSessionStore:
+    """A session cache in anonymous shared memory, usable by the process that made it and every
+    process forked from it afterwards. All methods are safe to call concurrently from several
+    processes; they never block for more than about 50 ms."""
+
+    def __init__(self, name: str, size: int):
+        if size < MIN_SHARED_SIZE:
+            raise ConfigError(f'session cache "shared:{name}:{size}" is too small')
+        self.name = name
+        self.size = size
+        self.mem = mmap.mmap(-1, size, flags=mmap.MAP_SHARED | getattr(mmap, "MAP_ANONYMOUS", 0x20))
+        nb = 1
+        while nb * 256 < size:
+            nb *= 2
+        self.nbuckets = nb
+        self.buckets_off = _HDR_SIZE
+        self.data_off = _align8(_HDR_SIZE + 4 * nb)
+        self.data_size = size - self.data_off
+        self.lock = multiprocessing.get_context("fork").Lock()
+        self._callbacks: tuple | None = None
+        self._last_warning = 0.0
+        self._wipe()
+
+    # --- header helpers ------------------------------------------------------------------------
+    def _hdr(self) -> list:
+        return list(_HDR.unpack_from(self.mem, 0))
+
+    def _put_hdr(self, h: list) -> None:
+        _HDR.pack_into(self.mem, 0, *h)
+
+    def _wipe(self) -> None:
+        self.mem[: self.data_off] = bytes(self.data_off)
+        self._put_hdr([_MAGIC, self.nbuckets, 0, self.data_size, 0, 0, 0, 0, 0, *([0] * 8)])
+
+    def _bump(self, h: list, counter: str, n: int = 1) -> None:
+        h[H_COUNTERS + _COUNTERS.index(counter)] += n
+
+    # --- locking ------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _locked(self):
+        got = self.lock.acquire(timeout=_LOCK_TIMEOUT)
+        if not got:
+            owner = struct.unpack_from("<q", self.mem, _OWNER_OFF)[0]
+            if owner and not _alive(owner):
+                with contextlib.suppress(ValueError):
+                    self.lock.release()  # the holder died: take the lock over
+                got = self.lock.acquire(timeout=_LOCK_TIMEOUT)
+                if got:
+                    self._wipe()  # it may have died half way through an update
+        if not got:
+            yield None
+            return
+        struct.pack_into("<q", self.mem, _OWNER_OFF, os.getpid())
+        try:
+            h = self._hdr()
+            if h[0] != _MAGIC:
+                self._wipe()
+                h = self._hdr()
+            yield h
+        finally:
+            struct.pack_into("<q", self.mem, _OWNER_OFF, 0)
+            self.lock.release()
+
+    # --- record helpers -------------------------------------------------------------------------
+    def _bucket(self, sid: bytes) -> int:
+        return self.buckets_off + 4 * (zlib.crc32(sid) & (self.nbuckets - 1))
+
+    def _rec(self, off: int) -> tuple:
+        if off < 0 or off + _REC.size > self.data_size or off % 8:
+            raise _Corrupt(off)
+        rec = _REC.unpack_from(self.mem, self.data_off + off)
+        if rec[0] < _REC.size or off + rec[0] > self.data_size:
+            raise _Corrupt(off)
+        return rec
+
+    def _unlink(self, off: int, sid: bytes) -> None:
+        """Remove the record at *off* from its bucket chain and mark it dead."""
+        slot = self._bucket(sid)
+        prev = None
+        cur = struct.unpack_from("<I", self.mem, slot)[0]
+        for _ in range(self.data_size // _REC.size + 1):
+            if cur == 0:
+                break
+            rec = self._rec(cur - 1)
+            if cur - 1 == off:
+                if prev is None:
+                    struct.pack_into("<I", self.mem, slot, rec[3])
+                else:
+                    struct.pack_into("<I", self.mem, self.data_off + prev + _NEXT_OFF, rec[3])
+                break
+            prev, cur = cur - 1, rec[3]
+        struct.pack_into("<I", self.mem, self.data_off + off + _FLAGS_OFF, 0)  # dead
+
+    def _find(self, sid: bytes) -> int | None:
+        cur = struct.unpack_from("<I", self.mem, self._bucket(sid))[0]
+        for _ in range(self.data_size // _REC.size + 1):
+            if cur == 0:
+                return None
+            rec = self._rec(cur - 1)
+            if rec[1] & _REC_LIVE and rec[5] == len(sid) and rec[6][: rec[5]] == sid:
+                return cur - 1
+            cur = rec[3]
+        raise _Corrupt("bucket chain loop")
+
+    def _drop_tail(self, h: list) -> None:
+        """Drop the record at the tail (h: header list, updated in place)."""
+        tail = h[H_TAIL]
+        rec = self._rec(tail)
+        if rec[1] & _REC_LIVE:
+            self._unlink(tail, rec[6][: rec[5]])
+        tail += rec[0]
+        h[H_COUNT] -= 1
+        if h[H_COUNT] <= 0:
+            h[H_HEAD] = h[H_TAIL] = h[H_WRAP] = h[H_COUNT] = 0
+            return
+        if h[H_WRAP] and tail >= h[H_WRAP]:  # reached the wrap point: continue at the start
+            tail, h[H_WRAP] = 0, 0
+        h[H_TAIL] = tail
+
+    def _reserve(self, h: list, length: int, now: float) -> int:
+        # 1. expired (or dead) records at the tail go first
+        for _ in range(h[H_COUNT]):
+            rec = self._rec(h[H_TAIL])
+            if rec[1] & _REC_LIVE and rec[2] > now:
+                break
+            if rec[1] & _REC_LIVE:
+                self._bump(h, "expired")
+            self._drop_tail(h)
+            if h[H_COUNT] == 0:
+                break
+        # 2. then the oldest, until the new record fits
+        for _ in range(h[H_COUNT] + 2):
+            head, tail, count = h[H_HEAD], h[H_TAIL], h[H_COUNT]
+            if count == 0:
+                h[H_HEAD] = h[H_TAIL] = h[H_WRAP] = 0
+                return 0
+            if head > tail:  # live records are [tail, head): free space after head
+                if head + length <= self.data_size:
+                    return head
+                h[H_WRAP], h[H_HEAD] = head, 0  # [head, end) unused until the tail passes
+                continue
+            # wrapped: live records are [tail, wrap) + [0, head); free space is [head, tail)
+            if head + length <= tail:
+                return head
+            if self._rec(tail)[1] & _REC_LIVE:
+                self._bump(h, "evicted")
+            self._drop_tail(h)
+        raise _Corrupt("no room after evicting everything")
+
+    # --- public operations --------------------------------------------------------------------
+    def put(self, sid: bytes, der: bytes, expire: float, now: float | None = None) -> bool:
+        """Store a session; returns False if it was skipped (too big, lock busy)."""
+        if not sid or len(sid) > native.SSL_MAX_SSL_SESSION_ID_LENGTH or len(der) > MAX_SESSION_DER:
+            with self._locked() as h:
+                if h is not None:
+                    self._bump(h, "skipped")
+                    self._put_hdr(h)
+            return False
+        now = time.time() if now is None else now
+        length = _align8(_REC.size + len(der))
+        with self._locked() as h:
+            if h is None:
+                self._lock_timeout()
+                return False
+            try:
+                old = self._find(sid)
+                if old is not None:
+                    self._unlink(old, sid)
+                off = self._reserve(h, length, now)
+                slot = self._bucket(sid)
+                head_of_chain = struct.unpack_from("<I", self.mem, slot)[0]
+                base = self.data_off + off
+                _REC.pack_into(self.mem, base, length, _REC_LIVE, int(expire), head_of_chain,
+                               len(der), len(sid), sid)
+                self.mem[base + _REC.size: base + _REC.size + len(der)] = der
+                struct.pack_into("<I", self.mem, slot, off + 1)
+                h[H_HEAD] = off + length
+                h[H_COUNT] += 1
+                self._bump(h, "stored")
+                self._put_hdr(h)
+                return True
+            except _Corrupt:
+                self._corrupt()
+                return False
+
+    def get(self, sid: bytes, now: float | None = None) -> bytes | None:
+        """The DER of a live session, or None (expired sessions are removed on sight)."""
+        now = time.time() if now is None else now
+        with self._locked() as h:
+            if h is None:
+                self._lock_timeout()
+                return None
+            try:
+                off = self._find(sid)
+                if off is not None:
+                    rec = self._rec(off)
+                    if rec[2] > now:
+                        self._bump(h, "hits")
+                        self._put_hdr(h)
+                        start = self.data_off + off + _REC.size
+                        return bytes(self.mem[start: start + rec[4]])
+                    self._unlink(off, sid)
+                    self._bump(h, "expired")
+                self._bump(h, "misses")
+                self._put_hdr(h)
+                return None
+            except _Corrupt:
+                self._corrupt()
+                return None
+
+    def remove(self, sid: bytes) -> None:
+        with self._locked() as h:
+            if h is None:
+                self._lock_timeout()
+                return
+            try:
+                off = self._find(sid)
+                if off is not None:
+                    self._unlink(off, sid)
+                    self._bump(h, "removed")
+                    self._put_hdr(h)
+            except _Corrupt:
+                self._corrupt()
+
+    def stats(self) -> dict[str, int]:
+        """Counters (shared by all processes) plus ``count`` (records in the ring, live or not)
+        and ``live`` (sessions reachable by lookups)."""
+        with self._locked() as h:
+            if h is None:
+                return {}
+            out = dict(zip(_COUNTERS, h[H_COUNTERS:], strict=True))
+            out["count"] = h[H_COUNT]
+            live, off = 0, h[H_TAIL]
+            with contextlib.suppress(_Corrupt):
+                for _ in range(h[H_COUNT]):
+                    rec = self._rec(off)
+                    live += rec[1] & _REC_LIVE
+                    off += rec[0]
+                    if h[H_WRAP] and off >= h[H_WRAP]:
+                        off = 0
+            out["live"] = live
+            return out
+
+    def clear(self) -> None:
+        with self._locked() as h:
+            if h is not None:
+                self._wipe()
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.mem.close()
+
+    def _corrupt(self) -> None:
+        log.error('SSL session shared cache "%s" was inconsistent and has been cleared', self.name)
+        self._wipe()
+
+    def _lock_timeout(self) -> None:
+        with contextlib.suppress(Exception):
+            now = time.monotonic()
+            if now - self._last_warning >= 1.0:
+                self._last_warning = now
+                log.warning('SSL session shared cache "%s" is busy, operation skipped', self.name)
+
+    # --- OpenSSL callbacks ---------------------------------------------------------------------
+    def callbacks(self) -> tuple:
+        """``(new_cb, get_cb, remove_cb)`` thunks for this store (created once, pinned)."""
+        if self._callbacks is None:
+            self._callbacks = (
+                native.NEW_SESSION_CB(self._new_cb),
+                native.GET_SESSION_CB(self._get_cb),
+                native.REMOVE_SESSION_CB(self._remove_cb),
+            )
+            native.keep_alive(self._callbacks, self)
+        return self._callbacks
+
+    def _new_cb(self, ssl_ptr, sess) -> int:
+        try:
+            if (native.session_protocol(sess) == native.TLS1_3_VERSION
+                    and native.ssl_tickets_enabled(ssl_ptr)):
+                return 0  # the ticket carries the session (nginx 1.23.2+)
+            sid = native.session_id(sess)
+            der = native.session_to_der(sess)
+            if der:
+                self.put(sid, der, native.session_expiry(sess))
+        except BaseException:
+            with contextlib.suppress(BaseException):
+                log.exception("shared session cache: store failed")
+        return 0  # we keep no reference to sess
+
+    def _get_cb(self, ssl_ptr, id_ptr, id_len, copy_ptr):
+        try:
+            copy_ptr[0] = 0  # the returned session's reference is handed to OpenSSL
+            if id_len <= 0 or id_len > native.SSL_MAX_SSL_SESSION_ID_LENGTH:
+                return None
+            der = self.get(ctypes.string_at(id_ptr, id_len))
+            if der is None:
+                return None
+            return native.session_from_der(der)
+        except BaseException:
+            with contextlib.suppress(BaseException):
+                log.exception("shared session cache: lookup failed")
+            return None
+
+    def _remove_cb(self, ctx_ptr, sess) -> None:
+        try:
+            sid = native.session_id(sess)
+            if sid:
+                self.remove(sid)
+        except BaseException:
+            with contextlib.suppress(BaseException):
+                log.exception("shared session cache: remove failed")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# ---------------------------------------------------------------------------------------------
+# Runtime: what the master prepares before forking
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class SessionRuntime:
+    """Process-shared state made by :func:`prepare_in_master` and used by :func:`apply`."""
+
+    stores: dict[str, SharedSessionStore] = field(default_factory=dict)
+    auto_keys: TicketKeyRing | None = None
+    file_keys: dict[tuple[str, ...], TicketKeyRing] = field(default_factory=dict)
+    master_pid: int = field(default_factory=os.getpid)
+
+    def close(self) -> None:
+        """Unmap shared stores (only once no context using them will handshake again)."""
+        for store in self.stores.values():
+            store.close()
+
+
+_DIRECTIVES = "ssl_session_cache/ssl_session_timeout/ssl_session_tickets"
+
+
+def _require_native(settings: SessionSettings | None = None) -> native.Native:
+    try:
+        return native.load()
+    except native.NativeTLSUnavailable as exc:
+        what = settings.describe() if settings else _DIRECTIVES
+        raise StartupError(f"{what}: cannot be honoured by this Python's ssl module: {exc}") from None
+
+
+def prepare_in_master(settings_list: Iterable[SessionSettings]) -> SessionRuntime:
+    """Allocate shared caches, load ticket key files and generate default ticket keys.
+
+    Call once per configuration load in the master, *before* forking workers.
+
+    Raises:
+        ConfigError: a key file is unreadable or not 48/80 bytes; one shared NAME with two sizes.
+        StartupError: the running Python's libssl cannot be driven (the message names the settings).
+    """
+    settings_list = list(settings_list)
+    runtime = SessionRuntime()
+    if not settings_list:
+        return runtime
+    _require_native(settings_list[0])
+    sizes: dict[str, int] = {}
+    for s in settings_list:
+        if "shared" in s.cache:
+            assert s.shared_name is not None and s.shared_size is not None
+            prev = sizes.setdefault(s.shared_name, s.shared_size)
+            if prev != s.shared_size:
+                raise ConfigError(
+                    f'the size {s.shared_size} of shared memory zone "{s.shared_name}" '
+                    f"conflicts with already declared size {prev}"
+                )
+        if s.ticket_key_files and s.ticket_key_files not in runtime.file_keys:
+            keys = [load_ticket_key_file(p) for p in s.ticket_key_files]
+            runtime.file_keys[s.ticket_key_files] = TicketKeyRing(keys)
+    for name, size in sizes.items():
+        runtime.stores[name] = SharedSessionStore(name, size)
+    runtime.auto_keys = TicketKeyRing([TicketKey.from_bytes(os.urandom(80))])
+    # create the callback thunks now so forked workers inherit them ready-made
+    for ring in [runtime.auto_keys, *runtime.file_keys.values()]:
+        ring.callback()
+    for store in runtime.stores.values():
+        store.callbacks()
+    return runtime
+
+
+def apply(ctx: ssl.SSLContext, settings: SessionSettings, runtime: SessionRuntime,
+          id_context: bytes) -> None:
+    """Configure *ctx* (a server-side ``ssl.SSLContext``) with *settings*.
+
+    Safe in the master before fork (workers inherit the configured context) or in a worker after
+    fork with the runtime the master prepared. Calling it again on the same context replaces the
+    previous session settings.
+
+    Args:
+        id_context: the session-id context (1–32 bytes), normally from
+            :func:`session_id_context_from_files`.
+
+    Raises:
+        StartupError: the settings cannot be honoured here (names the directives); also when a
+            ``shared`` NAME or a key file set was not prepared by :func:`prepare_in_master`.
+    """
+    _require_native(settings)
+    try:
+        raw = native.ctx_pointer(ctx)
+    except native.NativeTLSUnavailable as exc:
+        raise StartupError(f"{settings.describe()}: cannot be honoured by this Python's ssl module: {exc}") from None
+    store = None
+    if "shared" in settings.cache:
+        store = runtime.stores.get(settings.shared_name or "")
+        if store is None:
+            raise StartupError(f'shared session cache "{settings.shared_name}" was not prepared '
+                               "in the master before fork")
+    ring = None
+    if settings.tickets:
+        ring = runtime.file_keys.get(settings.ticket_key_files) if settings.ticket_key_files else runtime.auto_keys
+        if ring is None:
+            raise StartupError(f"{settings.describe()}: ticket keys were not prepared in the master")
+    try:
+        native.set_session_id_context(raw, id_context)
+    except ValueError as exc:
+        raise StartupError(str(exc)) from None
+    native.set_timeout(raw, settings.timeout_seconds)
+
+    if settings.cache == "off":
+        native.set_cache_mode(raw, native.SSL_SESS_CACHE_OFF)
+    elif settings.cache == "none":
+        native.set_cache_mode(raw, native.SSL_SESS_CACHE_SERVER | native.SSL_SESS_CACHE_NO_AUTO_CLEAR
+                              | native.SSL_SESS_CACHE_NO_INTERNAL_STORE)
+        native.set_cache_size(raw, 1)
+    else:
+        mode = native.SSL_SESS_CACHE_SERVER
+        if settings.cache == "shared":
+            mode |= native.SSL_SESS_CACHE_NO_INTERNAL
+        native.set_cache_mode(raw, mode)
+        if "builtin" in settings.cache:
+            size = DEFAULT_BUILTIN_SIZE if settings.builtin_size is None else settings.builtin_size
+            native.set_cache_size(raw, size)
+    if store is not None:
+        native.set_session_callbacks(raw, *store.callbacks())
+    else:
+        native.set_session_callbacks(raw, None, None, None)
+
+    if settings.tickets:
+        ctx.options &= ~ssl.OP_NO_TICKET
+        assert ring is not None
+        native.set_ticket_key_cb(raw, ring.callback())
+    else:
+        ctx.options |= ssl.OP_NO_TICKET
+        native.set_ticket_key_cb(raw, None)
+    if settings.num_tickets is not None:
+        native.set_num_tickets(raw, settings.num_tickets)
+    native.set_mode(raw, native.SSL_MODE_RELEASE_BUFFERS, settings.release_buffers)
