@@ -88,9 +88,13 @@ Failure accounting
 ``random`` / ``random two``
     A pick is ``rng() % total_weight`` located in the cumulative weight ranges. ``random``
     redraws until an eligible untried peer comes up. ``random two`` draws two distinct eligible
-    peers and keeps the one with fewer ``conns / weight``, the second on ties. Every draw after
-    an accepted one, and every rejected draw, counts as a skipped pick; past 20 the session
-    falls back to round robin.
+    peers and keeps the one with fewer ``conns / weight``, the second on ties. Every draw but
+    the one completing the pair counts as a skipped pick (the accepted first one too); past 20
+    the session falls back to round robin, as do single-peer groups.
+
+Concurrency
+    None needed: a worker runs one event loop and every call here completes synchronously,
+    just as nginx's per-worker peer state is only touched by its own worker.
 """
 
 from __future__ import annotations
