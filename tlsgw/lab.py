@@ -15,8 +15,10 @@ import signal
 import sys
 
 DESCRIPTION = (
-    "Run demo backends: each greets a client with 'backend NAME: hello CLIENT' and then echoes "
-    "what it receives. Runs in the foreground until SIGINT/SIGTERM."
+    "Lab helpers. 'tlsgw lab backends' runs demo backends: each greets a client with "
+    "'backend NAME: hello CLIENT' and then echoes what it receives, until SIGINT/SIGTERM. "
+    "'tlsgw lab probe' connects to a gateway from one or more local source addresses "
+    "(127.0.0.x) and prints each greeting, which shows where each client was sent."
 )
 
 
@@ -40,12 +42,46 @@ class _Backend(asyncio.Protocol):
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("addresses", nargs="*", metavar="ADDRESS",
+    sub = p.add_subparsers(dest="lab_command", metavar="ACTION")
+    sub.required = True
+    b = sub.add_parser("backends", help="run greeting/echo demo backends")
+    b.add_argument("addresses", nargs="*", metavar="ADDRESS",
                    help="HOST:PORT or unix:PATH to listen on (default: --count backends on "
                    "127.0.0.1 from --base-port)")
-    p.add_argument("--count", type=int, default=3, help="number of backends (default 3)")
-    p.add_argument("--base-port", type=int, default=7001, help="first port (default 7001)")
-    p.add_argument("--no-greeting", action="store_true", help="pure echo, no greeting line")
+    b.add_argument("--count", type=int, default=3, help="number of backends (default 3)")
+    b.add_argument("--base-port", type=int, default=7001, help="first port (default 7001)")
+    b.add_argument("--no-greeting", action="store_true", help="pure echo, no greeting line")
+    pr = sub.add_parser("probe", help="connect from several client addresses and print greetings")
+    pr.add_argument("address", metavar="HOST:PORT", help="the gateway to connect to")
+    pr.add_argument("--clients", type=int, default=5,
+                    help="connect from 127.0.0.1 .. 127.0.0.N (default 5)")
+    pr.add_argument("--repeat", type=int, default=2, help="connections per client (default 2)")
+    pr.add_argument("--tls", action="store_true", help="connect with TLS")
+    pr.add_argument("--cafile", help="CA to verify the gateway with (with --tls)")
+    pr.add_argument("--servername", default="localhost", help="SNI and verified name (with --tls)")
+
+
+def _probe(args: argparse.Namespace) -> int:
+    import socket
+    import ssl
+
+    host, _, port = args.address.rpartition(":")
+    ctx = None
+    if args.tls:
+        ctx = ssl.create_default_context(cafile=args.cafile)
+    failures = 0
+    for i in range(1, args.clients + 1):
+        source = f"127.0.0.{i}"
+        for _ in range(args.repeat):
+            try:
+                with socket.create_connection((host.strip("[]"), int(port)), timeout=5,
+                                              source_address=(source, 0)) as raw:
+                    sock = ctx.wrap_socket(raw, server_hostname=args.servername) if ctx else raw
+                    line = sock.makefile("rb").readline().decode(errors="replace").strip()
+            except OSError as exc:
+                line, failures = f"failed: {exc}", failures + 1
+            print(f"client {source:<12} -> {line or '(connection closed without a greeting)'}")
+    return 1 if failures else 0
 
 
 async def _serve(addresses: list[str], greet: bool) -> None:
@@ -72,6 +108,8 @@ async def _serve(addresses: list[str], greet: bool) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.lab_command == "probe":
+        return _probe(args)
     addresses = args.addresses or [f"127.0.0.1:{args.base_port + i}" for i in range(args.count)]
     try:
         import uvloop
