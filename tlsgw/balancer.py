@@ -220,8 +220,9 @@ def validate(method: Method, peers: Sequence[PeerConfig], upstream_name: str = "
     """Problems nginx would reject this upstream for, worded as nginx words them.
 
     tlsgw reports ``backup`` with ``hash``/``random`` as an error whatever the directive
-    order; nginx only notices when the method directive comes before the ``server`` lines and
-    otherwise silently ignores the backups in those methods.
+    order. nginx rejects it only when the method directive comes before the ``server`` lines;
+    otherwise it accepts the backups, which are then reachable only through the round-robin
+    fallback, a surprise not worth copying.
     """
     problems: list[str] = []
     for p in peers:
