@@ -73,7 +73,8 @@ def parse_server(line: str) -> PeerConfig:
 
 
 def load(name: str) -> dict[str, Any]:
-    return json.loads((VECTORS / f"{name}.json").read_text())
+    vec: dict[str, Any] = json.loads((VECTORS / f"{name}.json").read_text())
+    return vec
 
 
 def upstream_for(vec: dict[str, Any], clock: Callable[[], float]) -> Upstream:
@@ -203,17 +204,17 @@ def test_held_connection_vectors(name: str) -> None:
     held: dict[int, tuple[PeerSession, Peer]] = {}
     for i, step in enumerate(vec["steps"]):
         if step["op"] == "close":
-            s, peer = held.pop(step["id"])
-            s.free(peer, failed=False)
+            closing, peer = held.pop(step["id"])
+            closing.free(peer, failed=False)
             continue
         s = up.session()
-        peer = s.get()
-        if peer is None:
+        got_peer = s.get()
+        if got_peer is None:
             got = ([up.name], 502)
         else:
-            got = ([peer.name], 200)
-            s.connected(peer)
-            held[step["id"]] = (s, peer)
+            got = ([got_peer.name], 200)
+            s.connected(got_peer)
+            held[step["id"]] = (s, got_peer)
         assert got == (step["upstream_addr"], step["status"]), f"step {i}: {step}"
     assert not held
 
