@@ -198,6 +198,9 @@ def _bind(lib: ctypes.CDLL) -> str:
     _declare(lib, "SSL_SESSION_get_timeout", c_long, [v])
     _declare(lib, "SSL_SESSION_get_protocol_version", c_int, [v])
     _declare(lib, "SSL_SESSION_free", None, [v])
+    _declare(lib, "SSL_SESSION_new", v, [])
+    _declare(lib, "SSL_SESSION_set1_id", c_int, [v, c_char_p, c_uint])
+    _declare(lib, "SSL_CTX_add_session", c_int, [v, v])
     _declare(lib, "SSL_get_options", c_uint64, [v])
     _declare(lib, "SSL_version", c_int, [v])
     _declare(lib, "ERR_clear_error", None, [])
@@ -370,6 +373,38 @@ def get_mode(raw: int) -> int:
 
 def set_mode(raw: int, bits: int, on: bool) -> None:
     load().ssl.SSL_CTX_ctrl(raw, SSL_CTRL_MODE if on else SSL_CTRL_CLEAR_MODE, bits, None)
+
+
+_cache_slack: int | None = None
+
+
+def builtin_cache_slack() -> int:
+    """How many sessions fewer than its configured size OpenSSL's internal cache holds.
+
+    OpenSSL 3.0.x (since the 2022 change that frees room *before* adding a session) evicts while
+    ``count >= size`` after the new session is already counted, so a cache of size N keeps N-1
+    sessions. Measured once, without any handshake, by adding three sessions to a scratch
+    context whose cache size is 2; callers add the result to the size they set so that
+    ``builtin:N`` holds N sessions.
+    """
+    global _cache_slack
+    if _cache_slack is None:
+        lib = load().ssl
+        probe = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        raw = ctx_pointer(probe)
+        set_cache_size(raw, 2)
+        for i in range(3):
+            sess = lib.SSL_SESSION_new()
+            if not sess:
+                raise NativeTLSUnavailable("SSL_SESSION_new failed")
+            try:
+                lib.SSL_SESSION_set1_id(sess, bytes([i + 1]) * 32, 32)
+                lib.SSL_CTX_add_session(raw, sess)
+            finally:
+                lib.SSL_SESSION_free(sess)  # the cache holds its own reference
+        _cache_slack = max(0, 2 - cached_sessions(raw))
+        del probe
+    return _cache_slack
 
 
 def set_session_id_context(raw: int, sid_ctx: bytes) -> None:

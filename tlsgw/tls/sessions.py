@@ -877,6 +877,8 @@ def apply(ctx: ssl.SSLContext, settings: SessionSettings, runtime: SessionRuntim
         native.set_cache_mode(raw, mode)
         if "builtin" in settings.cache:
             size = DEFAULT_BUILTIN_SIZE if settings.builtin_size is None else settings.builtin_size
+            if size > 0:  # 0 = unbounded; otherwise make OpenSSL 3.0 really keep `size` sessions
+                size += native.builtin_cache_slack()
             native.set_cache_size(raw, size)
     if store is not None:
         native.set_session_callbacks(raw, *store.callbacks())
