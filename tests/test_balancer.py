@@ -28,6 +28,7 @@ from tlsgw.balancer import (
     ketama_points,
     ketama_split,
     validate,
+    warnings,
 )
 
 VECTORS = Path(__file__).parent / "data" / "nginx_vectors"
@@ -633,13 +634,24 @@ def test_same_key_same_peer() -> None:
 # -- validation -----------------------------------------------------------------------------
 
 
-def test_validate_backup_not_supported_by_hash_and_random() -> None:
+def test_backup_with_hash_and_random_is_a_warning_not_an_error() -> None:
     for kind in ("hash", "hash_consistent", "random", "random_two"):
-        assert validate(Method(kind), peers("a:1", "b:1 backup")) == [
-            'balancing method does not support parameter "backup"'
-        ]
+        assert validate(Method(kind), peers("a:1", "b:1 backup")) == []
+        assert "round robin" in warnings(Method(kind), peers("a:1", "b:1 backup"))[0]
     for kind in ("round_robin", "least_conn"):
         assert validate(Method(kind), peers("a:1", "b:1 backup")) == []
+        assert warnings(Method(kind), peers("a:1", "b:1 backup")) == []
+
+
+def test_hash_reaches_backup_only_through_round_robin_fallback() -> None:
+    """nginx 1.22.1 with ``server ... backup`` written before ``hash``: backups get no ring
+    points; when every primary is down the ring walk gives up after 20 points and round robin
+    switches to the backup list."""
+    for kind in ("hash", "hash_consistent"):
+        up = rr("a:1 down", "b:1 down", "c:1 backup", kind=kind)
+        s = up.session(b"client-1")
+        got = s.get()
+        assert got is not None and got.name == "c:1" and s.using_backup
 
 
 def test_validate_weight_zero_and_no_servers() -> None:

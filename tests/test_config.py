@@ -67,6 +67,7 @@ def test_issue_example_shape_loads(tmp_path):
             hash: $remote_addr consistent
             servers:
               - 127.0.0.1:7773 weight=5 max_fails=3 fail_timeout=30s
+              - 127.0.0.1:7774 backup
               - unix:/tmp/backend3.sock
               - "[::1]:7775"
               - address: 127.0.0.1:7776
@@ -85,12 +86,16 @@ def test_issue_example_shape_loads(tmp_path):
     assert srv.listens[0].backlog == 4096
     up = srv.upstream
     assert up.method.kind == "hash_consistent"
-    assert [s.text for s in up.servers] == ["127.0.0.1:7773", "unix:/tmp/backend3.sock",
-                                            "[::1]:7775", "127.0.0.1:7776"]
+    assert [s.text for s in up.servers if not s.backup] == [
+        "127.0.0.1:7773", "unix:/tmp/backend3.sock", "[::1]:7775", "127.0.0.1:7776"]
     assert [(s.weight, s.max_fails, s.fail_timeout) for s in up.servers][0] == (5, 3, 30.0)
-    assert up.servers[3].weight == 2
-    assert [p.name for p in up.peer_configs()] == ["127.0.0.1:7773", "unix:/tmp/backend3.sock",
-                                                   "[::1]:7775", "127.0.0.1:7776"]
+    assert up.servers[4].weight == 2
+    assert [p.name for p in up.peer_configs()] == ["127.0.0.1:7773", "127.0.0.1:7774",
+                                                   "unix:/tmp/backend3.sock", "[::1]:7775",
+                                                   "127.0.0.1:7776"]
+    assert [s.text for s in up.servers if s.backup] == ["127.0.0.1:7774"]
+    # accepted as nginx accepts it when hash follows the server lines, with a warning
+    assert any('"backup" servers with "hash consistent"' in w for w in cfg.warnings)
 
 
 def test_nginx_defaults(tmp_path):

@@ -219,10 +219,10 @@ class Method:
 def validate(method: Method, peers: Sequence[PeerConfig], upstream_name: str = "") -> list[str]:
     """Problems nginx would reject this upstream for, worded as nginx words them.
 
-    tlsgw reports ``backup`` with ``hash``/``random`` as an error whatever the directive
-    order. nginx rejects it only when the method directive comes before the ``server`` lines;
-    otherwise it accepts the backups, which are then reachable only through the round-robin
-    fallback, a surprise not worth copying.
+    ``backup`` with ``hash``/``random`` is not a problem here but a warning (:func:`warnings`):
+    nginx rejects it only when the method directive comes before the ``server`` lines, and
+    otherwise accepts the backups, which are then reachable only through the round-robin
+    fallback. YAML has no directive order, so tlsgw accepts them with nginx's second behaviour.
     """
     problems: list[str] = []
     for p in peers:
@@ -234,12 +234,21 @@ def validate(method: Method, peers: Sequence[PeerConfig], upstream_name: str = "
             problems.append(f'invalid parameter "max_conns={p.max_conns}"')
         if p.fail_timeout < 0:
             problems.append(f'invalid parameter "fail_timeout={p.fail_timeout}"')
-        if p.backup and not method.supports_backup:
-            problems.append('balancing method does not support parameter "backup"')
     if not any(not p.backup for p in peers):
         problems.append(f'no servers in upstream "{upstream_name}"')
     # One message per distinct problem keeps ``check`` output readable for big groups.
     return list(dict.fromkeys(problems))
+
+
+def warnings(method: Method, peers: Sequence[PeerConfig]) -> list[str]:
+    """Accepted but surprising combinations, for ``tlsgw check`` to point out."""
+    if not method.supports_backup and any(p.backup for p in peers):
+        name = {"hash_consistent": "hash consistent", "random_two": "random two"}.get(
+            method.kind, method.kind)
+        return [f'"backup" servers with "{name}" are used only after {MAX_HASH_TRIES} '
+                "unusable picks fall back to round robin (as nginx does when the method is "
+                "written after the server lines)"]
+    return []
 
 
 def ketama_split(server: str) -> tuple[bytes, bytes]:

@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 
 from tlsgw.balancer import Method, validate
+from tlsgw.balancer import warnings as balancer_warnings
 from tlsgw.config import schema, units
 from tlsgw.config.addresses import AddressError, parse_listen, parse_upstream_server
 from tlsgw.config.model import (
@@ -260,8 +261,10 @@ class Loader:
             raise self.fail(knode, f'no servers are inside upstream "{name}"')
         up = UpstreamConfig(name=name, method=method, servers=servers, key=key_tpl,
                             line=knode.start_mark.line + 1)
-        for problem in validate(method, up.peer_configs()):
+        for problem in validate(method, up.peer_configs(), name):
             self.error(methods[0][1] if methods else knode, f'{problem} in upstream "{name}"')
+        for warning in balancer_warnings(method, up.peer_configs()):
+            self.warnings.append(f'{self.path}:{up.line}: {warning} in upstream "{name}"')
         return up
 
     def upstream_servers(self, upstream: str, node: Node) -> list[UpstreamServer]:
