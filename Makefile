@@ -43,6 +43,9 @@ test: $(VENV)/.test-deps
 lint: $(VENV)/.test-deps
 	$(BIN)/ruff check tlsgw tests
 
+bench: install
+	$(BIN)/python tests/bench/run.py
+
 docs: install
 	$(BIN)/python -m tlsgw.config.docs > docs/config-reference.md
 
