@@ -110,11 +110,20 @@ class _Greeter(asyncio.Protocol):
         pass
 
 
-class UvServer:
-    """A uvloop TLS server on 127.0.0.1 running in a daemon thread."""
+class _Echo(asyncio.Protocol):
+    def connection_made(self, transport):
+        self.transport = transport
 
-    def __init__(self, ctx: ssl.SSLContext):
+    def data_received(self, data):
+        self.transport.write(data)
+
+
+class UvServer:
+    """A uvloop TLS server on 127.0.0.1 running in a daemon thread (greeter or echo)."""
+
+    def __init__(self, ctx: ssl.SSLContext, echo: bool = False):
         self.reused: list[bool] = []
+        self.echo = echo
         self.loop = uvloop.new_event_loop()
         ready = threading.Event()
         self._thread = threading.Thread(target=self._run, args=(ctx, ready), daemon=True)
@@ -124,7 +133,8 @@ class UvServer:
     def _run(self, ctx, ready):
         asyncio.set_event_loop(self.loop)
         self.server = self.loop.run_until_complete(
-            self.loop.create_server(lambda: _Greeter(self.reused), "127.0.0.1", 0, ssl=ctx)
+            self.loop.create_server(lambda: _Echo() if self.echo else _Greeter(self.reused),
+                                    "127.0.0.1", 0, ssl=ctx)
         )
         self.port = self.server.sockets[0].getsockname()[1]
         ready.set()
@@ -142,8 +152,8 @@ class UvServer:
 def serve():
     servers: list[UvServer] = []
 
-    def start(ctx):
-        srv = UvServer(ctx)
+    def start(ctx, echo=False):
+        srv = UvServer(ctx, echo)
         servers.append(srv)
         return srv.port
 
@@ -554,6 +564,36 @@ def test_shared_cache_size_is_honoured(certs, serve):
     assert py_connect(port, cctx, sessions_issued[-1])[0]      # newest: still cached
     assert not py_connect(port, cctx, sessions_issued[0])[0]   # oldest: evicted
     runtime.close()
+
+
+def _echo_then_drop(port, cctx, session=None):
+    """Client speaks first and then just closes TCP, without a close_notify (as most do)."""
+    raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+    s = cctx.wrap_socket(raw, server_hostname="localhost", session=session)
+    s.sendall(b"ping")
+    assert s.recv(4) == b"ping"
+    out = s.session_reused, s.session
+    s.close()
+    time.sleep(0.05)  # let the server notice EOF and free its SSL object
+    return out
+
+
+@pytest.mark.parametrize("cache", ["builtin", "shared:D:1m"])
+@pytest.mark.parametrize("version", [TLS12, TLS13])
+def test_session_survives_client_closing_without_close_notify(certs, serve, cache, version):
+    """OpenSSL drops the session of an SSL freed before it sent close_notify; nginx prevents
+    that for every connection, and so does apply() (see native.keep_sessions_on_abrupt_close)."""
+    ctx, _ = configured(certs, SessionSettings.from_directives(cache, 60, False))
+    port = serve(ctx, echo=True)
+    cctx = client_context(version, tickets=False)
+    _, sess = _echo_then_drop(port, cctx)
+    assert _echo_then_drop(port, cctx, sess)[0]
+    # control: a context without apply() loses the session the same way plain OpenSSL does
+    plain = server_context(certs)
+    plain.options |= ssl.OP_NO_TICKET
+    port = serve(plain, echo=True)
+    _, sess = _echo_then_drop(port, cctx)
+    assert not _echo_then_drop(port, cctx, sess)[0]
 
 
 def test_sessions_do_not_cross_certificates(certs, serve):

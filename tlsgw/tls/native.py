@@ -81,6 +81,8 @@ SSL_SESS_CACHE_NO_INTERNAL = SSL_SESS_CACHE_NO_INTERNAL_LOOKUP | SSL_SESS_CACHE_
 
 SSL_MODE_RELEASE_BUFFERS = 0x00000010
 SSL_OP_NO_TICKET = 0x00004000
+SSL_SENT_SHUTDOWN = 1
+CRYPTO_EX_INDEX_SSL = 0
 SSL_MAX_SID_CTX_LENGTH = 32
 SSL_MAX_SSL_SESSION_ID_LENGTH = 32
 TLS1_2_VERSION = 0x0303
@@ -99,6 +101,8 @@ NEW_SESSION_CB = CFUNCTYPE(c_int, c_void_p, c_void_p)
 GET_SESSION_CB = CFUNCTYPE(c_void_p, c_void_p, c_void_p, c_int, POINTER(c_int))
 #: void remove_session_cb(SSL_CTX *ctx, SSL_SESSION *sess)
 REMOVE_SESSION_CB = CFUNCTYPE(None, c_void_p, c_void_p)
+#: void free_func(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, long argl, void *argp)
+EX_FREE_CB = CFUNCTYPE(None, c_void_p, c_void_p, c_void_p, c_int, c_long, c_void_p)
 #: int ticket_key_cb(SSL *s, unsigned char name[16], unsigned char *iv,
 #:                   EVP_CIPHER_CTX *cctx, EVP_MAC_CTX or HMAC_CTX *hctx, int enc)
 TICKET_KEY_CB = CFUNCTYPE(c_int, c_void_p, c_void_p, c_void_p, c_void_p, c_void_p, c_int)
@@ -202,6 +206,11 @@ def _bind(lib: ctypes.CDLL) -> str:
     _declare(lib, "SSL_SESSION_set1_id", c_int, [v, c_char_p, c_uint])
     _declare(lib, "SSL_CTX_add_session", c_int, [v, v])
     _declare(lib, "SSL_get_options", c_uint64, [v])
+    _declare(lib, "SSL_get_SSL_CTX", v, [v])
+    _declare(lib, "SSL_get_shutdown", c_int, [v])
+    _declare(lib, "SSL_set_shutdown", None, [v, c_int])
+    _declare(lib, "CRYPTO_get_ex_new_index", c_int, [c_int, c_long, v, v, v, v])
+    _declare(lib, "CRYPTO_free_ex_index", c_int, [c_int, c_int])
     _declare(lib, "SSL_version", c_int, [v])
     _declare(lib, "ERR_clear_error", None, [])
     # libcrypto, resolved through libssl's own dependency chain
@@ -528,3 +537,62 @@ def mac_init(hctx: int, params: MacParams) -> bool:
     return native.ssl.HMAC_Init_ex(
         hctx, params.hmac_key, len(params.hmac_key), native.sha256, None
     ) == 1
+
+
+# --- keeping sessions of connections that end without close_notify ----------------------------
+_keep_ctxs: set[int] = set()
+_ex_index: int | None = None
+_ex_lock = threading.Lock()
+
+
+def _on_ssl_free(parent, _ptr, _ad, _idx, _argl, _argp) -> None:
+    # Runs inside SSL_free() for every SSL object of this libssl, *before* OpenSSL's
+    # ssl_clear_bad_session(), which drops the session from the cache unless close_notify was
+    # sent. Marking it sent (as nginx's ngx_ssl_shutdown does for every connection) keeps the
+    # session of a client that just closed its TCP connection.
+    try:
+        if parent and _native is not None:
+            lib = _native.ssl
+            if lib.SSL_get_SSL_CTX(parent) in _keep_ctxs:
+                lib.SSL_set_shutdown(parent, lib.SSL_get_shutdown(parent) | SSL_SENT_SHUTDOWN)
+    except BaseException:  # never unwind into OpenSSL
+        pass
+
+
+_EX_FREE = EX_FREE_CB(_on_ssl_free)
+keep_alive(_EX_FREE)
+
+
+def _unregister_ex_index() -> None:
+    global _ex_index
+    with _ex_lock:
+        if _ex_index is not None and _native is not None:
+            _native.ssl.CRYPTO_free_ex_index(CRYPTO_EX_INDEX_SSL, _ex_index)
+            _ex_index = None
+
+
+def keep_sessions_on_abrupt_close(ctx: ssl.SSLContext, raw: int) -> None:
+    """Make connections of *ctx* keep their session when they end without a close_notify.
+
+    OpenSSL removes the session of an ``SSL`` freed before it sent close_notify; nginx avoids that
+    by setting ``SSL_SENT_SHUTDOWN`` before every ``SSL_free``. uvloop frees the ``SSL`` when
+    the peer just closes TCP, so without this hook a client that closes abruptly (most do) loses
+    its cached session. The hook is an ``SSL`` ex_data free callback (called early in
+    ``SSL_free``), limited to the contexts registered here.
+    """
+    global _ex_index
+    import atexit
+    import weakref
+
+    lib = load().ssl
+    with _ex_lock:
+        if _ex_index is None:
+            idx = lib.CRYPTO_get_ex_new_index(CRYPTO_EX_INDEX_SSL, 0, None, None, None,
+                                              ctypes.cast(_EX_FREE, c_void_p).value)
+            if idx < 0:
+                raise NativeTLSUnavailable("CRYPTO_get_ex_new_index failed")
+            _ex_index = idx
+            atexit.register(_unregister_ex_index)
+        if raw not in _keep_ctxs:
+            _keep_ctxs.add(raw)
+            weakref.finalize(ctx, _keep_ctxs.discard, raw)

@@ -426,6 +426,7 @@ _REC = struct.Struct("<IIqIIB32s7x")
 _FLAGS_OFF, _NEXT_OFF = 4, 16
 _REC_LIVE = 1
 _LOCK_TIMEOUT = 0.05
+_LOCK_STUCK = 2.0
 
 
 def _align8(n: int) -> int:
@@ -457,6 +458,7 @@ class SharedSessionStore:
         self.lock = multiprocessing.get_context("fork").Lock()
         self._callbacks: tuple | None = None
         self._last_warning = 0.0
+        self._busy_since: float | None = None
         self._wipe()
 
     # --- header helpers ------------------------------------------------------------------------
@@ -479,24 +481,31 @@ class SharedSessionStore:
         got = self.lock.acquire(timeout=_LOCK_TIMEOUT)
         if not got:
             owner = struct.unpack_from("<q", self.mem, _OWNER_OFF)[0]
-            if owner and not _alive(owner):
+            now = time.monotonic()
+            if self._busy_since is None:
+                self._busy_since = now
+            # take over from a holder that died, or (owner not recorded: killed between acquire
+            # and recording its pid) from one that has kept the lock for seconds
+            if (owner and not _alive(owner)) or (not owner and now - self._busy_since > _LOCK_STUCK):
                 with contextlib.suppress(ValueError):
-                    self.lock.release()  # the holder died: take the lock over
+                    self.lock.release()
                 got = self.lock.acquire(timeout=_LOCK_TIMEOUT)
                 if got:
                     self._wipe()  # it may have died half way through an update
         if not got:
             yield None
             return
-        struct.pack_into("<q", self.mem, _OWNER_OFF, os.getpid())
+        self._busy_since = None
         try:
+            struct.pack_into("<q", self.mem, _OWNER_OFF, os.getpid())
             h = self._hdr()
             if h[0] != _MAGIC:
                 self._wipe()
                 h = self._hdr()
             yield h
         finally:
-            struct.pack_into("<q", self.mem, _OWNER_OFF, 0)
+            with contextlib.suppress(Exception):
+                struct.pack_into("<q", self.mem, _OWNER_OFF, 0)
             self.lock.release()
 
     # --- record helpers -------------------------------------------------------------------------
@@ -895,3 +904,4 @@ def apply(ctx: ssl.SSLContext, settings: SessionSettings, runtime: SessionRuntim
     if settings.num_tickets is not None:
         native.set_num_tickets(raw, settings.num_tickets)
     native.set_mode(raw, native.SSL_MODE_RELEASE_BUFFERS, settings.release_buffers)
+    native.keep_sessions_on_abrupt_close(ctx, raw)
