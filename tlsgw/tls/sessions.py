@@ -222,7 +222,7 @@ class SessionSettings:
                 raise ConfigError(f'session cache "shared:{self.shared_name}:{self.shared_size}" is too small')
         if self.builtin_size is not None and self.builtin_size < 0:
             raise ConfigError("builtin session cache size must not be negative")
-        if not self.timeout >= 0.5:
+        if not self.timeout >= 1:
             raise ConfigError("ssl_session_timeout must be at least 1s")
         if self.num_tickets is not None and self.num_tickets < 0:
             raise ConfigError("num_tickets must not be negative")
