@@ -34,6 +34,7 @@ import asyncio
 import errno
 import os
 import socket
+import ssl
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -79,6 +80,8 @@ class UpstreamSide(asyncio.Protocol):
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
         self.write_client = self.session.transport.write
+        if self.session.finished:  # the client left while we were connecting
+            transport.abort()
 
     def data_received(self, data: bytes) -> None:
         s = self.session
@@ -87,7 +90,8 @@ class UpstreamSide(asyncio.Protocol):
         s.last = _monotonic()
 
     def eof_received(self) -> bool:
-        return self.session.side_eof(upstream=True)
+        keep = self.session.side_eof(upstream=True)
+        return keep and self.session.rt.proxy_tls is None  # TLS cannot stay half-open
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.session.side_lost(upstream=True, exc=exc)
@@ -102,8 +106,11 @@ class UpstreamSide(asyncio.Protocol):
 class Session(asyncio.Protocol):
     """Protocol of the accepted client connection, and the session state."""
 
-    def __init__(self, rt: ServerRuntime, listen_name: str):
+    def __init__(self, rt: ServerRuntime, listen_name: str,
+                 group: list[ServerRuntime] | None = None):
         self.rt = rt
+        self.group = group  # TLS listeners: the servers SNI may choose from (by config index)
+        self.sslobj: Any = None
         self.worker = rt.worker
         self.listen_name = listen_name
         self.status = 0
@@ -125,32 +132,93 @@ class Session(asyncio.Protocol):
         self.last = 0.0
 
     # ---- client side ----------------------------------------------------------------------
-    def connection_made(self, transport: Any) -> None:
+    def accepted(self, transport: Any) -> None:
+        """The TCP connection is accepted (for TLS listeners: before the handshake)."""
         self.transport = transport
         self.start = self.last = _monotonic()
         w = self.worker
         w.conn_seq += 1
         self.conn_id = w.conn_seq
         w.sessions.add(self)
-        sock = transport.get_extra_info("socket")
         peer = transport.get_extra_info("peername")
         local = transport.get_extra_info("sockname")
         if isinstance(peer, tuple):
             self.remote_addr, self.remote_port = peer[0], peer[1]
             self.server_addr, self.server_port = local[0], local[1]
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, self.rt.tcp_nodelay)
         else:  # unix socket listener
             self.remote_addr, self.remote_port = "unix:", 0
             self.server_addr, self.server_port = f"unix:{local}", 0
-        rt = self.rt
-        if sock is not None and sock.family != socket.AF_UNIX:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, rt.tcp_nodelay)
-        transport.set_write_buffer_limits(high=rt.buffer_size)
         if w.log_info:
             w.error_log.log("info", f"client {_peer_text(peer)} connected to {self.listen_name}",
                             self.conn_id)
+
+    def connection_made(self, transport: Any) -> None:
+        if self.group is None:
+            self.accepted(transport)
+        else:  # TLS: the handshake is done; SNI may have chosen another server
+            self.transport = transport
+            self.sslobj = transport.get_extra_info("ssl_object")
+            index = getattr(self.sslobj, "tlsgw_server", None)
+            if index is not None:
+                self.rt = self.group[index]
+        rt = self.rt
+        transport.set_write_buffer_limits(high=rt.buffer_size)
         key = rt.key.render(self).encode() if rt.key is not None else None
         self.peers = rt.upstream.session(key, rt.next_upstream_tries)
-        self.connect_task = w.loop.create_task(self.connect())
+        self.connect_task = self.worker.loop.create_task(self.connect())
+
+    def handshake_failed(self, exc: BaseException) -> None:
+        """The client TLS handshake failed or timed out: log why, status 500."""
+        if self.finished or not hasattr(self, "conn_id"):
+            return
+        from tlsgw.tls.protocols import handshake_cause
+
+        reason = getattr(exc, "reason", None) or type(exc).__name__
+        self.error("info", f"SSL_do_handshake() failed (SSL: {reason}: {handshake_cause(exc)}) "
+                   "while SSL handshaking", proxy=False)
+        self.finalize(500, abort=True)
+
+    # ---- $ssl_* variables (read lazily, only when a log format uses them) ------------------
+    @property
+    def ssl_protocol(self) -> str | None:
+        return self.sslobj.version() if self.sslobj is not None else None
+
+    @property
+    def ssl_cipher(self) -> str | None:
+        c = self.sslobj.cipher() if self.sslobj is not None else None
+        return c[0] if c else None
+
+    @property
+    def ssl_server_name(self) -> str | None:
+        return getattr(self.sslobj, "tlsgw_sni", None)
+
+    @property
+    def ssl_session_reused(self) -> str | None:
+        if self.sslobj is None:
+            return None
+        return "r" if self.sslobj.session_reused else "."
+
+    @property
+    def ssl_client_s_dn(self) -> str | None:
+        der = self.sslobj.getpeercert(binary_form=True) if self.sslobj is not None else None
+        if not der:
+            return None
+        from cryptography import x509
+
+        return x509.load_der_x509_certificate(der).subject.rfc4514_string()
+
+    @property
+    def ssl_client_verify(self) -> str | None:
+        if self.sslobj is None:
+            return None
+        if self.rt.cfg.s.ssl_verify_client == "optional_no_ca":
+            from tlsgw.tls.context import verify_result
+
+            return verify_result(self.sslobj)
+        return "SUCCESS" if self.sslobj.getpeercert(binary_form=True) else "NONE"
 
     def data_received(self, data: bytes) -> None:
         write = self.write_upstream
@@ -168,7 +236,8 @@ class Session(asyncio.Protocol):
             self.transport.pause_reading()
 
     def eof_received(self) -> bool:
-        return self.side_eof(upstream=False)
+        keep = self.side_eof(upstream=False)
+        return keep and self.sslobj is None  # a TLS transport cannot stay half-open
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.side_lost(upstream=False, exc=exc)
@@ -207,15 +276,25 @@ class Session(asyncio.Protocol):
             attempt = Attempt(peer.name, _monotonic())
             self.attempts.append(attempt)
             addr = peer.config.address
+            up = UpstreamSide(self)
+            tls = rt.proxy_tls
+            factory: Any = (lambda: up)
+            if tls is not None:
+                proto, handshake = tls.protocol(w.loop, up, peer.name, rt.connect_timeout)
+                factory = (lambda: proto)  # noqa: B023 - called at once by create_connection
+            raw: Any = None
             try:
                 async with asyncio.timeout(rt.connect_timeout):
                     if addr.family == socket.AF_UNIX:
-                        transport, up = await w.loop.create_unix_connection(
-                            lambda: UpstreamSide(self), addr.host)
+                        raw, _ = await w.loop.create_unix_connection(factory, addr.host)
                     else:
-                        transport, up = await w.loop.create_connection(
-                            lambda: UpstreamSide(self), addr.host, addr.port)
+                        raw, _ = await w.loop.create_connection(factory, addr.host, addr.port)
+                    if tls is not None:
+                        await handshake
+                    transport = up.transport
             except asyncio.CancelledError:
+                if raw is not None:
+                    raw.abort()
                 if self.finished:
                     peers.free(peer, failed=False)
                     self.peer = None
@@ -223,8 +302,17 @@ class Session(asyncio.Protocol):
                 raise
             except (OSError, TimeoutError) as exc:
                 attempt.session_time = _monotonic() - attempt.start
+                if raw is not None:
+                    raw.abort()
                 if isinstance(exc, TimeoutError):
                     msg = "upstream timed out (110: Connection timed out) while connecting to upstream"
+                    level = "error"
+                elif tls is not None and isinstance(exc, ssl.SSLError | ConnectionAbortedError):
+                    from tlsgw.tls.protocols import verify_error_text
+
+                    msg = f"{verify_error_text(exc)} while SSL handshaking to upstream"
+                    if isinstance(exc, ssl.SSLCertVerificationError):
+                        msg += " (proxy_ssl_verify: off restores nginx's default of not verifying)"
                     level = "error"
                 else:
                     msg = f"connect() failed {_strerror(exc)} while connecting to upstream"
@@ -248,6 +336,8 @@ class Session(asyncio.Protocol):
             transport.close()
             return
         peers.connected(peer)
+        if tls is not None:
+            tls.remember(peer.name, transport.get_extra_info("ssl_object"))
         now = _monotonic()
         attempt.connect_time = now - attempt.start
         self.upstream = up
@@ -334,6 +424,8 @@ class Session(asyncio.Protocol):
             self.connect_task.cancel()
         up = self.upstream
         if up is not None and up.transport is not None:
+            if self.rt.proxy_tls is not None and self.peer is not None:  # keep the newest ticket
+                self.rt.proxy_tls.remember(self.peer.name, up.transport.get_extra_info("ssl_object"))
             (up.transport.abort if abort else up.transport.close)()
         (self.transport.abort if abort else self.transport.close)()
         if self.attempts:
@@ -360,14 +452,16 @@ class Session(asyncio.Protocol):
         return (f"bytes from/to client:{self.bytes_received}/{self.up_received}, "
                 f"bytes from/to upstream:{self.up_received}/{up_sent}")
 
-    def error(self, level: str, message: str, upstream: str | None = None) -> None:
+    def error(self, level: str, message: str, upstream: str | None = None,
+              proxy: bool = True) -> None:
         log = self.worker.error_log
         if not log.enabled(level):
             return
         text = f"{message}, client: {self.remote_addr}, server: {self.listen_name}"
         if upstream is not None:
             text += f', upstream: "{upstream}"'
-        text += f", {self.byte_counts()}"
+        if proxy:
+            text += f", {self.byte_counts()}"
         log.log(level, text, self.conn_id)
 
 

@@ -19,7 +19,7 @@ import sys
 import time
 
 from tlsgw import listener, logs
-from tlsgw.config.model import Config, ServerConfig
+from tlsgw.config.model import Config, ListenGroup
 from tlsgw.errors import StartupError
 
 _SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGCHLD, signal.SIGHUP}
@@ -38,8 +38,8 @@ class Master:
     def __init__(self, cfg: Config):
         self.cfg = cfg
         self.log = logs.ErrorLog(logs.sink(cfg.error_log.target), cfg.error_log_level)
-        # slot -> listeners for that worker: (server, listen index, socket)
-        self.slots: list[list[tuple[ServerConfig, int, socket.socket]]] = []
+        # slot -> listeners for that worker: (listen group, socket)
+        self.slots: list[list[tuple[ListenGroup, socket.socket]]] = []
         self.sockets: list[socket.socket] = []
         self.pids: dict[int, int] = {}  # pid -> slot
         self.started: dict[int, float] = {}  # slot -> start time
@@ -51,18 +51,17 @@ class Master:
         n = self.cfg.worker_processes
         self.slots = [[] for _ in range(n)]
         try:
-            for srv in self.cfg.servers:
-                for li, ls in enumerate(srv.listens):
-                    if ls.reuseport:  # one socket per worker, the kernel spreads connections
-                        for slot in range(n):
-                            sock = listener.bind(ls)
-                            self.sockets.append(sock)
-                            self.slots[slot].append((srv, li, sock))
-                    else:
-                        sock = listener.bind(ls)
+            for group in self.cfg.groups:
+                if group.listen.reuseport:  # one socket per worker, the kernel spreads connections
+                    for slot in range(n):
+                        sock = listener.bind(group.listen)
                         self.sockets.append(sock)
-                        for slot in range(n):
-                            self.slots[slot].append((srv, li, sock))
+                        self.slots[slot].append((group, sock))
+                else:
+                    sock = listener.bind(group.listen)
+                    self.sockets.append(sock)
+                    for slot in range(n):
+                        self.slots[slot].append((group, sock))
         except StartupError:
             self.close_listeners()
             raise
@@ -126,7 +125,7 @@ class Master:
         signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
         self.bind()
         nofile = raise_nofile_limit()
-        names = ", ".join(ls.text for s in self.cfg.servers for ls in s.listens)
+        names = ", ".join(g.listen.text + (" ssl" if g.ssl else "") for g in self.cfg.groups)
         self.log.log("notice", f"tlsgw master {os.getpid()} listening on {names}; "
                      f"{self.cfg.worker_processes} workers, RLIMIT_NOFILE {nofile}")
         for slot in range(len(self.slots)):

@@ -14,12 +14,15 @@ import asyncio
 import os
 import signal
 import socket
+from collections.abc import Callable
 from typing import Any
 
 from tlsgw import logs
 from tlsgw.balancer import Upstream
-from tlsgw.config.model import Config, ServerConfig
+from tlsgw.config.model import Config, ListenGroup, ServerConfig
 from tlsgw.session import Session
+from tlsgw.tls.protocols import TLSAccept, UpstreamTLS
+from tlsgw.tls.sni import install_sni
 
 
 class ServerRuntime:
@@ -41,10 +44,17 @@ class ServerRuntime:
         self.tcp_nodelay: int = 1 if s.tcp_nodelay else 0
         self.access_log = logs.sink(cfg.access_log.target.target) if cfg.access_log else None
         self.access_template = cfg.access_log.template if cfg.access_log else None
+        self.ssl_context = cfg.ssl_context
+        self.handshake_timeout: float = s.ssl_handshake_timeout
+        self.proxy_tls: UpstreamTLS | None = None
+        if cfg.proxy_ssl_context is not None:
+            self.proxy_tls = UpstreamTLS(cfg.proxy_ssl_context, cfg.proxy_ssl_name,
+                                         cfg.proxy_ssl_sni, s.proxy_ssl_session_reuse,
+                                         s.proxy_ssl_verify)
 
 
 class Worker:
-    def __init__(self, cfg: Config, listeners: list[tuple[ServerConfig, int, socket.socket]],
+    def __init__(self, cfg: Config, listeners: list[tuple[ListenGroup, socket.socket]],
                  number: int):
         self.cfg = cfg
         self.listeners = listeners
@@ -68,17 +78,12 @@ class Worker:
     async def serve(self) -> None:
         loop = self.loop
         servers = []
-        for cfg, li, sock in self.listeners:
-            rt = self.runtimes[cfg.index]
-            name = cfg.listens[li].log_name
-
-            def factory(rt: ServerRuntime = rt, name: str = name) -> Session:
-                return Session(rt, name)
-
+        for group, sock in self.listeners:
+            factory = self.factory(group)
             if sock.family == socket.AF_UNIX:
-                srv = await loop.create_unix_server(factory, sock=sock, backlog=cfg.listens[li].backlog)
+                srv = await loop.create_unix_server(factory, sock=sock, backlog=group.listen.backlog)
             else:
-                srv = await loop.create_server(factory, sock=sock, backlog=cfg.listens[li].backlog)
+                srv = await loop.create_server(factory, sock=sock, backlog=group.listen.backlog)
             servers.append(srv)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop, False)
@@ -104,6 +109,17 @@ class Worker:
         await asyncio.sleep(0)
         self.error_log.log("notice", "exiting")
 
+    def factory(self, group: ListenGroup) -> Callable[[], asyncio.Protocol]:
+        """The protocol factory of one listening socket."""
+        name = group.listen.log_name
+        default = self.runtimes[group.servers[0].index]
+        if not group.ssl:
+            return lambda: Session(default, name)
+        by_index = {s.index: self.runtimes[s.index] for s in group.servers}
+        install_sni(group, by_index)  # also records the name for $ssl_server_name
+        ctx, timeout, loop = default.ssl_context, default.handshake_timeout, self.loop
+        return lambda: TLSAccept(loop, Session(default, name, by_index), ctx, timeout)
+
     def request_stop(self, immediate: bool) -> None:
         self.immediate = self.immediate or immediate
         if self.stop_requested.is_set():
@@ -113,7 +129,7 @@ class Worker:
         self.stop_requested.set()
 
 
-def run_worker(cfg: Config, listeners: list[tuple[ServerConfig, int, socket.socket]],
+def run_worker(cfg: Config, listeners: list[tuple[ListenGroup, socket.socket]],
                number: int) -> int:
     """Entry point in a forked child. Returns the exit status."""
     import uvloop

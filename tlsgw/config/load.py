@@ -24,18 +24,26 @@ from tlsgw.config.model import (
     AccessLog,
     Config,
     Listen,
+    ListenGroup,
     LogTarget,
     ServerConfig,
     UpstreamConfig,
     UpstreamServer,
 )
 from tlsgw.config.units import UnitError
-from tlsgw.errors import ConfigError, ConfigErrors
+from tlsgw.errors import ConfigError, ConfigErrors, TlsgwError
 from tlsgw.variables import Template, TemplateError
 
 Node = yaml.Node
 _CONTEXT_NAMES = {"main": "the top level", "server": "a servers entry",
                   "upstream": "an upstreams entry", "peer": "an upstream server"}
+
+
+class _Line:
+    """A stand-in node for errors known only by line number."""
+
+    def __init__(self, line: int):
+        self.start_mark = SimpleNamespace(line=line - 1)
 
 
 class _Stop(Exception):
@@ -109,12 +117,18 @@ class Loader:
         return [(self.scalar(node, name), node)]
 
     def value(self, d: schema.Directive, node: Node) -> Any:
-        text = self.scalar(node, d.name)
         assert d.parse is not None
-        try:
-            return d.parse(text)
-        except (UnitError, AddressError) as exc:
-            raise self.fail(node, f'{exc} in "{d.name}"')
+        items = self.scalars(node, d.name) if d.repeatable else [(self.scalar(node, d.name), node)]
+        out: Any = ()
+        for text, n in items:
+            try:
+                v = d.parse(text)
+            except (UnitError, AddressError) as exc:
+                raise self.fail(n, f'{exc} in "{d.name}"')
+            if not d.repeatable:
+                return v
+            out += v
+        return out
 
     # ---- top level ----------------------------------------------------------------------------
     def load(self) -> Config:
@@ -138,6 +152,7 @@ class Loader:
 
         main: dict[str, Any] = {}
         nodes: dict[str, Node] = {}
+        self.main_nodes = nodes
         try:
             for key, _knode, vnode in self.items(root, "main", "the configuration"):
                 nodes[key] = vnode
@@ -162,6 +177,8 @@ class Loader:
             self.error(None, 'no "servers" defined: nothing to listen on')
         else:
             servers = self.servers(nodes["servers"], main, nodes, formats, upstreams)
+        groups = self.groups(servers)
+        self.tls_sessions(servers)
         error_target, level = main["error_log"]
         error_line = nodes["error_log"].start_mark.line + 1 if "error_log" in nodes else 0
         self.check_log_target(error_target, nodes.get("error_log"))
@@ -179,9 +196,62 @@ class Loader:
             log_formats=formats,
             upstreams=upstreams,
             servers=servers,
+            groups=groups,
             warnings=self.warnings,
             main=SimpleNamespace(**main),
+            extra={"tls_sessions": getattr(self, "session_runtime", None)},
         )
+
+    def groups(self, servers: list[ServerConfig]) -> list[ListenGroup]:
+        by: dict[str, ListenGroup] = {}
+        for srv in servers:
+            for ls in srv.listens:
+                g = by.get(ls.address.name)
+                if g is None:
+                    by[ls.address.name] = ListenGroup(ls, [srv])
+                    continue
+                if ls.ssl != g.listen.ssl:
+                    self.error(None if not ls.line else _Line(ls.line), f'listen "{ls.text}" has '
+                               '"ssl" in one server and not in another')
+                if ls.default_server:
+                    if any(x.default_server for s2 in g.servers for x in s2.listens
+                           if x.address == ls.address):
+                        self.error(_Line(ls.line), f'a duplicate default server for "{ls.text}"')
+                    g.servers.insert(0, srv)
+                else:
+                    g.servers.append(srv)
+        for g in by.values():
+            if len(g.servers) > 1 and not g.ssl:
+                self.warnings.append(
+                    f'{self.path}:{g.listen.line}: several servers listen on "{g.listen.text}" '
+                    "without ssl: no SNI can select one, so only the default server is used")
+        return list(by.values())
+
+    def tls_sessions(self, servers: list[ServerConfig]) -> None:
+        """Session cache, timeout and ticket keys: prepared once, before workers are forked."""
+        from tlsgw.tls import sessions
+
+        tls_servers = [srv for srv in servers if srv.ssl_context is not None]
+        if not tls_servers or self.errors:
+            return
+        line = _Line(tls_servers[0].line)
+        try:
+            settings = {}
+            for srv in tls_servers:
+                s = srv.s
+                settings[srv.index] = sessions.SessionSettings.from_directives(
+                    ssl_session_cache=s.ssl_session_cache, ssl_session_timeout=s.ssl_session_timeout,
+                    ssl_session_tickets=s.ssl_session_tickets,
+                    ssl_session_ticket_key=s.ssl_session_ticket_key or ())
+            runtime = sessions.prepare_in_master(settings.values())
+            self.session_runtime = runtime
+            for srv in tls_servers:
+                line = _Line(srv.line)
+                id_ctx = sessions.session_id_context_from_files(
+                    srv.s.ssl_certificate, srv.s.ssl_client_certificate)
+                sessions.apply(srv.ssl_context, settings[srv.index], runtime, id_ctx)
+        except TlsgwError as exc:
+            self.error(line, str(exc))
 
     # ---- log_format ---------------------------------------------------------------------------
     def log_formats(self, node: Node | None) -> dict[str, Template]:
@@ -339,7 +409,7 @@ class Loader:
             self.error(raise_at, '"servers" must be a non-empty list of servers')
             return []
         out: list[ServerConfig] = []
-        seen_listen: dict[str, int] = {}
+        seen_listen: dict[str, tuple[int, tuple[str, ...]]] = {}
         implicit: dict[str, UpstreamConfig] = {}
         main_access = None
         if main.get("access_log") is not None:
@@ -357,7 +427,8 @@ class Loader:
 
     def server(self, index: int, node: Node, main: dict[str, Any], main_access: AccessLog | None,
                formats: dict[str, Template], upstreams: dict[str, UpstreamConfig],
-               implicit: dict[str, UpstreamConfig], seen_listen: dict[str, int]) -> ServerConfig:
+               implicit: dict[str, UpstreamConfig],
+               seen_listen: dict[str, tuple[int, tuple[str, ...]]]) -> ServerConfig:
         values: dict[str, Any] = {}
         nodes: dict[str, Node] = {}
         listens: list[Listen] = []
@@ -377,12 +448,18 @@ class Loader:
             raise self.fail(node, f'no "listen" in servers[{index}]')
         if "proxy_pass" not in nodes:
             raise self.fail(node, f'no "proxy_pass" in servers[{index}]')
+        names = values.get("server_name", ())
         for ls in listens:
             key = ls.address.name
-            if key in seen_listen:
-                self.error(nodes["listen"], f'duplicate listen "{ls.text}" (also at line {seen_listen[key]})')
+            prev = seen_listen.get(key)
+            if prev is not None and (not names or not prev[1] or set(names) & set(prev[1])):
+                clash = sorted(set(names) & set(prev[1]))
+                what = f'conflicting server name "{clash[0]}" on' if clash else "duplicate listen"
+                self.error(nodes["listen"], f'{what} "{ls.text}" (also at line {prev[0]}); '
+                           "servers sharing a listen address need distinct server_name values")
             else:
-                seen_listen[key] = ls.line
+                seen_listen.setdefault(key, (ls.line, ()))
+                seen_listen[key] = (seen_listen[key][0], tuple(seen_listen[key][1]) + tuple(names))
         s = SimpleNamespace()
         for d in schema.INHERITED:
             setattr(s, d.name, values.get(d.name, main.get(d.name)))
@@ -391,9 +468,33 @@ class Loader:
             access = None if values["access_log"] is None else self.access_log(
                 values["access_log"], nodes["access_log"], formats)
         upstream = self.proxy_pass(values["proxy_pass"], nodes["proxy_pass"], upstreams, implicit)
-        return ServerConfig(index=index, listens=listens, proxy_pass=values["proxy_pass"],
-                            upstream=upstream, access_log=access, s=s,
-                            line=node.start_mark.line + 1)
+        srv = ServerConfig(index=index, listens=listens, proxy_pass=values["proxy_pass"],
+                           upstream=upstream, access_log=access, s=s,
+                           line=node.start_mark.line + 1, server_names=tuple(names))
+        self.tls(srv, nodes, node)
+        return srv
+
+    def tls(self, srv: ServerConfig, nodes: dict[str, Node], node: Node) -> None:
+        """Build the server's TLS contexts now, so ``check`` reports what ``serve`` would."""
+        from tlsgw.tls import context as tlsctx
+
+        def where(directive: str) -> Node:
+            return nodes.get(directive) or self.main_nodes.get(directive) or nodes.get("listen", node)
+
+        try:
+            if any(ls.ssl for ls in srv.listens):
+                for warning in tlsctx.certificate_warnings(srv.s.ssl_certificate or ()):
+                    line = where("ssl_certificate").start_mark.line + 1
+                    self.warnings.append(f"{self.path}:{line}: {warning}")
+                srv.ssl_context = tlsctx.server_context(srv.s)
+            if srv.s.proxy_ssl:
+                srv.proxy_ssl_context = tlsctx.client_context(srv.s)
+                srv.proxy_ssl_name = tlsctx.proxy_name(srv.s, srv.proxy_pass)
+                srv.proxy_ssl_sni = tlsctx.sends_sni(srv.s, srv.proxy_ssl_name)
+        except tlsctx.TLSConfigError as exc:
+            self.error(where(exc.directive), str(exc))
+        except Exception as exc:  # native layer unavailable and the like: say which directive
+            self.error(where("listen"), f"TLS settings cannot be honoured here: {exc}")
 
     def listen(self, text: str, node: Node) -> Listen:
         words = text.split()
@@ -405,8 +506,8 @@ class Loader:
             self.warnings.append(f"{self.path}:{node.start_mark.line + 1}: listen \"{words[0]}\" "
                                  f"resolves to {len(addrs)} addresses; using {addrs[0].name}")
         ls = Listen(address=addrs[0], text=words[0], line=node.start_mark.line + 1)
-        unsupported = {"udp", "ssl", "proxy_protocol", "fastopen", "deferred", "accept_filter",
-                       "setfib", "default_server", "multipath"}
+        unsupported = {"udp", "proxy_protocol", "fastopen", "deferred", "accept_filter",
+                       "setfib", "multipath", "http2", "quic"}
         for w in words[1:]:
             k, eq, v = w.partition("=")
             try:
@@ -416,6 +517,10 @@ class Loader:
                     setattr(ls, k, units.parse_size(v))
                 elif k == "reuseport" and not eq:
                     ls.reuseport = True
+                elif k == "ssl" and not eq:
+                    ls.ssl = True
+                elif k == "default_server" and not eq:
+                    ls.default_server = True
                 elif k == "bind" and not eq:
                     pass  # every listen address is bound separately anyway (see the reference)
                 elif k == "ipv6only" and eq:
@@ -428,7 +533,7 @@ class Loader:
                     raise UnitError(f'the "{k}" parameter is not supported by tlsgw yet')
                 else:
                     known = ["backlog=", "rcvbuf=", "sndbuf=", "reuseport", "so_keepalive=",
-                             "ipv6only=", "bind"]
+                             "ipv6only=", "bind", "ssl", "default_server"]
                     close = difflib.get_close_matches(w, known, n=1, cutoff=0.5)
                     hint = f'; did you mean "{close[0]}"?' if close else ""
                     raise UnitError(f'invalid parameter "{w}"{hint}')

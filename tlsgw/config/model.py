@@ -27,6 +27,7 @@ class Listen:
     so_keepalive: bool | tuple[int | None, int | None, int | None] | None = None
     ipv6only: bool = True
     ssl: bool = False
+    default_server: bool = False
 
     @property
     def log_name(self) -> str:
@@ -98,6 +99,23 @@ class ServerConfig:
     access_log: AccessLog | None
     s: SimpleNamespace
     line: int = 0
+    server_names: tuple[str, ...] = ()
+    ssl_context: Any = None  # ssl.SSLContext for ``listen ... ssl``
+    proxy_ssl_context: Any = None  # ssl.SSLContext toward upstreams (``proxy_ssl on``)
+    proxy_ssl_name: str = ""
+    proxy_ssl_sni: bool = False
+
+
+@dataclass
+class ListenGroup:
+    """Servers sharing one listen address; one socket, the server chosen by TLS SNI."""
+
+    listen: Listen  # the first listen entry for the address (its socket options apply)
+    servers: list[ServerConfig]  # the default server first
+
+    @property
+    def ssl(self) -> bool:
+        return self.listen.ssl
 
 
 @dataclass
@@ -110,6 +128,7 @@ class Config:
     log_formats: dict[str, Template]
     upstreams: dict[str, UpstreamConfig]
     servers: list[ServerConfig]
+    groups: list[ListenGroup] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     main: SimpleNamespace = field(default_factory=SimpleNamespace)
     extra: dict[str, Any] = field(default_factory=dict)

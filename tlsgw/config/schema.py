@@ -125,6 +125,52 @@ def _grace(v: str) -> float:
     return units.parse_time(v)
 
 
+def _text(v: str) -> str:
+    return str(v).strip()
+
+
+def _words(v: str) -> tuple[str, ...]:
+    words = tuple(str(v).split())
+    if not words:
+        raise UnitError("a value is required")
+    return words
+
+
+def _names(v: str) -> tuple[str, ...]:
+    return tuple(w.lower() for w in _words(v))
+
+
+def _file(v: str) -> str:
+    return str(v).strip()
+
+
+def _files(v: str) -> tuple[str, ...]:
+    return (str(v).strip(),)
+
+
+PROTOCOLS = ("SSLv2", "SSLv3", "TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3")
+
+
+def _protocols(v: str) -> tuple[str, ...]:
+    words = _words(v)
+    for w in words:
+        if w not in PROTOCOLS:
+            raise UnitError(f'invalid value "{w}" (TLSv1, TLSv1.1, TLSv1.2, TLSv1.3)')
+        if w in ("SSLv2", "SSLv3"):
+            raise UnitError(f'"{w}" is not supported by the OpenSSL tlsgw runs on')
+    idx = sorted(PROTOCOLS.index(w) for w in set(words))
+    if idx != list(range(idx[0], idx[-1] + 1)):
+        raise UnitError(f'"{v}" is not a contiguous range of versions, which tlsgw requires')
+    return tuple(PROTOCOLS[i] for i in idx)
+
+
+def _verify_client(v: str) -> str:
+    s = str(v).strip().lower()
+    if s in ("optional", "optional_no_ca"):
+        return s
+    return "on" if units.parse_flag(s) else "off"
+
+
 D = Directive
 DIRECTIVES: list[Directive] = [
     # ---- main -------------------------------------------------------------------------------
@@ -218,6 +264,121 @@ DIRECTIVES: list[Directive] = [
     D("tcp_nodelay", ("main", "server"), "tcp_nodelay: on | off", "on", units.parse_flag,
       "Sets TCP_NODELAY on client and upstream connections (no Nagle delay).",
       "tcp_nodelay: off"),
+    # ---- TLS toward clients (listen ... ssl) ---------------------------------------------------
+    D("server_name", ("server",), "server_name: NAME ... | [NAME, ...]", None, _names,
+      "Names this server answers for, matched against the TLS SNI name when several servers "
+      "share one `listen ... ssl` address (nginx 1.25.5+ semantics): exact names first, then "
+      "the longest `*.suffix` wildcard, then the longest `prefix.*`; a client with no SNI "
+      "or an unmatched name gets the default server (the first one on that address, or the one "
+      "whose listen has `default_server`). Each server has its own certificates, verify policy "
+      "and proxy settings.", "server_name: [api.example.com, \"*.example.com\"]"),
+    D("ssl_certificate", ("main", "server"), "ssl_certificate: FILE | [FILE, ...]", None, _files,
+      "PEM certificate (with its chain) for `listen ... ssl`. Give several (each with its "
+      "`ssl_certificate_key`, in the same order), e.g. an RSA and an ECDSA one: OpenSSL serves "
+      "the one the client supports.", "ssl_certificate: [/etc/tlsgw/rsa.pem, /etc/tlsgw/ecdsa.pem]",
+      repeatable=True),
+    D("ssl_certificate_key", ("main", "server"), "ssl_certificate_key: FILE | [FILE, ...]", None,
+      _files, "PEM private key for each `ssl_certificate`, in the same order. A key that does not "
+      "belong to its certificate is a start-up error that says so.",
+      "ssl_certificate_key: /etc/tlsgw/ecdsa.key", repeatable=True),
+    D("ssl_password_file", ("main", "server"), "ssl_password_file: FILE", None, _file,
+      "File with passphrases for encrypted keys, one per line; each is tried in turn.",
+      "ssl_password_file: /etc/tlsgw/keys.pass"),
+    D("ssl_protocols", ("main", "server"), "ssl_protocols: [TLSv1] [TLSv1.1] [TLSv1.2] [TLSv1.3]",
+      "TLSv1.2 TLSv1.3", _protocols,
+      "Enabled protocol versions (a contiguous range).", "ssl_protocols: TLSv1.3"),
+    D("ssl_ciphers", ("main", "server"), "ssl_ciphers: CIPHERS", "HIGH:!aNULL:!MD5", _text,
+      "OpenSSL cipher list for TLS 1.2 and older (TLS 1.3 suites are OpenSSL's defaults, as in "
+      "nginx). An invalid list is an error at check.", "ssl_ciphers: ECDHE+AESGCM"),
+    D("ssl_prefer_server_ciphers", ("main", "server"), "ssl_prefer_server_ciphers: on | off",
+      "off", units.parse_flag, "Use the server's cipher order rather than the client's.",
+      "ssl_prefer_server_ciphers: on"),
+    D("ssl_ecdh_curve", ("main", "server"), "ssl_ecdh_curve: auto | CURVE[:CURVE...]", "auto",
+      _text, "Key-exchange groups, e.g. `X25519:prime256v1`; `auto` keeps OpenSSL's list.",
+      "ssl_ecdh_curve: prime256v1"),
+    D("ssl_handshake_timeout", ("main", "server"), "ssl_handshake_timeout: TIME", "60s",
+      _positive_time, "A client that has not completed the TLS handshake in this time is "
+      "closed (`$status` 500).", "ssl_handshake_timeout: 5s"),
+    D("ssl_session_cache", ("main", "server"),
+      "ssl_session_cache: off | none | [builtin[:SIZE]] [shared:NAME:SIZE]", "none", _text,
+      "Session-ID cache. `off`: clients are told sessions cannot be reused. `none`: they are "
+      "told they may be, but nothing is stored (tickets still resume). `builtin[:N]`: a cache "
+      "of N sessions per worker (default 20480). `shared:NAME:SIZE`: one cache for all workers "
+      "(about 4000 sessions per megabyte, at least 32k), which makes session IDs resume on any "
+      "worker; servers naming the same NAME share it.", "ssl_session_cache: shared:SSL:10m"),
+    D("ssl_session_timeout", ("main", "server"), "ssl_session_timeout: TIME", "5m",
+      _positive_time, "How long a session can be resumed, by session ID or ticket, in TLS 1.2 "
+      "and 1.3.", "ssl_session_timeout: 1h"),
+    D("ssl_session_tickets", ("main", "server"), "ssl_session_tickets: on | off", "on",
+      units.parse_flag, "Resumption with session tickets (RFC 5077 / TLS 1.3 tickets). Without "
+      "`ssl_session_ticket_key`, the key is made by the master at start, so tickets resume on "
+      "every worker.", "ssl_session_tickets: off",
+      differs="nginx 1.22 uses per-worker OpenSSL keys (tickets from one worker do not resume "
+      "on another); tlsgw shares one random key among the workers of one tlsgw instance."),
+    D("ssl_session_ticket_key", ("main", "server"), "ssl_session_ticket_key: FILE | [FILE, ...]",
+      None, _files, "48- or 80-byte key files (nginx's layout). The first encrypts new tickets, "
+      "all decrypt; a ticket decrypted with a later key is renewed. Instances sharing the files "
+      "resume each other's sessions.", "ssl_session_ticket_key: [/etc/tlsgw/current.key, "
+      "/etc/tlsgw/previous.key]", repeatable=True),
+    D("ssl_verify_client", ("main", "server"), "ssl_verify_client: on | off | optional | "
+      "optional_no_ca", "off", _verify_client,
+      "Request a client certificate. `on`: required and verified against "
+      "`ssl_client_certificate`; `optional`: verified if sent; `optional_no_ca`: requested but "
+      "not verified (the result is in `$ssl_client_verify`). A failure closes the connection "
+      "(`$status` 500).", "ssl_verify_client: on"),
+    D("ssl_client_certificate", ("main", "server"), "ssl_client_certificate: FILE", None, _file,
+      "PEM CA certificates that client certificates are verified against; their names are sent "
+      "to clients.", "ssl_client_certificate: /etc/tlsgw/clients-ca.pem"),
+    D("ssl_trusted_certificate", ("main", "server"), "ssl_trusted_certificate: FILE", None, _file,
+      "Additional PEM CA certificates trusted for client verification but not sent to clients.",
+      "ssl_trusted_certificate: /etc/tlsgw/more-cas.pem"),
+    D("ssl_verify_depth", ("main", "server"), "ssl_verify_depth: NUMBER", "1", units.parse_int,
+      "Maximum client certificate chain depth (1: issued directly by a trusted CA).",
+      "ssl_verify_depth: 2"),
+    D("ssl_crl", ("main", "server"), "ssl_crl: FILE", None, _file,
+      "PEM certificate revocation list(s) checked for client certificates.",
+      "ssl_crl: /etc/tlsgw/clients.crl"),
+    D("ssl_alpn", ("main", "server"), "ssl_alpn: PROTOCOL ...", None, _words,
+      "ALPN protocols offered to clients; a client offering none of them is refused, as in "
+      "nginx.", "ssl_alpn: h2 http/1.1"),
+    # ---- TLS toward upstreams ---------------------------------------------------------------
+    D("proxy_ssl", ("main", "server"), "proxy_ssl: on | off", "off", units.parse_flag,
+      "Connect to upstream servers with TLS (re-encryption). A failed handshake or "
+      "verification counts as a failed attempt: the next upstream is tried.", "proxy_ssl: on"),
+    D("proxy_ssl_protocols", ("main", "server"), "proxy_ssl_protocols: [TLSv1] [TLSv1.1] "
+      "[TLSv1.2] [TLSv1.3]", "TLSv1.2 TLSv1.3", _protocols, "Protocols toward upstreams.",
+      "proxy_ssl_protocols: TLSv1.3"),
+    D("proxy_ssl_ciphers", ("main", "server"), "proxy_ssl_ciphers: CIPHERS", "DEFAULT", _text,
+      "OpenSSL cipher list toward upstreams (TLS 1.2 and older).", "proxy_ssl_ciphers: HIGH"),
+    D("proxy_ssl_verify", ("main", "server"), "proxy_ssl_verify: on | off", "on", units.parse_flag,
+      "Verify the upstream certificate (chain and name).", "proxy_ssl_verify: off",
+      differs="nginx's default is off, which accepts any certificate; tlsgw verifies by default "
+      "against `proxy_ssl_trusted_certificate` or the system trust store. The 502 error line "
+      "says how to restore nginx's behaviour (`proxy_ssl_verify: off`)."),
+    D("proxy_ssl_trusted_certificate", ("main", "server"), "proxy_ssl_trusted_certificate: FILE",
+      None, _file, "PEM CA certificates to verify upstreams with (default: the system store).",
+      "proxy_ssl_trusted_certificate: /etc/tlsgw/backend-ca.pem"),
+    D("proxy_ssl_verify_depth", ("main", "server"), "proxy_ssl_verify_depth: NUMBER", "1",
+      units.parse_int, "Maximum upstream certificate chain depth.", "proxy_ssl_verify_depth: 2"),
+    D("proxy_ssl_name", ("main", "server"), "proxy_ssl_name: NAME", None, _text,
+      "Name to verify the upstream certificate against (and to send as SNI). Default: the host "
+      "part of `proxy_pass` (the upstream group name or host).",
+      "proxy_ssl_name: backend.internal"),
+    D("proxy_ssl_server_name", ("main", "server"), "proxy_ssl_server_name: on | off", None,
+      units.parse_flag, "Send SNI (`proxy_ssl_name`) to upstreams. Unset: sent when the name is a "
+      "host name (not an IP address).", "proxy_ssl_server_name: on",
+      differs="nginx's default is off; tlsgw sends SNI by default whenever `proxy_ssl_name` is "
+      "a host name."),
+    D("proxy_ssl_certificate", ("main", "server"), "proxy_ssl_certificate: FILE", None, _file,
+      "Client certificate presented to upstreams (mTLS).", "proxy_ssl_certificate: /etc/tlsgw/gw.pem"),
+    D("proxy_ssl_certificate_key", ("main", "server"), "proxy_ssl_certificate_key: FILE", None,
+      _file, "Key of `proxy_ssl_certificate`.", "proxy_ssl_certificate_key: /etc/tlsgw/gw.key"),
+    D("proxy_ssl_password_file", ("main", "server"), "proxy_ssl_password_file: FILE", None, _file,
+      "Passphrases for an encrypted `proxy_ssl_certificate_key`, one per line.",
+      "proxy_ssl_password_file: /etc/tlsgw/gw.pass"),
+    D("proxy_ssl_session_reuse", ("main", "server"), "proxy_ssl_session_reuse: on | off", "on",
+      units.parse_flag, "Resume TLS sessions toward upstreams; sessions are kept per upstream "
+      "address and name.", "proxy_ssl_session_reuse: off"),
     # ---- upstream ---------------------------------------------------------------------------
     D("hash", ("upstream",), "hash: KEY [consistent]", None, _hash,
       "Chooses the server from a hash of KEY, text with variables such as `$remote_addr`, "

@@ -1,0 +1,135 @@
+"""TLS on the data path: uvloop's own ``SSLProtocol``, driven so that tlsgw sees every outcome.
+
+uvloop's ``create_server(ssl=...)`` hides a failed handshake (the application protocol never
+hears of the connection), and ``start_tls()`` after accepting loses the ClientHello because
+uvloop may deliver data before the protocol can pause reading. So a TLS listener is a plain
+server whose protocol factory returns :class:`TLSAccept` — a subclass of uvloop's C
+``SSLProtocol`` wrapping the :class:`~tlsgw.session.Session` — exactly what uvloop does
+internally, plus two hooks: the raw transport is handed to the session at accept (client
+address, counters, logging) and the handshake waiter reports failures and their causes.
+
+Toward upstreams, :class:`UpstreamTLS` stands in for the ``SSLContext`` given to uvloop's
+``SSLProtocol``: its ``wrap_bio`` passes the last session of that upstream address and name, so
+``proxy_ssl_session_reuse`` works (``create_connection(ssl=...)`` has no way to pass a session).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from typing import Any
+
+from uvloop.loop import SSLProtocol
+
+
+class TLSAccept(SSLProtocol):  # type: ignore[misc]
+    """Server-side TLS for one accepted connection of a ``listen ... ssl`` address."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, session: Any, ctx: ssl.SSLContext,
+                 handshake_timeout: float):
+        waiter = loop.create_future()
+        super().__init__(loop, session, ctx, waiter, server_side=True,
+                         ssl_handshake_timeout=handshake_timeout)
+        self.session = session
+        waiter.add_done_callback(self._handshake_done)
+
+    def connection_made(self, transport: Any) -> None:
+        self.session.accepted(transport)
+        super().connection_made(transport)
+
+    def _handshake_done(self, fut: asyncio.Future[None]) -> None:
+        exc = ConnectionAbortedError("cancelled") if fut.cancelled() else fut.exception()
+        if exc is not None:
+            self.session.handshake_failed(exc)
+
+
+def handshake_cause(exc: BaseException) -> str:
+    """A failed client handshake in plain language, for the error log."""
+    if isinstance(exc, ConnectionAbortedError) and "longer than" in str(exc):
+        return "handshake timed out (ssl_handshake_timeout)"
+    reason = (getattr(exc, "reason", None) or "").upper()
+    text = str(exc)
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"client certificate verification failed: {exc.verify_message}"
+    table = [
+        (("HTTP_REQUEST", "HTTPS_PROXY_REQUEST", "WRONG_VERSION_NUMBER", "PACKET_LENGTH_TOO_LONG",
+          "UNEXPECTED_RECORD", "RECORD_LAYER_FAILURE", "UNKNOWN_PROTOCOL", "BAD_PACKET"),
+         "not TLS: the client sent something other than a TLS handshake"),
+        (("PEER_DID_NOT_RETURN_A_CERTIFICATE",), "client sent no certificate (ssl_verify_client)"),
+        (("TLSV1_ALERT_UNKNOWN_CA", "SSLV3_ALERT_BAD_CERTIFICATE", "SSLV3_ALERT_CERTIFICATE_UNKNOWN",
+          "TLSV1_ALERT_DECRYPT_ERROR", "SSLV3_ALERT_CERTIFICATE_EXPIRED"),
+         "client does not trust our certificate"),
+        (("CERTIFICATE_VERIFY_FAILED",), "client certificate verification failed"),
+        (("NO_SHARED_CIPHER",), "no cipher in common with the client (ssl_ciphers)"),
+        (("UNSUPPORTED_PROTOCOL", "TLSV1_ALERT_PROTOCOL_VERSION", "NO_PROTOCOLS_AVAILABLE",
+          "VERSION_TOO_LOW", "VERSION_TOO_HIGH"),
+         "client supports none of the enabled protocol versions (ssl_protocols)"),
+        (("NO_APPLICATION_PROTOCOL",), "client offered no protocol of ssl_alpn"),
+        (("NO_SUITABLE_SIGNATURE_ALGORITHM", "NO_SUITABLE_KEY_SHARE", "NO_SHARED_GROUPS"),
+         "no key exchange or signature algorithm in common with the client"),
+    ]
+    for reasons, cause in table:
+        if reason in reasons or any(r.lower().replace("_", " ") in text.lower() for r in reasons):
+            return cause
+    if isinstance(exc, (ConnectionResetError, BrokenPipeError)) or "EOF" in text:
+        return "client closed the connection during the handshake"
+    return "handshake failed"
+
+
+class _PeerTLS:
+    """What uvloop's SSLProtocol takes as its context for one upstream address and name."""
+
+    __slots__ = ("owner", "key")
+
+    def __init__(self, owner: UpstreamTLS, key: tuple[str, str]):
+        self.owner, self.key = owner, key
+
+    def wrap_bio(self, incoming: ssl.MemoryBIO, outgoing: ssl.MemoryBIO, server_side: bool = False,
+                 server_hostname: str | None = None) -> ssl.SSLObject:
+        owner = self.owner
+        session = owner.sessions.get(self.key) if owner.reuse else None
+        try:
+            return owner.ctx.wrap_bio(incoming, outgoing, server_side=server_side,
+                                      server_hostname=server_hostname, session=session)
+        except ValueError:  # a session from another context; forget it
+            owner.sessions.pop(self.key, None)
+            return owner.ctx.wrap_bio(incoming, outgoing, server_side=server_side,
+                                      server_hostname=server_hostname)
+
+
+class UpstreamTLS:
+    """The upstream TLS settings of one server, plus its per-upstream session cache."""
+
+    def __init__(self, ctx: ssl.SSLContext, name: str, sni: bool, reuse: bool, verify: bool):
+        self.ctx = ctx
+        self.name = name
+        # Python verifies the name passed as server_hostname and sends it as SNI (not for IPs)
+        self.server_hostname = name if (sni or verify) else None
+        self.reuse = reuse
+        self.verify = verify
+        self.sessions: dict[tuple[str, str], ssl.SSLSession] = {}
+        self._peers: dict[str, _PeerTLS] = {}
+
+    def for_peer(self, peer_name: str) -> _PeerTLS:
+        p = self._peers.get(peer_name)
+        if p is None:
+            p = self._peers[peer_name] = _PeerTLS(self, (peer_name, self.name))
+        return p
+
+    def protocol(self, loop: asyncio.AbstractEventLoop, app: asyncio.Protocol, peer_name: str,
+                 timeout: float) -> tuple[SSLProtocol, asyncio.Future[None]]:
+        waiter = loop.create_future()
+        proto = SSLProtocol(loop, app, self.for_peer(peer_name), waiter, server_side=False,
+                            server_hostname=self.server_hostname,
+                            ssl_handshake_timeout=max(timeout, 0.001))
+        return proto, waiter
+
+    def remember(self, peer_name: str, sslobj: ssl.SSLObject | None) -> None:
+        if self.reuse and sslobj is not None and sslobj.session is not None:
+            self.sessions[(peer_name, self.name)] = sslobj.session
+
+
+def verify_error_text(exc: BaseException) -> str:
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"upstream SSL certificate verify error: ({exc.verify_code}:{exc.verify_message})"
+    return f"SSL_do_handshake() failed (SSL: {getattr(exc, 'reason', None) or exc})"

@@ -1,0 +1,101 @@
+"""Choosing a server by TLS SNI among servers that share one ``listen ... ssl`` address.
+
+nginx 1.25.5+ semantics: an exact name wins, then the longest wildcard starting with ``*.``,
+then the longest wildcard ending with ``.*``; no SNI or no match means the default server (the
+first on that address, or the one whose ``listen`` has ``default_server``). The choice switches
+the connection to that server's ``SSLContext`` (certificates, client verification, session
+settings) and, after the handshake, the session uses that server's proxy settings.
+
+OpenSSL's ``SSL_set_SSL_CTX`` swaps the certificate but keeps the verify mode, depth and options
+of the first context, so those are copied onto the connection too, as nginx does.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ssl
+from typing import Any
+
+from tlsgw.config.model import ListenGroup
+from tlsgw.tls import native
+from tlsgw.tls.context import _lib, _ssl_pointer
+
+_bound = False
+
+
+def _bind() -> ctypes.CDLL:
+    global _bound
+    lib = _lib()
+    if not _bound:
+        v = ctypes.c_void_p
+        lib.SSL_set_verify.argtypes = [v, ctypes.c_int, v]
+        lib.SSL_set_verify.restype = None
+        lib.SSL_CTX_get_verify_callback.argtypes = [v]
+        lib.SSL_CTX_get_verify_callback.restype = v
+        lib.SSL_CTX_get_verify_depth.argtypes = [v]
+        lib.SSL_CTX_get_verify_depth.restype = ctypes.c_int
+        lib.SSL_set_verify_depth.argtypes = [v, ctypes.c_int]
+        lib.SSL_set_verify_depth.restype = None
+        lib.SSL_set_options.argtypes = [v, ctypes.c_uint64]
+        lib.SSL_set_options.restype = ctypes.c_uint64
+        lib.SSL_clear_options.argtypes = [v, ctypes.c_uint64]
+        lib.SSL_clear_options.restype = ctypes.c_uint64
+        _bound = True
+    return lib
+
+
+def match(names: dict[str, int], wild_front: list[tuple[str, int]], wild_back: list[tuple[str, int]],
+          host: str) -> int | None:
+    host = host.lower().rstrip(".")
+    if host in names:
+        return names[host]
+    for suffix, idx in wild_front:  # longest first: "*.example.com" -> ".example.com"
+        if host.endswith(suffix):
+            return idx
+    for prefix, idx in wild_back:  # longest first: "www.*" -> "www."
+        if host.startswith(prefix):
+            return idx
+    return None
+
+
+def install_sni(group: ListenGroup, runtimes: dict[int, Any]) -> None:
+    """Set the SNI callback on the default server's context for this listen group."""
+    names: dict[str, int] = {}
+    front: list[tuple[str, int]] = []
+    back: list[tuple[str, int]] = []
+    for srv in group.servers:
+        for n in srv.server_names:
+            if n.startswith("*."):
+                front.append((n[1:], srv.index))
+            elif n.endswith(".*"):
+                back.append((n[:-1], srv.index))
+            else:
+                names.setdefault(n, srv.index)
+    front.sort(key=lambda t: -len(t[0]))
+    back.sort(key=lambda t: -len(t[0]))
+    contexts = {i: rt.ssl_context for i, rt in runtimes.items()}
+    default_ctx = runtimes[group.servers[0].index].ssl_context
+    lib = _bind()
+    ssl_lib = native.load().ssl
+
+    def callback(sslobj: ssl.SSLObject, server_name: str | None, _ctx: ssl.SSLContext) -> None:
+        if server_name is None:
+            return None
+        sslobj.tlsgw_sni = server_name  # type: ignore[attr-defined]
+        idx = match(names, front, back, server_name)
+        if idx is None or contexts[idx] is default_ctx:
+            return None
+        new = contexts[idx]
+        sslobj.context = new
+        sslobj.tlsgw_server = idx  # type: ignore[attr-defined]
+        ptr = _ssl_pointer(sslobj)
+        raw = native.ctx_pointer(new)
+        lib.SSL_set_verify(ptr, ssl_lib.SSL_CTX_get_verify_mode(raw),
+                           lib.SSL_CTX_get_verify_callback(raw))
+        lib.SSL_set_verify_depth(ptr, lib.SSL_CTX_get_verify_depth(raw))
+        opts = ssl_lib.SSL_CTX_get_options(raw)
+        lib.SSL_clear_options(ptr, ssl_lib.SSL_get_options(ptr) & ~opts)
+        lib.SSL_set_options(ptr, opts)
+        return None
+
+    default_ctx.sni_callback = callback
