@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import os
 import socket
 import ssl
@@ -278,10 +279,10 @@ class Session(asyncio.Protocol):
             addr = peer.config.address
             up = UpstreamSide(self)
             tls = rt.proxy_tls
-            factory: Any = (lambda: up)
+            proto: Any = up
             if tls is not None:
                 proto, handshake = tls.protocol(w.loop, up, peer.name, rt.connect_timeout)
-                factory = (lambda: proto)  # noqa: B023 - called at once by create_connection
+            factory = functools.partial(_same, proto)
             raw: Any = None
             try:
                 async with asyncio.timeout(rt.connect_timeout):
@@ -468,6 +469,10 @@ class Session(asyncio.Protocol):
 # nginx logs connect() failures at "error" for these errnos and at "crit" for the rest.
 _ERROR_LEVEL_ERRNOS = {errno.ECONNREFUSED, errno.ECONNRESET, errno.ENETDOWN, errno.ENETUNREACH,
                        errno.EHOSTDOWN, errno.EHOSTUNREACH, errno.EAGAIN}
+
+
+def _same(obj: Any) -> Any:
+    return obj
 
 
 def _peer_text(addr: Any) -> str:

@@ -541,6 +541,9 @@ def mac_init(hctx: int, params: MacParams) -> bool:
 
 # --- keeping sessions of connections that end without close_notify ----------------------------
 _keep_ctxs: set[int] = set()
+#: SSL_CTX pointers whose Python context is being destroyed: SSL_CTX_free() then flushes the
+#: builtin cache through the remove callback, which must not empty a cache other workers share.
+closing_ctxs: set[int] = set()
 _ex_index: int | None = None
 _ex_lock = threading.Lock()
 
@@ -593,6 +596,13 @@ def keep_sessions_on_abrupt_close(ctx: ssl.SSLContext, raw: int) -> None:
                 raise NativeTLSUnavailable("CRYPTO_get_ex_new_index failed")
             _ex_index = idx
             atexit.register(_unregister_ex_index)
+        closing_ctxs.discard(raw)  # a new context at the address of a destroyed one
         if raw not in _keep_ctxs:
             _keep_ctxs.add(raw)
-            weakref.finalize(ctx, _keep_ctxs.discard, raw)
+            weakref.finalize(ctx, _context_closing, raw)
+
+
+def _context_closing(raw: int) -> None:
+    # weakref callbacks run before the context's SSL_CTX_free()
+    _keep_ctxs.discard(raw)
+    closing_ctxs.add(raw)

@@ -750,6 +750,8 @@ class SharedSessionStore:
 
     def _remove_cb(self, ctx_ptr, sess) -> None:
         try:
+            if ctx_ptr in native.closing_ctxs:
+                return  # a context being freed flushes its builtin cache: keep the shared copies
             sid = native.session_id(sess)
             if sid:
                 self.remove(sid)
