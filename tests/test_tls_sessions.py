@@ -782,3 +782,23 @@ def test_store_recovers_from_corruption():
     assert store.put(b"k" * 32, b"v" * 100, expire=10**10)
     assert store.get(b"k" * 32) == b"v" * 100
     store.close()
+
+
+def test_freeing_a_context_does_not_empty_the_shared_cache(certs, serve):
+    """builtin+shared: SSL_CTX_free() flushes the builtin cache through the remove callback;
+    a worker dropping its context must not take the shared sessions with it."""
+    import gc
+
+    settings = SessionSettings.from_directives("builtin shared:F:1m", 60, False)
+    runtime = sessions.prepare_in_master([settings])
+    ctx, _ = configured(certs, settings, runtime)
+    srv = UvServer(ctx)
+    cctx = client_context(TLS12, tickets=False)
+    _, sess, _ = py_connect(srv.port, cctx)
+    srv.stop()
+    del srv, ctx
+    gc.collect()
+    assert runtime.stores["F"].stats()["live"] == 1
+    ctx2, _ = configured(certs, settings, runtime)
+    assert py_connect(serve(ctx2), cctx, sess)[0]
+    runtime.close()
