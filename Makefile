@@ -26,14 +26,18 @@ $(VENV)/.test-deps: $(BIN)/tlsgw
 	$(BIN)/pip install -q --disable-pip-version-check -e '.[test]'
 	@touch $@
 
-# Demo: three greeting/echo backends and a gateway in front of them (Ctrl-C stops both).
+# Demo: lab certificates (once), three greeting/echo backends and a gateway in front of them,
+# plaintext on :9000 and TLS on :9443 (Ctrl-C stops everything).
 demo: install
+	@[ -f certs/server.pem ] || $(BIN)/tlsgw gencert --dir certs --quiet
 	@$(BIN)/tlsgw lab backends 127.0.0.1:7001 127.0.0.1:7002 127.0.0.1:7003 & lab=$$!; \
 	trap 'kill $$lab 2>/dev/null' EXIT INT TERM; sleep 0.5; \
-	echo; echo "tlsgw demo: gateway on 127.0.0.1:9000 in front of 3 backends (configs/demo.yaml)"; \
+	echo; echo "tlsgw demo: gateway on 127.0.0.1:9000 (plain) and 127.0.0.1:9443 (TLS) in front of 3 backends (configs/demo.yaml)"; \
 	echo "  connect:          python3 -c 'import socket; s=socket.create_connection((\"127.0.0.1\",9000)); print(s.recv(100).decode())'"; \
 	echo "  see stickiness:   $(BIN)/tlsgw lab probe 127.0.0.1:9000 --clients 5 --repeat 2"; \
 	echo "                    (each client address 127.0.0.N always reaches the same backend)"; \
+	echo "  TLS:              $(BIN)/tlsgw lab probe 127.0.0.1:9443 --tls --cafile certs/ca.pem"; \
+	echo "                    openssl s_client -connect 127.0.0.1:9443 -CAfile certs/ca.pem -servername localhost"; \
 	echo "  stop:             Ctrl-C"; echo; \
 	$(BIN)/tlsgw serve -c configs/demo.yaml
 

@@ -169,6 +169,7 @@ class Loader:
         for d in schema.BY_CONTEXT["main"].values():
             if d.parse is not None and d.name not in main:
                 main[d.name] = d.default_value()
+        self.resolve_paths(main)
 
         formats = self.log_formats(nodes.get("log_format"))
         upstreams = self.upstreams(nodes.get("upstreams"))
@@ -452,14 +453,16 @@ class Loader:
         for ls in listens:
             key = ls.address.name
             prev = seen_listen.get(key)
-            if prev is not None and (not names or not prev[1] or set(names) & set(prev[1])):
-                clash = sorted(set(names) & set(prev[1]))
-                what = f'conflicting server name "{clash[0]}" on' if clash else "duplicate listen"
+            mine = set(names) or {""}  # a server without server_name has the empty name
+            if prev is not None and mine & set(prev[1]):
+                clash = sorted(mine & set(prev[1]))[0]
+                what = f'conflicting server name "{clash}" on' if clash else "duplicate listen"
                 self.error(nodes["listen"], f'{what} "{ls.text}" (also at line {prev[0]}); '
                            "servers sharing a listen address need distinct server_name values")
             else:
-                seen_listen.setdefault(key, (ls.line, ()))
-                seen_listen[key] = (seen_listen[key][0], tuple(seen_listen[key][1]) + tuple(names))
+                first = prev[0] if prev else ls.line
+                seen_listen[key] = (first, (prev[1] if prev else ()) + tuple(mine))
+        self.resolve_paths(values)
         s = SimpleNamespace()
         for d in schema.INHERITED:
             setattr(s, d.name, values.get(d.name, main.get(d.name)))
@@ -495,6 +498,24 @@ class Loader:
             self.error(where(exc.directive), str(exc))
         except Exception as exc:  # native layer unavailable and the like: say which directive
             self.error(where("listen"), f"TLS settings cannot be honoured here: {exc}")
+
+    def resolve(self, p: str) -> str:
+        """Relative paths are relative to the configuration file's directory, as in nginx."""
+        if p in ("stdout", "stderr") or os.path.isabs(p):
+            return p
+        return os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(self.path)), p))
+
+    def resolve_paths(self, values: dict[str, Any]) -> None:
+        for name, v in list(values.items()):
+            d = schema.BY_CONTEXT["server"].get(name) or schema.BY_CONTEXT["main"].get(name)
+            if d is None or v is None or not d.is_path:
+                continue
+            if name in ("access_log", "error_log"):
+                values[name] = (self.resolve(v[0]), v[1])
+            elif isinstance(v, tuple):
+                values[name] = tuple(self.resolve(p) for p in v)
+            else:
+                values[name] = self.resolve(v)
 
     def listen(self, text: str, node: Node) -> Listen:
         words = text.split()

@@ -36,6 +36,11 @@ class Directive:
     repeatable: bool = False  # may be a YAML list
 
     @property
+    def is_path(self) -> bool:
+        """The value names files; relative ones are resolved against the config's directory."""
+        return self.parse in (_file, _files, _access_log, _error_log)
+
+    @property
     def inherited(self) -> bool:
         return "main" in self.contexts and "server" in self.contexts
 
@@ -271,7 +276,8 @@ DIRECTIVES: list[Directive] = [
       "the longest `*.suffix` wildcard, then the longest `prefix.*`; a client with no SNI "
       "or an unmatched name gets the default server (the first one on that address, or the one "
       "whose listen has `default_server`). Each server has its own certificates, verify policy "
-      "and proxy settings.", "server_name: [api.example.com, \"*.example.com\"]"),
+      "and proxy settings.", "server_name: [api.example.com, \"*.example.com\"]",
+      repeatable=True),
     D("ssl_certificate", ("main", "server"), "ssl_certificate: FILE | [FILE, ...]", None, _files,
       "PEM certificate (with its chain) for `listen ... ssl`. Give several (each with its "
       "`ssl_certificate_key`, in the same order), e.g. an RSA and an ECDSA one: OpenSSL serves "
