@@ -111,8 +111,15 @@ class _Greeter(asyncio.Protocol):
 
 
 class _Echo(asyncio.Protocol):
+    def __init__(self, live: set):
+        self.live = live
+
     def connection_made(self, transport):
         self.transport = transport
+        self.live.add(transport)
+
+    def connection_lost(self, exc):
+        self.live.discard(self.transport)
 
     def data_received(self, data):
         self.transport.write(data)
@@ -124,6 +131,7 @@ class UvServer:
     def __init__(self, ctx: ssl.SSLContext, echo: bool = False):
         self.reused: list[bool] = []
         self.echo = echo
+        self.live: set = set()
         self.loop = uvloop.new_event_loop()
         ready = threading.Event()
         self._thread = threading.Thread(target=self._run, args=(ctx, ready), daemon=True)
@@ -133,14 +141,17 @@ class UvServer:
     def _run(self, ctx, ready):
         asyncio.set_event_loop(self.loop)
         self.server = self.loop.run_until_complete(
-            self.loop.create_server(lambda: _Echo() if self.echo else _Greeter(self.reused),
+            self.loop.create_server(lambda: _Echo(self.live) if self.echo else _Greeter(self.reused),
                                     "127.0.0.1", 0, ssl=ctx)
         )
         self.port = self.server.sockets[0].getsockname()[1]
         ready.set()
         self.loop.run_forever()
         self.server.close()
+        for transport in list(self.live):
+            transport.abort()
         self.loop.run_until_complete(self.server.wait_closed())
+        self.loop.run_until_complete(asyncio.sleep(0.1))  # let closing transports finish
         self.loop.close()
 
     def stop(self):
@@ -297,6 +308,7 @@ def master(tmp_path, certs):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        proc.stdout.close()
 
 
 # ================================================================================================
