@@ -243,7 +243,10 @@ class Loader:
                 settings[srv.index] = sessions.SessionSettings.from_directives(
                     ssl_session_cache=s.ssl_session_cache, ssl_session_timeout=s.ssl_session_timeout,
                     ssl_session_tickets=s.ssl_session_tickets,
-                    ssl_session_ticket_key=s.ssl_session_ticket_key or ())
+                    ssl_session_ticket_key=s.ssl_session_ticket_key or (),
+                    # nginx sets SSL_MODE_RELEASE_BUFFERS on every context: idle connections
+                    # keep no record buffers (about 30 KiB less per idle TLS connection here)
+                    release_buffers=True)
             runtime = sessions.prepare_in_master(settings.values())
             self.session_runtime = runtime
             for srv in tls_servers:
