@@ -21,6 +21,52 @@ from typing import Any
 
 from uvloop.loop import SSLProtocol
 
+_AGAIN = (ssl.SSLWantReadError, ssl.SSLWantWriteError, ssl.SSLSyscallError)
+
+
+class ServerSSLObject(ssl.SSLObject):
+    """The ``SSLObject`` of an accepted connection: a failed handshake sends its alert.
+
+    uvloop drops the connection as soon as ``do_handshake()`` raises, and the alert OpenSSL
+    wrote for the client (protocol_version, handshake_failure, unknown_ca,
+    no_application_protocol, ...) would stay in the outgoing BIO: the client would see a bare
+    EOF instead of the reason. nginx sends it, so this does too, before re-raising.
+    """
+
+    tlsgw_alert: tuple[ssl.MemoryBIO, Any] | None = None  # (outgoing BIO, raw transport)
+
+    def do_handshake(self) -> None:
+        try:
+            self._sslobj.do_handshake()
+        except _AGAIN:
+            raise
+        except ssl.SSLError:
+            pending, self.tlsgw_alert = self.tlsgw_alert, None
+            if pending is not None:
+                data = pending[0].read()
+                if data and not pending[1].is_closing():
+                    pending[1].write(data)
+            raise
+        self.tlsgw_alert = None  # done: drop the transport reference
+
+
+class _Accepting:
+    """Stands in for the ``SSLContext`` uvloop's SSLProtocol wraps one accepted connection with."""
+
+    __slots__ = ("ctx", "transport")
+
+    def __init__(self, ctx: ssl.SSLContext):
+        self.ctx = ctx
+        self.transport: Any = None
+
+    def wrap_bio(self, incoming: ssl.MemoryBIO, outgoing: ssl.MemoryBIO, server_side: bool = True,
+                 server_hostname: str | None = None) -> ssl.SSLObject:
+        obj = ServerSSLObject._create(incoming, outgoing, server_side=True,  # type: ignore[attr-defined]
+                                      server_hostname=None, session=None, context=self.ctx)
+        obj.tlsgw_alert = (outgoing, self.transport)
+        self.transport = None
+        return obj  # type: ignore[no-any-return]
+
 
 class TLSAccept(SSLProtocol):  # type: ignore[misc]
     """Server-side TLS for one accepted connection of a ``listen ... ssl`` address."""
@@ -28,13 +74,15 @@ class TLSAccept(SSLProtocol):  # type: ignore[misc]
     def __init__(self, loop: asyncio.AbstractEventLoop, session: Any, ctx: ssl.SSLContext,
                  handshake_timeout: float):
         waiter = loop.create_future()
-        super().__init__(loop, session, ctx, waiter, server_side=True,
+        self.wrapper = _Accepting(ctx)
+        super().__init__(loop, session, self.wrapper, waiter, server_side=True,
                          ssl_handshake_timeout=handshake_timeout)
         self.session = session
         waiter.add_done_callback(self._handshake_done)
 
     def connection_made(self, transport: Any) -> None:
         self.session.accepted(transport)
+        self.wrapper.transport = transport
         super().connection_made(transport)
 
     def _handshake_done(self, fut: asyncio.Future[None]) -> None:
