@@ -54,6 +54,19 @@ def _lib() -> ctypes.CDLL:
         lib.SSL_get_verify_result.restype = ctypes.c_long
         lib.X509_verify_cert_error_string.argtypes = [ctypes.c_long]
         lib.X509_verify_cert_error_string.restype = ctypes.c_char_p
+        lib.SSL_CTX_get_cert_store.argtypes = [v]
+        lib.SSL_CTX_get_cert_store.restype = v
+        lib.X509_STORE_set_flags.argtypes = [v, ctypes.c_ulong]
+        lib.X509_STORE_set_flags.restype = ctypes.c_int
+        lib.SSL_load_client_CA_file.argtypes = [ctypes.c_char_p]
+        lib.SSL_load_client_CA_file.restype = v
+        lib.SSL_CTX_set_client_CA_list.argtypes = [v, v]
+        lib.SSL_CTX_set_client_CA_list.restype = None
+        lib.SSL_CTX_set_alpn_select_cb.argtypes = [v, v, v]
+        lib.SSL_CTX_set_alpn_select_cb.restype = None
+        lib.SSL_select_next_proto.argtypes = [ctypes.POINTER(v), ctypes.POINTER(ctypes.c_ubyte),
+                                              v, ctypes.c_uint, v, ctypes.c_uint]
+        lib.SSL_select_next_proto.restype = ctypes.c_int
         _bound = True
     return lib
 
@@ -64,6 +77,52 @@ native.keep_alive(_ACCEPT_ANY)
 
 def _set_verify_depth(ctx: ssl.SSLContext, depth: int) -> None:
     _lib().SSL_CTX_set_verify_depth(native.ctx_pointer(ctx), depth)
+
+
+def _set_client_ca_names(ctx: ssl.SSLContext, path: str) -> None:
+    """Send the subjects of ``ssl_client_certificate`` in the CertificateRequest, as nginx does
+    (``ssl`` has no API for it: ``load_verify_locations`` only trusts them)."""
+    lib = _lib()
+    names = lib.SSL_load_client_CA_file(os.fsencode(path))
+    if not names:
+        native.load().ssl.ERR_clear_error()
+        raise TLSConfigError("ssl_client_certificate", f'no certificate in "{path}"')
+    lib.SSL_CTX_set_client_CA_list(native.ctx_pointer(ctx), names)  # the context owns it now
+
+
+#: int alpn_select_cb(SSL *, const unsigned char **out, unsigned char *outlen,
+#:                    const unsigned char *in, unsigned int inlen, void *arg)
+_ALPN_CB = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.POINTER(ctypes.c_void_p),
+                            ctypes.POINTER(ctypes.c_ubyte), ctypes.c_void_p, ctypes.c_uint,
+                            ctypes.c_void_p)
+SSL_TLSEXT_ERR_OK = 0
+SSL_TLSEXT_ERR_ALERT_FATAL = 2
+OPENSSL_NPN_NEGOTIATED = 1
+
+
+def _set_alpn(ctx: ssl.SSLContext, protocols: Sequence[str]) -> None:
+    """``ssl_alpn``: choose the first of ours the client offers; none in common is a fatal
+    ``no_application_protocol`` alert, as in nginx (CPython's own callback would go on without
+    ALPN). A client that sends no ALPN extension is not affected."""
+    wire = b""
+    for proto in protocols:
+        raw = proto.encode()
+        if not 0 < len(raw) < 256:
+            raise TLSConfigError("ssl_alpn", f'invalid protocol "{proto}"')
+        wire += bytes([len(raw)]) + raw
+    ours = ctypes.create_string_buffer(wire, len(wire))
+    lib = _lib()
+    select = lib.SSL_select_next_proto
+
+    def choose(_ssl, out, outlen, offered, offered_len, _arg):  # type: ignore[no-untyped-def]
+        if select(out, outlen, ctypes.addressof(ours), len(wire), offered,
+                  offered_len) != OPENSSL_NPN_NEGOTIATED:
+            return SSL_TLSEXT_ERR_ALERT_FATAL
+        return SSL_TLSEXT_ERR_OK
+
+    cb = _ALPN_CB(choose)
+    native.keep_alive(cb, ours)  # OpenSSL keeps both addresses for the context's lifetime
+    lib.SSL_CTX_set_alpn_select_cb(native.ctx_pointer(ctx), ctypes.cast(cb, ctypes.c_void_p), None)
 
 
 def _set_groups(ctx: ssl.SSLContext, groups: str, directive: str) -> None:
@@ -211,6 +270,8 @@ def server_context(s: SimpleNamespace) -> ssl.SSLContext:
                     ctx.load_verify_locations(cafile=path)
                 except ssl.SSLError as exc:
                     raise TLSConfigError(directive, f'cannot load "{path}": {exc}') from None
+                if directive == "ssl_client_certificate":
+                    _set_client_ca_names(ctx, path)
         ctx.verify_mode = ssl.CERT_REQUIRED if mode == "on" else ssl.CERT_OPTIONAL
         if mode == "optional_no_ca":
             _lib().SSL_CTX_set_verify(native.ctx_pointer(ctx), SSL_VERIFY_PEER,
@@ -222,9 +283,13 @@ def server_context(s: SimpleNamespace) -> ssl.SSLContext:
                 ctx.load_verify_locations(cafile=s.ssl_crl)
             except ssl.SSLError as exc:
                 raise TLSConfigError("ssl_crl", f'cannot load "{s.ssl_crl}": {exc}') from None
-            ctx.verify_flags |= ssl.VERIFY_CRL_CHECK_CHAIN
+            # on the context's store, as nginx does, not on its verify parameters: those are
+            # copied into each connection from the listener's default server, so an SNI-chosen
+            # server's ssl_crl would be ignored
+            store = _lib().SSL_CTX_get_cert_store(native.ctx_pointer(ctx))
+            _lib().X509_STORE_set_flags(store, ssl.VERIFY_CRL_CHECK_CHAIN)
     if s.ssl_alpn:
-        ctx.set_alpn_protocols(list(s.ssl_alpn))
+        _set_alpn(ctx, s.ssl_alpn)
     return ctx
 
 
