@@ -8,7 +8,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from support import Backend, Gateway  # noqa: E402
+from support import PKI, Backend, Gateway  # noqa: E402
 
 
 @pytest.fixture
@@ -42,3 +42,9 @@ def gateway(tmp_path: Path) -> Iterator[callable]:
     for g in reversed(made):
         if g.proc is not None and g.proc.poll() is None:
             g.stop(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
+    """A lab PKI (see :class:`support.PKI`), made once per test run."""
+    return PKI(tmp_path_factory.mktemp("pki"))

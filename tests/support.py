@@ -8,6 +8,7 @@ import os
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import textwrap
@@ -46,7 +47,14 @@ class _Proto(asyncio.Protocol):
         b = self.b
         b.accepted += 1
         b.active.add(transport)
+        sslobj = transport.get_extra_info("ssl_object")
+        if sslobj is not None:  # a TLS backend: the handshake is done, record what it negotiated
+            der = sslobj.getpeercert(binary_form=True)
+            b.handshakes.append(TLSInfo(sslobj.version(), sslobj.cipher()[0], sslobj.session_reused,
+                                 getattr(sslobj, "sni_name", None), der,
+                                 sslobj.selected_alpn_protocol()))
         mode = b.mode
+        self.request = b""
         if mode == "identify":
             transport.write(f"{b.name}\n".encode())  # type: ignore[attr-defined]
         elif mode == "reset":
@@ -82,9 +90,16 @@ class _Proto(asyncio.Protocol):
         self.b.received += len(data)
         if self.b.mode in ("echo", "identify"):
             self.t.write(data)  # type: ignore[attr-defined]
+        elif self.b.mode == "http":
+            self.request += data
+            if b"\r\n\r\n" in self.request:
+                body = f"{self.b.name}\n".encode()
+                self.t.write(b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n"  # type: ignore[attr-defined]
+                             b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body))
+                self.t.close()
 
     def eof_received(self) -> bool:
-        if self.b.mode in ("echo", "identify"):
+        if self.b.mode in ("echo", "identify") and self.b.ssl is None:  # TLS cannot half-close
             self.t.write_eof()  # type: ignore[attr-defined]
             return True
         return False
@@ -93,17 +108,50 @@ class _Proto(asyncio.Protocol):
         self.b.active.discard(self.t)
 
 
+class TLSInfo:
+    """What a TLS backend saw of one accepted connection (after the handshake)."""
+
+    def __init__(self, version: str | None, cipher: str, reused: bool, sni: str | None,
+                 peer_der: bytes | None, alpn: str | None):
+        self.version, self.cipher, self.reused, self.sni = version, cipher, reused, sni
+        self.peer_der, self.alpn = peer_der, alpn
+
+    @property
+    def peer_subject(self) -> str | None:
+        """The client certificate's subject (RFC 4514), or None if it sent none."""
+        if not self.peer_der:
+            return None
+        from cryptography import x509
+
+        return x509.load_der_x509_certificate(self.peer_der).subject.rfc4514_string()
+
+
+def _record_sni(sslobj: ssl.SSLObject, name: str | None, _ctx: ssl.SSLContext) -> None:
+    sslobj.sni_name = name  # type: ignore[attr-defined]
+
+
 class Backend:
     """An asyncio TCP/unix backend in a thread.
 
     modes: echo, identify (name line, then echo), reset (RST at once), close_after (send
     ``nbytes`` then close), stall (accept, never read or write), blast (send ``nbytes`` then
-    FIN), noaccept (listen with a full backlog so connects hang: a connect timeout).
+    FIN), noaccept (listen with a full backlog so connects hang: a connect timeout), http
+    (answer the first request, ending with an empty line, with an HTTP/1.0 response whose body
+    is the name line, then close).
+
+    ``ssl_context``: a server-side context makes it a TLS backend; ``handshakes`` then lists a
+    :class:`TLSInfo` per completed handshake (SNI is recorded unless the context already has
+    an ``sni_callback``). Failed handshakes never reach ``accepted``.
     """
 
     def __init__(self, mode: str = "echo", name: str = "", host: str = "127.0.0.1",
-                 unix: str | None = None, nbytes: int = 0):
+                 unix: str | None = None, nbytes: int = 0,
+                 ssl_context: ssl.SSLContext | None = None):
         self.mode, self.host, self.unix, self.nbytes = mode, host, unix, nbytes
+        self.ssl = ssl_context
+        if ssl_context is not None and ssl_context.sni_callback is None:
+            ssl_context.sni_callback = _record_sni
+        self.handshakes: list[TLSInfo] = []
         self.chunk = os.urandom(256 * 1024) if mode == "blast" else b""
         self.accepted = 0
         self.received = 0
@@ -136,10 +184,12 @@ class Backend:
 
         async def start() -> None:
             if self.unix:
-                self.server = await self.loop.create_unix_server(lambda: _Proto(self), self.unix)
+                self.server = await self.loop.create_unix_server(lambda: _Proto(self), self.unix,
+                                                                 ssl=self.ssl)
                 self.port = 0
             else:
-                self.server = await self.loop.create_server(lambda: _Proto(self), self.host, 0)
+                self.server = await self.loop.create_server(lambda: _Proto(self), self.host, 0,
+                                                            ssl=self.ssl)
                 self.port = self.server.sockets[0].getsockname()[1]
             ready.set()
 
@@ -274,3 +324,131 @@ def recv_all(sock: socket.socket) -> bytes:
         if not d:
             return bytes(buf)
         buf += d
+
+
+# ---- a lab PKI for the TLS tests -----------------------------------------------------------
+class PKI:
+    """Certificates and keys written to one directory; attributes are file paths (str).
+
+    ``ca`` signs ``server`` (ECDSA) and ``server_rsa`` (RSA), both for localhost, 127.0.0.1
+    and ::1; ``client`` (CN alice); ``revoked`` (CN carol, listed in ``crl``); ``a_test``,
+    ``b_test`` and ``w_test`` (``*.w.test``) for SNI; ``expired`` and ``notyet``.
+    ``inter`` is an intermediate under ``ca`` that signs ``inter_client`` (CN bob) and
+    ``inter_server``; their ``.pem`` files hold the leaf followed by the intermediate.
+    ``deep_client`` (CN dave) and ``deep_server`` sit under two intermediates.
+    ``other_ca`` is an unrelated root that signs ``other_client`` (CN mallory) and
+    ``other_server``. ``server_enc_key`` is ``server``'s key encrypted with the passphrase in
+    ``password_file`` (second line; the first is a wrong one). ``ticket_key`` is an 80-byte
+    session ticket key file.
+    """
+
+    def __init__(self, directory: Path):
+        import datetime as dt
+
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+
+        from tlsgw.certs import CA
+
+        self.dir = d = Path(directory)
+        ca = CA.create(common_name="tlsgw test CA")
+        other = CA.create(common_name="tlsgw other CA")
+        inter = ca.create_intermediate(common_name="tlsgw test intermediate")
+        self.ca_obj, self.other_ca_obj, self.inter_obj = ca, other, inter
+        self.ca = str(ca.write(d, "ca")[0])
+        self.other_ca = str(other.write(d, "other_ca")[0])
+        self.inter = str(inter.write(d, "inter")[0])
+
+        def leaf(name: str, cert: object) -> tuple[str, str]:
+            pem, key = cert.write(d, name)  # type: ignore[attr-defined]
+            setattr(self, f"{name}_obj", cert)
+            return str(pem), str(key)
+
+        self.server, self.server_key = leaf("server", ca.issue_server())
+        self.server_rsa, self.server_rsa_key = leaf("server_rsa", ca.issue_server(key_type="rsa2048"))
+        self.client, self.client_key = leaf("client", ca.issue_client("alice"))
+        self.revoked, self.revoked_key = leaf("revoked", ca.issue_client("carol"))
+        self.a_test, self.a_test_key = leaf("a_test", ca.issue_server("a.test"))
+        self.b_test, self.b_test_key = leaf("b_test", ca.issue_server("b.test"))
+        self.w_test, self.w_test_key = leaf("w_test", ca.issue_server("*.w.test"))
+        self.inter_client, self.inter_client_key = leaf("inter_client", inter.issue_client("bob"))
+        self.inter_server, self.inter_server_key = leaf("inter_server", inter.issue_server())
+        self.other_client, self.other_client_key = leaf("other_client", other.issue_client("mallory"))
+        self.other_server, self.other_server_key = leaf("other_server", other.issue_server())
+        self.gw_client, self.gw_client_key = leaf("gw_client", ca.issue_client("tlsgw gateway"))
+
+        now = dt.datetime.now(dt.UTC)
+        day = dt.timedelta(days=1)
+
+        def sub_ca(parent: CA, cn: str, path_length: int | None) -> CA:
+            from cryptography.hazmat.primitives.asymmetric import ec
+
+            key = ec.generate_private_key(ec.SECP256R1())
+            cert = (x509.CertificateBuilder()
+                    .subject_name(x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, cn)]))
+                    .issuer_name(parent.cert.subject).public_key(key.public_key())
+                    .serial_number(x509.random_serial_number())
+                    .not_valid_before(now - day).not_valid_after(now + 30 * day)
+                    .add_extension(x509.BasicConstraints(ca=True, path_length=path_length),
+                                   critical=True)
+                    .add_extension(x509.KeyUsage(False, False, False, False, False, True, True,
+                                                 False, False), critical=True)
+                    .sign(parent.private_key, hashes.SHA256()))
+            return CA(cert, key, chain=(cert, *parent.chain), root_cert=parent.root_cert)
+
+        # two intermediates: root -> deep 1 -> deep 2 -> leaves (dave, deep_server)
+        deep = sub_ca(sub_ca(ca, "tlsgw deep 1", None), "tlsgw deep 2", 0)
+        self.deep_client, self.deep_client_key = leaf("deep_client", deep.issue_client("dave"))
+        self.deep_server, self.deep_server_key = leaf("deep_server", deep.issue_server())
+        server = self.server_obj  # type: ignore[attr-defined]
+
+        def dated(name: str, before: dt.datetime, after: dt.datetime) -> str:
+            cert = (x509.CertificateBuilder().subject_name(server.cert.subject)
+                    .issuer_name(ca.cert.subject).public_key(server.private_key.public_key())
+                    .serial_number(x509.random_serial_number())
+                    .not_valid_before(before).not_valid_after(after)
+                    .add_extension(x509.SubjectAlternativeName(
+                        [x509.DNSName("localhost")]), critical=False)
+                    .sign(ca.private_key, hashes.SHA256()))
+            path = d / f"{name}.pem"
+            path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+            return str(path)
+
+        self.expired = dated("expired", now - 30 * day, now - day)
+        self.notyet = dated("notyet", now + day, now + 30 * day)
+
+        crl = (x509.CertificateRevocationListBuilder().issuer_name(ca.cert.subject)
+               .last_update(now - day).next_update(now + 30 * day)
+               .add_revoked_certificate(
+                   x509.RevokedCertificateBuilder()
+                   .serial_number(self.revoked_obj.cert.serial_number)  # type: ignore[attr-defined]
+                   .revocation_date(now - day).build())
+               .sign(ca.private_key, hashes.SHA256()))
+        self.crl = str(d / "crl.pem")
+        Path(self.crl).write_bytes(crl.public_bytes(serialization.Encoding.PEM))
+
+        self.password_file = str(d / "passwords")
+        Path(self.password_file).write_text("wrong-one\ns3cret\n")
+        for name, obj in (("server_enc", server), ("gw_client_enc", self.gw_client_obj)):  # type: ignore[attr-defined]
+            path = d / f"{name}.key"
+            path.write_bytes(obj.private_key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                serialization.BestAvailableEncryption(b"s3cret")))
+            setattr(self, f"{name}_key", str(path))
+        self.ticket_key = str(d / "ticket.key")
+        Path(self.ticket_key).write_bytes(os.urandom(80))
+
+    def server_context(self, cert: str | None = None, key: str | None = None) -> ssl.SSLContext:
+        """A server-side context (for TLS backends) with ``server`` unless told otherwise."""
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(cert or self.server, key or self.server_key)
+        return ctx
+
+    def client_context(self, cert: str | None = None, key: str | None = None,
+                       ca: str | None = None) -> ssl.SSLContext:
+        """A client context trusting ``ca`` (default: the test CA), optionally with a cert."""
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.load_verify_locations(ca or self.ca)
+        if cert:
+            ctx.load_cert_chain(cert, key)
+        return ctx

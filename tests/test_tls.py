@@ -1,0 +1,455 @@
+"""TLS termination end to end: ``tlsgw serve`` as a subprocess, real TLS clients (Python ``ssl``,
+``openssl s_client``, ``curl``) on loopback, and for every ``ssl_*`` directive a test that would
+fail if the directive were ignored.
+
+Most client-facing directives are served by one gateway per module (``front``), one
+``servers:`` entry per case on its own port; the access log is JSON with ``$server_port`` so
+each test reads its own lines. Session settings need their own gateways (workers, timeouts).
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import ssl
+import time
+from types import SimpleNamespace
+
+import pytest
+from support import Backend
+from tlshelp import (
+    LOG,
+    TOKEN,
+    Ports,
+    count,
+    curl,
+    entry,
+    module_gateway,
+    new_entries,
+    refused,
+    roundtrip,
+    s_client,
+    settled_fds,
+    tls_connect,
+    wait_error,
+    wait_fds,
+)
+
+pytestmark = pytest.mark.timeout(60)
+
+TLS12, TLS13 = ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3
+
+
+# ---- the shared gateway ------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def front(pki, tmp_path_factory):
+    """One gateway, one TLS server per case; ``front.port.NAME`` is that case's port."""
+    echo = Backend("echo")
+    http = Backend("http", name="hello from the http backend")
+    names = {n: Backend("identify", name=n) for n in ("A", "B", "W", "D")}
+    ports = SimpleNamespace()
+    free_port = Ports()
+
+    def srv(name: str, **kw: object) -> str:
+        port = free_port()
+        setattr(ports, name, port)
+        kw.setdefault("ssl_certificate", pki.server)
+        kw.setdefault("ssl_certificate_key", pki.server_key)
+        kw.setdefault("proxy_pass", echo.address)
+        return entry(listen=f"127.0.0.1:{port} ssl", **kw)
+
+    verify = {"ssl_client_certificate": pki.ca}
+    ports.sni = sni = free_port()
+    ports.sni2 = sni2 = free_port()
+    servers = [
+        srv("basic"),
+        srv("http", proxy_pass=http.address),
+        srv("dual", ssl_certificate=[pki.server_rsa, pki.server],
+            ssl_certificate_key=[pki.server_rsa_key, pki.server_key]),
+        srv("enc", ssl_certificate_key=pki.server_enc_key, ssl_password_file=pki.password_file),
+        srv("tls13", ssl_protocols="TLSv1.3"),
+        srv("ciphers", ssl_ciphers="ECDHE-ECDSA-CHACHA20-POLY1305"),
+        srv("prefer_on", ssl_ciphers="ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384",
+            ssl_prefer_server_ciphers="on"),
+        srv("prefer_off", ssl_ciphers="ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384"),
+        srv("curve", ssl_ecdh_curve="prime256v1"),
+        srv("hs_timeout", ssl_handshake_timeout="1s"),
+        srv("verify_on", ssl_verify_client="on", **verify),
+        srv("verify_optional", ssl_verify_client="optional", **verify),
+        srv("verify_no_ca", ssl_verify_client="optional_no_ca", **verify),
+        srv("trusted", ssl_verify_client="on", ssl_trusted_certificate=pki.ca),
+        srv("depth2", ssl_verify_client="on", ssl_verify_depth=2, **verify),
+        srv("crl", ssl_verify_client="on", ssl_crl=pki.crl, **verify),
+        srv("alpn", ssl_alpn="h2 http/1.1"),
+        srv("chain", ssl_certificate=pki.inter_server, ssl_certificate_key=pki.inter_server_key),
+        # SNI: four servers on one address; the default_server one is listed last
+        entry(listen=f"127.0.0.1:{sni} ssl", server_name="a.test", ssl_certificate=pki.a_test,
+              ssl_certificate_key=pki.a_test_key, proxy_pass=names["A"].address),
+        entry(listen=f"127.0.0.1:{sni} ssl", server_name=["b.test", "www.b.*"],
+              ssl_certificate=pki.b_test, ssl_certificate_key=pki.b_test_key,
+              ssl_verify_client="on", ssl_client_certificate=pki.ca, ssl_crl=pki.crl,
+              proxy_pass=names["B"].address),
+        entry(listen=f"127.0.0.1:{sni} ssl", server_name="*.w.test", ssl_certificate=pki.w_test,
+              ssl_certificate_key=pki.w_test_key, proxy_pass=names["W"].address),
+        entry(listen=f"127.0.0.1:{sni} ssl default_server", server_name="d.test",
+              ssl_certificate=pki.server, ssl_certificate_key=pki.server_key,
+              proxy_pass=names["D"].address),
+        # no default_server: the first one listed is the default
+        entry(listen=f"127.0.0.1:{sni2} ssl", server_name="a.test", ssl_certificate=pki.a_test,
+              ssl_certificate_key=pki.a_test_key, proxy_pass=names["A"].address),
+        entry(listen=f"127.0.0.1:{sni2} ssl", server_name="b.test", ssl_certificate=pki.b_test,
+              ssl_certificate_key=pki.b_test_key, proxy_pass=names["B"].address),
+    ]
+    config = f"worker_processes: 1\n{LOG}\nservers:\n" + "\n".join(servers) + "\n"
+    free_port.release()
+    gw = module_gateway(tmp_path_factory.mktemp("front"), config)
+    yield SimpleNamespace(gw=gw, port=ports, echo=echo, http=http, backend=names)
+    gw.stop()
+    for b in (echo, http, *names.values()):
+        b.close()
+
+
+def ctx12(pki, **kw):
+    ctx = pki.client_context(**kw)
+    ctx.maximum_version = TLS12
+    return ctx
+
+
+def ctx13(pki, **kw):
+    ctx = pki.client_context(**kw)
+    ctx.minimum_version = TLS13
+    return ctx
+
+
+# ---- interoperability ----------------------------------------------------------------------
+@pytest.mark.parametrize("version", ["-tls1_2", "-tls1_3"])
+def test_openssl_s_client_versions_and_sni(front, pki, version):
+    port = front.port.basic
+    n = count(front.gw, port)
+    code, out = s_client(port, version, "-CAfile", pki.ca, "-servername", "localhost",
+                         "-verify_return_error")
+    assert code == 0, out
+    assert "Verify return code: 0 (ok)" in out
+    want = "TLSv1.2" if version == "-tls1_2" else "TLSv1.3"
+    assert re.search(rf"New, {want}, Cipher is (\S+)", out), out
+    e = new_entries(front.gw, port, n, 1)[0]
+    assert (e["status"], e["proto"], e["sni"], e["reused"]) == ("200", want, "localhost", ".")
+    assert e["cipher"] == re.search(r"Cipher is (\S+)", out).group(1)
+
+
+@pytest.mark.parametrize("version", ["-tls1_2", "-tls1_3"])
+def test_openssl_s_client_session_resumption(front, pki, tmp_path, version):
+    port = front.port.basic
+    sess = str(tmp_path / "sess.pem")
+    n = count(front.gw, port)
+    code, out = s_client(port, version, "-CAfile", pki.ca, "-sess_out", sess)
+    assert code == 0 and "New," in out, out
+    code, out = s_client(port, version, "-CAfile", pki.ca, "-sess_in", sess)
+    assert code == 0, out
+    assert "Reused," in out, out
+    first, second = new_entries(front.gw, port, n, 2)
+    assert (first["reused"], second["reused"]) == (".", "r")
+
+
+def test_openssl_s_client_mutual_tls(front, pki):
+    port = front.port.verify_on
+    n = count(front.gw, port)
+    code, out = s_client(port, "-CAfile", pki.ca, "-cert", pki.client, "-key", pki.client_key)
+    assert code == 0 and TOKEN in out, out
+    e = new_entries(front.gw, port, n, 1)[0]
+    assert e["status"] == "200" and e["verify"] == "SUCCESS"
+    assert e["dn"] == pki.client_obj.cert.subject.rfc4514_string()
+
+
+def test_curl_through_the_gateway(front, pki):
+    port = front.port.http
+    r = curl(f"https://localhost:{port}/", "--cacert", pki.ca)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "hello from the http backend\n"
+    r = curl(f"https://localhost:{port}/", "--cacert", pki.other_ca)
+    assert r.returncode == 60, (r.returncode, r.stderr)  # the gateway's certificate is checked
+
+
+def test_python_ssl_both_versions(front, pki):
+    port = front.port.basic
+    for ctx, want in ((ctx12(pki), "TLSv1.2"), (ctx13(pki), "TLSv1.3")):
+        with tls_connect(port, ctx) as s:
+            assert s.version() == want
+            assert roundtrip(s, b"x" * 100_000) == b"x" * 100_000
+
+
+# ---- certificates ----------------------------------------------------------------------------
+def _peer_key_type(sock: ssl.SSLSocket) -> str:
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+    key = x509.load_der_x509_certificate(sock.getpeercert(binary_form=True)).public_key()
+    return "rsa" if isinstance(key, rsa.RSAPublicKey) else "ecdsa" if isinstance(
+        key, ec.EllipticCurvePublicKey) else type(key).__name__
+
+
+def test_rsa_and_ecdsa_certificates_each_served_to_the_client_that_wants_it(front, pki):
+    """ssl_certificate repeated: an RSA-only client gets the RSA one, an ECDSA-only the other."""
+    port = front.port.dual
+    for cipher, want in (("ECDHE-RSA-AES128-GCM-SHA256", "rsa"),
+                         ("ECDHE-ECDSA-AES128-GCM-SHA256", "ecdsa")):
+        ctx = ctx12(pki)
+        ctx.set_ciphers(cipher)
+        with tls_connect(port, ctx) as s:
+            assert _peer_key_type(s) == want and s.cipher()[0] == cipher
+            assert roundtrip(s) == b"ping"
+    for sigalgs, want in (("rsa_pss_rsae_sha256", "rsa"), ("ecdsa_secp256r1_sha256", "ecdsa")):
+        code, out = s_client(port, "-tls1_3", "-CAfile", pki.ca, "-sigalgs", sigalgs)
+        assert code == 0, out
+        assert f"Peer signature type: {'RSA-PSS' if want == 'rsa' else 'ECDSA'}" in out, out
+    # one certificate alone: the RSA-only client fails
+    ctx = ctx12(pki)
+    ctx.set_ciphers("ECDHE-RSA-AES128-GCM-SHA256")
+    assert refused(front.port.basic, ctx)
+
+
+def test_certificate_chain_is_sent(front, pki):
+    """ssl_certificate holding leaf + intermediate: a client trusting only the root verifies."""
+    with tls_connect(front.port.chain, pki.client_context()) as s:
+        assert roundtrip(s) == b"ping"
+
+
+def test_encrypted_key_with_password_file(front, pki):
+    with tls_connect(front.port.enc, pki.client_context()) as s:
+        assert roundtrip(s) == b"ping"
+
+
+# ---- protocols, ciphers, curves ---------------------------------------------------------------
+def test_ssl_protocols_tls13_only_refuses_tls12(front, pki):
+    port = front.port.tls13
+    why = refused(port, ctx12(pki))
+    assert "PROTOCOL_VERSION" in why or "protocol version" in why, why
+    with tls_connect(port, pki.client_context()) as s:
+        assert s.version() == "TLSv1.3"
+    wait_error(front.gw, port, "ssl_protocols")
+    code, out = s_client(port, "-tls1_2", "-CAfile", pki.ca, expect=None)
+    assert code != 0, out
+
+
+def test_ssl_ciphers_restricts_tls12(front, pki):
+    port = front.port.ciphers
+    ctx = ctx12(pki)
+    ctx.set_ciphers("ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384")
+    why = refused(port, ctx)
+    assert "HANDSHAKE_FAILURE" in why or "handshake failure" in why, why
+    wait_error(front.gw, port, "no cipher in common", "ssl_ciphers")
+    with tls_connect(port, ctx12(pki)) as s:  # default client list includes it
+        assert s.cipher()[0] == "ECDHE-ECDSA-CHACHA20-POLY1305"
+    # the default (HIGH:!aNULL:!MD5) accepts that client
+    with tls_connect(front.port.basic, ctx) as s:
+        assert s.version() == "TLSv1.2"
+
+
+@pytest.mark.parametrize("prefer", ["on", "off"])
+def test_ssl_prefer_server_ciphers(front, pki, prefer):
+    """Server order (AES128 first) wins with on; the client's (AES256 first) with off."""
+    port = front.port.prefer_on if prefer == "on" else front.port.prefer_off
+    code, out = s_client(port, "-tls1_2", "-CAfile", pki.ca, "-cipher",
+                         "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-ECDSA-AES128-GCM-SHA256")
+    assert code == 0, out
+    want = "ECDHE-ECDSA-AES128-GCM-SHA256" if prefer == "on" else "ECDHE-ECDSA-AES256-GCM-SHA384"
+    assert f"Cipher is {want}" in out, out
+
+
+def test_ssl_ecdh_curve(front, pki):
+    port = front.port.curve
+    code, out = s_client(port, "-CAfile", pki.ca, "-groups", "X25519", expect=None)
+    assert code != 0, out
+    code, out = s_client(port, "-CAfile", pki.ca, "-groups", "X25519:prime256v1")
+    assert code == 0 and ("Server Temp Key: ECDH, prime256v1" in out
+                          or "Negotiated TLS1.3 group: prime256v1" in out), out
+    code, out = s_client(front.port.basic, "-CAfile", pki.ca, "-groups", "X25519")
+    assert code == 0, out  # the default (auto) has X25519
+
+
+def test_ssl_handshake_timeout_closes_silent_client(front):
+    port = front.port.hs_timeout
+    n = count(front.gw, port)
+    baseline = settled_fds(front.gw)
+    s = socket.create_connection(("127.0.0.1", port), timeout=5)
+    start = time.monotonic()
+    assert s.recv(1) == b""  # closed by the gateway
+    took = time.monotonic() - start
+    s.close()
+    assert 0.8 <= took < 3, took
+    e = new_entries(front.gw, port, n, 1)[0]
+    assert e["status"] == "500" and e["up"] == ""
+    wait_error(front.gw, port, "ssl_handshake_timeout")
+    wait_fds(front.gw, baseline)
+    # the default (60s) does not close it in that time
+    s = socket.create_connection(("127.0.0.1", front.port.basic), timeout=1.5)
+    with pytest.raises(TimeoutError):
+        s.recv(1)
+    s.close()
+
+
+# ---- client certificates ----------------------------------------------------------------------
+def test_ssl_verify_client_on(front, pki):
+    port = front.port.verify_on
+    n = count(front.gw, port)
+    assert refused(port, pki.client_context())  # no certificate
+    wait_error(front.gw, port, "client sent no certificate")
+    why = refused(port, pki.client_context(pki.other_client, pki.other_client_key))
+    assert "unknown ca" in why.lower(), why
+    wait_error(front.gw, port, "client certificate verification failed",
+               "unable to get local issuer certificate")
+    with tls_connect(port, pki.client_context(pki.client, pki.client_key)) as s:
+        assert roundtrip(s) == b"ping"
+    entries = new_entries(front.gw, port, n, 3)
+    assert [e["status"] for e in entries] == ["500", "500", "200"]
+    assert entries[-1]["verify"] == "SUCCESS"
+    assert entries[-1]["dn"] == pki.client_obj.cert.subject.rfc4514_string()
+
+
+def test_ssl_verify_client_optional(front, pki):
+    port = front.port.verify_optional
+    n = count(front.gw, port)
+    with tls_connect(port, pki.client_context()) as s:  # no certificate: fine
+        assert roundtrip(s) == b"ping"
+    assert refused(port, pki.client_context(pki.other_client, pki.other_client_key))
+    with tls_connect(port, pki.client_context(pki.client, pki.client_key)) as s:
+        assert roundtrip(s) == b"ping"
+    entries = new_entries(front.gw, port, n, 3)
+    assert [(e["status"], e["verify"]) for e in entries] == [
+        ("200", "NONE"), ("500", ""), ("200", "SUCCESS")]
+
+
+def test_ssl_verify_client_optional_no_ca(front, pki):
+    port = front.port.verify_no_ca
+    n = count(front.gw, port)
+    for cert, key in ((None, None), (pki.other_client, pki.other_client_key),
+                      (pki.client, pki.client_key)):
+        with tls_connect(port, pki.client_context(cert, key)) as s:
+            assert roundtrip(s) == b"ping"
+    entries = new_entries(front.gw, port, n, 3)
+    assert [e["status"] for e in entries] == ["200"] * 3
+    assert entries[0]["verify"] == "NONE" and entries[0]["dn"] == ""
+    assert entries[1]["verify"].startswith("FAILED:"), entries[1]
+    assert entries[1]["dn"] == pki.other_client_obj.cert.subject.rfc4514_string()
+    assert entries[2]["verify"] == "SUCCESS"
+
+
+def test_ssl_client_certificate_names_are_sent_and_trusted_ones_are_not(front, pki):
+    """ssl_client_certificate: CA names go in the CertificateRequest; ssl_trusted_certificate:
+    trusted for verification, but not advertised."""
+    ca_name = pki.ca_obj.cert.subject.rfc4514_string()
+    code, out = s_client(front.port.verify_on, "-CAfile", pki.ca, "-cert", pki.client,
+                         "-key", pki.client_key)
+    assert code == 0, out
+    assert "Acceptable client certificate CA names" in out, out
+    assert "tlsgw test CA" in out, (ca_name, out)
+    port = front.port.trusted
+    n = count(front.gw, port)
+    code, out = s_client(port, "-CAfile", pki.ca, "-cert", pki.client, "-key", pki.client_key)
+    assert code == 0, out
+    assert "No client certificate CA names sent" in out, out
+    assert refused(port, pki.client_context(pki.other_client, pki.other_client_key))
+    assert [e["verify"] for e in new_entries(front.gw, port, n, 2)] == ["SUCCESS", ""]
+
+
+def test_ssl_verify_depth(front, pki):
+    """OpenSSL's (and so nginx's) depth counts intermediates: the default 1 accepts bob's
+    certificate (one intermediate) but not dave's (two); ``ssl_verify_depth: 2`` accepts dave.
+    Clients send their leaf and intermediates; the gateway trusts only the root."""
+    port, deep_port = front.port.verify_on, front.port.depth2
+    bob = pki.client_context(pki.inter_client, pki.inter_client_key)
+    dave = pki.client_context(pki.deep_client, pki.deep_client_key)
+    with tls_connect(port, bob) as s:
+        assert roundtrip(s) == b"ping"
+    assert refused(port, dave)
+    wait_error(front.gw, port, "certificate chain too long")
+    n = count(front.gw, deep_port)
+    with tls_connect(deep_port, dave) as s:
+        assert roundtrip(s) == b"ping"
+    e = new_entries(front.gw, deep_port, n, 1)[0]
+    assert (e["verify"], e["dn"]) == ("SUCCESS", pki.deep_client_obj.cert.subject.rfc4514_string())
+
+
+def test_ssl_crl_refuses_revoked_certificate(front, pki):
+    port = front.port.crl
+    assert refused(port, pki.client_context(pki.revoked, pki.revoked_key))
+    wait_error(front.gw, port, "certificate revoked")
+    with tls_connect(port, pki.client_context(pki.client, pki.client_key)) as s:
+        assert roundtrip(s) == b"ping"
+    # without ssl_crl the same certificate is accepted
+    with tls_connect(front.port.verify_on, pki.client_context(pki.revoked, pki.revoked_key)) as s:
+        assert roundtrip(s) == b"ping"
+
+
+def test_ssl_alpn(front, pki):
+    port = front.port.alpn
+    ctx = pki.client_context()
+    ctx.set_alpn_protocols(["foo", "http/1.1"])
+    with tls_connect(port, ctx) as s:
+        assert s.selected_alpn_protocol() == "http/1.1"
+        assert roundtrip(s) == b"ping"
+    ctx = pki.client_context()
+    ctx.set_alpn_protocols(["foo"])
+    why = refused(port, ctx)
+    assert "NO_APPLICATION_PROTOCOL" in why or "no application protocol" in why, why
+    wait_error(front.gw, port, "ssl_alpn")
+    with tls_connect(port, pki.client_context()) as s:  # no ALPN extension at all: accepted
+        assert roundtrip(s) == b"ping"
+    code, out = s_client(port, "-CAfile", pki.ca, "-alpn", "h2")
+    assert code == 0 and "ALPN protocol: h2" in out, out
+
+
+# ---- server_name / SNI ----------------------------------------------------------------------
+def _via_sni(port: int, pki, name: str | None, **cert) -> tuple[str, list[str]]:
+    """Connect with SNI ``name``: (the backend's name line, the names in the served cert)."""
+    from cryptography import x509
+
+    ctx = pki.client_context(**cert)
+    ctx.check_hostname = False  # the test checks which certificate came
+    with tls_connect(port, ctx, server_hostname=name) as s:
+        line = b""
+        while not line.endswith(b"\n"):
+            chunk = s.recv(64)
+            assert chunk, line
+            line += chunk
+        cert_ = x509.load_der_x509_certificate(s.getpeercert(binary_form=True))
+    san = cert_.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    return line.decode().strip(), san.get_values_for_type(x509.DNSName)
+
+
+def test_sni_selects_server_certificate_and_upstream(front, pki):
+    port = front.port.sni
+    n = count(front.gw, port)
+    alice = {"cert": pki.client, "key": pki.client_key}
+    assert _via_sni(port, pki, "a.test") == ("A", ["a.test"])
+    assert _via_sni(port, pki, "A.Test") == ("A", ["a.test"])  # names are case-insensitive
+    assert _via_sni(port, pki, "b.test", **alice) == ("B", ["b.test"])
+    assert _via_sni(port, pki, "www.b.example", **alice)[0] == "B"  # "www.b.*"
+    assert _via_sni(port, pki, "x.w.test") == ("W", ["*.w.test"])  # "*.w.test"
+    assert _via_sni(port, pki, "deep.x.w.test")[0] == "W"
+    # no SNI, an unknown name, or the wildcard's bare parent: the default_server (listed last)
+    assert _via_sni(port, pki, None) == ("D", ["localhost"])
+    assert _via_sni(port, pki, "localhost") == ("D", ["localhost"])
+    assert _via_sni(port, pki, "w.test")[0] == "D"
+    entries = new_entries(front.gw, port, n, 9)
+    assert [e["sni"] for e in entries] == ["a.test", "A.Test", "b.test", "www.b.example",
+                                          "x.w.test", "deep.x.w.test", "", "localhost", "w.test"]
+    assert [e["up"] for e in entries] == [front.backend[x].address for x in "AABBWWDDD"]
+    assert (entries[2]["verify"], entries[0]["verify"]) == ("SUCCESS", "NONE")  # as nginx
+
+
+def test_sni_server_has_its_own_client_verification(front, pki):
+    """b.test requires a client certificate and checks the CRL; the default server does not."""
+    port = front.port.sni
+    assert refused(port, pki.client_context(), "b.test")
+    wait_error(front.gw, port, "client sent no certificate")
+    assert refused(port, pki.client_context(pki.revoked, pki.revoked_key), "b.test")
+    wait_error(front.gw, port, "certificate revoked")
+    assert _via_sni(port, pki, "localhost")[0] == "D"  # no certificate needed there
+
+
+def test_sni_default_is_first_server_without_default_server(front, pki):
+    port = front.port.sni2
+    assert _via_sni(port, pki, None)[0] == "A"
+    assert _via_sni(port, pki, "b.test")[0] == "B"
+    assert _via_sni(port, pki, "nope.test")[0] == "A"
