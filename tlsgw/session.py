@@ -306,9 +306,10 @@ class Session(asyncio.Protocol):
                 if raw is not None:
                     raw.abort()
                 if isinstance(exc, TimeoutError):
-                    msg = "upstream timed out (110: Connection timed out) while connecting to upstream"
+                    action = "SSL handshaking to" if raw is not None else "connecting to"
+                    msg = f"upstream timed out (110: Connection timed out) while {action} upstream"
                     level = "error"
-                elif tls is not None and isinstance(exc, ssl.SSLError | ConnectionAbortedError):
+                elif tls is not None and raw is not None:  # connected: the TLS handshake failed
                     from tlsgw.tls.protocols import verify_error_text
 
                     msg = f"{verify_error_text(exc)} while SSL handshaking to upstream"

@@ -16,6 +16,7 @@ Toward upstreams, :class:`UpstreamTLS` stands in for the ``SSLContext`` given to
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import ssl
 from typing import Any
 
@@ -137,12 +138,34 @@ class _PeerTLS:
         owner = self.owner
         session = owner.sessions.get(self.key) if owner.reuse else None
         try:
-            return owner.ctx.wrap_bio(incoming, outgoing, server_side=server_side,
-                                      server_hostname=server_hostname, session=session)
+            obj = owner.ctx.wrap_bio(incoming, outgoing, server_side=server_side,
+                                     server_hostname=server_hostname, session=session)
         except ValueError:  # a session from another context; forget it
             owner.sessions.pop(self.key, None)
-            return owner.ctx.wrap_bio(incoming, outgoing, server_side=server_side,
-                                      server_hostname=server_hostname)
+            obj = owner.ctx.wrap_bio(incoming, outgoing, server_side=server_side,
+                                     server_hostname=server_hostname)
+        if server_hostname is not None and not owner.sni:
+            _clear_sni(obj)  # the name is verified, but proxy_ssl_server_name is off
+        return obj
+
+
+SSL_CTRL_SET_TLSEXT_HOSTNAME = 55
+TLSEXT_NAMETYPE_host_name = 0
+
+
+def _clear_sni(obj: ssl.SSLObject) -> None:
+    """Python sends ``server_hostname`` as SNI whenever it verifies it; take the SNI back."""
+    from tlsgw.tls.context import _ssl_pointer
+    from tlsgw.tls.native import load
+
+    lib = load().ssl
+    ctrl = lib.SSL_ctrl
+    if ctrl.argtypes is None:
+        ctrl.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_void_p]
+        ctrl.restype = ctypes.c_long
+    ptr = _ssl_pointer(obj)
+    if ptr:
+        ctrl(ptr, SSL_CTRL_SET_TLSEXT_HOSTNAME, TLSEXT_NAMETYPE_host_name, None)
 
 
 class UpstreamTLS:
@@ -153,6 +176,7 @@ class UpstreamTLS:
         self.name = name
         # Python verifies the name passed as server_hostname and sends it as SNI (not for IPs)
         self.server_hostname = name if (sni or verify) else None
+        self.sni = sni
         self.reuse = reuse
         self.verify = verify
         self.sessions: dict[tuple[str, str], ssl.SSLSession] = {}
@@ -178,6 +202,15 @@ class UpstreamTLS:
 
 
 def verify_error_text(exc: BaseException) -> str:
+    """A failed upstream TLS handshake, worded as nginx does (before ``while SSL handshaking
+    to upstream``)."""
     if isinstance(exc, ssl.SSLCertVerificationError):
         return f"upstream SSL certificate verify error: ({exc.verify_code}:{exc.verify_message})"
-    return f"SSL_do_handshake() failed (SSL: {getattr(exc, 'reason', None) or exc})"
+    if isinstance(exc, ssl.SSLError):
+        return f"SSL_do_handshake() failed (SSL: {exc.reason or exc})"
+    if isinstance(exc, ConnectionAbortedError) and "longer than" in str(exc):
+        return "upstream timed out (110: Connection timed out)"
+    if isinstance(exc, OSError) and exc.errno:
+        return f"SSL_do_handshake() failed ({exc.errno}: {exc.strerror})"
+    # uvloop reports an EOF in the middle of the handshake as a bare ConnectionResetError
+    return "peer closed connection in SSL handshake"
