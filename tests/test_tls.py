@@ -24,6 +24,7 @@ from tlshelp import (
     count,
     curl,
     entry,
+    log_entries,
     module_gateway,
     new_entries,
     refused,
@@ -82,6 +83,9 @@ def front(pki, tmp_path_factory):
         srv("crl", ssl_verify_client="on", ssl_crl=pki.crl, **verify),
         srv("alpn", ssl_alpn="h2 http/1.1"),
         srv("chain", ssl_certificate=pki.inter_server, ssl_certificate_key=pki.inter_server_key),
+        srv("cache_builtin1", ssl_session_tickets="off", ssl_session_cache="builtin:1"),
+        srv("cache_none", ssl_session_tickets="off"),
+        srv("cache_off", ssl_session_tickets="off", ssl_session_cache="off"),
         # SNI: four servers on one address; the default_server one is listed last
         entry(listen=f"127.0.0.1:{sni} ssl", server_name="a.test", ssl_certificate=pki.a_test,
               ssl_certificate_key=pki.a_test_key, proxy_pass=names["A"].address),
@@ -453,3 +457,150 @@ def test_sni_default_is_first_server_without_default_server(front, pki):
     assert _via_sni(port, pki, None)[0] == "A"
     assert _via_sni(port, pki, "b.test")[0] == "B"
     assert _via_sni(port, pki, "nope.test")[0] == "A"
+
+
+# ---- sessions ---------------------------------------------------------------------------------
+TIMEOUT = 2  # ssl_session_timeout of the expiry cases
+
+
+@pytest.fixture(scope="module")
+def sess(pki, tmp_path_factory):
+    """Two workers; session settings per server."""
+    echo = Backend("echo")
+    free_port = Ports()
+    ports = SimpleNamespace()
+
+    def srv(name: str, **kw: object) -> str:
+        setattr(ports, name, free_port())
+        return entry(listen=f"127.0.0.1:{getattr(ports, name)} ssl", ssl_certificate=pki.server,
+                     ssl_certificate_key=pki.server_key, proxy_pass=echo.address, **kw)
+
+    servers = [
+        srv("ids", ssl_session_tickets="off", ssl_session_cache="shared:SSL:1m",
+            ssl_session_timeout=f"{TIMEOUT}s"),
+        srv("tickets", ssl_session_timeout=f"{TIMEOUT}s"),
+        srv("cross_ids", ssl_session_tickets="off", ssl_session_cache="shared:X:1m"),
+        srv("cross_tickets"),
+    ]
+    config = f"worker_processes: 2\n{LOG}\nservers:\n" + "\n".join(servers) + "\n"
+    free_port.release()
+    gw = module_gateway(tmp_path_factory.mktemp("sessions"), config, workers=2)
+    yield SimpleNamespace(gw=gw, port=ports)
+    gw.stop()
+    echo.close()
+
+
+def _client(pki, version: ssl.TLSVersion, tickets: bool = True) -> ssl.SSLContext:
+    ctx = ctx12(pki) if version == TLS12 else ctx13(pki)
+    if not tickets:
+        ctx.options |= ssl.OP_NO_TICKET
+    return ctx
+
+
+def _session(port: int, ctx: ssl.SSLContext,
+             session: ssl.SSLSession | None = None) -> tuple[bool, ssl.SSLSession]:
+    """One connection (a round trip, so TLS 1.3 tickets are in): (resumed?, its session)."""
+    with tls_connect(port, ctx, session=session) as s:
+        assert roundtrip(s) == b"ping"
+        return s.session_reused, s.session
+
+
+def test_session_timeout_resumes_within_and_not_after(sess, pki):
+    """TLS 1.2 session IDs (tickets off, shared cache), TLS 1.2 tickets, TLS 1.3 tickets.
+
+    OpenSSL keeps session times in whole seconds: a session made in second t0 resumes while
+    now <= t0 + timeout. So the sessions are made just after a second boundary, resumed at
+    t0 + 1.3 s (within) and tried again at t0 + timeout + 1.3 s (after)."""
+    cases = {
+        "TLS 1.2 session ID": (sess.port.ids, _client(pki, TLS12, tickets=False)),
+        "TLS 1.2 ticket": (sess.port.tickets, _client(pki, TLS12)),
+        "TLS 1.3 ticket": (sess.port.tickets, _client(pki, TLS13)),
+    }
+    time.sleep(1.02 - time.time() % 1)
+    t0 = int(time.time())
+    issued = {}
+    for name, (port, ctx) in cases.items():
+        reused, issued[name] = _session(port, ctx)
+        assert not reused, name
+        if name != "TLS 1.2 session ID":
+            assert issued[name].has_ticket and issued[name].ticket_lifetime_hint == TIMEOUT
+    time.sleep(max(0.0, t0 + 1.3 - time.time()))
+    within = {name: _session(port, ctx, issued[name])[0] for name, (port, ctx) in cases.items()}
+    time.sleep(max(0.0, t0 + TIMEOUT + 1.3 - time.time()))
+    after = {name: _session(port, ctx, issued[name])[0] for name, (port, ctx) in cases.items()}
+    assert within == dict.fromkeys(cases, True)
+    assert after == dict.fromkeys(cases, False)
+
+
+@pytest.mark.parametrize("case", ["session ID", "TLS 1.3 ticket"])
+def test_sessions_resume_on_another_worker(sess, pki, case):
+    """With workers=2, a session issued by one worker resumes on the other: through the
+    shared cache (session IDs) or the ticket key the master made for all workers."""
+    port = sess.port.cross_ids if case == "session ID" else sess.port.cross_tickets
+    ctx = _client(pki, TLS12, tickets=False) if case == "session ID" else _client(pki, TLS13)
+    for _ in range(60):
+        n = count(sess.gw, port)
+        reused, session = _session(port, ctx)
+        assert not reused
+        again, _ = _session(port, ctx, session)
+        first, second = new_entries(sess.gw, port, n, 2)
+        assert again and (first["reused"], second["reused"]) == (".", "r")
+        if first["pid"] != second["pid"]:
+            assert {first["pid"], second["pid"]} == {str(p) for p in sess.gw.worker_pids()}
+            return
+    pytest.fail("60 reconnects never landed on the other worker")
+
+
+def test_ticket_key_file_shared_by_two_instances(pki, tmp_path):
+    """Two tlsgw instances with the same ssl_session_ticket_key resume each other's sessions;
+    with their own random keys they do not."""
+    echo = Backend("echo")
+    free_port = Ports()
+    ports = [(free_port(), free_port()) for _ in range(2)]
+    free_port.release()
+    gws = []
+    try:
+        for i, (keyed, auto) in enumerate(ports):
+            config = (f"worker_processes: 1\n{LOG}\nservers:\n"
+                      + entry(listen=f"127.0.0.1:{keyed} ssl", ssl_certificate=pki.server,
+                              ssl_certificate_key=pki.server_key, proxy_pass=echo.address,
+                              ssl_session_ticket_key=pki.ticket_key) + "\n"
+                      + entry(listen=f"127.0.0.1:{auto} ssl", ssl_certificate=pki.server,
+                              ssl_certificate_key=pki.server_key, proxy_pass=echo.address)
+                      + "\n")
+            gws.append((module_gateway(tmp_path / f"gw{i}", config), keyed, auto))
+        (_, a_keyed, a_auto), (gw_b, b_keyed, b_auto) = gws
+        for version in (TLS12, TLS13):
+            ctx = _client(pki, version)
+            _, session = _session(a_keyed, ctx)
+            assert _session(b_keyed, ctx, session)[0], version
+            _, session = _session(a_auto, ctx)
+            assert not _session(b_auto, ctx, session)[0], version
+        assert [e["reused"] for e in log_entries(gw_b, b_keyed)] == ["r", "r"]
+    finally:
+        for gw, _, _ in gws:
+            gw.stop()
+        echo.close()
+
+
+def test_session_cache_modes_without_tickets(front, pki):
+    """Tickets off: builtin:1 keeps one session (the next evicts it); none (the default)
+    promises reuse but stores nothing; off says sessions cannot be reused (empty session ID)."""
+    ctx = _client(pki, TLS12, tickets=False)
+    port = front.port.cache_builtin1
+    _, first = _session(port, ctx)
+    assert _session(port, ctx, first)[0]
+    _, second = _session(port, ctx)  # evicts the first
+    assert _session(port, ctx, second)[0]
+    assert not _session(port, ctx, first)[0]  # (this full handshake evicts the second)
+    _, s = _session(front.port.cache_none, ctx)
+    assert s.id and not _session(front.port.cache_none, ctx, s)[0]
+    _, s = _session(front.port.cache_off, ctx)
+    assert s.id == b"" and not _session(front.port.cache_off, ctx, s)[0]
+    # TLS 1.3 with tickets off: stateful tickets live in the cache, so the same holds
+    ctx = _client(pki, TLS13, tickets=False)
+    _, s = _session(port, ctx)
+    assert _session(port, ctx, s)[0]
+    for mode in ("cache_none", "cache_off"):
+        _, s = _session(getattr(front.port, mode), ctx)
+        assert not _session(getattr(front.port, mode), ctx, s)[0], mode
