@@ -54,6 +54,8 @@ def _lib() -> ctypes.CDLL:
         lib.SSL_get_verify_result.restype = ctypes.c_long
         lib.X509_verify_cert_error_string.argtypes = [ctypes.c_long]
         lib.X509_verify_cert_error_string.restype = ctypes.c_char_p
+        lib.X509_STORE_CTX_get_error.argtypes = [v]
+        lib.X509_STORE_CTX_get_error.restype = ctypes.c_int
         lib.SSL_CTX_get_cert_store.argtypes = [v]
         lib.SSL_CTX_get_cert_store.restype = v
         lib.X509_STORE_set_flags.argtypes = [v, ctypes.c_ulong]
@@ -71,8 +73,26 @@ def _lib() -> ctypes.CDLL:
     return lib
 
 
-_ACCEPT_ANY = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_void_p)(lambda ok, store: 1)
-native.keep_alive(_ACCEPT_ANY)
+#: nginx's ngx_ssl_verify_error_optional(): the errors ``optional_no_ca`` lets through, all
+#: meaning "the issuer is not trusted here"; anything else (expired, revoked, bad signature,
+#: chain too long) still fails, as in nginx.
+_NO_CA_ERRORS = frozenset({
+    2,   # X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT
+    18,  # X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT
+    19,  # X509_V_ERR_SELF_SIGNED_CERT_IN_CHAIN
+    20,  # X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY
+    21,  # X509_V_ERR_UNABLE_TO_VERIFY_LEAF_SIGNATURE
+})
+
+
+def _no_ca_verify(ok: int, store: int | None) -> int:
+    if ok:
+        return 1
+    return 1 if _lib().X509_STORE_CTX_get_error(store) in _NO_CA_ERRORS else 0
+
+
+_NO_CA_VERIFY = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_void_p)(_no_ca_verify)
+native.keep_alive(_NO_CA_VERIFY)
 
 
 def _set_verify_depth(ctx: ssl.SSLContext, depth: int) -> None:
@@ -171,7 +191,8 @@ def _passwords(path: str | None, directive: str) -> list[bytes]:
 
 
 def _load_pair(ctx: ssl.SSLContext, cert: str, key: str, passwords: list[bytes],
-               cert_directive: str, key_directive: str, password_directive: str) -> None:
+               cert_directive: str, key_directive: str, password_directive: str,
+               password_file: str | None = None) -> None:
     _need_file(cert, cert_directive)
     _need_file(key, key_directive)
     with open(key, "rb") as fh:
@@ -193,8 +214,8 @@ def _load_pair(ctx: ssl.SSLContext, cert: str, key: str, passwords: list[bytes],
         raise TLSConfigError(key_directive, f'the private key "{key}" does not belong to the '
                              f'certificate "{cert}"')
     if encrypted:
-        raise TLSConfigError(password_directive, f'no passphrase in "{password_directive}" '
-                             f'decrypts "{key}"')
+        raise TLSConfigError(password_directive, f'no passphrase in "{password_file}" '
+                             f'({password_directive}) decrypts "{key}"')
     if "PEM" in text or "NO_START_LINE" in text or "no start line" in text:
         raise TLSConfigError(cert_directive, f'"{cert}" or "{key}" is not a PEM certificate/key '
                              f"({text})")
@@ -256,7 +277,7 @@ def server_context(s: SimpleNamespace) -> ssl.SSLContext:
     passwords = _passwords(s.ssl_password_file, "ssl_password_file")
     for cert, key in zip(certs, keys, strict=True):
         _load_pair(ctx, cert, key, passwords, "ssl_certificate", "ssl_certificate_key",
-                   "ssl_password_file")
+                   "ssl_password_file", s.ssl_password_file)
     mode = s.ssl_verify_client
     if mode != "off":
         if mode != "optional_no_ca" and not (s.ssl_client_certificate or s.ssl_trusted_certificate):
@@ -275,7 +296,7 @@ def server_context(s: SimpleNamespace) -> ssl.SSLContext:
         ctx.verify_mode = ssl.CERT_REQUIRED if mode == "on" else ssl.CERT_OPTIONAL
         if mode == "optional_no_ca":
             _lib().SSL_CTX_set_verify(native.ctx_pointer(ctx), SSL_VERIFY_PEER,
-                                      ctypes.cast(_ACCEPT_ANY, ctypes.c_void_p))
+                                      ctypes.cast(_NO_CA_VERIFY, ctypes.c_void_p))
         _set_verify_depth(ctx, s.ssl_verify_depth)
         if s.ssl_crl:
             _need_file(s.ssl_crl, "ssl_crl")
@@ -342,7 +363,8 @@ def client_context(s: SimpleNamespace) -> ssl.SSLContext:
                                  '"proxy_ssl_certificate_key" go together')
         _load_pair(ctx, s.proxy_ssl_certificate, s.proxy_ssl_certificate_key,
                    _passwords(s.proxy_ssl_password_file, "proxy_ssl_password_file"),
-                   "proxy_ssl_certificate", "proxy_ssl_certificate_key", "proxy_ssl_password_file")
+                   "proxy_ssl_certificate", "proxy_ssl_certificate_key", "proxy_ssl_password_file",
+                   s.proxy_ssl_password_file)
     return ctx
 
 
