@@ -405,6 +405,12 @@ class Session(asyncio.Protocol):
                        upstream=self.peer.name if self.peer else None)
             self.finalize(200, abort=True)
             return
+        if not upstream and self.write_upstream is None and self.connect_task is not None:
+            # a TLS client that ended (close_notify or FIN) while we were connecting: uvloop
+            # has closed its side already, but what it sent is still delivered once connected,
+            # as for a TCP client's FIN and as nginx does; the connect task ends the session.
+            self.client_eof = True
+            return
         self.disconnected(upstream)
 
     def disconnected(self, upstream: bool) -> None:
