@@ -487,6 +487,14 @@ class Loader:
         def where(directive: str) -> Node:
             return nodes.get(directive) or self.main_nodes.get(directive) or nodes.get("listen", node)
 
+        tls_sides = [what for what, on in (('"listen ... ssl"', any(ls.ssl for ls in srv.listens)),
+                                           ('"proxy_ssl on"', srv.s.proxy_ssl)) if on]
+        if srv.s.proxy_half_close and tls_sides:
+            # uvloop's TLS transport answers a close_notify by closing the whole connection
+            # and cannot shut down only its sending side, so nginx's half-close cannot be kept
+            self.error(where("proxy_half_close"), '"proxy_half_close on" cannot be honoured with '
+                       f"{' and '.join(tls_sides)}: tlsgw closes a TLS connection as a whole when "
+                       'either end closes it; set "proxy_half_close: off" for this server')
         try:
             if any(ls.ssl for ls in srv.listens):
                 for warning in tlsctx.certificate_warnings(srv.s.ssl_certificate or ()):

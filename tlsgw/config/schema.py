@@ -222,14 +222,16 @@ DIRECTIVES: list[Directive] = [
     D("listen", ("server",),
       "listen: ADDRESS[:PORT] | PORT | [IPV6]:PORT | unix:PATH [backlog=N] [rcvbuf=SIZE] "
       "[sndbuf=SIZE] [reuseport] [so_keepalive=on|off|[IDLE]:[INTVL]:[CNT]] [ipv6only=on|off] "
-      "[bind]", None, None,
+      "[bind] [ssl] [default_server]", None, None,
       "Address to accept connections on; a YAML list gives several. A bare port means "
       "0.0.0.0:PORT. `backlog` defaults to 511. `reuseport` sets SO_REUSEPORT on the socket. "
       "`so_keepalive` sets SO_KEEPALIVE and, with times, TCP_KEEPIDLE/TCP_KEEPINTVL/TCP_KEEPCNT. "
-      "`ipv6only` (default on) applies to `[::]` wildcard addresses.",
+      "`ipv6only` (default on) applies to `[::]` wildcard addresses. `ssl` terminates TLS "
+      "(see `ssl_certificate`); `default_server` makes this server the one for clients whose "
+      "SNI matches no `server_name` on that address.",
       "listen:\n  - 127.0.0.1:9000 backlog=4096\n  - \"[::1]:9000\"",
       differs="`bind` is accepted and has no extra effect: tlsgw always binds every listen "
-      "address separately. `udp`, `ssl`, `proxy_protocol`, `fastopen`, `deferred`, "
+      "address separately. `udp`, `proxy_protocol`, `fastopen`, `deferred`, "
       "`accept_filter`, `setfib` and port ranges are not supported yet and are rejected."),
     D("proxy_pass", ("server",), "proxy_pass: UPSTREAM_NAME | HOST:PORT | unix:PATH", None, None,
       "Where sessions go: a named upstream, or one address (a host name is resolved at start-up "
@@ -265,7 +267,10 @@ DIRECTIVES: list[Directive] = [
       units.parse_flag, "With `on`, when one side closes its sending direction (TCP FIN) the "
       "other side is shut down for writing too and the session continues in the other "
       "direction until both sides have closed. With `off`, the session ends when either side "
-      "closes, after pending data is delivered.", "proxy_half_close: on"),
+      "closes, after pending data is delivered.", "proxy_half_close: on",
+      differs="not available on a server with `listen ... ssl` or `proxy_ssl: on` (rejected by "
+      "check): tlsgw closes a TLS connection as a whole when either end closes it, where nginx "
+      "keeps proxying the other direction."),
     D("tcp_nodelay", ("main", "server"), "tcp_nodelay: on | off", "on", units.parse_flag,
       "Sets TCP_NODELAY on client and upstream connections (no Nagle delay).",
       "tcp_nodelay: off"),
@@ -304,14 +309,18 @@ DIRECTIVES: list[Directive] = [
       "ssl_ecdh_curve: prime256v1"),
     D("ssl_handshake_timeout", ("main", "server"), "ssl_handshake_timeout: TIME", "60s",
       _positive_time, "A client that has not completed the TLS handshake in this time is "
-      "closed (`$status` 500).", "ssl_handshake_timeout: 5s"),
+      "closed (`$status` 500). On an address shared by several servers, the default server's "
+      "value applies (the server is chosen during the handshake), as in nginx.",
+      "ssl_handshake_timeout: 5s"),
     D("ssl_session_cache", ("main", "server"),
       "ssl_session_cache: off | none | [builtin[:SIZE]] [shared:NAME:SIZE]", "none", _text,
       "Session-ID cache. `off`: clients are told sessions cannot be reused. `none`: they are "
       "told they may be, but nothing is stored (tickets still resume). `builtin[:N]`: a cache "
       "of N sessions per worker (default 20480). `shared:NAME:SIZE`: one cache for all workers "
       "(about 4000 sessions per megabyte, at least 32k), which makes session IDs resume on any "
-      "worker; servers naming the same NAME share it.", "ssl_session_cache: shared:SSL:10m"),
+      "worker; servers naming the same NAME share it. With several servers on one "
+      "`listen ... ssl` address, sessions are kept and resumed with the default server's cache, "
+      "timeout and ticket keys, as in nginx.", "ssl_session_cache: shared:SSL:10m"),
     D("ssl_session_timeout", ("main", "server"), "ssl_session_timeout: TIME", "5m",
       _positive_time, "How long a session can be resumed, by session ID or ticket, in TLS 1.2 "
       "and 1.3.", "ssl_session_timeout: 1h"),
@@ -329,9 +338,10 @@ DIRECTIVES: list[Directive] = [
     D("ssl_verify_client", ("main", "server"), "ssl_verify_client: on | off | optional | "
       "optional_no_ca", "off", _verify_client,
       "Request a client certificate. `on`: required and verified against "
-      "`ssl_client_certificate`; `optional`: verified if sent; `optional_no_ca`: requested but "
-      "not verified (the result is in `$ssl_client_verify`). A failure closes the connection "
-      "(`$status` 500).", "ssl_verify_client: on"),
+      "`ssl_client_certificate`; `optional`: verified if sent; `optional_no_ca`: requested, and "
+      "a certificate whose issuer is not trusted is accepted (other errors, such as expiry, "
+      "still fail), the result being in `$ssl_client_verify` (`FAILED:reason`). A failure "
+      "closes the connection (`$status` 500).", "ssl_verify_client: on"),
     D("ssl_client_certificate", ("main", "server"), "ssl_client_certificate: FILE", None, _file,
       "PEM CA certificates that client certificates are verified against; their names are sent "
       "to clients.", "ssl_client_certificate: /etc/tlsgw/clients-ca.pem"),
@@ -339,7 +349,10 @@ DIRECTIVES: list[Directive] = [
       "Additional PEM CA certificates trusted for client verification but not sent to clients.",
       "ssl_trusted_certificate: /etc/tlsgw/more-cas.pem"),
     D("ssl_verify_depth", ("main", "server"), "ssl_verify_depth: NUMBER", "1", units.parse_int,
-      "Maximum client certificate chain depth (1: issued directly by a trusted CA).",
+      "How many intermediate CA certificates may stand between a client certificate and a "
+      "trusted CA (OpenSSL's and nginx's count): 0 allows only certificates issued directly by "
+      "a trusted CA, 1 allows one intermediate (the client sends it), and so on. Longer "
+      "chains fail with \"certificate chain too long\".",
       "ssl_verify_depth: 2"),
     D("ssl_crl", ("main", "server"), "ssl_crl: FILE", None, _file,
       "PEM certificate revocation list(s) checked for client certificates.",
@@ -365,7 +378,9 @@ DIRECTIVES: list[Directive] = [
       None, _file, "PEM CA certificates to verify upstreams with (default: the system store).",
       "proxy_ssl_trusted_certificate: /etc/tlsgw/backend-ca.pem"),
     D("proxy_ssl_verify_depth", ("main", "server"), "proxy_ssl_verify_depth: NUMBER", "1",
-      units.parse_int, "Maximum upstream certificate chain depth.", "proxy_ssl_verify_depth: 2"),
+      units.parse_int, "How many intermediate CA certificates may stand between an upstream's "
+      "certificate and a trusted CA (counted as `ssl_verify_depth`).",
+      "proxy_ssl_verify_depth: 2"),
     D("proxy_ssl_name", ("main", "server"), "proxy_ssl_name: NAME", None, _text,
       "Name to verify the upstream certificate against (and to send as SNI). Default: the host "
       "part of `proxy_pass` (the upstream group name or host).",
