@@ -332,7 +332,8 @@ class PKI:
 
     ``ca`` signs ``server`` (ECDSA) and ``server_rsa`` (RSA), both for localhost, 127.0.0.1
     and ::1; ``client`` (CN alice); ``revoked`` (CN carol, listed in ``crl``); ``a_test``,
-    ``b_test`` and ``w_test`` (``*.w.test``) for SNI; ``expired`` and ``notyet``.
+    ``b_test`` and ``w_test`` (``*.w.test``) for SNI; ``expired`` and ``notyet`` (``server``'s
+    key); ``expired_client`` (CN erin).
     ``inter`` is an intermediate under ``ca`` that signs ``inter_client`` (CN bob) and
     ``inter_server``; their ``.pem`` files hold the leaf followed by the intermediate.
     ``deep_client`` (CN dave) and ``deep_server`` sit under two intermediates.
@@ -402,9 +403,19 @@ class PKI:
         self.deep_server, self.deep_server_key = leaf("deep_server", deep.issue_server())
         server = self.server_obj  # type: ignore[attr-defined]
 
-        def dated(name: str, before: dt.datetime, after: dt.datetime) -> str:
-            cert = (x509.CertificateBuilder().subject_name(server.cert.subject)
-                    .issuer_name(ca.cert.subject).public_key(server.private_key.public_key())
+        def dated(name: str, before: dt.datetime, after: dt.datetime, key: object = None,
+                  cn: str | None = None) -> str:
+            """A certificate from ``ca`` valid from ``before`` to ``after`` (``server``'s key
+            and subject unless ``key``/``cn`` are given; then the key is written too)."""
+            if key is not None:
+                Path(d / f"{name}.key").write_bytes(key.private_bytes(  # type: ignore[attr-defined]
+                    serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                    serialization.NoEncryption()))
+            subject = (x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, cn)]) if cn
+                       else server.cert.subject)
+            cert = (x509.CertificateBuilder().subject_name(subject)
+                    .issuer_name(ca.cert.subject)
+                    .public_key((key or server.private_key).public_key())  # type: ignore[attr-defined]
                     .serial_number(x509.random_serial_number())
                     .not_valid_before(before).not_valid_after(after)
                     .add_extension(x509.SubjectAlternativeName(
@@ -416,6 +427,11 @@ class PKI:
 
         self.expired = dated("expired", now - 30 * day, now - day)
         self.notyet = dated("notyet", now + day, now + 30 * day)
+        from cryptography.hazmat.primitives.asymmetric import ec
+
+        self.expired_client = dated("expired_client", now - 30 * day, now - day,
+                                    key=ec.generate_private_key(ec.SECP256R1()), cn="erin")
+        self.expired_client_key = str(d / "expired_client.key")
 
         crl = (x509.CertificateRevocationListBuilder().issuer_name(ca.cert.subject)
                .last_update(now - day).next_update(now + 30 * day)

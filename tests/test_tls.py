@@ -16,7 +16,7 @@ import time
 from types import SimpleNamespace
 
 import pytest
-from support import Backend
+from support import Backend, run_cli, wait_until
 from tlshelp import (
     LOG,
     TOKEN,
@@ -48,6 +48,7 @@ def front(pki, tmp_path_factory):
     echo = Backend("echo")
     http = Backend("http", name="hello from the http backend")
     names = {n: Backend("identify", name=n) for n in ("A", "B", "W", "D")}
+    noaccept, sink = Backend("noaccept"), Backend("echo")
     ports = SimpleNamespace()
     free_port = Ports()
 
@@ -83,6 +84,7 @@ def front(pki, tmp_path_factory):
         srv("crl", ssl_verify_client="on", ssl_crl=pki.crl, **verify),
         srv("alpn", ssl_alpn="h2 http/1.1"),
         srv("chain", ssl_certificate=pki.inter_server, ssl_certificate_key=pki.inter_server_key),
+        srv("slow_connect", proxy_pass="slow_then_sink", proxy_connect_timeout="500ms"),
         srv("cache_builtin1", ssl_session_tickets="off", ssl_session_cache="builtin:1"),
         srv("cache_none", ssl_session_tickets="off"),
         srv("cache_off", ssl_session_tickets="off", ssl_session_cache="off"),
@@ -104,12 +106,13 @@ def front(pki, tmp_path_factory):
         entry(listen=f"127.0.0.1:{sni2} ssl", server_name="b.test", ssl_certificate=pki.b_test,
               ssl_certificate_key=pki.b_test_key, proxy_pass=names["B"].address),
     ]
-    config = f"worker_processes: 1\n{LOG}\nservers:\n" + "\n".join(servers) + "\n"
+    config = (f"worker_processes: 1\n{LOG}\nupstreams:\n  slow_then_sink:\n    servers: "
+              f'["{noaccept.address} max_fails=0", "{sink.address} backup"]\nservers:\n' + "\n".join(servers) + "\n")
     free_port.release()
     gw = module_gateway(tmp_path_factory.mktemp("front"), config)
-    yield SimpleNamespace(gw=gw, port=ports, echo=echo, http=http, backend=names)
+    yield SimpleNamespace(gw=gw, port=ports, echo=echo, http=http, backend=names, sink=sink)
     gw.stop()
-    for b in (echo, http, *names.values()):
+    for b in (echo, http, noaccept, sink, *names.values()):
         b.close()
 
 
@@ -336,6 +339,9 @@ def test_ssl_verify_client_optional_no_ca(front, pki):
     assert entries[1]["verify"].startswith("FAILED:"), entries[1]
     assert entries[1]["dn"] == pki.other_client_obj.cert.subject.rfc4514_string()
     assert entries[2]["verify"] == "SUCCESS"
+    # only "unknown issuer" errors are let through, as nginx does: an expired certificate fails
+    assert refused(port, pki.client_context(pki.expired_client, pki.expired_client_key))
+    wait_error(front.gw, port, "certificate has expired")
 
 
 def test_ssl_client_certificate_names_are_sent_and_trusted_ones_are_not(front, pki):
@@ -595,6 +601,12 @@ def test_session_cache_modes_without_tickets(front, pki):
     assert not _session(port, ctx, first)[0]  # (this full handshake evicts the second)
     _, s = _session(front.port.cache_none, ctx)
     assert s.id and not _session(front.port.cache_none, ctx, s)[0]
+    # ssl_session_tickets off: no ticket even for a client that asks (the default sends one)
+    asks = _client(pki, TLS12)
+    _, s = _session(front.port.cache_none, asks)
+    assert not s.has_ticket and not _session(front.port.cache_none, asks, s)[0]
+    _, s = _session(front.port.basic, asks)
+    assert s.has_ticket and _session(front.port.basic, asks, s)[0]
     _, s = _session(front.port.cache_off, ctx)
     assert s.id == b"" and not _session(front.port.cache_off, ctx, s)[0]
     # TLS 1.3 with tickets off: stateful tickets live in the cache, so the same holds
@@ -604,3 +616,125 @@ def test_session_cache_modes_without_tickets(front, pki):
     for mode in ("cache_none", "cache_off"):
         _, s = _session(getattr(front.port, mode), ctx)
         assert not _session(getattr(front.port, mode), ctx, s)[0], mode
+
+
+# ---- data path ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("ending", ["close_notify", "FIN"])
+def test_data_from_a_tls_client_that_ends_while_connecting_is_delivered(front, pki, ending):
+    """The first upstream never answers (500ms connect timeout); the client sends and ends
+    meanwhile. As with a TCP client (and nginx), its data still reaches the next upstream."""
+    port, sink = front.port.slow_connect, front.sink
+    n, before = count(front.gw, port), sink.received
+    s = tls_connect(port, pki.client_context())
+    s.sendall(b"z" * 5000)
+    if ending == "close_notify":
+        s = s.unwrap()  # sends close_notify (and waits for the gateway's)
+    s.close()
+    wait_until(lambda: sink.received >= before + 5000, what="the data at the upstream")
+    e = new_entries(front.gw, port, n, 1)[0]
+    assert e["status"] == "200" and e["up"].endswith(f", {sink.address}")
+
+
+# ---- bad input -------------------------------------------------------------------------------
+def _check(tmp_path, pki, **server: object) -> tuple[int, str]:
+    """``tlsgw check`` of a one-server TLS configuration (``server`` overrides; None drops)."""
+    kw: dict[str, object] = {"ssl_certificate": pki.server, "ssl_certificate_key": pki.server_key,
+                             "proxy_pass": "127.0.0.1:9"}
+    kw.update(server)
+    kw = {k: v for k, v in kw.items() if v is not None}
+    path = tmp_path / "check.yaml"
+    path.write_text("servers:\n" + entry(listen="127.0.0.1:9443 ssl", **kw) + "\n")
+    r = run_cli("check", "-c", str(path))
+    return r.returncode, r.stderr + r.stdout
+
+
+def test_check_wrong_key_for_certificate(tmp_path, pki):
+    code, out = _check(tmp_path, pki, ssl_certificate_key=pki.client_key)
+    assert code != 0
+    assert (f'the private key "{pki.client_key}" does not belong to the certificate '
+            f'"{pki.server}"') in out, out
+    assert "mismatch" not in out
+
+
+def test_check_warns_about_expired_and_not_yet_valid_certificates(tmp_path, pki):
+    code, out = _check(tmp_path, pki, ssl_certificate=pki.expired)
+    assert code == 0, out
+    assert re.search(rf'\[warn\] .*check.yaml:\d+: certificate "{re.escape(pki.expired)}" '
+                     r"expired on \d{4}-\d\d-\d\d", out), out
+    code, out = _check(tmp_path, pki, ssl_certificate=pki.notyet)
+    assert code == 0 and f'certificate "{pki.notyet}" is not valid before' in out, out
+    code, out = _check(tmp_path, pki)
+    assert code == 0 and "[warn]" not in out, out
+
+
+@pytest.mark.parametrize("directive", ["ssl_certificate", "ssl_certificate_key",
+                                       "ssl_client_certificate", "ssl_crl", "ssl_password_file",
+                                       "ssl_trusted_certificate", "ssl_session_ticket_key"])
+def test_check_missing_file(tmp_path, pki, directive):
+    missing = str(tmp_path / "nope.pem")
+    extra = {"ssl_verify_client": "on", "ssl_client_certificate": pki.ca} if directive in (
+        "ssl_crl", "ssl_trusted_certificate") else {}
+    if directive == "ssl_client_certificate":
+        extra = {"ssl_verify_client": "on"}
+    code, out = _check(tmp_path, pki, **extra, **{directive: missing})
+    assert code != 0
+    assert missing in out, out
+    assert directive in out or "No such file" in out, out
+
+
+def test_check_encrypted_key_needs_ssl_password_file(tmp_path, pki):
+    code, out = _check(tmp_path, pki, ssl_certificate_key=pki.server_enc_key)
+    assert code != 0
+    assert f'"{pki.server_enc_key}" is encrypted' in out and '"ssl_password_file"' in out, out
+    wrong = tmp_path / "wrong.pass"
+    wrong.write_text("not-it\n")
+    code, out = _check(tmp_path, pki, ssl_certificate_key=pki.server_enc_key,
+                       ssl_password_file=str(wrong))
+    assert code != 0 and "decrypts" in out and str(wrong) in out, out
+    code, out = _check(tmp_path, pki, ssl_certificate_key=pki.server_enc_key,
+                       ssl_password_file=pki.password_file)
+    assert code == 0, out
+
+
+@pytest.mark.parametrize(("setting", "message"), [
+    ({"ssl_ciphers": "NO-SUCH-CIPHER"}, 'no cipher matches "NO-SUCH-CIPHER"'),
+    ({"ssl_ecdh_curve": "nosuchcurve"}, 'unknown curve or group in "nosuchcurve"'),
+    ({"ssl_verify_client": "on"}, 'no "ssl_client_certificate"'),
+    ({"ssl_certificate": None}, 'no "ssl_certificate" is defined for the "listen ... ssl"'),
+    ({"proxy_half_close": "on"}, '"proxy_half_close on" cannot be honoured with "listen ... ssl"'),
+    ({"proxy_ssl": "on", "proxy_ssl_certificate": "x.pem"},
+     '"proxy_ssl_certificate" and "proxy_ssl_certificate_key" go together'),
+])
+def test_check_rejects_settings_it_cannot_honour(tmp_path, pki, setting, message):
+    code, out = _check(tmp_path, pki, **setting)
+    assert code != 0 and message in out, out
+
+
+def test_plaintext_client_on_tls_port(front):
+    port = front.port.basic
+    baseline = settled_fds(front.gw)
+    n = count(front.gw, port)
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        try:
+            s.recv(100)  # the alert, then the close
+        except ConnectionResetError:
+            pass
+    e = new_entries(front.gw, port, n, 1)[0]
+    assert e["status"] == "500" and e["up"] == "" and e["proto"] == ""
+    wait_error(front.gw, port, "[info]", "not TLS", "while SSL handshaking")
+    wait_fds(front.gw, baseline)
+
+
+def test_client_aborting_mid_handshake_leaks_nothing(front, pki):
+    port = front.port.verify_on
+    baseline = settled_fds(front.gw)
+    for _ in range(20):
+        raw = socket.create_connection(("127.0.0.1", port), timeout=5)
+        inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+        obj = pki.client_context().wrap_bio(inc, out, server_hostname="localhost")
+        with pytest.raises(ssl.SSLWantReadError):
+            obj.do_handshake()
+        raw.sendall(out.read())  # the ClientHello, then gone
+        raw.close()
+    wait_fds(front.gw, baseline)
