@@ -42,10 +42,10 @@ def nofile_limit() -> int:
     return soft if soft != resource.RLIM_INFINITY else 1 << 20
 
 
-def tlsgw_env() -> dict[str, str]:
-    """The environment for ``python -m tlsgw``: this checkout first on the import path."""
+def tlsgw_env(src: Path = ROOT) -> dict[str, str]:
+    """The environment for ``python -m tlsgw``: ``src`` (this checkout) first on the path."""
     path = os.environ.get("PYTHONPATH")
-    return dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{path}" if path else str(ROOT))
+    return dict(os.environ, PYTHONPATH=f"{src}{os.pathsep}{path}" if path else str(src))
 
 
 def client_context() -> ssl.SSLContext:
@@ -58,7 +58,7 @@ def client_context() -> ssl.SSLContext:
 class _Server:
     """Common start/stop and accounting of a process tree started with :func:`procs.spawn`."""
 
-    name = ""
+    name = ""  # how reports call it; an instance may override it (A/B mode: "base")
 
     def __init__(self, workdir: Path, cpus: list[int] | None, cap: int):
         self.dir = workdir
@@ -152,8 +152,9 @@ class Gateway(_Server):
     """A gateway under test: a plaintext and (if supported) a TLS listener to the backend."""
 
     def __init__(self, workdir: Path, cpus: list[int] | None, cap: int, backend_port: int,
-                 certs: Path):
+                 certs: Path, src: Path = ROOT):
         super().__init__(workdir, cpus, cap)
+        self.src = src  # the tree whose tlsgw package runs (tlsgw only)
         self.backend_port = backend_port
         self.certs = certs
         self.plain_port, self.tls_port_wanted = procs.free_ports(2)
@@ -248,7 +249,8 @@ servers:
     def check(self, path: Path) -> str | None:
         """``tlsgw check``; None when valid, else its first message without the file prefix."""
         r = subprocess.run([sys.executable, "-m", "tlsgw", "check", "-c", str(path)],
-                           capture_output=True, text=True, cwd=self.dir, env=tlsgw_env(), timeout=60)
+                           capture_output=True, text=True, cwd=self.dir, env=tlsgw_env(self.src),
+                           timeout=60)
         if r.returncode == 0:
             return None
         lines = [ln for ln in r.stderr.splitlines() if ln.strip()] or [f"exit {r.returncode}"]
@@ -267,7 +269,8 @@ servers:
             self.na = self.check(conf)
             if self.na is not None:
                 return
-        self._start([sys.executable, "-m", "tlsgw", "serve", "-c", str(conf)], env=tlsgw_env())
+        self._start([sys.executable, "-m", "tlsgw", "serve", "-c", str(conf)],
+                    env=tlsgw_env(self.src))
         self._wait_ready(self.plain_port)
         if self.tls_port is not None:
             try:

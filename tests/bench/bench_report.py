@@ -80,7 +80,7 @@ class Row:
     title: str
     unit: str
     key: str  # which value of the samples: "merit" or an ``extra`` key
-    nginx: Cell
+    nginx: Cell  # the reference peer (nginx, or the baseline tlsgw with --baseline-src)
     tlsgw: Cell
     target: str = ""  # "≥ 1.0", "≤ 1.0" or ""
     detail: str = ""  # load parameters, for the set-up list
@@ -122,8 +122,9 @@ def _ratio(row: Row) -> tuple[str, str]:
     return f"{r:.2f}", target or "—"
 
 
-def table(rows: Sequence[Row]) -> str:
-    out = ["| scenario | figure of merit | nginx | tlsgw | tlsgw/nginx | target |",
+def table(rows: Sequence[Row], names: tuple[str, str] = ("nginx", "tlsgw")) -> str:
+    a, b = names
+    out = [f"| scenario | figure of merit | {a} | {b} | {b}/{a} | target |",
            "|---|---|--:|--:|--:|---|"]
     for row in rows:
         if not row.main:
@@ -134,7 +135,7 @@ def table(rows: Sequence[Row]) -> str:
     return "\n".join(out)
 
 
-def details(rows: Sequence[Row]) -> str:
+def details(rows: Sequence[Row], names: tuple[str, str] = ("nginx", "tlsgw")) -> str:
     """Every run set once, by its figure of merit, with the load and CPU share behind it."""
     out = ["| scenario | peer | runs | median | min–max | work per wall s | gateway CPU | "
            "µs user + sys per unit | notes |",
@@ -143,7 +144,7 @@ def details(rows: Sequence[Row]) -> str:
     for row in rows:
         if row.key != "merit":
             continue
-        for name, cell in (("nginx", row.nginx), ("tlsgw", row.tlsgw)):
+        for name, cell in zip(names, (row.nginx, row.tlsgw), strict=True):
             if id(cell) in seen:
                 continue
             seen.add(id(cell))

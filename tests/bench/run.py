@@ -248,7 +248,8 @@ class Bench:
         nofile_limit()
         certs = self.dir / "certs"
         r = subprocess.run([sys.executable, "-m", "tlsgw", "gencert", "--dir", str(certs)],
-                           capture_output=True, text=True, timeout=120, env=tlsgw_env(), cwd=ROOT)
+                           capture_output=True, text=True, timeout=120,
+                           env=tlsgw_env(args.tlsgw_src), cwd=ROOT)
         if r.returncode != 0:
             raise RuntimeError(f"tlsgw gencert failed: {r.stderr.strip()}")
         for p in certs.iterdir():  # nginx reads them as root, but keep the dir traversable
@@ -264,14 +265,18 @@ class Bench:
             backend.start()
             for pass_name in passes:
                 wanted = [sc for sc in selected if pass_name == "off" or sc.key in LOGGED]
+                # Idle-connection memory first, on fresh gateways: memory freed by earlier runs
+                # would be reused and hide the cost (plaintext first for the same reason).
+                wanted.sort(key=lambda sc: (sc.kind != "idle", sc.tls))
                 if not wanted:
                     continue
                 gateways: list[Gateway] = []
                 try:
-                    for cls in (NginxGateway, TlsgwGateway):
-                        d = self.dir / f"{cls.name}-log-{pass_name}"
+                    for name, cls, src in self.peers():
+                        d = self.dir / f"{name}-log-{pass_name}"
                         d.mkdir()
-                        gw = cls(d, self.gateway_cpus, args.cap, backend_port, certs)
+                        gw = cls(d, self.gateway_cpus, args.cap, backend_port, certs, src)
+                        gw.name = name
                         gateways.append(gw)
                         try:
                             gw.start(access_log=pass_name == "on")
@@ -290,13 +295,21 @@ class Bench:
             backend.stop()
         return self.rows(selected, passes)
 
+    def peers(self) -> list[tuple[str, type[Gateway], Path]]:
+        """(name, class, tlsgw tree) of the reference peer and of tlsgw."""
+        ref: tuple[str, type[Gateway], Path] = ("nginx", NginxGateway, ROOT)
+        if self.args.baseline_src is not None:
+            ref = ("base", TlsgwGateway, self.args.baseline_src)
+        return [ref, ("tlsgw", TlsgwGateway, self.args.tlsgw_src)]
+
     def rows(self, selected: list[Scenario], passes: list[str]) -> list[Row]:
+        ref = self.peers()[0][0]
         rows = []
         for pass_name in passes:
             for sc in selected:
                 if pass_name == "on" and sc.key not in LOGGED:
                     continue
-                ng = self.cells.get((pass_name, sc.key, "nginx"), Cell(na="not run"))
+                ng = self.cells.get((pass_name, sc.key, ref), Cell(na="not run"))
                 tg = self.cells.get((pass_name, sc.key, "tlsgw"), Cell(na="not run"))
                 title = sc.title + (", access log on" if pass_name == "on" else "")
                 detail = sc.load_text(self.args)
@@ -314,6 +327,23 @@ class Bench:
         return rows
 
 
+def source_text(src: Path) -> str:
+    """Which tlsgw ran: the commit, and the files changed since (others edit the tree too)."""
+    def git(*a: str) -> str:
+        r = subprocess.run(["git", "-C", str(src), *a], capture_output=True, text=True, timeout=30)
+        return r.stdout.strip() if r.returncode == 0 else ""
+
+    head = git("log", "-1", "--format=%h %s")
+    if not head:
+        return f"{src} (not a git checkout)"
+    dirty = git("status", "--porcelain", "--", "tlsgw").splitlines()
+    where = "" if src == ROOT else f" in {src}"
+    text = f"commit {head[:72]}{where}"
+    if dirty:
+        text += f", with uncommitted changes to {', '.join(ln[3:] for ln in dirty)}"
+    return text
+
+
 def command_text() -> str:
     exe = Path(sys.executable)
     with_root = exe.is_relative_to(ROOT) if exe.is_absolute() else False
@@ -324,11 +354,12 @@ def command_text() -> str:
 
 def report(rows: list[Row], bench: Bench, started: float, args: argparse.Namespace,
            tls_na: str | None) -> str:
+    names = (bench.peers()[0][0], "tlsgw")
     m = machine()
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     minutes = (time.monotonic() - started) / 60
     out = [f"Measured {now} with {command_text()}, {minutes:.1f} minutes.", "",
-           table(rows), "",
+           table(rows, names), "",
            "Medians over the rounds; *tlsgw/nginx* is the ratio of the medians (for memory and "
            "latency lower is better). Targets are the issue's. A figure of merit is work per "
            "gateway CPU-second: utime + stime of the master and all workers, from /proc, read "
@@ -343,12 +374,15 @@ def report(rows: list[Row], bench: Bench, started: float, args: argparse.Namespa
            f"backend on CPU {','.join(map(str, bench.client_cpus or []))} (`taskset`, "
            "`sched_setaffinity`)")
     out += ["", "### Details", "",
-            details(rows), "",
+            details(rows, names), "",
             "*work per wall s* is the load the client achieved (requests, MiB or connections per "
             "second) and *gateway CPU* the gateway's CPU time per wall-clock second; they depend "
             "on the load generator and the machine, the figure of merit much less.", "",
             "### Set-up", ""]
     out += [f"* {k}: {v}" for k, v in m.items()]
+    out.append(f"* tlsgw: {source_text(args.tlsgw_src)}")
+    if args.baseline_src is not None:
+        out.append(f"* base (instead of nginx): tlsgw {source_text(args.baseline_src)}")
     out += [f"* pinning: {pin}",
             f"* rounds: {args.rounds} per scenario (1 for idle connections), nginx and tlsgw "
             f"alternating, order reversed every round; runs of {args.duration} s "
@@ -375,10 +409,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description="Benchmark tlsgw against nginx's stream module (work per gateway CPU-second).")
     p.add_argument("--rounds", type=int, default=5, help="measured runs per gateway and scenario "
                    "(default 5)")
-    p.add_argument("--duration", type=int, default=3, help="seconds per throughput run (default 3)")
+    p.add_argument("--duration", type=int, default=2, help="seconds per throughput run (default 2)")
     p.add_argument("--warmup", type=int, default=1, help="seconds of unmeasured warm-up per "
                    "gateway and scenario (default 1, 0 for none)")
-    p.add_argument("--latency-duration", type=int, default=4, help="seconds per latency run")
+    p.add_argument("--latency-duration", type=int, default=3,
+                   help="seconds per latency run (default 3)")
     p.add_argument("--latency-delay", type=int, default=10, help="ms each latency connection "
                    "waits between requests (default 10: ≈1,000 req/s with 10 connections)")
     p.add_argument("--idle-connections", type=int, default=5000)
@@ -395,10 +430,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--keep", action="store_true", help="keep the temporary directory (logs)")
     p.add_argument("--cap", type=int, default=3600, help="hard limit in seconds on every "
                    "process this script starts (default 3600)")
+    p.add_argument("--tlsgw-src", type=Path, default=ROOT, metavar="DIR",
+                   help="directory holding the tlsgw package to run (default: this checkout); "
+                   "for trying a change against nginx without touching the tree")
+    p.add_argument("--baseline-src", type=Path, metavar="DIR",
+                   help="A/B mode: compare tlsgw from --tlsgw-src against tlsgw from DIR "
+                   "(shown as 'base') instead of nginx; implies --no-write")
     p.add_argument("--profile", type=Path, metavar="DIR", help="instead of the comparison, "
                    "profile tlsgw's worker with py-spy and write the profiles to DIR")
     args = p.parse_args(argv)
     args.scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
+    for opt in ("tlsgw_src", "baseline_src"):
+        src = getattr(args, opt)
+        if src is None:
+            continue
+        setattr(args, opt, src.resolve())
+        if not (src / "tlsgw" / "__init__.py").exists():
+            p.error(f"--{opt.replace('_', '-')} {src}: no tlsgw package there")
+    if args.baseline_src is not None:
+        args.no_write = True
     unknown = set(args.scenarios) - {sc.key for sc in SCENARIOS}
     if unknown:
         p.error(f"unknown scenarios: {', '.join(sorted(unknown))}")
@@ -413,7 +463,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     missing = missing_tools()
     if missing:
-        print(f"tests/bench: missing {', '.join(missing)}; install with:\n  {APT}",
+        apt = APT + (" openssl" if "openssl" in missing else "")
+        print(f"tests/bench: missing {', '.join(missing)}; install with:\n  {apt}",
               file=sys.stderr)
         return 2
     os.chdir(ROOT)
