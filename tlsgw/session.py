@@ -104,6 +104,24 @@ class UpstreamSide(asyncio.Protocol):
         self.session.transport.resume_reading()
 
 
+class _UpstreamAwaitingTicket(UpstreamSide):
+    """An :class:`UpstreamSide` until the first data from a TLS 1.3 upstream. The upstream
+    sends its session tickets right after the handshake, ahead of any data, so by then they
+    have been read: the session is kept for ``proxy_ssl_session_reuse`` (nginx keeps it when
+    the ticket arrives) and the object turns back into an UpstreamSide, so later chunks cost
+    nothing extra."""
+
+    __slots__ = ()
+
+    def data_received(self, data: bytes) -> None:
+        self.__class__ = UpstreamSide
+        s = self.session
+        tls = s.rt.proxy_tls
+        if tls is not None and s.peer is not None and self.transport is not None:
+            tls.remember(s.peer.name, self.transport.get_extra_info("ssl_object"))
+        UpstreamSide.data_received(self, data)
+
+
 class Session(asyncio.Protocol):
     """Protocol of the accepted client connection, and the session state."""
 
@@ -338,8 +356,8 @@ class Session(asyncio.Protocol):
             transport.close()
             return
         peers.connected(peer)
-        if tls is not None:
-            tls.remember(peer.name, transport.get_extra_info("ssl_object"))
+        if tls is not None and not tls.remember(peer.name, transport.get_extra_info("ssl_object")):
+            up.__class__ = _UpstreamAwaitingTicket  # keep the session once its ticket is in
         now = _monotonic()
         attempt.connect_time = now - attempt.start
         self.upstream = up

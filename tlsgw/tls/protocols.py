@@ -196,9 +196,17 @@ class UpstreamTLS:
                             ssl_handshake_timeout=max(timeout, 0.001))
         return proto, waiter
 
-    def remember(self, peer_name: str, sslobj: ssl.SSLObject | None) -> None:
-        if self.reuse and sslobj is not None and sslobj.session is not None:
-            self.sessions[(peer_name, self.name)] = sslobj.session
+    def remember(self, peer_name: str, sslobj: ssl.SSLObject | None) -> bool:
+        """Keep the connection's session for the next connection to that upstream. False if
+        there is none to keep yet: a TLS 1.3 session is resumable only once its ticket has
+        come (after the handshake), and keeping it before would displace a resumable one."""
+        if not self.reuse or sslobj is None:
+            return True
+        session = sslobj.session
+        if session is None or (not session.has_ticket and sslobj.version() == "TLSv1.3"):
+            return False
+        self.sessions[(peer_name, self.name)] = session
+        return True
 
 
 def verify_error_text(exc: BaseException) -> str:
