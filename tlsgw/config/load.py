@@ -495,6 +495,16 @@ class Loader:
             self.error(where("proxy_half_close"), '"proxy_half_close on" cannot be honoured with '
                        f"{' and '.join(tls_sides)}: tlsgw closes a TLS connection as a whole when "
                        'either end closes it; set "proxy_half_close: off" for this server')
+        for protocols, ciphers, on in (
+                ("ssl_protocols", "ssl_ciphers", any(ls.ssl for ls in srv.listens)),
+                ("proxy_ssl_protocols", "proxy_ssl_ciphers", srv.s.proxy_ssl)):
+            old = [p for p in getattr(srv.s, protocols) if p in ("TLSv1", "TLSv1.1")]
+            if on and old and "@SECLEVEL=0" not in getattr(srv.s, ciphers):
+                line = where(protocols).start_mark.line + 1
+                self.warnings.append(
+                    f'{self.path}:{line}: "{protocols}" enables {" and ".join(old)}, which '
+                    "OpenSSL 3 refuses at its default security level (their handshakes sign with "
+                    f'SHA-1): add "@SECLEVEL=0" to "{ciphers}", as nginx needs too')
         try:
             if any(ls.ssl for ls in srv.listens):
                 for warning in tlsctx.certificate_warnings(srv.s.ssl_certificate or ()):
