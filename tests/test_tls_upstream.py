@@ -57,6 +57,7 @@ def up(pki, tmp_path_factory):
         mtls=tls_backend(client_ca=pki.ca),
         reuse_on=tls_backend(), reuse_off=tls_backend(),
         reuse_on12=tls_backend(tls12=True), reuse_off12=tls_backend(tls12=True),
+        reuse_open=tls_backend(), reuse_open12=tls_backend(tls12=True),
         inter=tls_backend(pki.inter_server, pki.inter_server_key),
         deep=tls_backend(pki.deep_server, pki.deep_server_key),
         plain=Backend("echo"),
@@ -100,6 +101,8 @@ def up(pki, tmp_path_factory):
         srv("reuse_off", b.reuse_off, proxy_ssl_session_reuse="off", **trust),
         srv("reuse_on12", b.reuse_on12, **trust),
         srv("reuse_off12", b.reuse_off12, proxy_ssl_session_reuse="off", **trust),
+        srv("reuse_open", b.reuse_open, **trust),
+        srv("reuse_open12", b.reuse_open12, **trust),
         srv("depth_inter", b.inter, **trust),
         srv("depth1_deep", b.deep, **trust),
         srv("depth2_deep", b.deep, proxy_ssl_verify_depth=2, **trust),
@@ -240,6 +243,23 @@ def test_proxy_ssl_session_reuse(up, version):
         first, second = b.handshakes[-2:]
         assert first.version == version and not first.reused
         assert second.reused is want, mode
+
+
+@pytest.mark.parametrize("version", ["TLSv1.3", "TLSv1.2"])
+def test_proxy_ssl_session_reuse_while_the_first_session_is_open(up, version):
+    """nginx keeps an upstream's session as soon as it has it (TLS 1.3: when the ticket comes),
+    so a second connection resumes even while the first is still open."""
+    suffix = "" if version == "TLSv1.3" else "12"
+    b, port = getattr(up.b, f"reuse_open{suffix}"), getattr(up.port, f"reuse_open{suffix}")
+    with connect(port) as first:  # the first connection to that backend: a full handshake
+        assert roundtrip_rest_after(first, b"ping") == b"ping"
+        assert echoes(port)  # meanwhile, a second session
+    assert [(h.version, h.reused) for h in b.handshakes] == [(version, False), (version, True)]
+
+
+def roundtrip_rest_after(s: socket.socket, data: bytes) -> bytes:
+    s.sendall(data)
+    return roundtrip_rest(s)
 
 
 def test_proxy_ssl_verify_depth(up):

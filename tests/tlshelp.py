@@ -19,8 +19,10 @@ from support import Gateway, wait_until
 OPENSSL = shutil.which("openssl") or "openssl"
 CURL = shutil.which("curl") or "curl"
 
-#: Access-log format of the TLS tests: one JSON object per session (not-found values are "").
+#: Access-log format of the TLS tests: one JSON object per session (not-found values are "");
+#: a short shutdown timeout so that a test leaving a session open cannot stall the teardown.
 LOG = """
+worker_shutdown_timeout: 2s
 log_format:
   j: 'escape=json {"status":"$status","port":"$server_port","proto":"$ssl_protocol","cipher":"$ssl_cipher","sni":"$ssl_server_name","reused":"$ssl_session_reused","verify":"$ssl_client_verify","dn":"$ssl_client_s_dn","pid":"$pid","up":"$upstream_addr","conn":"$connection"}'
 access_log: stdout j
