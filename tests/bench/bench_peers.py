@@ -260,6 +260,7 @@ servers:
 
     def start(self, access_log: bool) -> None:
         self.access_log = self.dir / "access.log" if access_log else None
+        self.tls_port, self.tls_na, self.na = self.tls_port_wanted, None, None
         conf = self.dir / "tlsgw.yaml"
         conf.write_text(self.config(access_log, tls=True))
         self.tls_na = self.check(conf)

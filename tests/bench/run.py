@@ -183,7 +183,7 @@ class Bench:
         work = ld.bytes / 2**20 if sc.per_mib else ld.requests
         s = Sample(merit=work / cpu if cpu > 0 else float("nan"), rate=work / wall,
                    cpu_share=cpu / wall, notes=list(ld.notes))
-        if work:
+        if work and cpu >= 0.2:  # enough clock ticks for a meaningful split
             s.extra.update(user_us=user / work * 1e6, sys_us=system / work * 1e6)
         if sc.kind == "latency":
             s.extra.update(p50_ms=ld.p50_ms or 0.0, p99_ms=ld.p99_ms or 0.0)
@@ -233,12 +233,12 @@ class Bench:
                     progress(f"{label}: error: {exc}")
                     continue
                 cell.samples.append(s)
-                extra = "".join(f", {k} {v:.3g}" for k, v in s.extra.items())
                 unit = "requests per CPU-s" if sc.kind == "latency" else sc.unit
-                load_text = ("" if s.rate is None or s.cpu_share is None else
-                             f"{s.rate:,.0f}/s wall, gateway CPU {s.cpu_share:.0%}")
-                progress(f"{label}: {s.merit:,.1f} {unit} ({load_text}{extra})"
-                         f"{' ; ' if s.notes else ''}{'; '.join(s.notes)}")
+                parts = [] if s.rate is None or s.cpu_share is None else [
+                    f"{s.rate:,.0f}/s wall", f"gateway CPU {s.cpu_share:.0%}"]
+                parts += [f"{k} {v:.3g}" for k, v in s.extra.items()]
+                progress(f"{label}: {s.merit:,.1f} {unit} ({', '.join(parts)})"
+                         f"{'; ' if s.notes else ''}{'; '.join(s.notes)}")
 
     # ---- everything --------------------------------------------------------------------------
     def run(self) -> list[Row]:
@@ -287,6 +287,8 @@ class Bench:
                             self.tls_na = self.tls_na or gw.tls_na
                             progress(f"{gw.name}: TLS rows n/a: {gw.tls_na}")
                     for sc in wanted:
+                        if sc.kind == "idle":  # fresh processes: no memory left by earlier runs
+                            self.restart(gateways, access_log=pass_name == "on")
                         self.scenario(sc, gateways, pass_name)
                 finally:
                     for gw in gateways:
@@ -294,6 +296,17 @@ class Bench:
         finally:
             backend.stop()
         return self.rows(selected, passes)
+
+    def restart(self, gateways: list[Gateway], access_log: bool) -> None:
+        for gw in gateways:
+            if gw.na is not None:
+                continue
+            gw.stop()
+            try:
+                gw.start(access_log=access_log)
+            except Exception as exc:
+                gw.na = f"did not restart: {str(exc)[:300]}"
+                progress(f"{gw.name}: {gw.na}")
 
     def peers(self) -> list[tuple[str, type[Gateway], Path]]:
         """(name, class, tlsgw tree) of the reference peer and of tlsgw."""
@@ -331,14 +344,14 @@ def source_text(src: Path) -> str:
     """Which tlsgw ran: the commit, and the files changed since (others edit the tree too)."""
     def git(*a: str) -> str:
         r = subprocess.run(["git", "-C", str(src), *a], capture_output=True, text=True, timeout=30)
-        return r.stdout.strip() if r.returncode == 0 else ""
+        return r.stdout if r.returncode == 0 else ""
 
-    head = git("log", "-1", "--format=%h %s")
+    head = git("log", "-1", "--format=%h %s").strip()
     if not head:
         return f"{src} (not a git checkout)"
-    dirty = git("status", "--porcelain", "--", "tlsgw").splitlines()
+    dirty = [ln for ln in git("status", "--porcelain", "--", "tlsgw").splitlines() if ln.strip()]
     where = "" if src == ROOT else f" in {src}"
-    text = f"commit {head[:72]}{where}"
+    text = f"commit {head if len(head) <= 60 else head[:59] + '…'}{where}"
     if dirty:
         text += f", with uncommitted changes to {', '.join(ln[3:] for ln in dirty)}"
     return text
