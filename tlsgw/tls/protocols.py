@@ -145,7 +145,7 @@ class _PeerTLS:
             obj = owner.ctx.wrap_bio(incoming, outgoing, server_side=server_side,
                                      server_hostname=server_hostname)
         if server_hostname is not None and not owner.sni:
-            _clear_sni(obj)  # the name is verified, but proxy_ssl_server_name is off
+            _clear_sni(obj, owner.raw_ctx)  # the name is verified, but proxy_ssl_server_name is off
         return obj
 
 
@@ -153,7 +153,7 @@ SSL_CTRL_SET_TLSEXT_HOSTNAME = 55
 TLSEXT_NAMETYPE_host_name = 0
 
 
-def _clear_sni(obj: ssl.SSLObject) -> None:
+def _clear_sni(obj: ssl.SSLObject, raw_ctx: int) -> None:
     """Python sends ``server_hostname`` as SNI whenever it verifies it; take the SNI back."""
     from tlsgw.tls.context import _ssl_pointer
     from tlsgw.tls.native import load
@@ -164,7 +164,7 @@ def _clear_sni(obj: ssl.SSLObject) -> None:
         ctrl.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_void_p]
         ctrl.restype = ctypes.c_long
     ptr = _ssl_pointer(obj)
-    if ptr:
+    if ptr and lib.SSL_get_SSL_CTX(ptr) == raw_ctx:  # the SSL * of this connection
         ctrl(ptr, SSL_CTRL_SET_TLSEXT_HOSTNAME, TLSEXT_NAMETYPE_host_name, None)
 
 
@@ -177,6 +177,10 @@ class UpstreamTLS:
         # Python verifies the name passed as server_hostname and sends it as SNI (not for IPs)
         self.server_hostname = name if (sni or verify) else None
         self.sni = sni
+        if not sni and self.server_hostname is not None:
+            from tlsgw.tls.native import ctx_pointer
+
+            self.raw_ctx = ctx_pointer(ctx)  # checked once, for _clear_sni
         self.reuse = reuse
         self.verify = verify
         self.sessions: dict[tuple[str, str], ssl.SSLSession] = {}

@@ -74,6 +74,7 @@ def install_sni(group: ListenGroup, runtimes: dict[int, Any]) -> None:
     front.sort(key=lambda t: -len(t[0]))
     back.sort(key=lambda t: -len(t[0]))
     contexts = {i: rt.ssl_context for i, rt in runtimes.items()}
+    raws = {i: native.ctx_pointer(ctx) for i, ctx in contexts.items()}  # checked once, here
     default_ctx = runtimes[group.servers[0].index].ssl_context
     lib = _bind()
     ssl_lib = native.load().ssl
@@ -89,7 +90,9 @@ def install_sni(group: ListenGroup, runtimes: dict[int, Any]) -> None:
         sslobj.context = new
         sslobj.tlsgw_server = idx  # type: ignore[attr-defined]
         ptr = _ssl_pointer(sslobj)
-        raw = native.ctx_pointer(new)
+        raw = raws[idx]
+        if not ptr or ssl_lib.SSL_get_SSL_CTX(ptr) != raw:  # not the SSL * we think it is
+            return None
         lib.SSL_set_verify(ptr, ssl_lib.SSL_CTX_get_verify_mode(raw),
                            lib.SSL_CTX_get_verify_callback(raw))
         lib.SSL_set_verify_depth(ptr, lib.SSL_CTX_get_verify_depth(raw))
