@@ -82,6 +82,7 @@ def up(pki, tmp_path_factory):
         srv("verify_off", b.other, proxy_ssl="on", proxy_ssl_verify="off"),
         srv("trusted", b.good, **trust),
         srv("name", b.a_test, proxy_ssl_name="a.test", **trust),
+        srv("name_port", b.a_test, proxy_ssl_name="a.test:8443", **trust),
         srv("no_name", b.a_test, **trust),
         srv("sni_on", b.sni_on, proxy_ssl_name="localhost", proxy_ssl_server_name="on", **trust),
         srv("sni_off", b.sni_off, proxy_ssl_name="localhost", proxy_ssl_server_name="off", **trust),
@@ -188,6 +189,8 @@ def test_proxy_ssl_verify_off_accepts_any_certificate(up):
 def test_proxy_ssl_name(up):
     """The a.test backend's certificate matches proxy_ssl_name, not the proxy_pass host."""
     assert echoes(up.port.name)
+    assert up.b.a_test.handshakes[-1].sni == "a.test"
+    assert echoes(up.port.name_port)  # a port is dropped, as nginx does
     assert up.b.a_test.handshakes[-1].sni == "a.test"
     assert not echoes(up.port.no_name)
     wait_error(up.gw, up.port.no_name, "upstream SSL certificate verify error", "127.0.0.1")

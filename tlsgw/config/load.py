@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import ssl
 from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
@@ -499,7 +500,8 @@ class Loader:
                 ("ssl_protocols", "ssl_ciphers", any(ls.ssl for ls in srv.listens)),
                 ("proxy_ssl_protocols", "proxy_ssl_ciphers", srv.s.proxy_ssl)):
             old = [p for p in getattr(srv.s, protocols) if p in ("TLSv1", "TLSv1.1")]
-            if on and old and "@SECLEVEL=0" not in getattr(srv.s, ciphers):
+            if (on and old and "@SECLEVEL=0" not in getattr(srv.s, ciphers)
+                    and ssl.OPENSSL_VERSION_INFO[0] >= 3):
                 line = where(protocols).start_mark.line + 1
                 self.warnings.append(
                     f'{self.path}:{line}: "{protocols}" enables {" and ".join(old)}, which '

@@ -315,11 +315,10 @@ def server_context(s: SimpleNamespace) -> ssl.SSLContext:
 
 
 def proxy_name(s: SimpleNamespace, proxy_pass: str) -> str:
-    """``proxy_ssl_name``, defaulting to the host part of ``proxy_pass`` as nginx does."""
-    if s.proxy_ssl_name:
-        return s.proxy_ssl_name
-    target = proxy_pass
-    if target.startswith("unix:"):
+    """``proxy_ssl_name``, defaulting to the host part of ``proxy_pass`` as nginx does; a
+    ``:port`` in either is dropped, as nginx does."""
+    target = s.proxy_ssl_name or proxy_pass
+    if target.startswith("unix:") and not s.proxy_ssl_name:
         return "localhost"
     if target.startswith("["):
         return target[1:target.index("]")]
