@@ -159,13 +159,20 @@ def _ssl_pointer(sslobj: ssl.SSLObject) -> int:
     return ctypes.c_void_p.from_address(id(inner) + object.__basicsize__ + ctypes.sizeof(ctypes.c_void_p)).value or 0
 
 
+_raw_ctx: dict[int, int] = {}
+
+
 def verify_result(sslobj: ssl.SSLObject) -> str:
     """``$ssl_client_verify`` for ``optional_no_ca``: SUCCESS, FAILED:reason or NONE."""
     if sslobj.getpeercert(binary_form=True) is None:
         return "NONE"
     lib = _lib()
     ptr = _ssl_pointer(sslobj)
-    if not ptr or native.load().ssl.SSL_get_SSL_CTX(ptr) != native.ctx_pointer(sslobj.context):
+    ctx = sslobj.context
+    raw = _raw_ctx.get(id(ctx))
+    if raw is None:  # contexts live as long as the worker: check each one once
+        raw = _raw_ctx[id(ctx)] = native.ctx_pointer(ctx)
+    if not ptr or native.load().ssl.SSL_get_SSL_CTX(ptr) != raw:
         return "FAILED:unknown"
     code = lib.SSL_get_verify_result(ptr)
     if code == 0:
