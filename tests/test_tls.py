@@ -702,16 +702,21 @@ def test_check_warns_that_tls1_needs_seclevel_0(tmp_path, pki):
     assert code == 0 and "[warn]" not in out, out
 
 
-@pytest.mark.parametrize("directive", ["ssl_certificate", "ssl_certificate_key",
-                                       "ssl_client_certificate", "ssl_crl", "ssl_password_file",
-                                       "ssl_trusted_certificate", "ssl_session_ticket_key"])
+@pytest.mark.parametrize("directive", [
+    "ssl_certificate", "ssl_certificate_key", "ssl_client_certificate", "ssl_crl",
+    "ssl_password_file", "ssl_trusted_certificate", "ssl_session_ticket_key",
+    "proxy_ssl_trusted_certificate", "proxy_ssl_certificate", "proxy_ssl_certificate_key",
+    "proxy_ssl_password_file"])
 def test_check_missing_file(tmp_path, pki, directive):
     missing = str(tmp_path / "nope.pem")
-    extra = {"ssl_verify_client": "on", "ssl_client_certificate": pki.ca} if directive in (
-        "ssl_crl", "ssl_trusted_certificate") else {}
-    if directive == "ssl_client_certificate":
-        extra = {"ssl_verify_client": "on"}
-    code, out = _check(tmp_path, pki, **extra, **{directive: missing})
+    extra: dict[str, str] = {}
+    if directive in ("ssl_crl", "ssl_trusted_certificate", "ssl_client_certificate"):
+        extra = {"ssl_verify_client": "on", "ssl_client_certificate": pki.ca}
+    elif directive.startswith("proxy_ssl"):
+        extra = {"proxy_ssl": "on", "proxy_ssl_certificate": pki.gw_client,
+                 "proxy_ssl_certificate_key": pki.gw_client_enc_key,
+                 "proxy_ssl_password_file": pki.password_file}
+    code, out = _check(tmp_path, pki, **{**extra, directive: missing})
     assert code != 0
     assert missing in out, out
     assert directive in out or "No such file" in out, out
@@ -747,19 +752,22 @@ def test_check_rejects_settings_it_cannot_honour(tmp_path, pki, setting, message
     assert code != 0 and message in out, out
 
 
-def test_plaintext_client_on_tls_port(front):
+@pytest.mark.parametrize("payload", [b"GET / HTTP/1.0\r\n\r\n", b"hello there\r\n",
+                                     b"\x16\x03\x01\xff\xffgarbage"])
+def test_plaintext_client_on_tls_port(front, payload):
     port = front.port.basic
     baseline = settled_fds(front.gw)
     n = count(front.gw, port)
     with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
-        s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        s.sendall(payload)
         try:
             s.recv(100)  # the alert, then the close
         except ConnectionResetError:
             pass
     e = new_entries(front.gw, port, n, 1)[0]
     assert e["status"] == "500" and e["up"] == "" and e["proto"] == ""
-    wait_error(front.gw, port, "[info]", "not TLS", "while SSL handshaking")
+    line = wait_error(front.gw, port, f"*{e['conn']} ", "not TLS")
+    assert "[info]" in line and "while SSL handshaking" in line, line
     wait_fds(front.gw, baseline)
 
 
