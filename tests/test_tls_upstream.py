@@ -108,6 +108,7 @@ def up(pki, tmp_path_factory):
         srv("depth1_deep", b.deep, **trust),
         srv("depth2_deep", b.deep, proxy_ssl_verify_depth=2, **trust),
         srv("tls_to_plain", b.plain, listen_ssl=True, **trust),
+        srv("tls_both", b.good, listen_ssl=True, proxy_buffer_size="64k", **trust),
     ]
     config = f"""worker_processes: 1
 {LOG}
@@ -273,6 +274,47 @@ def test_proxy_ssl_verify_depth(up):
     wait_error(up.gw, up.port.depth1_deep, "upstream SSL certificate verify error",
                "certificate chain too long")
     assert echoes(up.port.depth2_deep)
+
+
+# ---- data path -------------------------------------------------------------------------------------
+def test_bulk_data_through_tls_on_both_sides(up, pki):
+    """8 MB each way, TLS client -> gateway -> TLS backend, written and read in one loop (an
+    SSL connection cannot be used from two threads): the bytes arrive intact."""
+    import hashlib
+    import os
+    import selectors
+    import time
+
+    port = up.port.tls_both
+    n = count(up.gw, port)
+    payload = os.urandom(8 << 20)
+    got = bytearray()
+    sent = 0
+    with tls_connect(port, pki.client_context()) as s:
+        s.setblocking(False)
+        sel = selectors.DefaultSelector()
+        sel.register(s, selectors.EVENT_READ | selectors.EVENT_WRITE)
+        deadline = time.monotonic() + 30
+        while len(got) < len(payload):
+            assert time.monotonic() < deadline, (sent, len(got))
+            for _, events in sel.select(1):
+                if events & selectors.EVENT_WRITE and sent < len(payload):
+                    try:
+                        sent += s.send(payload[sent:sent + (1 << 16)])
+                    except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                        pass
+                    if sent == len(payload):
+                        sel.modify(s, selectors.EVENT_READ)
+                if events & selectors.EVENT_READ:
+                    try:
+                        while chunk := s.recv(1 << 18):
+                            got += chunk
+                    except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                        pass
+        sel.close()
+    assert hashlib.sha256(got).digest() == hashlib.sha256(payload).digest()
+    e = new_entries(up.gw, port, n, 1)[0]
+    assert (e["status"], e["proto"]) == ("200", "TLSv1.3")
 
 
 # ---- a TLS client toward a plaintext upstream ----------------------------------------------------
