@@ -57,10 +57,6 @@ class _Proto(asyncio.Protocol):
         self.request = b""
         if mode == "identify":
             transport.write(f"{b.name}\n".encode())  # type: ignore[attr-defined]
-        elif mode == "reset":
-            sock = transport.get_extra_info("socket")
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-            transport.abort()
         elif mode == "close_after":
             transport.write(b"x" * b.nbytes)  # type: ignore[attr-defined]
             transport.close()
@@ -88,6 +84,11 @@ class _Proto(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.b.received += len(data)
+        if self.b.mode == "reset":  # connected for sure (data came through): RST now
+            sock = self.t.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+            self.t.abort()
+            return
         if self.b.mode in ("echo", "identify"):
             self.t.write(data)  # type: ignore[attr-defined]
         elif self.b.mode == "http":
@@ -133,7 +134,7 @@ def _record_sni(sslobj: ssl.SSLObject, name: str | None, _ctx: ssl.SSLContext) -
 class Backend:
     """An asyncio TCP/unix backend in a thread.
 
-    modes: echo, identify (name line, then echo), reset (RST at once), close_after (send
+    modes: echo, identify (name line, then echo), reset (RST on the first data), close_after (send
     ``nbytes`` then close), stall (accept, never read or write), blast (send ``nbytes`` then
     FIN), noaccept (listen with a full backlog so connects hang: a connect timeout), http
     (answer the first request, ending with an empty line, with an HTTP/1.0 response whose body
