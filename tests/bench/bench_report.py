@@ -113,7 +113,7 @@ def _ratio(row: Row) -> tuple[str, str]:
     b = None if row.tlsgw.na else row.tlsgw.median(row.key)
     if not a or b is None:
         return "—", row.target or "—"
-    r = b / a
+    r = round(b / a, 2)  # judged as printed
     target = row.target
     if target:
         bound = float(target.split()[-1])
