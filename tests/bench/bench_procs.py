@@ -23,6 +23,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import time
 from collections.abc import Callable, Sequence
@@ -76,7 +77,8 @@ def children(pid: int) -> list[int]:
     with contextlib.suppress(OSError):
         for tid in os.listdir(f"/proc/{pid}/task"):
             with contextlib.suppress(OSError):
-                kids += [int(x) for x in Path(f"/proc/{pid}/task/{tid}/children").read_text().split()]
+                text = Path(f"/proc/{pid}/task/{tid}/children").read_text()
+                kids += [int(x) for x in text.split()]
     return kids
 
 
@@ -144,13 +146,13 @@ def wait_for(pred: Callable[[], object], timeout: float, what: str) -> None:
     raise RuntimeError(f"timed out waiting for {what}" + (f" ({last})" if last else ""))
 
 
-def http_get(host: str, port: int, path: str, ssl_context: object = None,
+def http_get(host: str, port: int, path: str, ssl_context: ssl.SSLContext | None = None,
              timeout: float = 5.0) -> bytes:
     """One HTTP/1.0 GET; returns the whole response (used as a readiness probe)."""
     with socket.create_connection((host, port), timeout=timeout) as raw:
         sock = raw
         if ssl_context is not None:
-            sock = ssl_context.wrap_socket(raw, server_hostname="localhost")  # type: ignore[attr-defined]
+            sock = ssl_context.wrap_socket(raw, server_hostname="localhost")
         sock.sendall(f"GET {path} HTTP/1.0\r\nHost: bench\r\n\r\n".encode())
         chunks = []
         while True:

@@ -190,8 +190,8 @@ def machine() -> dict[str, str]:
     except ImportError:
         uv = "not installed"
     nginx_v = _first_line(["nginx", "-v"]).replace("nginx version: ", "")
-    nginx_ssl = next((ln.replace("built with ", "") for ln in
-                      subprocess.run(["nginx", "-V"], capture_output=True, text=True).stderr.splitlines()
+    built = subprocess.run(["nginx", "-V"], capture_output=True, text=True, timeout=20).stderr
+    nginx_ssl = next((ln.replace("built with ", "") for ln in built.splitlines()
                       if ln.startswith("built with OpenSSL")), "?")
     return {
         "CPU": f"{cpu}, {os.cpu_count()} logical CPUs",

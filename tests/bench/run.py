@@ -166,8 +166,8 @@ class Bench:
             s = Sample(merit=r.kib_per_conn, rate=None, cpu_share=None,
                        extra={"rss_before_mib": r.rss_before_kib / 1024,
                               "rss_after_mib": r.rss_after_kib / 1024})
-            s.notes.append(f"RSS {r.rss_before_kib / 1024:.1f} → {r.rss_after_kib / 1024:.1f} MiB "
-                           f"for {r.opened:,} connections")
+            s.notes.append(f"RSS {r.rss_before_kib / 1024:.1f} → "
+                           f"{r.rss_after_kib / 1024:.1f} MiB for {r.opened:,} connections")
             if r.opened < r.wanted:
                 s.notes.append(f"only {r.opened:,}/{r.wanted:,} opened: {'; '.join(r.errors)}")
             return s
