@@ -399,3 +399,52 @@ def test_port_in_use_is_reported(gateway):
     assert f"bind() to 127.0.0.1:{port} failed (98: Address already in use)" in gw.stderr()
     assert "Traceback" not in gw.stderr()
     busy.close()
+
+
+def _session_sockets(pid: int, ports: set[int]) -> list[socket.socket]:
+    """Copies (pidfd_getfd) of the worker's TCP sockets whose local or peer port is in ``ports``."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    pidfd = os.pidfd_open(pid)
+    found = []
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                if not os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:"):
+                    continue
+            except OSError:
+                continue
+            dup = libc.syscall(438, pidfd, int(fd), 0)  # SYS_pidfd_getfd
+            if dup < 0:
+                pytest.skip(f"pidfd_getfd unavailable (errno {ctypes.get_errno()})")
+            s = socket.socket(fileno=dup)
+            try:
+                if s.type == socket.SOCK_STREAM and s.family == socket.AF_INET and (
+                        s.getsockname()[1] in ports or s.getpeername()[1] in ports):
+                    found.append(s)
+                    continue
+            except OSError:
+                pass
+            s.close()
+    finally:
+        os.close(pidfd)
+    return found
+
+
+@pytest.mark.parametrize("setting, expected", [("", 1), ("    tcp_nodelay: off", 0)])
+def test_tcp_nodelay_on_both_sides(gateway, backends, setting, expected):
+    b = backends("echo")
+    port = free_port()
+    gw = gateway(cfg(port, [b.address], extra=setting))
+    s = connect(port)
+    s.sendall(b"x")
+    assert recv_exactly(s, 1) == b"x"
+    socks = _session_sockets(gw.worker_pids()[0], {s.getsockname()[1], b.port})
+    try:
+        assert len(socks) == 2  # the client side and the upstream side of this session
+        assert [x.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0 for x in socks] == [bool(expected)] * 2
+    finally:
+        for x in socks:
+            x.close()
+        s.close()

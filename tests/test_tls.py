@@ -24,7 +24,6 @@ from tlshelp import (
     count,
     curl,
     entry,
-    log_entries,
     module_gateway,
     new_entries,
     refused,
@@ -32,6 +31,7 @@ from tlshelp import (
     s_client,
     settled_fds,
     tls_connect,
+    wait_entries,
     wait_error,
     wait_fds,
 )
@@ -595,7 +595,7 @@ def test_ticket_key_file_shared_by_two_instances(pki, tmp_path):
             assert _session(b_keyed, ctx, session)[0], version
             _, session = _session(a_auto, ctx)
             assert not _session(b_auto, ctx, session)[0], version
-        assert [e["reused"] for e in log_entries(gw_b, b_keyed)] == ["r", "r"]
+        assert [e["reused"] for e in wait_entries(gw_b, b_keyed, 2)] == ["r", "r"]
     finally:
         for gw, _, _ in gws:
             gw.stop()

@@ -19,6 +19,10 @@ import time
 LEVELS = {name: i for i, name in enumerate(
     ("debug", "info", "notice", "warn", "error", "crit", "alert", "emerg"))}
 MAX_PENDING = 10000  # lines; ~1-2 MB of typical access-log lines
+# The writer sleeps this long after a wake-up before draining, so a busy gateway wakes it (and
+# hands it the GIL) ~50 times a second rather than once per line: waking the thread per line
+# cost ~40 us per session (futexes, context switches; docs/performance.md).
+BATCH_WINDOW = 0.02
 
 
 class LogSink:
@@ -47,14 +51,16 @@ class LogSink:
             self._dropped += 1
             return
         self._pending.append(line)
-        self._wake.set()
+        if not self._wake.is_set():
+            self._wake.set()
 
     def _run(self) -> None:
         pending = self._pending
         while True:
             self._wake.wait()
-            self._wake.clear()
             self._busy = True
+            time.sleep(BATCH_WINDOW)
+            self._wake.clear()
             while pending:
                 lines = []
                 try:

@@ -125,6 +125,12 @@ class _UpstreamAwaitingTicket(UpstreamSide):
 class Session(asyncio.Protocol):
     """Protocol of the accepted client connection, and the session state."""
 
+    __slots__ = ("rt", "group", "sslobj", "worker", "listen_name", "status", "bytes_sent",
+                 "bytes_received", "up_received", "attempts", "upstream", "write_upstream",
+                 "held", "held_size", "peer", "peers", "client_eof", "upstream_eof", "finished",
+                 "connect_task", "idle_timer", "last", "transport", "start", "conn_id",
+                 "remote_addr", "remote_port", "server_addr", "server_port")
+
     def __init__(self, rt: ServerRuntime, listen_name: str,
                  group: list[ServerRuntime] | None = None):
         self.rt = rt
@@ -164,9 +170,8 @@ class Session(asyncio.Protocol):
         if isinstance(peer, tuple):
             self.remote_addr, self.remote_port = peer[0], peer[1]
             self.server_addr, self.server_port = local[0], local[1]
-            sock = transport.get_extra_info("socket")
-            if sock is not None:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, self.rt.tcp_nodelay)
+            if not self.rt.tcp_nodelay:  # uvloop sets TCP_NODELAY on every TCP transport
+                _nodelay_off(transport)
         else:  # unix socket listener
             self.remote_addr, self.remote_port = "unix:", 0
             self.server_addr, self.server_port = f"unix:{local}", 0
@@ -185,7 +190,9 @@ class Session(asyncio.Protocol):
                 self.rt = self.group[index]
         rt = self.rt
         transport.set_write_buffer_limits(high=rt.buffer_size)
-        key = rt.key.render(self).encode() if rt.key is not None else None
+        key = None
+        if rt.key is not None:
+            key = (self.remote_addr if rt.key_is_remote_addr else rt.key.render(self)).encode()
         self.peers = rt.upstream.session(key, rt.next_upstream_tries)
         self.connect_task = self.worker.loop.create_task(self.connect())
 
@@ -361,9 +368,8 @@ class Session(asyncio.Protocol):
         now = _monotonic()
         attempt.connect_time = now - attempt.start
         self.upstream = up
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family != socket.AF_UNIX:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, rt.tcp_nodelay)
+        if not rt.tcp_nodelay and peer.config.address.family != socket.AF_UNIX:
+            _nodelay_off(transport)
         transport.set_write_buffer_limits(high=rt.buffer_size)
         if w.log_info:
             local = transport.get_extra_info("sockname")
@@ -494,6 +500,13 @@ class Session(asyncio.Protocol):
 # nginx logs connect() failures at "error" for these errnos and at "crit" for the rest.
 _ERROR_LEVEL_ERRNOS = {errno.ECONNREFUSED, errno.ECONNRESET, errno.ENETDOWN, errno.ENETUNREACH,
                        errno.EHOSTDOWN, errno.EHOSTUNREACH, errno.EAGAIN}
+
+
+def _nodelay_off(transport: Any) -> None:
+    """``tcp_nodelay off``: undo the TCP_NODELAY uvloop sets on every TCP transport."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 0)
 
 
 def _same(obj: Any) -> Any:

@@ -34,6 +34,8 @@ class ServerRuntime:
         self.cfg = cfg
         self.upstream = upstream
         self.key = cfg.upstream.key
+        # the common `hash $remote_addr ...` key, read directly rather than through the template
+        self.key_is_remote_addr = self.key is not None and self.key.text == "$remote_addr"
         self.connect_timeout: float = s.proxy_connect_timeout
         self.timeout: float = s.proxy_timeout
         self.next_upstream: bool = s.proxy_next_upstream
