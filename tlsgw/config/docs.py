@@ -115,6 +115,22 @@ _GENERAL_DIFFERENCES = [
     "(warning at check) and uses it exactly as nginx does in the second case.",
     "* **Unix-socket listeners**: a stale socket file left by a crash (nobody listening) is "
     "removed before binding; nginx fails with \"Address already in use\".",
+    "* **Relative paths** (certificates, keys, CRLs, ticket keys, log files) are resolved "
+    "against the configuration file's directory; nginx resolves ssl files against its conf "
+    "prefix and log files against its prefix.",
+    "* **`ssl_protocols` / `proxy_ssl_protocols`** must name a contiguous range of versions "
+    "(OpenSSL's minimum/maximum); nginx also accepts sets with holes.",
+    "* **Client certificates**: a missing or untrusted client certificate fails the handshake "
+    "itself (the client gets the TLS alert); nginx completes the handshake and then closes. "
+    "Both end with `$status` 500 and an error-log line, worded differently.",
+    "* **Upstream TLS handshake**: the TCP connect and the TLS handshake share one "
+    "`proxy_connect_timeout` budget (nginx gives each its own timer of that length). A host-name "
+    "mismatch is logged with OpenSSL's wording.",
+    "* **Default ticket keys**: generated once per start and shared by the workers; nginx "
+    "1.23.2+ with a shared cache rotates them about every `ssl_session_timeout`. Use "
+    "`ssl_session_ticket_key` files to rotate.",
+    "* **`ssl_session_timeout`** below 1s is rejected (nginx passes 0 to OpenSSL, which then "
+    "means two hours).",
     "* **Blocks**: YAML mappings replace nginx's `upstream {}` and `server {}` blocks; a "
     "`servers:` entry with several `listen` addresses is one nginx `server {}`.",
 ]
