@@ -118,7 +118,10 @@ class Worker:
         if not group.ssl:
             return lambda: Session(default, name)
         by_index = {s.index: self.runtimes[s.index] for s in group.servers}
-        install_sni(group, by_index)  # also records the name for $ssl_server_name
+        logs_sni = any(s.access_log is not None and "ssl_server_name" in s.access_log.template.variables
+                       for s in group.servers)
+        if len(group.servers) > 1 or logs_sni:  # a Python call per handshake only when needed
+            install_sni(group, by_index)
         ctx, timeout, loop = default.ssl_context, default.handshake_timeout, self.loop
         return lambda: TLSAccept(loop, Session(default, name, by_index), ctx, timeout)
 

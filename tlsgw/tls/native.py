@@ -447,6 +447,18 @@ def set_ticket_key_cb(raw: int, cb) -> None:
         raise NativeTLSUnavailable("could not install the session ticket key callback")
 
 
+SSL_CTRL_SET_TLSEXT_TICKET_KEYS = 59
+
+
+def set_ticket_keys(raw: int, keys: bytes) -> None:
+    """OpenSSL's built-in ticket key: name(16) | HMAC key(32) | AES-256 key(32), nginx's layout."""
+    if len(keys) != 80:
+        raise ValueError("ticket keys must be 80 bytes")
+    buf = ctypes.create_string_buffer(keys, 80)
+    if load().ssl.SSL_CTX_ctrl(raw, SSL_CTRL_SET_TLSEXT_TICKET_KEYS, 80, buf) != 1:
+        raise NativeTLSUnavailable("SSL_CTX_set_tlsext_ticket_keys failed")
+
+
 def set_num_tickets(raw: int, n: int) -> None:
     if load().ssl.SSL_CTX_set_num_tickets(raw, n) != 1:
         raise NativeTLSUnavailable("SSL_CTX_set_num_tickets failed")
