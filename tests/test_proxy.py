@@ -16,6 +16,7 @@ from support import connect, free_port, recv_all, recv_exactly, wait_until
 LOG = """
 log_format:
   full: '$remote_addr $status $bytes_sent $bytes_received "$upstream_addr" $upstream_bytes_sent $upstream_bytes_received $upstream_connect_time $session_time'
+  timing: '$upstream_connect_time|$upstream_first_byte_time|$upstream_session_time|$status'
 access_log: stdout full
 error_log: stderr info
 """
@@ -448,3 +449,24 @@ def test_tcp_nodelay_on_both_sides(gateway, backends, setting, expected):
         for x in socks:
             x.close()
         s.close()
+
+
+def test_upstream_timing_variables_per_attempt(gateway, backends):
+    dead = free_port()
+    b = backends("identify", name="late")
+    port = free_port()
+    conf = cfg(port, [f"127.0.0.1:{dead}", b.address]).replace("access_log: stdout full",
+                                                              "access_log: stdout timing")
+    gw = gateway(conf)
+    s = connect(port)
+    assert s.makefile("rb").readline() == b"late\n"
+    time.sleep(0.3)
+    s.close()
+    (line,) = gw.access_lines(1)
+    connect_t, first_byte, session_t, status = line.split("|")
+    # one entry per attempt, joined with ", "; "-" where the attempt never got that far
+    assert re.fullmatch(r"-, \d+\.\d{3}", connect_t), line
+    assert re.fullmatch(r"-, \d+\.\d{3}", first_byte), line
+    assert re.fullmatch(r"\d+\.\d{3}, \d+\.\d{3}", session_t), line
+    assert float(session_t.split(", ")[1]) >= 0.3 > float(first_byte.split(", ")[1])
+    assert status == "200"

@@ -104,18 +104,21 @@ class UpstreamSide(asyncio.Protocol):
         self.session.transport.resume_reading()
 
 
-class _UpstreamAwaitingTicket(UpstreamSide):
-    """An :class:`UpstreamSide` until the first data from a TLS 1.3 upstream. The upstream
-    sends its session tickets right after the handshake, ahead of any data, so by then they
-    have been read: the session is kept for ``proxy_ssl_session_reuse`` (nginx keeps it when
-    the ticket arrives) and the object turns back into an UpstreamSide, so later chunks cost
-    nothing extra."""
+class _UpstreamFirstData(UpstreamSide):
+    """An :class:`UpstreamSide` until the upstream's first data, which records
+    ``$upstream_first_byte_time`` and, for TLS, keeps the upstream session for
+    ``proxy_ssl_session_reuse`` (a TLS 1.3 upstream sends its tickets right after the handshake,
+    ahead of any data, so they have been read by now; nginx keeps the session when the ticket
+    arrives). Then the object turns into a plain UpstreamSide: later chunks cost nothing extra."""
 
     __slots__ = ()
 
     def data_received(self, data: bytes) -> None:
         self.__class__ = UpstreamSide
         s = self.session
+        if s.attempts:
+            attempt = s.attempts[-1]
+            attempt.first_byte_time = _monotonic() - attempt.start
         tls = s.rt.proxy_tls
         if tls is not None and s.peer is not None and self.transport is not None:
             tls.remember(s.peer.name, self.transport.get_extra_info("ssl_object"))
@@ -302,7 +305,7 @@ class Session(asyncio.Protocol):
             attempt = Attempt(peer.name, _monotonic())
             self.attempts.append(attempt)
             addr = peer.config.address
-            up = UpstreamSide(self)
+            up = _UpstreamFirstData(self)
             tls = rt.proxy_tls
             proto: Any = up
             if tls is not None:
@@ -363,8 +366,8 @@ class Session(asyncio.Protocol):
             transport.close()
             return
         peers.connected(peer)
-        if tls is not None and not tls.remember(peer.name, transport.get_extra_info("ssl_object")):
-            up.__class__ = _UpstreamAwaitingTicket  # keep the session once its ticket is in
+        if tls is not None:  # TLS 1.2 sessions are complete now; TLS 1.3 ones at the first data
+            tls.remember(peer.name, transport.get_extra_info("ssl_object"))
         now = _monotonic()
         attempt.connect_time = now - attempt.start
         self.upstream = up
