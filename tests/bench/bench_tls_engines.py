@@ -1,6 +1,6 @@
 """Micro-benchmark: server-side CPU cost of TLS on uvloop, stdlib ssl vs pyOpenSSL memory BIOs.
 
-Run ``python3 -m tlsgw.tls.bench [--handshakes N] [--megabytes M]`` (loopback only).
+Run ``python3 tests/bench/bench_tls_engines.py [--handshakes N] [--megabytes M]`` (loopback only).
 
 Each scenario forks a server process running a uvloop event loop and measures that process's
 CPU time (user + system, ``getrusage``) between a start and a stop message, so the client's
@@ -27,8 +27,12 @@ import os
 import resource
 import socket
 import ssl
+import sys
 import tempfile
 import threading
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from a checkout
 
 CHUNK = 64 * 1024
 
