@@ -142,7 +142,7 @@ def test_on_off_spellings(tmp_path):
     (GOOD.replace("127.0.0.1:7001", "127.0.0.1:7001 wieght=2"), 'FILE:4: invalid parameter "wieght" in upstream server "127.0.0.1:7001"; did you mean "weight"?'),
     (GOOD.replace("127.0.0.1:7001", "127.0.0.1:7001 weight=0"), 'FILE:4: invalid number "0" (must be at least 1) in "weight" of upstream server "127.0.0.1:7001"'),
     # unsupported listen parameter is rejected, not ignored
-    (GOOD.replace("127.0.0.1:9000", "127.0.0.1:9000 udp"), 'FILE:6: the "udp" parameter is not supported by tlsgw yet of the "listen" directive'),
+    (GOOD.replace("127.0.0.1:9000", "127.0.0.1:9000 udp"), 'FILE:6: the "udp" parameter is not supported by tlsgw yet in "listen"'),
     # access log with a format that does not exist
     ("access_log: stdout nope\n" + GOOD, 'FILE:1: unknown log format "nope" in "access_log"'),
     ("log_format:\n  x: '$remote_adr'\n" + GOOD, 'FILE:2: unknown "remote_adr" variable in log_format "x"'),

@@ -574,7 +574,7 @@ class Loader:
                 elif k == "so_keepalive" and eq:
                     ls.so_keepalive = _keepalive(v)
                 elif k in unsupported:
-                    raise UnitError(f'the "{k}" parameter is not supported by tlsgw yet')
+                    self.error(node, f'the "{k}" parameter is not supported by tlsgw yet in "listen"')
                 else:
                     known = ["backlog=", "rcvbuf=", "sndbuf=", "reuseport", "so_keepalive=",
                              "ipv6only=", "bind", "ssl", "default_server"]
