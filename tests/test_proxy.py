@@ -470,3 +470,16 @@ def test_upstream_timing_variables_per_attempt(gateway, backends):
     assert re.fullmatch(r"\d+\.\d{3}, \d+\.\d{3}", session_t), line
     assert float(session_t.split(", ")[1]) >= 0.3 > float(first_byte.split(", ")[1])
     assert status == "200"
+
+
+def test_client_that_stalls_is_closed_after_proxy_timeout(gateway, backends):
+    b = backends("echo")
+    port = free_port()
+    gw = gateway(cfg(port, [b.address], extra="    proxy_timeout: 500ms"))
+    s = connect(port)  # connects, then sends nothing and reads nothing
+    t0 = time.monotonic()
+    assert recv_all(s) == b""
+    assert 0.4 < time.monotonic() - t0 < 5
+    gw.wait_log("connection timed out (110: Connection timed out) while proxying connection")
+    assert " 200 0 0 " in gw.access_lines(1)[0]
+    wait_until(lambda: b.active == set(), what="the upstream connection to be closed")
