@@ -100,9 +100,8 @@ class _Proto(asyncio.Protocol):
                 self.t.close()
 
     def eof_received(self) -> bool:
-        if self.b.mode in ("echo", "identify") and self.b.ssl is None:  # TLS cannot half-close
-            self.t.write_eof()  # type: ignore[attr-defined]
-            return True
+        # returning False closes the transport once the echoed data is flushed: the peer sees
+        # all data, then FIN (TLS cannot half-close anyway)
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:

@@ -482,4 +482,4 @@ def test_client_that_stalls_is_closed_after_proxy_timeout(gateway, backends):
     assert 0.4 < time.monotonic() - t0 < 5
     gw.wait_log("connection timed out (110: Connection timed out) while proxying connection")
     assert " 200 0 0 " in gw.access_lines(1)[0]
-    wait_until(lambda: b.active == set(), what="the upstream connection to be closed")
+    wait_until(lambda: not b.active, what=f"the upstream connection to be closed ({b.accepted} {b.active})")

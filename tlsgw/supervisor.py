@@ -1,7 +1,8 @@
 """The master process: bind listeners, fork workers, restart the ones that die, stop on signals.
 
-Signals are blocked in the master and consumed synchronously with ``sigtimedwait``, so there
-are no handlers racing with the main loop (uvicorn's signal-queue idea, without the queue):
+Signals are blocked in the master (in every thread: before any is started) and consumed
+synchronously with ``sigtimedwait``, so there are no handlers racing with the main loop
+(uvicorn's signal-queue idea, without the queue):
 
 * SIGTERM, SIGINT — graceful stop: workers stop accepting and drain (``worker_shutdown_timeout``).
 * SIGQUIT — immediate stop.
@@ -122,7 +123,6 @@ class Master:
                 pass
 
     def run(self) -> int:
-        signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
         self.bind()
         nofile = raise_nofile_limit()
         names = ", ".join(g.listen.text + (" ssl" if g.ssl else "") for g in self.cfg.groups)
@@ -144,6 +144,7 @@ class Master:
                 self.stop_deadline = now + 5
             info = signal.sigtimedwait(_SIGNALS, 0.2 if self.respawn_at else 1.0)
             if info is None:
+                self.reap()  # cheap safety net; SIGCHLDs of children exiting together coalesce
                 continue
             sig = info.si_signo
             if sig == signal.SIGCHLD:
@@ -172,4 +173,8 @@ class Master:
 
 
 def run_master(cfg: Config) -> int:
+    # Block the signals before any thread exists (the log writers): a thread inherits its
+    # creator's mask, and a signal left unblocked in one thread is delivered there instead of
+    # to sigtimedwait() — a lost SIGCHLD leaves a worker unreaped, a SIGTERM kills outright.
+    signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
     return Master(cfg).run()
