@@ -483,3 +483,27 @@ def test_client_that_stalls_is_closed_after_proxy_timeout(gateway, backends):
     gw.wait_log("connection timed out (110: Connection timed out) while proxying connection")
     assert " 200 0 0 " in gw.access_lines(1)[0]
     wait_until(lambda: not b.active, what=f"the upstream connection to be closed ({b.accepted} {b.active})")
+
+
+def test_proxy_next_upstream_timeout_stops_new_attempts(gateway, backends):
+    hangs = [backends("noaccept") for _ in range(3)]
+    port = free_port()
+    servers = [f"{h.address} max_fails=0" for h in hangs]
+    top = "proxy_connect_timeout: 300ms"
+    # without the limit every server is tried: three attempts
+    gw = gateway(cfg(port, servers, top=top))
+    s = connect(port, timeout=10)
+    assert recv_all(s) == b""
+    addrs = re.search(r'"([^"]*)"', gw.access_lines(1)[0]).group(1)
+    assert addrs == ", ".join(h.address for h in hangs)  # three attempts
+    gw.stop()
+    # with 500ms: the first attempt ends at ~0.3s (a second starts), the second at ~0.6s, past
+    # the limit, so no third one; an attempt already running is never cut short (nginx)
+    gw = gateway(cfg(port, servers, top=top, extra="    proxy_next_upstream_timeout: 500ms"))
+    t0 = time.monotonic()
+    s = connect(port, timeout=10)
+    assert recv_all(s) == b""
+    assert 0.5 < time.monotonic() - t0 < 3
+    line = gw.access_lines(1)[0]
+    assert " 502 " in line
+    assert re.search(r'"([^"]*)"', line).group(1) == ", ".join(h.address for h in hangs[:2]), line
