@@ -507,3 +507,31 @@ def test_proxy_next_upstream_timeout_stops_new_attempts(gateway, backends):
     line = gw.access_lines(1)[0]
     assert " 502 " in line
     assert re.search(r'"([^"]*)"', line).group(1) == ", ".join(h.address for h in hangs[:2]), line
+
+
+def _push_until_blocked(sock: socket.socket, quiet: float = 0.5, cap: int = 96 << 20) -> int:
+    """Bytes a client can send before the gateway stops reading (no progress for ``quiet`` s)."""
+    sock.setblocking(False)
+    chunk = b"\0" * (1 << 20)
+    sent, last = 0, time.monotonic()
+    while sent < cap and time.monotonic() - last < quiet:
+        try:
+            sent += sock.send(chunk)
+            last = time.monotonic()
+        except BlockingIOError:
+            time.sleep(0.01)
+    return sent
+
+
+@pytest.mark.parametrize("setting, low, high", [("", 0, 24 << 20), ("    proxy_buffer_size: 48m", 48 << 20, 96 << 20)])
+def test_proxy_buffer_size_bounds_what_is_held_while_connecting(gateway, backends, setting, low, high):
+    hang = backends("noaccept")  # the upstream never completes the connect: data is held
+    port = free_port()
+    gateway(cfg(port, [hang.address], top="proxy_connect_timeout: 20s", extra=setting))
+    s = connect(port)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)
+    held = _push_until_blocked(s)
+    s.close()
+    # kernel buffers (client send + gateway receive) take a few MB at most on loopback; the rest
+    # is what the gateway read and holds: at most proxy_buffer_size plus one read
+    assert low <= held < high, held
