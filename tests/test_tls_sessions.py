@@ -31,7 +31,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from tlsgw.errors import ConfigError, StartupError
-from tlsgw.tls import native, sessions
+from tlsgw.tls import native, sessions, shared_cache
 from tlsgw.tls.sessions import SessionSettings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -779,7 +779,7 @@ def test_store_survives_a_worker_dying_with_the_lock():
     if pid == 0:  # pragma: no cover - child
         store.lock.acquire()
         import struct
-        struct.pack_into("<q", store.mem, sessions._OWNER_OFF, os.getpid())
+        struct.pack_into("<q", store.mem, shared_cache._OWNER_OFF, os.getpid())
         os._exit(0)
     os.waitpid(pid, 0)
     t0 = time.monotonic()
