@@ -111,6 +111,13 @@ def test_nginx_defaults(tmp_path):
     assert (p.weight, p.max_fails, p.fail_timeout, p.max_conns) == (1, 1, 10.0, 0)
 
 
+def test_worker_processes_auto_counts_usable_cpus(tmp_path):
+    import os
+
+    cfg = load_config(write(tmp_path, "worker_processes: auto\n" + GOOD))
+    assert cfg.worker_processes == len(os.sched_getaffinity(0))
+
+
 def test_on_off_spellings(tmp_path):
     for v in ("on", "off", "true", "false", "'on'", "yes"):
         load_config(write(tmp_path, GOOD + f"    tcp_nodelay: {v}\n"))

@@ -73,8 +73,8 @@ def _size(v: str) -> int:
 
 
 def _workers(v: str) -> int:
-    if str(v).strip() == "auto":
-        return os.cpu_count() or 1
+    if str(v).strip() == "auto":  # like nginx: the CPUs this process may run on
+        return len(os.sched_getaffinity(0)) or 1
     return units.parse_int(v, minimum=1)
 
 
