@@ -535,3 +535,41 @@ def test_proxy_buffer_size_bounds_what_is_held_while_connecting(gateway, backend
     # kernel buffers (client send + gateway receive) take a few MB at most on loopback; the rest
     # is what the gateway read and holds: at most proxy_buffer_size plus one read
     assert low <= held < high, held
+
+
+def test_logs_to_files_with_error_log_level(gateway, backends, tmp_path):
+    dead = free_port()
+    b = backends("echo")
+    port = free_port()
+    err, acc = tmp_path / "error.log", tmp_path / "access.log"
+    gw = gateway(f"""
+error_log: {err} error
+log_format:
+  f: '$remote_addr $status "$upstream_addr"'
+access_log: {acc} f
+upstreams:
+  u:
+    servers: [127.0.0.1:{dead}, {b.address}]
+servers:
+  - listen: 127.0.0.1:{port}
+    proxy_pass: u
+""", start=False)
+    gw.start(wait=False)
+    s = wait_until(lambda: _connect_or_none(port), what="the listener")  # the only session
+    s.sendall(b"hi")
+    assert recv_exactly(s, 2) == b"hi"
+    s.close()
+    wait_until(lambda: acc.exists() and acc.read_text().count("\n") >= 1, what="the access log file")
+    assert acc.read_text() == f'127.0.0.1 200 "127.0.0.1:{dead}, {b.address}"\n'
+    wait_until(lambda: "connect() failed (111: Connection refused)" in err.read_text(),
+               what="the error line in the file")
+    text = err.read_text()
+    assert "[info]" not in text and "[notice]" not in text  # below the configured level
+    assert gw.stop() == 0
+
+
+def _connect_or_none(port: int) -> socket.socket | None:
+    try:
+        return socket.create_connection(("127.0.0.1", port), timeout=5)
+    except ConnectionRefusedError:
+        return None
