@@ -201,7 +201,7 @@ class Loader:
             groups=groups,
             warnings=self.warnings,
             main=SimpleNamespace(**main),
-            extra={"tls_sessions": getattr(self, "session_runtime", None)},
+            tls_sessions=getattr(self, "session_runtime", None),
         )
 
     def groups(self, servers: list[ServerConfig]) -> list[ListenGroup]:

@@ -131,4 +131,4 @@ class Config:
     groups: list[ListenGroup] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     main: SimpleNamespace = field(default_factory=SimpleNamespace)
-    extra: dict[str, Any] = field(default_factory=dict)
+    tls_sessions: Any = None  # SessionRuntime: shared caches and ticket keys made before fork

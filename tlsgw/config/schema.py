@@ -50,14 +50,6 @@ class Directive:
         return self.parse(self.default)
 
 
-def _time(v: str) -> float:
-    return units.parse_time(v)
-
-
-def _time_or_zero(v: str) -> float:
-    return units.parse_time(v)
-
-
 def _positive_time(v: str) -> float:
     t = units.parse_time(v)
     if t <= 0:
@@ -126,10 +118,6 @@ def _hash(v: str) -> tuple[str, bool]:
     return parts[0], len(parts) == 2
 
 
-def _grace(v: str) -> float:
-    return units.parse_time(v)
-
-
 def _text(v: str) -> str:
     return str(v).strip()
 
@@ -183,7 +171,7 @@ DIRECTIVES: list[Directive] = [
       "How many worker processes serve connections. `auto` starts one per CPU. The master "
       "binds every listener, then forks the workers; a worker that dies is restarted.",
       "worker_processes: auto"),
-    D("worker_shutdown_timeout", ("main",), "worker_shutdown_timeout: TIME", "30s", _grace,
+    D("worker_shutdown_timeout", ("main",), "worker_shutdown_timeout: TIME", "30s", units.parse_time,
       "On SIGTERM/SIGINT, how long workers let open sessions finish after they stop accepting; "
       "sessions still open then are closed. `0s` closes them at once.",
       "worker_shutdown_timeout: 1m",
@@ -252,7 +240,7 @@ DIRECTIVES: list[Directive] = [
       units.parse_int, "Caps the number of attempts (the first one included); 0 means no cap "
       "beyond one attempt per eligible server.", "proxy_next_upstream_tries: 2"),
     D("proxy_next_upstream_timeout", ("main", "server"), "proxy_next_upstream_timeout: TIME", "0",
-      _time_or_zero, "No new attempt is started once this long has passed since the first "
+      units.parse_time, "No new attempt is started once this long has passed since the first "
       "attempt began; 0 means no limit. An attempt in progress is never cut short.",
       "proxy_next_upstream_timeout: 5s"),
     D("proxy_buffer_size", ("main", "server"), "proxy_buffer_size: SIZE", "16k", _size,
@@ -431,7 +419,7 @@ DIRECTIVES: list[Directive] = [
       "considered unavailable for `fail_timeout`. 0 disables the accounting. A failure is a "
       "connect error or timeout (never an error after the connection was established).",
       "- 10.0.0.1:80 max_fails=3"),
-    D("fail_timeout", ("peer",), "fail_timeout=TIME", "10s", _time_or_zero,
+    D("fail_timeout", ("peer",), "fail_timeout=TIME", "10s", units.parse_time,
       "The window for counting failures and the time a failed server is left out.",
       "- 10.0.0.1:80 fail_timeout=30s"),
     D("backup", ("peer",), "backup", None, None,

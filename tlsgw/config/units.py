@@ -79,14 +79,3 @@ def parse_int(text: object, minimum: int = 0) -> int:
     if n < minimum:
         raise UnitError(f'invalid number "{s}" (must be at least {minimum})')
     return n
-
-
-def format_time(seconds: float) -> str:
-    """Render seconds back in nginx syntax, for docs and messages."""
-    if seconds == 0:
-        return "0s"
-    ms = round(seconds * 1000)
-    for unit, size in (("d", 86400000), ("h", 3600000), ("m", 60000), ("s", 1000)):
-        if ms % size == 0:
-            return f"{ms // size}{unit}"
-    return f"{ms}ms"

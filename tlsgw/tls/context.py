@@ -372,7 +372,3 @@ def client_context(s: SimpleNamespace) -> ssl.SSLContext:
                    "proxy_ssl_certificate", "proxy_ssl_certificate_key", "proxy_ssl_password_file",
                    s.proxy_ssl_password_file)
     return ctx
-
-
-def file_exists(path: str) -> bool:
-    return os.path.isfile(path)
