@@ -6,15 +6,28 @@ writer thread writes them out in batches. If the destination stalls (a full pipe
 and more than :data:`MAX_PENDING` lines are waiting, new lines are dropped and counted; the count
 is reported once the destination accepts writes again. Memory therefore stays bounded and the
 loop never waits on log I/O.
+
+Reopening (SIGUSR1, logrotate's contract): :meth:`LogSink.reopen` only raises a flag; the
+writer thread, the only user of the descriptor, opens the path again and swaps descriptors
+between two batches. It checks the flag after taking a batch off the queue and before writing
+it, so a line queued after ``reopen()`` returned always lands in the new file, and a line queued
+before lands in the old or the new one: none is dropped or split.
+
+One error log per process: :func:`install` makes an :class:`ErrorLog` the process's current one
+and bridges the stdlib loggers ``tlsgw`` and ``asyncio`` onto it, so a module that logs with
+:mod:`logging` (the TLS session caches, asyncio itself) reaches the configured ``error_log`` in
+nginx's format through the same non-blocking sink, never stderr synchronously.
 """
 
 from __future__ import annotations
 
 import collections
+import logging
 import os
 import sys
 import threading
 import time
+from types import TracebackType
 
 LEVELS = {name: i for i, name in enumerate(
     ("debug", "info", "notice", "warn", "error", "crit", "alert", "emerg"))}
@@ -34,6 +47,7 @@ class LogSink:
         self._wake = threading.Event()
         self._dropped = 0
         self._busy = False
+        self._reopen = False  # set by reopen(), acted on by the writer thread
         self._fd = self._open()
         self._thread = threading.Thread(target=self._run, name=f"log:{target}", daemon=True)
         self._thread.start()
@@ -54,6 +68,28 @@ class LogSink:
         if not self._wake.is_set():
             self._wake.set()
 
+    def reopen(self) -> None:
+        """Open the file again at its path (after logrotate renamed it). Never blocks; stdout and
+        stderr are left alone. The writer thread does the swap (see the module docstring)."""
+        if self.target in ("stdout", "stderr"):
+            return
+        self._reopen = True
+        self._wake.set()
+
+    def _swap(self) -> None:
+        """In the writer thread: a new descriptor for the path, then close the old one. If the
+        path cannot be opened, keep writing to the old file and say why there."""
+        self._reopen = False  # before opening: a request that comes in meanwhile reopens again
+        try:
+            fd = self._open()
+        except OSError as exc:
+            self._write_all(_format_error("alert", f'open() "{self.target}" failed '
+                                          f"({exc.errno}: {exc.strerror}) while reopening logs")
+                            .encode())
+            return
+        old, self._fd = self._fd, fd
+        os.close(old)
+
     def _run(self) -> None:
         pending = self._pending
         while True:
@@ -61,6 +97,8 @@ class LogSink:
             self._busy = True
             time.sleep(BATCH_WINDOW)
             self._wake.clear()
+            if self._reopen:  # create the new file even if no line is waiting
+                self._swap()
             while pending:
                 lines = []
                 try:
@@ -68,6 +106,8 @@ class LogSink:
                         lines.append(pending.popleft())
                 except IndexError:
                     pass
+                if self._reopen:  # after the pop: these lines may all go to the new file
+                    self._swap()
                 if self._dropped:
                     n, self._dropped = self._dropped, 0
                     lines.append(_format_error("warn", f"{n} log lines were dropped: "
@@ -92,7 +132,7 @@ class LogSink:
     def flush(self, timeout: float = 2.0) -> None:
         """Wait (bounded) until the lines queued so far are written."""
         deadline = time.monotonic() + timeout
-        while (self._pending or self._busy) and time.monotonic() < deadline:
+        while (self._pending or self._busy or self._reopen) and time.monotonic() < deadline:
             self._wake.set()
             time.sleep(0.002)
 
@@ -109,6 +149,7 @@ class ErrorLog:
 
     def __init__(self, sink: LogSink, level: str):
         self.sink = sink
+        self.level = level
         self.threshold = LEVELS[level]
         self.pid = os.getpid()
 
@@ -118,6 +159,81 @@ class ErrorLog:
     def log(self, level: str, message: str, conn: int | None = None) -> None:
         if LEVELS[level] >= self.threshold:
             self.sink.write(_format_error(level, message, self.pid, conn))
+
+
+def describe_exception(exc: BaseException) -> str:
+    """``RuntimeError('boom') at tlsgw/session.py:250 in data_received``: the exception and the
+    innermost frame it came from, on one line (an error log entry is one line)."""
+    tb: TracebackType | None = exc.__traceback__
+    if tb is None:
+        return repr(exc)
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    code = tb.tb_frame.f_code
+    path = code.co_filename
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if path.startswith(root + os.sep):
+        path = path[len(root) + 1:]
+    return f"{exc!r} at {path}:{tb.tb_lineno} in {code.co_name}"
+
+
+# ---- one error log per process: the current ErrorLog, and the stdlib bridge onto it --------
+#: stdlib logging levels -> error_log levels (logging has no "notice"; CRITICAL is "crit")
+_FROM_STDLIB = ((logging.CRITICAL, "crit"), (logging.ERROR, "error"), (logging.WARNING, "warn"),
+                (logging.INFO, "info"), (logging.NOTSET, "debug"))
+_TO_STDLIB = {"debug": logging.DEBUG, "info": logging.INFO, "notice": logging.INFO,
+              "warn": logging.WARNING, "error": logging.ERROR, "crit": logging.CRITICAL,
+              "alert": logging.CRITICAL, "emerg": logging.CRITICAL}
+#: the stdlib loggers whose records belong in error_log: tlsgw's own modules and asyncio's
+BRIDGED = ("tlsgw", "asyncio")
+
+_current: ErrorLog | None = None
+
+
+class _Bridge(logging.Handler):
+    """A :mod:`logging` handler that hands records to the process's current :class:`ErrorLog`
+    (a deque append: never blocks, never writes to stderr itself). ``extra={"conn": N}`` gives
+    the line its ``*N``."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        log = _current
+        if log is None:
+            return
+        try:
+            level = next(name for value, name in _FROM_STDLIB if record.levelno >= value)
+            message = record.getMessage()
+            if record.exc_info and record.exc_info[1] is not None:
+                message = f"{message}: {describe_exception(record.exc_info[1])}"
+            log.log(level, message, getattr(record, "conn", None))
+        except Exception:
+            self.handleError(record)
+
+
+_bridge = _Bridge()
+
+
+def current() -> ErrorLog | None:
+    """The error log :func:`install` made current in this process (None before)."""
+    return _current
+
+
+def install(log: ErrorLog | None) -> None:
+    """Make ``log`` this process's error log and route the :data:`BRIDGED` stdlib loggers to it
+    (only, with ``propagate`` off: nothing reaches logging's stderr fallback). ``None``
+    undoes it."""
+    global _current
+    _current = log
+    for name in BRIDGED:
+        logger = logging.getLogger(name)
+        if log is None:
+            logger.removeHandler(_bridge)
+            logger.propagate = True
+            logger.setLevel(logging.NOTSET)
+            continue
+        if _bridge not in logger.handlers:
+            logger.addHandler(_bridge)
+        logger.propagate = False
+        logger.setLevel(_TO_STDLIB[log.level])  # records below the threshold are never built
 
 
 _sinks: dict[str, LogSink] = {}
@@ -132,8 +248,17 @@ def sink(target: str) -> LogSink:
 
 
 def reset_after_fork() -> None:
-    """Threads do not survive fork(): a worker starts its own writer threads."""
+    """Threads do not survive fork(): a worker starts its own writer threads (and installs its
+    own error log)."""
+    global _current
     _sinks.clear()
+    _current = None
+
+
+def reopen_all() -> None:
+    """Reopen every log file of this process (SIGUSR1); see :meth:`LogSink.reopen`."""
+    for s in list(_sinks.values()):
+        s.reopen()
 
 
 def flush_all(timeout: float = 2.0) -> None:
