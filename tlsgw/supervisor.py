@@ -1,13 +1,20 @@
-"""The master process: bind listeners, fork workers, restart the ones that die, stop on signals.
+"""The master process: bind listeners, fork workers, restart the ones that die, act on signals.
 
-Signals are blocked in the master (in every thread: before any is started) and consumed
-synchronously with ``sigtimedwait``, so there are no handlers racing with the main loop
-(uvicorn's signal-queue idea, without the queue):
+Every signal in :attr:`Master.SIGNALS` is blocked in the master (in every thread: before any is
+started) and consumed synchronously with ``sigtimedwait``, so there are no handlers racing with
+the main loop (uvicorn's signal-queue idea, without the queue), and none of them can kill the
+master by its default action: an operator's signal either means something (the table) or is
+logged and ignored. The table, its handlers and the README's "Signals" section say the same:
 
 * SIGTERM, SIGINT — graceful stop: workers stop accepting and drain (``worker_shutdown_timeout``).
 * SIGQUIT — immediate stop.
+* SIGUSR1 — reopen every log file, here and (through the control channel) in every worker.
+* SIGHUP — reload is not implemented yet; logged.
 * SIGCHLD — reap; a worker that exits while the master is running is logged and restarted.
-* SIGHUP — reload is not implemented yet; logged and ignored.
+* SIGUSR2, SIGWINCH, SIGPIPE, SIGTTIN, SIGTTOU, SIGALRM, ... — logged and ignored.
+
+Each worker gets one end of a socket pair (:mod:`tlsgw.control`): commands go down it, and
+the worker reads EOF when the master is gone however it died.
 """
 
 from __future__ import annotations
@@ -19,11 +26,10 @@ import socket
 import sys
 import time
 
-from tlsgw import listener, logs
+from tlsgw import control, listener, logs, procctl
 from tlsgw.config.model import Config, ListenGroup
 from tlsgw.errors import StartupError
 
-_SIGNALS = {signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGCHLD, signal.SIGHUP}
 RESPAWN_DELAY = 1.0  # seconds before restarting a worker that died within 1 s of its start
 
 
@@ -35,14 +41,41 @@ def raise_nofile_limit() -> int:
     return soft
 
 
+def signal_name(sig: int) -> str:
+    try:
+        return signal.Signals(sig).name
+    except ValueError:
+        return f"signal {sig}"
+
+
 class Master:
+    #: signal -> the method that handles it, called with (signal, sender pid). The master blocks
+    #: exactly these; a signal not listed keeps its default action (SIGKILL and SIGSTOP cannot
+    #: be caught; SIGTSTP/SIGCONT are the terminal's job control; SIGSEGV and friends are bugs).
+    SIGNALS: dict[int, str] = {
+        signal.SIGTERM: "stop_gracefully",
+        signal.SIGINT: "stop_gracefully",
+        signal.SIGQUIT: "stop_now",
+        signal.SIGUSR1: "reopen_logs",
+        signal.SIGHUP: "reload",
+        signal.SIGCHLD: "child_exited",
+        **{sig: "ignore" for sig in (signal.SIGUSR2, signal.SIGWINCH, signal.SIGPIPE,
+                                     signal.SIGTTIN, signal.SIGTTOU, signal.SIGALRM,
+                                     signal.SIGVTALRM, signal.SIGPROF, signal.SIGIO,
+                                     signal.SIGPWR)},
+    }
+
     def __init__(self, cfg: Config):
         self.cfg = cfg
+        self.pid = os.getpid()
         self.log = logs.ErrorLog(logs.sink(cfg.error_log.target), cfg.error_log_level)
+        logs.install(self.log)
+        self.handlers = {sig: getattr(self, name) for sig, name in self.SIGNALS.items()}
         # slot -> listeners for that worker: (listen group, socket)
         self.slots: list[list[tuple[ListenGroup, socket.socket]]] = []
         self.sockets: list[socket.socket] = []
         self.pids: dict[int, int] = {}  # pid -> slot
+        self.controls: dict[int, socket.socket] = {}  # pid -> the master's end of its channel
         self.started: dict[int, float] = {}  # slot -> start time
         self.respawn_at: dict[int, float] = {}  # slot -> when
         self.stopping: str | None = None  # None, "graceful", "immediate"
@@ -74,20 +107,32 @@ class Master:
 
     def spawn(self, slot: int) -> None:
         logs.flush_all(0.5)
+        mine, theirs = control.pair()
         pid = os.fork()
         if pid == 0:  # child
             code = 1
             try:
+                mine.close()  # hold no master end, or EOF would never come
+                for other in self.controls.values():
+                    other.close()
                 from tlsgw.worker import run_worker
 
-                code = run_worker(self.cfg, self.slots[slot], slot)
+                code = run_worker(self.cfg, self.slots[slot], slot, theirs, self.pid)
             except BaseException as exc:  # report, never unwind into the master's code
                 try:
-                    sys.stderr.write(f"tlsgw: worker {os.getpid()} failed: {exc!r}\n")
+                    log = logs.current()
+                    if log is not None:
+                        log.log("alert", f"worker process {os.getpid()} failed: "
+                                f"{logs.describe_exception(exc)}")
+                        logs.flush_all()
+                    else:
+                        sys.stderr.write(f"tlsgw: worker {os.getpid()} failed: {exc!r}\n")
                 except Exception:
                     pass
             finally:
                 os._exit(code)
+        theirs.close()
+        self.controls[pid] = mine
         self.pids[pid] = slot
         self.started[slot] = time.monotonic()
         self.log.log("notice", f"start worker process {pid}")
@@ -101,6 +146,9 @@ class Master:
             if pid == 0:
                 return
             slot = self.pids.pop(pid, None)
+            channel = self.controls.pop(pid, None)
+            if channel is not None:
+                channel.close()
             if slot is None:
                 continue
             if os.WIFSIGNALED(status):
@@ -122,6 +170,51 @@ class Master:
             except ProcessLookupError:
                 pass
 
+    def tell_workers(self, command: bytes) -> None:
+        """Send a :mod:`tlsgw.control` command to every worker, never blocking."""
+        for pid, channel in list(self.controls.items()):
+            try:
+                channel.send(command)
+            except BlockingIOError:  # a worker that has not read hundreds of commands: stuck
+                self.log.log("alert", f"worker process {pid} does not read its control channel, "
+                             f"{control.COMMANDS[command]} not passed on")
+            except OSError:
+                pass  # it is exiting; reap() will say so
+
+    # ---- signal handlers (see SIGNALS) --------------------------------------------------------
+    def received(self, sig: int, sender: int, action: str, level: str = "notice") -> None:
+        self.log.log(level, f"signal {sig} ({signal_name(sig)}) received from {sender}, {action}")
+
+    def stop_gracefully(self, sig: int, sender: int) -> None:
+        if self.stopping is None:
+            self.stopping = "graceful"
+            self.stop_deadline = time.monotonic() + self.cfg.worker_shutdown_timeout + 5
+            self.received(sig, sender, "shutting down gracefully")
+            self.close_listeners()
+        self.signal_workers(signal.SIGTERM)
+
+    def stop_now(self, sig: int, sender: int) -> None:
+        self.stopping = "immediate"
+        self.stop_deadline = time.monotonic() + 5
+        self.received(sig, sender, "exiting at once")
+        self.close_listeners()
+        self.signal_workers(signal.SIGQUIT)
+
+    def reopen_logs(self, sig: int, sender: int) -> None:
+        logs.reopen_all()  # first, so this line already goes to the new file
+        self.received(sig, sender, "reopening logs")
+        self.tell_workers(control.REOPEN)
+
+    def reload(self, sig: int, sender: int) -> None:
+        self.received(sig, sender, "configuration reload is not supported yet; restart tlsgw "
+                      "to apply changes", "warn")
+
+    def child_exited(self, sig: int, sender: int) -> None:
+        self.reap()
+
+    def ignore(self, sig: int, sender: int) -> None:
+        self.received(sig, sender, "ignored")
+
     def run(self) -> int:
         self.bind()
         nofile = raise_nofile_limit()
@@ -142,31 +235,15 @@ class Master:
                 self.log.log("alert", "workers did not stop in time, killing them")
                 self.signal_workers(signal.SIGKILL)
                 self.stop_deadline = now + 5
-            info = signal.sigtimedwait(_SIGNALS, 0.2 if self.respawn_at else 1.0)
+            info = signal.sigtimedwait(self.handlers, 0.2 if self.respawn_at else 1.0)
             if info is None:
                 self.reap()  # cheap safety net; SIGCHLDs of children exiting together coalesce
                 continue
-            sig = info.si_signo
-            if sig == signal.SIGCHLD:
-                self.reap()
-            elif sig in (signal.SIGTERM, signal.SIGINT):
-                if self.stopping is None:
-                    self.stopping = "graceful"
-                    self.stop_deadline = time.monotonic() + self.cfg.worker_shutdown_timeout + 5
-                    self.log.log("notice", f"signal {sig} received, shutting down gracefully")
-                    self.close_listeners()
-                self.signal_workers(signal.SIGTERM)
-            elif sig == signal.SIGQUIT:
-                self.stopping = "immediate"
-                self.stop_deadline = time.monotonic() + 5
-                self.log.log("notice", "signal 3 (SIGQUIT) received, exiting at once")
-                self.close_listeners()
-                self.signal_workers(signal.SIGQUIT)
-            elif sig == signal.SIGHUP:
-                self.log.log("warn", "SIGHUP received: configuration reload is not supported "
-                             "yet; restart tlsgw to apply changes")
+            self.handlers[info.si_signo](info.si_signo, info.si_pid)
             self.reap()
         self.close_listeners()
+        for channel in self.controls.values():
+            channel.close()
         self.log.log("notice", "exit")
         logs.flush_all()
         return 0
@@ -175,6 +252,7 @@ class Master:
 def run_master(cfg: Config) -> int:
     # Block the signals before any thread exists (the log writers): a thread inherits its
     # creator's mask, and a signal left unblocked in one thread is delivered there instead of
-    # to sigtimedwait() — a lost SIGCHLD leaves a worker unreaped, a SIGTERM kills outright.
-    signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+    # to sigtimedwait() — a lost SIGCHLD leaves a worker unreaped, a SIGUSR1 kills outright.
+    signal.pthread_sigmask(signal.SIG_BLOCK, Master.SIGNALS)
+    procctl.set_name("tlsgw: master")
     return Master(cfg).run()

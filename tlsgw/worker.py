@@ -6,6 +6,16 @@ use is reported before any worker starts) and serves them until told to stop:
 * SIGTERM / SIGINT: graceful stop — stop accepting, let open sessions finish for up to
   ``worker_shutdown_timeout``, then close what is left and exit 0.
 * SIGQUIT: immediate stop — close every session at once and exit 0.
+* the signals meant for the master (:data:`MASTER_SIGNALS`: SIGHUP, SIGUSR1, SIGUSR2,
+  SIGWINCH, ...) are logged and ignored, so a terminal's SIGHUP to the process group or a stray
+  ``kill -USR1 <worker>`` costs no session. What the master wants from a worker comes over its
+  control channel (:mod:`tlsgw.control`): reopen the logs; EOF there means the master is gone
+  (even ``kill -9``), and the worker stops at once, so no orphan keeps the ports. The kernel's
+  parent-death signal (SIGQUIT) backs that up.
+
+Exceptions that escape a callback on the loop (a bug in a protocol method, a timer, a task)
+reach :meth:`Worker.loop_exception`: logged at ``crit`` with the connection number, and the one
+session it belongs to is ended; the worker and the other sessions go on.
 """
 
 from __future__ import annotations
@@ -17,7 +27,7 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
-from tlsgw import logs
+from tlsgw import control, logs, procctl
 from tlsgw.balancer import Upstream
 from tlsgw.config.model import Config, ListenGroup, ServerConfig
 from tlsgw.session import Session
@@ -55,15 +65,26 @@ class ServerRuntime:
                                          s.proxy_ssl_verify)
 
 
+#: Signals an operator sends the master; a worker that gets one logs it and carries on.
+#: (SIGPIPE stays ignored, as Python sets it, without a line: a write to a closed peer raises it.)
+MASTER_SIGNALS = (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH, signal.SIGTTIN,
+                  signal.SIGTTOU, signal.SIGALRM, signal.SIGVTALRM, signal.SIGPROF, signal.SIGIO,
+                  signal.SIGPWR)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
+
+
 class Worker:
     def __init__(self, cfg: Config, listeners: list[tuple[ListenGroup, socket.socket]],
-                 number: int):
+                 number: int, channel: socket.socket | None = None, master_pid: int = 0):
         self.cfg = cfg
         self.listeners = listeners
         self.number = number
+        self.channel = channel  # our end of the master's control channel (tlsgw.control)
+        self.master_pid = master_pid
         self.pid = os.getpid()
         self.hostname = socket.gethostname()
         self.error_log = logs.ErrorLog(logs.sink(cfg.error_log.target), cfg.error_log_level)
+        logs.install(self.error_log)
         self.log_info = self.error_log.enabled("info")
         self.sessions: set[Session] = set()
         self.conn_seq = 0
@@ -89,7 +110,12 @@ class Worker:
             servers.append(srv)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop, False)
-        loop.add_signal_handler(signal.SIGQUIT, self.request_stop, True)
+        loop.add_signal_handler(signal.SIGQUIT, self.quit)
+        for sig in MASTER_SIGNALS:
+            loop.add_signal_handler(sig, self.ignore_signal, sig)
+        loop.set_exception_handler(self.loop_exception)
+        if self.channel is not None:
+            loop.add_reader(self.channel.fileno(), self.read_channel)
         self.error_log.log("notice", f"worker process {self.pid} started")
         await self.stop_requested.wait()
         for srv in servers:
@@ -125,6 +151,89 @@ class Worker:
         ctx, timeout, loop = default.ssl_context, default.handshake_timeout, self.loop
         return lambda: TLSAccept(loop, Session(default, name, by_index), ctx, timeout)
 
+    def ignore_signal(self, sig: int) -> None:
+        self.error_log.log("notice", f"signal {sig} ({signal.Signals(sig).name}) received, "
+                           f"ignored: signals are for the master process {self.master_pid}")
+
+    def read_channel(self) -> None:
+        """The master's control channel is readable: commands, or EOF (the master is gone)."""
+        assert self.channel is not None
+        try:
+            data = self.channel.recv(256)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self.loop.remove_reader(self.channel.fileno())
+            self.master_gone()
+            return
+        for command in data:
+            if bytes((command,)) == control.REOPEN:
+                logs.reopen_all()  # first, so this line already goes to the new file
+                self.error_log.log("notice", "reopening logs")
+            else:
+                self.error_log.log("alert", f"unknown control command {command!r} from the master")
+
+    def quit(self) -> None:
+        """SIGQUIT: from the master (stop at once), or the parent-death signal."""
+        if self.master_pid and os.getppid() != self.master_pid:
+            self.master_gone()
+        else:
+            self.request_stop(True)
+
+    def master_gone(self) -> None:
+        if not self.stop_requested.is_set() or not self.immediate:
+            self.error_log.log("alert", f"master process {self.master_pid} is gone, exiting at "
+                               "once")
+        self.request_stop(True)
+
+    def loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        """The loop's exception handler: a bug in a callback ends its session, nothing more."""
+        exc = context.get("exception")
+        session = self.session_of(context, exc)
+        what = context.get("message") or "unhandled exception"
+        detail = f": {logs.describe_exception(exc)}" if exc is not None else ""
+        if session is None:
+            self.error_log.log("crit", f"{what}{detail}")
+            return
+        self.error_log.log("crit", f"{what}{detail}, client: {session.remote_addr}, "
+                           f"server: {session.listen_name}", session.conn_id)
+        try:
+            session.finalize(500, abort=True)
+        except Exception as again:  # finalize itself is what fails: do its bookkeeping here
+            self.error_log.log("crit", "finalize failed after an exception: "
+                               f"{logs.describe_exception(again)}", session.conn_id)
+            session.finished = True
+            for transport in (getattr(session, "transport", None),
+                              getattr(getattr(session, "upstream", None), "transport", None)):
+                if transport is not None:
+                    transport.abort()
+            self.sessions.discard(session)
+            if self.draining and not self.sessions:
+                self.drained.set()
+
+    def session_of(self, context: dict[str, Any], exc: BaseException | None) -> Session | None:
+        """The open session a loop error belongs to: the failing protocol's (the client side, the
+        upstream side or a TLS layer around either), else the innermost frame of the traceback
+        that runs a method of one (timers, tasks, callbacks)."""
+        sessions = self.sessions
+        candidates: list[Any] = [context.get("protocol")]
+        tb = exc.__traceback__ if exc is not None else None
+        frames = []
+        while tb is not None:
+            frames.append(tb.tb_frame.f_locals.get("self"))
+            tb = tb.tb_next
+        candidates += reversed(frames)
+        for obj in candidates:
+            for candidate in (obj, getattr(obj, "session", None)):
+                try:
+                    if candidate is not None and candidate in sessions:
+                        return candidate  # type: ignore[no-any-return]
+                except TypeError:  # unhashable: not a session
+                    pass
+        return None
+
     def request_stop(self, immediate: bool) -> None:
         self.immediate = self.immediate or immediate
         if self.stop_requested.is_set():
@@ -135,19 +244,29 @@ class Worker:
 
 
 def run_worker(cfg: Config, listeners: list[tuple[ListenGroup, socket.socket]],
-               number: int) -> int:
-    """Entry point in a forked child. Returns the exit status."""
+               number: int, channel: socket.socket | None = None, master_pid: int = 0) -> int:
+    """Entry point in a forked child (signals still blocked, as in the master). Returns the
+    exit status."""
     import uvloop
 
     logs.reset_after_fork()
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGCHLD, signal.SIGHUP):
+    procctl.set_name("tlsgw: worker")
+    # Dispositions before unblocking: the master's signals are ignored until the loop logs them,
+    # the stop signals act by default until the loop handles them.
+    for sig in MASTER_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    for sig in (*STOP_SIGNALS, signal.SIGCHLD):
         signal.signal(sig, signal.SIG_DFL)
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    procctl.set_parent_death_signal(signal.SIGQUIT)
     signal.pthread_sigmask(signal.SIG_SETMASK, set())
+    if master_pid and os.getppid() != master_pid:
+        return 1  # the master died before the parent-death signal was set
     loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)
     worker: Any = None
     try:
-        worker = Worker(cfg, listeners, number)
+        worker = Worker(cfg, listeners, number, channel, master_pid)
         loop.run_until_complete(worker.serve())
         return 0
     finally:

@@ -1,0 +1,45 @@
+"""Linux process controls through ``prctl(2)``: the parent-death signal and the process name.
+
+Declared once here (ctypes prototype set at import), used by the master and its workers. On a
+system without ``prctl`` both calls do nothing and return False; the worker's control socket
+(see :mod:`tlsgw.supervisor`) still notices a master that is gone.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+
+PR_SET_PDEATHSIG = 1
+PR_SET_NAME = 15
+NAME_MAX = 15  # the kernel keeps 16 bytes of a task's name, NUL included
+
+try:
+    _prctl = ctypes.CDLL(None, use_errno=True).prctl
+    _prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong,
+                       ctypes.c_ulong]
+    _prctl.restype = ctypes.c_int
+except (OSError, AttributeError):  # not Linux
+    _prctl = None
+
+
+def _call(option: int, arg: int) -> bool:
+    if _prctl is None:
+        return False
+    if _prctl(option, arg, 0, 0, 0) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return True
+
+
+def set_parent_death_signal(sig: int) -> bool:
+    """Have the kernel send ``sig`` to this process when the thread that forked it exits (the
+    master forks from its main thread, which lives as long as the master)."""
+    return _call(PR_SET_PDEATHSIG, sig)
+
+
+def set_name(name: str) -> bool:
+    """Name the calling thread (for the main thread: the process, as ``ps -o comm``, ``top``
+    and ``pkill NAME`` show it). Threads started afterwards inherit the name."""
+    buf = ctypes.create_string_buffer(name.encode()[:NAME_MAX])
+    return _call(PR_SET_NAME, ctypes.addressof(buf))
