@@ -191,47 +191,51 @@ class Worker:
     def loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
         """The loop's exception handler: a bug in a callback ends its session, nothing more."""
         exc = context.get("exception")
-        session = self.session_of(context, exc)
+        try:
+            session = self.session_of(context, exc)
+        except Exception:  # an odd object in the context: log without the session
+            session = None
         what = context.get("message") or "unhandled exception"
         detail = f": {logs.describe_exception(exc)}" if exc is not None else ""
         if session is None:
             self.error_log.log("crit", f"{what}{detail}")
-            return
-        self.error_log.log("crit", f"{what}{detail}, client: {session.remote_addr}, "
-                           f"server: {session.listen_name}", session.conn_id)
-        try:
-            session.finalize(500, abort=True)
-        except Exception as again:  # finalize itself is what fails: do its bookkeeping here
-            self.error_log.log("crit", "finalize failed after an exception: "
-                               f"{logs.describe_exception(again)}", session.conn_id)
-            session.finished = True
-            for transport in (getattr(session, "transport", None),
-                              getattr(getattr(session, "upstream", None), "transport", None)):
-                if transport is not None:
-                    transport.abort()
-            self.sessions.discard(session)
-            if self.draining and not self.sessions:
-                self.drained.set()
+        else:
+            self.error_log.log("crit", f"{what}{detail}, client: {session.remote_addr}, "
+                               f"server: {session.listen_name}", session.conn_id)
+            try:
+                session.finalize(500, abort=True)
+            except Exception as again:
+                self.error_log.log("crit", "ending the session failed too: "
+                                   f"{logs.describe_exception(again)}", session.conn_id)
+            self.forget(session)
+        if self.draining and not self.sessions:  # the bug may have struck before finalize did it
+            self.drained.set()
+
+    def forget(self, session: Session) -> None:
+        """What ``finalize`` guarantees, once more, for a session whose finalize may have failed
+        half way: both connections closed, the session out of the worker's set."""
+        session.finished = True
+        for transport in (getattr(session, "transport", None),
+                          getattr(getattr(session, "upstream", None), "transport", None)):
+            if transport is not None and not transport.is_closing():
+                transport.abort()
+        self.sessions.discard(session)
 
     def session_of(self, context: dict[str, Any], exc: BaseException | None) -> Session | None:
-        """The open session a loop error belongs to: the failing protocol's (the client side, the
+        """The session a loop error belongs to: the failing protocol's (the client side, the
         upstream side or a TLS layer around either), else the innermost frame of the traceback
-        that runs a method of one (timers, tasks, callbacks)."""
-        sessions = self.sessions
+        that runs a method of one (timers, tasks, callbacks; finalize itself)."""
         candidates: list[Any] = [context.get("protocol")]
-        tb = exc.__traceback__ if exc is not None else None
         frames = []
+        tb = exc.__traceback__ if exc is not None else None
         while tb is not None:
             frames.append(tb.tb_frame.f_locals.get("self"))
             tb = tb.tb_next
         candidates += reversed(frames)
         for obj in candidates:
             for candidate in (obj, getattr(obj, "session", None)):
-                try:
-                    if candidate is not None and candidate in sessions:
-                        return candidate  # type: ignore[no-any-return]
-                except TypeError:  # unhashable: not a session
-                    pass
+                if isinstance(candidate, Session) and hasattr(candidate, "conn_id"):
+                    return candidate
         return None
 
     def request_stop(self, immediate: bool) -> None:

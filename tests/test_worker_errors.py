@@ -1,0 +1,162 @@
+"""A bug in a callback on the worker's loop: logged at crit with the connection number, and
+only that session ends. A real :class:`~tlsgw.worker.Worker` runs in this process on a uvloop
+loop with real loopback sockets; the bug is injected by monkeypatching a protocol method (the
+test's own seam: the product has no switch for it)."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import signal
+import textwrap
+from pathlib import Path
+
+import pytest
+import uvloop
+from support import free_port
+
+from tlsgw import listener, logs
+from tlsgw.config.load import load_config
+from tlsgw.session import Session
+from tlsgw.worker import MASTER_SIGNALS, STOP_SIGNALS, Worker
+
+
+class Echo(asyncio.Protocol):
+    def connection_made(self, transport):
+        self.t = transport
+
+    def data_received(self, data):
+        self.t.write(data)
+
+
+def config(tmp_path: Path, shutdown: str = "30s") -> tuple[object, list[int]]:
+    ports = [free_port(), free_port()]
+    path = tmp_path / "tlsgw.yaml"
+    path.write_text(textwrap.dedent(f"""\
+        error_log: {tmp_path / "error.log"} info
+        worker_shutdown_timeout: {shutdown}
+        log_format:
+          short: '$remote_addr $status'
+        access_log: {tmp_path / "access.log"} short
+        servers:
+          - listen: 127.0.0.1:{ports[0]}
+            proxy_pass: 127.0.0.1:{{backend}}
+          - listen: 127.0.0.1:{ports[1]}
+            proxy_pass: 127.0.0.1:{{backend}}
+        """))
+    return path, ports
+
+
+def run_worker_in_process(tmp_path: Path, scenario) -> tuple[str, str]:
+    """Run ``scenario(worker, ports)`` against an in-process worker; (error log, access log)."""
+    loop = uvloop.new_event_loop()
+    asyncio.set_event_loop(loop)
+
+    async def main() -> None:
+        backend = await loop.create_server(Echo, "127.0.0.1", 0)
+        path, ports = config(tmp_path)
+        path.write_text(path.read_text().replace("{backend}",
+                                                 str(backend.sockets[0].getsockname()[1])))
+        cfg = load_config(str(path))
+        listeners = [(g, listener.bind(g.listen)) for g in cfg.groups]
+        worker = Worker(cfg, listeners, 0)
+        serving = loop.create_task(worker.serve())
+        for port in ports:  # wait until both listeners accept
+            for _ in range(500):
+                try:
+                    _, w = await asyncio.open_connection("127.0.0.1", port)
+                    w.close()
+                    break
+                except ConnectionRefusedError:
+                    await asyncio.sleep(0.01)
+        await scenario(worker, ports, serving)
+        worker.request_stop(True)
+        await asyncio.wait_for(serving, 10)
+        backend.close()
+
+    try:
+        loop.run_until_complete(main())
+    finally:
+        for sig in (*STOP_SIGNALS, *MASTER_SIGNALS):
+            loop.remove_signal_handler(sig)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        logs.flush_all()
+        logs.install(None)
+        loop.close()
+        asyncio.set_event_loop(None)
+    return (tmp_path / "error.log").read_text(), (tmp_path / "access.log").read_text()
+
+
+async def roundtrip(reader, writer, data: bytes) -> bytes:
+    writer.write(data)
+    return await asyncio.wait_for(reader.readexactly(len(data)), 10)
+
+
+def test_a_failing_protocol_callback_is_logged_at_crit_and_ends_only_its_session(
+        tmp_path, monkeypatch):
+    real = Session.data_received
+
+    def buggy(self, data):
+        if b"boom" in data:
+            raise RuntimeError("boom")
+        return real(self, data)
+
+    monkeypatch.setattr(Session, "data_received", buggy)
+
+    async def scenario(worker, ports, serving):
+        ra, wa = await asyncio.open_connection("127.0.0.1", ports[0])
+        assert await roundtrip(ra, wa, b"hello") == b"hello"
+        rb, wb = await asyncio.open_connection("127.0.0.1", ports[0])
+        assert await roundtrip(rb, wb, b"fine") == b"fine"
+        wb.write(b"boom")
+        assert await asyncio.wait_for(rb.read(), 10) == b""  # that session is closed
+        assert await roundtrip(ra, wa, b"still here") == b"still here"
+        assert len(worker.sessions) == 1
+        rc, wc = await asyncio.open_connection("127.0.0.1", ports[0])  # and new ones are served
+        assert await roundtrip(rc, wc, b"new") == b"new"
+        for w in (wa, wc):
+            w.close()
+
+    errors, access = run_worker_in_process(tmp_path, scenario)
+    crit = [line for line in errors.splitlines() if "[crit]" in line]
+    assert len(crit) == 1, errors
+    # connection *1 and *2 were the readiness probes, *3 "hello", *4 the failing one
+    assert re.search(r"\[crit\] \d+#\d+: \*4 Fatal error on transport \w+: RuntimeError\('boom'\) "
+                     r"at tests/test_worker_errors.py:\d+ in buggy, client: 127\.0\.0\.1, "
+                     r"server: 127\.0\.0\.1:\d+$", crit[0]), crit
+    assert access.splitlines().count("127.0.0.1 500") == 1
+
+
+def test_a_failing_finalize_still_lets_a_graceful_stop_finish(tmp_path):
+    """The bug strikes inside finalize (the access-log line of one server): the session is
+    still forgotten and the drain, waiting for it with a 30 s worker_shutdown_timeout, ends."""
+
+    class BrokenTemplate:
+        def render(self, session):
+            raise KeyError("no such variable")
+
+    async def scenario(worker, ports, serving):
+        while worker.sessions:  # the readiness probes have ended
+            await asyncio.sleep(0.01)
+        rt = next(r for r in worker.runtimes.values() if r.cfg.listens[0].address.port == ports[1])
+        rt.access_template = BrokenTemplate()
+        r, w = await asyncio.open_connection("127.0.0.1", ports[1])
+        assert await roundtrip(r, w, b"data") == b"data"
+        worker.request_stop(False)  # graceful: waits for the open session
+        await asyncio.sleep(0.05)
+        assert worker.draining and not serving.done()
+        w.close()  # the session ends; its finalize raises
+        await asyncio.wait_for(asyncio.shield(serving), 10)
+
+    errors, _ = run_worker_in_process(tmp_path, scenario)
+    crit = [line for line in errors.splitlines() if "[crit]" in line]
+    assert len(crit) == 1, errors
+    assert re.search(r"\*\d+ .*KeyError\('no such variable'\) at tests/test_worker_errors.py:\d+ "
+                     r"in render, client: 127\.0\.0\.1", crit[0]), crit
+    assert "shutdown timeout" not in errors
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_error_log():
+    yield
+    logs.install(None)
