@@ -62,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="run the gateway", description="Run the gateway in the foreground. "
                        "SIGTERM/SIGINT stop gracefully (drain up to worker_shutdown_timeout), "
-                       "SIGQUIT stops at once.")
+                       "SIGQUIT stops at once, SIGUSR1 reopens the log files; other signals are "
+                       "logged and ignored.")
     p.add_argument("-c", "--config", required=True, metavar="FILE", help="YAML configuration file")
     p.set_defaults(func=_cmd_serve)
 
