@@ -11,7 +11,7 @@ use is reported before any worker starts) and serves them until told to stop:
   ``kill -USR1 <worker>`` costs no session. What the master wants from a worker comes over its
   control channel (:mod:`tlsgw.control`): reopen the logs; EOF there means the master is gone
   (even ``kill -9``), and the worker stops at once, so no orphan keeps the ports. The kernel's
-  parent-death signal (SIGQUIT) backs that up.
+  parent-death signal (:data:`PARENT_DEATH_SIGNAL`) backs that up.
 
 Exceptions that escape a callback on the loop (a bug in a protocol method, a timer, a task)
 reach :meth:`Worker.loop_exception`: logged at ``crit`` with the connection number, and the one
@@ -71,6 +71,11 @@ MASTER_SIGNALS = (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH
                   signal.SIGTTOU, signal.SIGALRM, signal.SIGVTALRM, signal.SIGPROF, signal.SIGIO,
                   signal.SIGPWR)
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
+#: What the kernel sends a worker when the master dies (PR_SET_PDEATHSIG). A signal of its own:
+#: it fires when the master's main thread exits, while the master's other threads may still be
+#: exiting and getppid() still names the master, so SIGQUIT could not tell "the master said
+#: quit" from "the master is gone".
+PARENT_DEATH_SIGNAL = signal.SIGRTMIN
 
 
 class Worker:
@@ -110,7 +115,8 @@ class Worker:
             servers.append(srv)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop, False)
-        loop.add_signal_handler(signal.SIGQUIT, self.quit)
+        loop.add_signal_handler(signal.SIGQUIT, self.request_stop, True)
+        loop.add_signal_handler(PARENT_DEATH_SIGNAL, self.master_gone)
         for sig in MASTER_SIGNALS:
             loop.add_signal_handler(sig, self.ignore_signal, sig)
         loop.set_exception_handler(self.loop_exception)
@@ -174,13 +180,6 @@ class Worker:
                 self.error_log.log("notice", "reopening logs")
             else:
                 self.error_log.log("alert", f"unknown control command {command!r} from the master")
-
-    def quit(self) -> None:
-        """SIGQUIT: from the master (stop at once), or the parent-death signal."""
-        if self.master_pid and os.getppid() != self.master_pid:
-            self.master_gone()
-        else:
-            self.request_stop(True)
 
     def master_gone(self) -> None:
         if not self.stop_requested.is_set() or not self.immediate:
@@ -262,7 +261,8 @@ def run_worker(cfg: Config, listeners: list[tuple[ListenGroup, socket.socket]],
     for sig in (*STOP_SIGNALS, signal.SIGCHLD):
         signal.signal(sig, signal.SIG_DFL)
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
-    procctl.set_parent_death_signal(signal.SIGQUIT)
+    signal.signal(PARENT_DEATH_SIGNAL, signal.SIG_DFL)  # until the loop handles it: exit
+    procctl.set_parent_death_signal(PARENT_DEATH_SIGNAL)
     signal.pthread_sigmask(signal.SIG_SETMASK, set())
     if master_pid and os.getppid() != master_pid:
         return 1  # the master died before the parent-death signal was set
