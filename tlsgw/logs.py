@@ -198,7 +198,8 @@ class _Bridge(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         log = _current
         if log is None:  # between fork and the worker's install(): no loop runs yet
-            logging.lastResort.handle(record)
+            if logging.lastResort is not None:
+                logging.lastResort.handle(record)
             return
         try:
             level = next(name for value, name in _FROM_STDLIB if record.levelno >= value)

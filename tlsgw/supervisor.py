@@ -121,7 +121,7 @@ class Master:
             except BaseException as exc:  # report, never unwind into the master's code
                 try:
                     log = logs.current()
-                    if log is not None:
+                    if log is not None and log.pid == os.getpid():  # the worker's own, not ours
                         log.log("alert", f"worker process {os.getpid()} failed: "
                                 f"{logs.describe_exception(exc)}")
                         logs.flush_all()

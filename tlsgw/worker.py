@@ -199,7 +199,8 @@ class Worker:
         if session is None:
             self.error_log.log("crit", f"{what}{detail}")
         else:
-            self.error_log.log("crit", f"{what}{detail}, client: {session.remote_addr}, "
+            client = getattr(session, "remote_addr", "?")
+            self.error_log.log("crit", f"{what}{detail}, client: {client}, "
                                f"server: {session.listen_name}", session.conn_id)
             try:
                 session.finalize(500, abort=True)
