@@ -144,7 +144,7 @@ def test_logrotate_rename_then_sigusr1_moves_every_log_to_a_new_file(gateway, ba
     # the master and both workers say so, each in the new file
     wait_until(lambda: err.exists() and err.read_text().count("reopening logs\n") == 3,
                what="three 'reopening logs' lines in the new error log")
-    assert acc.exists()  # created at once, before any line is written
+    wait_until(acc.exists, what="the new access log, created before any line is written to it")
     echo(long_lived, b"across the rotation")
     for i in range(3):
         with connect(port) as s:
