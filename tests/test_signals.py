@@ -16,9 +16,11 @@ from pathlib import Path
 import pytest
 from support import Gateway, connect, free_port, recv_exactly, wait_until
 
+from tlsgw.procctl import signal_name
+
 # what an operator (or a terminal, or logrotate) may send; none of them means "stop"
 OPERATOR_SIGNALS = (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH, signal.SIGPIPE,
-                    signal.SIGTTIN, signal.SIGTTOU, signal.SIGALRM)
+                    signal.SIGTTIN, signal.SIGTTOU, signal.SIGALRM, signal.SIGRTMIN + 2)
 
 
 def cfg(port: int, backend: str, workers: int = 2, logs: str = "error_log: stderr info") -> str:
@@ -69,7 +71,7 @@ def test_operator_signals_to_the_master_are_logged_and_harm_nothing(gateway, bac
     pids = sorted(gw.pids())
     s = open_session(port)
     for sig in OPERATOR_SIGNALS:
-        name = signal.Signals(sig).name
+        name = signal_name(sig)
         gw.send(sig)
         gw.wait_log(f"signal {int(sig)} ({name}) received from {os.getpid()}, ")
         echo(s, name.encode())
@@ -89,7 +91,7 @@ def test_signals_for_the_master_are_ignored_by_a_worker(gateway, backends):
     s = open_session(port)
     worker = holder(gw, s)
     for sig in OPERATOR_SIGNALS:
-        name = signal.Signals(sig).name
+        name = signal_name(sig)
         os.kill(worker, sig)
         if sig != signal.SIGPIPE:  # ignored without a line (a write to a closed peer raises it)
             gw.wait_log(f"{worker}#{worker}: signal {int(sig)} ({name}) received, ignored: "

@@ -1,4 +1,5 @@
-"""Linux process controls through ``prctl(2)``: the parent-death signal and the process name.
+"""Linux process controls through ``prctl(2)``: the parent-death signal and the process name;
+and signal names as log lines print them.
 
 Declared once here (ctypes prototype set at import), used by the master and its workers. On a
 system without ``prctl`` both calls do nothing and return False; the worker's control socket
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import signal
 
 PR_SET_PDEATHSIG = 1
 PR_SET_NAME = 15
@@ -43,3 +45,13 @@ def set_name(name: str) -> bool:
     and ``pkill NAME`` show it). Threads started afterwards inherit the name."""
     buf = ctypes.create_string_buffer(name.encode()[:NAME_MAX])
     return _call(PR_SET_NAME, ctypes.addressof(buf))
+
+
+def signal_name(sig: int) -> str:
+    """``SIGUSR1``; ``SIGRTMIN+3`` for the real-time signals the enum does not name."""
+    try:
+        return signal.Signals(sig).name
+    except ValueError:
+        if signal.SIGRTMIN < sig <= signal.SIGRTMAX:
+            return f"SIGRTMIN+{sig - signal.SIGRTMIN}"
+        return f"signal {sig}"

@@ -11,7 +11,8 @@ logged and ignored. The table, its handlers and the README's "Signals" section s
 * SIGUSR1 — reopen every log file, here and (through the control channel) in every worker.
 * SIGHUP — reload is not implemented yet; logged.
 * SIGCHLD — reap; a worker that exits while the master is running is logged and restarted.
-* SIGUSR2, SIGWINCH, SIGPIPE, SIGTTIN, SIGTTOU, SIGALRM, ... — logged and ignored.
+* SIGUSR2, SIGWINCH, SIGPIPE, SIGTTIN, SIGTTOU, SIGALRM, the real-time signals, ... —
+  logged and ignored.
 
 Each worker gets one end of a socket pair (:mod:`tlsgw.control`): commands go down it, and
 the worker reads EOF when the master is gone however it died.
@@ -41,13 +42,6 @@ def raise_nofile_limit() -> int:
     return soft
 
 
-def signal_name(sig: int) -> str:
-    try:
-        return signal.Signals(sig).name
-    except ValueError:
-        return f"signal {sig}"
-
-
 class Master:
     #: signal -> the method that handles it, called with (signal, sender pid). The master blocks
     #: exactly these; a signal not listed keeps its default action (SIGKILL and SIGSTOP cannot
@@ -62,7 +56,8 @@ class Master:
         **{sig: "ignore" for sig in (signal.SIGUSR2, signal.SIGWINCH, signal.SIGPIPE,
                                      signal.SIGTTIN, signal.SIGTTOU, signal.SIGALRM,
                                      signal.SIGVTALRM, signal.SIGPROF, signal.SIGIO,
-                                     signal.SIGPWR)},
+                                     signal.SIGPWR,
+                                     *range(signal.SIGRTMIN, signal.SIGRTMAX + 1))},
     }
 
     def __init__(self, cfg: Config):
@@ -183,7 +178,8 @@ class Master:
 
     # ---- signal handlers (see SIGNALS) --------------------------------------------------------
     def received(self, sig: int, sender: int, action: str, level: str = "notice") -> None:
-        self.log.log(level, f"signal {sig} ({signal_name(sig)}) received from {sender}, {action}")
+        name = procctl.signal_name(sig)
+        self.log.log(level, f"signal {sig} ({name}) received from {sender}, {action}")
 
     def stop_gracefully(self, sig: int, sender: int) -> None:
         if self.stopping is None:

@@ -69,7 +69,7 @@ class ServerRuntime:
 #: (SIGPIPE stays ignored, as Python sets it, without a line: a write to a closed peer raises it.)
 MASTER_SIGNALS = (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH, signal.SIGTTIN,
                   signal.SIGTTOU, signal.SIGALRM, signal.SIGVTALRM, signal.SIGPROF, signal.SIGIO,
-                  signal.SIGPWR)
+                  signal.SIGPWR, *range(signal.SIGRTMIN + 1, signal.SIGRTMAX + 1))
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
 #: What the kernel sends a worker when the master dies (PR_SET_PDEATHSIG). A signal of its own:
 #: it fires when the master's main thread exits, while the master's other threads may still be
@@ -158,7 +158,7 @@ class Worker:
         return lambda: TLSAccept(loop, Session(default, name, by_index), ctx, timeout)
 
     def ignore_signal(self, sig: int) -> None:
-        self.error_log.log("notice", f"signal {sig} ({signal.Signals(sig).name}) received, "
+        self.error_log.log("notice", f"signal {sig} ({procctl.signal_name(sig)}) received, "
                            f"ignored: signals are for the master process {self.master_pid}")
 
     def read_channel(self) -> None:
