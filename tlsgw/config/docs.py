@@ -108,7 +108,10 @@ def generate() -> str:
 
 _GENERAL_DIFFERENCES = [
     "* **Signals**: SIGTERM/SIGINT stop gracefully and SIGQUIT stops at once (nginx: QUIT is "
-    "graceful, TERM/INT fast). SIGHUP (reload) is not implemented yet and is logged and ignored.",
+    "graceful, TERM/INT fast). SIGUSR1 reopens the log files, as in nginx. SIGHUP (reload) is "
+    "not implemented yet and is logged and ignored, as are SIGUSR2 (nginx: binary upgrade) and "
+    "SIGWINCH (nginx: stop a daemon's workers). Workers ignore the signals meant for the master, "
+    "and exit at once when the master is gone (nginx's workers outlive a killed master).",
     "* **`hash` with `backup` servers**: nginx rejects `backup` when the method directive comes "
     "before the `server` lines and otherwise ignores it except as a last resort after 20 "
     "missed hash points; YAML has no order here, so tlsgw accepts `backup` with `hash` "
