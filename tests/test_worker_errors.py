@@ -160,3 +160,56 @@ def test_a_failing_finalize_still_lets_a_graceful_stop_finish(tmp_path):
 def _no_leftover_error_log():
     yield
     logs.install(None)
+
+
+class MockTransport:
+    """Just what Session needs of a client transport, and a record of how it was closed."""
+
+    def __init__(self, peer=("127.0.0.1", 40000), local=("127.0.0.1", 9000)):
+        self.extra = {"peername": peer, "sockname": local}
+        self.closed = self.aborted = False
+
+    def get_extra_info(self, name, default=None):
+        return self.extra.get(name, default)
+
+    def is_closing(self):
+        return self.closed or self.aborted
+
+    def close(self):
+        self.closed = True
+
+    def abort(self):
+        self.aborted = True
+
+
+def test_a_failing_timer_callback_is_traced_to_its_session(tmp_path):
+    """No protocol in the context (a timer): the session is found from the traceback's frames.
+    Socket-free: a Worker on a real uvloop loop, sessions on mock transports."""
+    loop = uvloop.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        path, _ = config(tmp_path)
+        path.write_text(path.read_text().replace("{backend}", "1"))
+        worker = Worker(load_config(str(path)), [], 0)
+        loop.set_exception_handler(worker.loop_exception)  # what serve() does
+        rt = next(iter(worker.runtimes.values()))
+        victim, bystander = Session(rt, "127.0.0.1:9000"), Session(rt, "127.0.0.1:9000")
+        for s in (victim, bystander):
+            s.accepted(MockTransport())
+        victim.last = None  # its idle check will fail: None + timeout
+
+        loop.call_soon(victim.check_idle)
+        loop.run_until_complete(asyncio.sleep(0.01))
+        assert victim.finished and victim.transport.aborted
+        assert worker.sessions == {bystander} and not bystander.finished
+        logs.flush_all()
+        crit = [line for line in (tmp_path / "error.log").read_text().splitlines()
+                if "[crit]" in line]
+        assert len(crit) == 1
+        assert re.search(r"\[crit\] \d+#\d+: \*1 Exception in callback .*TypeError\(.* at "
+                         r"tlsgw/session.py:\d+ in check_idle, client: 127\.0\.0\.1, "
+                         r"server: 127\.0\.0\.1:9000$", crit[0]), crit
+    finally:
+        logs.install(None)
+        loop.close()
+        asyncio.set_event_loop(None)
