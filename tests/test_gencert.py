@@ -583,6 +583,75 @@ def test_printed_commands_work_as_printed(tmp_path: Path, extra: list[str]) -> N
                 assert result.stdout == BODY.decode()
 
 
+def tlsgw_on_path(tmp_path: Path) -> dict[str, str]:
+    """An environment whose PATH starts with a ``tlsgw`` that runs this tree's code."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    shim = bin_dir / "tlsgw"
+    shim.write_text(f'#!/bin/sh\nexec {sys.executable} -m tlsgw "$@"\n')
+    shim.chmod(0o755)
+    return {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "PYTHONPATH": str(ROOT)}
+
+
+@pytest.mark.parametrize("extra", [[], ["--intermediate"]], ids=["root", "intermediate"])
+def test_printed_next_commands_work_as_printed(tmp_path: Path, extra: list[str]) -> None:
+    """Every ``tlsgw gencert ...`` line that 'gencert ca' prints runs, as printed, in a shell."""
+    lab = tmp_path / "my lab"  # a space: the printed --dir must be quoted
+    out = run_gencert("ca", "--dir", str(lab), *extra)
+    commands = [line.strip() for line in out.splitlines() if line.startswith("  tlsgw gencert ")]
+    assert [c.split()[2] for c in commands] == ["server", "client"], out
+    env = tlsgw_on_path(tmp_path)
+    for cmd in commands:
+        result = run(cmd, shell=True, env=env, cwd=tmp_path)
+        assert result.returncode == 0, f"{cmd}\n{result.stdout}{result.stderr}"
+    issuer = load_certs(lab / ("intermediate.pem" if extra else "ca.pem"))[0]
+    server, client = load_certs(lab / "server.pem")[0], load_certs(lab / "client.pem")[0]
+    for leaf in (server, client):
+        leaf.verify_directly_issued_by(issuer)
+    sans = ext(server, x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
+    assert "api.lab.test" in sans
+    assert client.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "alice"
+
+
+@pytest.mark.parametrize(
+    "order",
+    [
+        ["server", "a.lab.test", "b.lab.test", "--dir", "{d}", "-q"],
+        ["server", "--dir", "{d}", "a.lab.test", "b.lab.test", "-q"],
+        ["--dir", "{d}", "server", "a.lab.test", "-q", "b.lab.test"],
+        ["-q", "server", "a.lab.test", "--dir", "{d}", "b.lab.test"],
+    ],
+)
+def test_action_names_and_options_in_any_order(tmp_path: Path, order: list[str]) -> None:
+    run_gencert("ca", "--dir", str(tmp_path), "-q")
+    out = run_gencert(*(w.format(d=tmp_path) for w in order))
+    assert out.split() == [str(tmp_path / "server.pem"), str(tmp_path / "server.key")]
+    (server,) = load_certs(tmp_path / "server.pem")
+    sans = ext(server, x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
+    assert sans[:2] == ["a.lab.test", "b.lab.test"]
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--bogus"], "unrecognized arguments: --bogus"),
+        (["server", "--dir", "x", "-k", "dsa"], "invalid choice: 'dsa'"),
+        (["bogus"], "invalid choice: 'bogus'"),
+    ],
+)
+def test_usage_errors_show_gencerts_usage(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tlsgw.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["gencert", *argv])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: tlsgw gencert ") and "[ACTION] [NAME ...]" in err, err
+    assert re.search(f"^tlsgw gencert: error: .*{re.escape(message)}", err, re.M), err
+
+
 def test_printed_yaml(tmp_path: Path) -> None:
     out = run_gencert("--dir", str(tmp_path), "--port", "9443")
     snippet = out[out.index("upstreams:") : out.index("\n\n", out.index("upstreams:"))]
