@@ -652,10 +652,17 @@ def test_usage_errors_show_gencerts_usage(
     assert re.search(f"^tlsgw gencert: error: .*{re.escape(message)}", err, re.M), err
 
 
+def printed_config(out: str) -> str:
+    """The YAML configuration gencert printed (between its heading and the next blank line)."""
+    start = out.index("tlsgw configuration (YAML) using them:\n\n") + 40
+    return out[start : out.index("\n\n", start)] + "\n"
+
+
 def test_printed_yaml(tmp_path: Path) -> None:
     out = run_gencert("--dir", str(tmp_path), "--port", "9443")
-    snippet = out[out.index("upstreams:") : out.index("\n\n", out.index("upstreams:"))]
+    snippet = printed_config(out)
     config = yaml.safe_load(snippet)
+    assert config["error_log"] == "stderr info"  # nginx logs rejected client certificates at info
     plain, mtls = config["servers"]
     assert plain == {
         "listen": "127.0.0.1:9443 ssl",
@@ -682,6 +689,37 @@ def test_printed_yaml(tmp_path: Path) -> None:
         if all(re.search(r'"ssl|ssl_', str(e)) for e in exc.errors):
             pytest.skip(f"the config loader does not support TLS directives yet: {exc.errors[0]}")
         raise
+
+
+def test_printed_mtls_config_logs_rejected_clients(tmp_path: Path) -> None:
+    """A gateway started from the printed configuration shows a client it turned away.
+
+    docs/gencert.md sends the reader to the server's log for TLS 1.3 rejections (s_client
+    exits 0 there); the line is logged at info, so the printed configuration must enable it.
+    """
+    from support import Gateway
+
+    plain_sock, mtls_sock = free_port_pair()
+    port = plain_sock.getsockname()[1]
+    out = run_gencert("--dir", str(tmp_path / "lab"), "--port", str(port))
+    plain_sock.close()
+    mtls_sock.close()
+    (tmp_path / "gw").mkdir()
+    gw = Gateway(tmp_path / "gw", printed_config(out)).start()
+    try:
+        ctx = ssl.create_default_context(cafile=tmp_path / "lab" / "ca.pem")
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_3  # the case s_client cannot show
+        with (
+            socket.create_connection(("127.0.0.1", port + 1), timeout=5) as raw,
+            ctx.wrap_socket(raw, server_hostname="localhost") as tls,
+            pytest.raises(ssl.SSLError, match="CERTIFICATE_REQUIRED"),
+        ):
+            tls.recv(1)
+        log = gw.wait_log("client sent no certificate")
+        line = next(ln for ln in log.splitlines() if "client sent no certificate" in ln)
+        assert "[info]" in line and f"server: 127.0.0.1:{port + 1}" in line, line
+    finally:
+        gw.stop()
 
 
 # -- overwriting, reuse, single artefacts -------------------------------------------------------

@@ -420,10 +420,12 @@ def _report(
         d / f"{plan.client or 'client'}.key",
     )
     target = _Target.of(server)
+    lines += ["", "tlsgw configuration (YAML) using them:", ""]
+    if client is not None:
+        # Like nginx, tlsgw logs a client's failed handshake (no or an untrusted certificate)
+        # at info; at the default level a turned-away client would leave no trace.
+        lines.append("error_log: stderr info    # shows clients turned away by mutual TLS")
     lines += [
-        "",
-        "tlsgw configuration (YAML) using them:",
-        "",
         "upstreams:",
         "  backend:",
         "    servers:",
