@@ -127,3 +127,39 @@ def test_unix_socket_file_removed_when_a_later_address_fails(lab_backends: calla
         assert lab.proc.wait(10) == 3
     assert "cannot listen" in lab.err.read_text()
     assert not os.path.lexists(sock)
+
+
+def test_readme_demo_output_matches_the_demo_placement(tmp_path: Path) -> None:
+    """README's ``lab probe`` sample is what configs/demo.yaml does (its ketama placement,
+    computed with tlsgw's balancer), reaches every backend, and uses the Makefile's command."""
+    import re
+    import shutil
+
+    from tlsgw.balancer import Upstream
+    from tlsgw.certs import CA
+    from tlsgw.config.load import load_config
+
+    shutil.copytree(ROOT / "configs", tmp_path / "configs")
+    ca = CA.create()
+    ca.issue_server().write(tmp_path / "certs", "server")
+    cfg = load_config(str(tmp_path / "configs" / "demo.yaml"))
+    up = cfg.upstreams["backend"]
+    assert up.key is not None and up.key.text == "$remote_addr"
+    upstream = Upstream(up.name, up.peer_configs(), up.method)
+
+    readme = (ROOT / "README.md").read_text()
+    command = re.search(r"^\.venv/bin/(tlsgw lab probe 127\.0\.0\.1:9000 .*)$", readme, re.M)
+    assert command, "README shows no lab probe command"
+    assert command.group(1) in (ROOT / "Makefile").read_text()
+    clients = int(re.search(r"--clients (\d+)", command.group(1)).group(1))
+    repeat = int(re.search(r"--repeat (\d+)", command.group(1)).group(1))
+    sample = re.findall(r"^# client (127\.0\.0\.\d+) +-> backend (\d+): hello ", readme, re.M)
+    assert len(sample) == clients * repeat
+    assert [c for c, _ in sample] == [f"127.0.0.{i}" for i in range(1, clients + 1)
+                                      for _ in range(repeat)]
+    for client, port in sample:
+        session = upstream.session(client.encode())
+        peer = session.get()
+        session.free(peer, failed=False)
+        assert peer.name == f"127.0.0.1:{port}", client
+    assert {port for _, port in sample} == {p.name.rpartition(":")[2] for p in upstream.peers}
