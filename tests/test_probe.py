@@ -45,7 +45,7 @@ def mechanisms(out: str, section: str) -> dict[str, str]:
 def tls_gateway(gateway, backends, pki):
     """One gateway: tickets on, tickets off, TLS 1.2 only, TLS 1.3 only, and plaintext."""
     echo = backends("echo")
-    ports = {name: free_port() for name in ("on", "off", "tls12", "tls13", "plain")}
+    ports = {name: free_port() for name in ("on", "off", "tls12", "tls13", "plain", "mtls")}
 
     def server(port: int, extra: str) -> str:
         return f"""
@@ -60,7 +60,8 @@ def tls_gateway(gateway, backends, pki):
 error_log: stderr notice
 servers:{server(ports["on"], "")}{server(ports["off"], chr(10) + "    ssl_session_tickets: off")}\
 {server(ports["tls12"], chr(10) + "    ssl_protocols: TLSv1.2")}\
-{server(ports["tls13"], chr(10) + "    ssl_protocols: TLSv1.3")}
+{server(ports["tls13"], chr(10) + "    ssl_protocols: TLSv1.3")}\
+{server(ports["mtls"], f"{chr(10)}    ssl_verify_client: on{chr(10)}    ssl_client_certificate: {pki.ca}")}
   - listen: 127.0.0.1:{ports["plain"]}
     proxy_pass: {echo.address}
 """)
@@ -120,6 +121,19 @@ def test_protocol_a_server_refuses(tls_gateway, pki, only: str, missing: str) ->
     now = mechanisms(r.stdout, "session resumption")
     assert now[missing].startswith("not available: "), r.stdout
     assert [m for m, v in now.items() if v.startswith("resumed")], r.stdout
+
+
+def test_mutual_tls(tls_gateway, pki) -> None:
+    port = tls_gateway["mtls"]
+    r = run_cli("probe", f"127.0.0.1:{port}", "--tls", "--cafile", pki.ca)
+    assert r.returncode == 1
+    assert "requires a client certificate (mutual TLS): give one with --cert" in r.stderr, r.stderr
+    r = run_cli("probe", f"127.0.0.1:{port}", "--tls", "--cafile", pki.ca,
+                "--cert", pki.client, "--key", pki.client_key)
+    assert r.returncode == 0, r.stderr
+    assert set(mechanisms(r.stdout, "session resumption").values()) >= {"resumed"}, r.stdout
+    r = run_cli("probe", f"127.0.0.1:{port}", "--tls", "--cert", pki.ca + ".missing")
+    assert r.returncode == 1 and "cannot use --cert " in r.stderr, r.stderr
 
 
 def test_plaintext_port_with_tls_is_a_clear_error(tls_gateway) -> None:

@@ -34,7 +34,8 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 DESCRIPTION = """\
 Inspect a running endpoint, or predict what an upstream change does to client placement.
 
-  tlsgw probe HOST:PORT --tls [--servername NAME] [--cafile F | --insecure] [--resume-after S,...]
+  tlsgw probe HOST:PORT --tls [--servername NAME] [--cafile F | --insecure] [--cert F]
+                             [--resume-after S,...]
       Connect, show the certificate chain (subject, issuer, SANs, expiry, key), whether it
       verifies, the protocol, cipher and ALPN; then reconnect to show whether sessions resume
       by TLS 1.2 session ID, TLS 1.2 ticket and TLS 1.3 ticket. --resume-after 1,3 waits that
@@ -89,6 +90,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="trust this CA bundle (default: the system trust store)")
     parser.add_argument("--insecure", action="store_true",
                         help="do not verify the certificate (still shown)")
+    parser.add_argument("--cert", metavar="FILE",
+                        help="client certificate (chain) to present, for mutual TLS")
+    parser.add_argument("--key", metavar="FILE", help="private key of --cert (default: in --cert)")
     parser.add_argument("--alpn", metavar="PROTO,...",
                         help="offer these ALPN protocols, e.g. h2,http/1.1 (default: none)")
     parser.add_argument("--resume-after", type=_waits, default=[], metavar="SECONDS[,...]",
@@ -116,13 +120,15 @@ class Target:
     def text(self) -> str:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
-    @property
-    def is_ip(self) -> bool:
-        try:
-            socket.inet_pton(socket.AF_INET6 if ":" in self.host else socket.AF_INET, self.host)
-        except OSError:
-            return False
-        return True
+
+
+def is_ip_address(text: str) -> bool:
+    """True for an IPv4 or IPv6 address (which clients verify against IP SANs, without SNI)."""
+    try:
+        socket.inet_pton(socket.AF_INET6 if ":" in text else socket.AF_INET, text)
+    except OSError:
+        return False
+    return True
 
 
 def parse_target(text: str) -> Target:
@@ -163,6 +169,9 @@ def _handshake_failure(exc: Exception, target: Target, timeout: float) -> ProbeE
                           f"within {timeout:g} s: is it a TLS port? (drop --tls for a plain one)")
     if isinstance(exc, ssl.SSLError):
         reason = exc.reason or ""
+        if "CERTIFICATE_REQUIRED" in reason:
+            return ProbeError(f"{target.text} requires a client certificate (mutual TLS): "
+                              "give one with --cert FILE [--key FILE]")
         if reason in _NOT_TLS_REASONS:
             return ProbeError(f"{target.text} does not speak TLS: it answered the TLS "
                               f"ClientHello with something else ({reason}); drop --tls for a "
@@ -213,8 +222,10 @@ class Prober:
     """Makes the handshakes of one probe: the same target, name, trust and timeouts each time."""
 
     def __init__(self, target: Target, *, servername: str | None, cafile: str | None,
-                 insecure: bool, alpn: Sequence[str], timeout: float):
+                 insecure: bool, alpn: Sequence[str], timeout: float,
+                 cert: str | None = None, key: str | None = None):
         self.target = target
+        self.cert, self.key = cert, key
         self.server_hostname = servername or target.host
         self.cafile = cafile
         self.insecure = insecure
@@ -237,6 +248,8 @@ class Prober:
             ctx.options |= ssl.OP_NO_TICKET
         if self.alpn:
             ctx.set_alpn_protocols(self.alpn)
+        if self.cert:
+            ctx.load_cert_chain(self.cert, self.key)
         return ctx
 
     def tcp(self) -> socket.socket:
@@ -426,7 +439,7 @@ class Report:
 
     def lines(self) -> list[str]:
         m = self.main
-        alpn = m.alpn or ("none selected" if self.offered_alpn else "none (none offered; --alpn)")
+        alpn = m.alpn or ("none selected" if self.offered_alpn else "none offered (see --alpn)")
         sni = f"SNI {self.server_hostname}" if self.sni else "no SNI: an IP address"
         out = [
             f"tlsgw probe: {self.target.text} ({sni})",
@@ -478,8 +491,8 @@ def probe_tls(prober: Prober, waits: Sequence[float]) -> tuple[Report, bool]:
             main = prober.handshake(prober.context(verify=False))  # to show what was sent
             verified = f"FAILED: {verify_error}"
     verify = verify_error is None
-    report = Report(prober.target, prober.server_hostname, not prober.target.is_ip or
-                    prober.server_hostname != prober.target.host, main, verified,
+    report = Report(prober.target, prober.server_hostname,
+                    not is_ip_address(prober.server_hostname), main, verified,
                     [CertInfo.from_der(d) for d in main.chain], offered_alpn=prober.alpn)
     report.resumption = check_resumption(prober, verify)
     if waits:
@@ -512,6 +525,24 @@ def probe_plain(prober: Prober) -> list[str]:
 # -- run ----------------------------------------------------------------------------------------
 
 
+def _check_files(cafile: str | None, cert: str | None, key: str | None) -> None:
+    """Report an unreadable --cafile or --cert/--key by name, before any connection."""
+    def why(exc: Exception) -> str:
+        return getattr(exc, "strerror", None) or str(exc)
+
+    if cafile:
+        try:
+            ssl.create_default_context(cafile=cafile)
+        except (ssl.SSLError, OSError) as exc:
+            raise ProbeError(f"cannot use --cafile {cafile}: {why(exc)}") from None
+    if cert:
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(cert, key)
+        except (ssl.SSLError, OSError) as exc:
+            raise ProbeError(f"cannot use --cert {cert}{f' --key {key}' if key else ''}: "
+                             f"{why(exc)}") from None
+
+
 def run(args: argparse.Namespace) -> int:
     parser: argparse.ArgumentParser = args.probe_parser
     if args.remap:
@@ -536,23 +567,22 @@ def run(args: argparse.Namespace) -> int:
         parser.error("--timeout must be positive")
     tls_only = [f for f, v in (("--servername", args.servername), ("--cafile", args.cafile),
                                ("--insecure", args.insecure), ("--alpn", args.alpn),
+                               ("--cert", args.cert), ("--key", args.key),
                                ("--resume-after", args.resume_after)) if v]
     if tls_only and not args.tls:
         parser.error(f"{tls_only[0]} needs --tls")
     if args.cafile and args.insecure:
         parser.error("--cafile and --insecure contradict each other")
+    if args.key and not args.cert:
+        parser.error("--key goes with --cert")
     alpn = [p for p in (args.alpn or "").split(",") if p]
     prober = Prober(target, servername=args.servername, cafile=args.cafile,
-                    insecure=args.insecure, alpn=alpn, timeout=args.timeout)
+                    insecure=args.insecure, alpn=alpn, timeout=args.timeout,
+                    cert=args.cert, key=args.key)
     if not args.tls:
         print("\n".join(probe_plain(prober)))
         return EXIT_OK
-    if args.cafile:
-        try:
-            ssl.create_default_context(cafile=args.cafile)
-        except (ssl.SSLError, OSError) as exc:
-            raise ProbeError(f"cannot use --cafile {args.cafile}: "
-                             f"{getattr(exc, 'strerror', None) or exc}") from None
+    _check_files(args.cafile, args.cert, args.key)
     report, verified = probe_tls(prober, args.resume_after)
     print("\n".join(report.lines()))
     return EXIT_OK if verified else EXIT_FAILED
