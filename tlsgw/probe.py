@@ -121,7 +121,6 @@ class Target:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
-
 def is_ip_address(text: str) -> bool:
     """True for an IPv4 or IPv6 address (which clients verify against IP SANs, without SNI)."""
     try:
