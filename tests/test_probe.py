@@ -41,6 +41,18 @@ def mechanisms(out: str, section: str) -> dict[str, str]:
     return {k: v[0] if len(v) == 1 else v for k, v in found.items()}
 
 
+def assert_expiry(mech: str, attempts: list[str], out: str) -> None:
+    """The 1 s attempt resumed and the 3 s one did not, judged by the wait the probe measured:
+    below the 2 s timeout a session must resume, at 3 s or more it must not (a loaded machine
+    can stretch the 1 s wait; between 2 and 3 s OpenSSL's whole seconds decide either way)."""
+    (at_1, at_3) = attempts
+    waited = [float(re.fullmatch(r"after (\d+\.\d) s: .*", a).group(1)) for a in attempts]
+    assert waited[0] >= 1.0 and waited[1] >= 3.0, (mech, out)
+    if waited[0] < 2.0:
+        assert at_1.endswith(": resumed"), (mech, out)
+    assert at_3.endswith(": not resumed"), (mech, out)
+
+
 @pytest.fixture
 def tls_gateway(gateway, backends, pki):
     """One gateway: tickets on, tickets off, TLS 1.2 only, TLS 1.3 only, and plaintext."""
@@ -93,10 +105,9 @@ def test_resumption_before_and_after_ssl_session_timeout(tls_gateway, pki) -> No
                    "TLS 1.2 ticket": "resumed (ticket lifetime hint 2 s)",
                    "TLS 1.3 ticket": "resumed (ticket lifetime hint 2 s)"}, on
     later = mechanisms(on, "resumption after a wait")
-    for mech, (at_1, at_3) in later.items():
-        assert re.fullmatch(r"after 1\.\d s: resumed", at_1), (mech, on)
-        assert re.fullmatch(r"after 3\.\d s: not resumed", at_3), (mech, on)
     assert len(later) == 3
+    for mech, attempts in later.items():
+        assert_expiry(mech, attempts, on)
 
     off = outs["off"]
     now = mechanisms(off, "session resumption")
@@ -108,8 +119,7 @@ def test_resumption_before_and_after_ssl_session_timeout(tls_gateway, pki) -> No
     later = mechanisms(off, "resumption after a wait")
     assert later["TLS 1.2 ticket"].startswith("skipped")
     for mech in ("TLS 1.2 session ID", "TLS 1.3 ticket"):
-        at_1, at_3 = later[mech]
-        assert at_1.endswith(": resumed") and at_3.endswith(": not resumed"), (mech, off)
+        assert_expiry(mech, later[mech], off)
 
 
 @pytest.mark.parametrize("only,missing", [("tls12", "TLS 1.3 ticket"),
