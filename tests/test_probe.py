@@ -313,3 +313,16 @@ def test_remap_errors(tmp_path: Path) -> None:
     assert r.returncode == 1 and "is not a valid configuration" in r.stderr, r.stderr
     r = run_cli("probe", "--remap", good, good, "--upstream", "nope")
     assert r.returncode == 1 and 'has no upstream "nope"' in r.stderr
+
+
+def test_docs_cover_every_flag() -> None:
+    """docs/probe.md names every option ``tlsgw probe`` accepts (a drift check)."""
+    import argparse
+
+    from tlsgw import probe
+
+    docs = (ROOT / "docs" / "probe.md").read_text()
+    parser = argparse.ArgumentParser()
+    probe.add_arguments(parser)
+    flags = [f for a in parser._actions for f in a.option_strings if f not in ("-h", "--help")]
+    assert flags and not [f for f in flags if f not in docs]
