@@ -57,14 +57,15 @@ def assert_expiry(mech: str, attempts: list[str], out: str) -> None:
 def tls_gateway(gateway, backends, pki):
     """One gateway: tickets on, tickets off, TLS 1.2 only, TLS 1.3 only, and plaintext."""
     echo = backends("echo")
-    ports = {name: free_port() for name in ("on", "off", "tls12", "tls13", "plain", "mtls")}
+    ports = {name: free_port()
+             for name in ("on", "off", "tls12", "tls13", "plain", "mtls", "nocache")}
 
-    def server(port: int, extra: str) -> str:
+    def server(port: int, extra: str, cache: str = "shared:SSL:1m") -> str:
         return f"""
   - listen: 127.0.0.1:{port} ssl
     ssl_certificate: {pki.server}
     ssl_certificate_key: {pki.server_key}
-    ssl_session_cache: shared:SSL:1m
+    ssl_session_cache: {cache}
     ssl_session_timeout: 2s
     proxy_pass: {echo.address}{extra}"""
 
@@ -73,7 +74,8 @@ error_log: stderr notice
 servers:{server(ports["on"], "")}{server(ports["off"], chr(10) + "    ssl_session_tickets: off")}\
 {server(ports["tls12"], chr(10) + "    ssl_protocols: TLSv1.2")}\
 {server(ports["tls13"], chr(10) + "    ssl_protocols: TLSv1.3")}\
-{server(ports["mtls"], f"{chr(10)}    ssl_verify_client: on{chr(10)}    ssl_client_certificate: {pki.ca}")}
+{server(ports["mtls"], f"{chr(10)}    ssl_verify_client: on{chr(10)}    ssl_client_certificate: {pki.ca}")}\
+{server(ports["nocache"], "", cache="none")}
   - listen: 127.0.0.1:{ports["plain"]}
     proxy_pass: {echo.address}
 """)
@@ -129,8 +131,17 @@ def test_protocol_a_server_refuses(tls_gateway, pki, only: str, missing: str) ->
     assert r.returncode == 0, r.stderr
     assert f"protocol      TLSv1.{only[-1]}" in r.stdout
     now = mechanisms(r.stdout, "session resumption")
-    assert now[missing].startswith("not available: "), r.stdout
+    assert now[missing] == "not accepted by the server (ssl_protocols)", r.stdout
     assert [m for m, v in now.items() if v.startswith("resumed")], r.stdout
+
+
+def test_session_id_needs_a_cache(tls_gateway, pki) -> None:
+    r = run_cli("probe", f"127.0.0.1:{tls_gateway['nocache']}", "--tls", "--cafile", pki.ca)
+    assert r.returncode == 0, r.stderr
+    now = mechanisms(r.stdout, "session resumption")
+    assert now["TLS 1.2 session ID"] == "not resumed (no ssl_session_cache?)", r.stdout
+    assert now["TLS 1.2 ticket"].startswith("resumed") and now["TLS 1.3 ticket"].startswith(
+        "resumed"), r.stdout
 
 
 def test_mutual_tls(tls_gateway, pki) -> None:

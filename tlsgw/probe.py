@@ -357,10 +357,6 @@ class Resumption:
     waited: float | None = None
     """Seconds measured between the first handshake's end and the second one's start."""
 
-    @property
-    def tried(self) -> bool:
-        return self.outcome in ("resumed", "not resumed")
-
 
 def _first(prober: Prober, mech: Mechanism, verify: bool
            ) -> tuple[ssl.SSLContext, Handshake | None, str | None]:
@@ -368,6 +364,8 @@ def _first(prober: Prober, mech: Mechanism, verify: bool
     try:
         first = prober.handshake(ctx)
     except ProbeError as exc:
+        if any(r in str(exc) for r in ("PROTOCOL_VERSION", "UNSUPPORTED_PROTOCOL")):
+            return ctx, None, "not accepted by the server (ssl_protocols)"
         return ctx, None, f"not available: {exc}"
     if first.session is None:
         return ctx, None, "no session to resume"
@@ -393,7 +391,13 @@ def check_resumption(prober: Prober, verify: bool) -> list[Resumption]:
     out = []
     for mech in MECHANISMS:
         ctx, first, why = _first(prober, mech, verify)
-        out.append(Resumption(mech, why) if first is None else _resume(prober, mech, ctx, first))
+        if first is None:
+            out.append(Resumption(mech, why or ""))
+            continue
+        result = _resume(prober, mech, ctx, first)
+        if not result.resumed and not mech.tickets and result.outcome == "not resumed":
+            result.outcome += " (no ssl_session_cache?)"  # IDs resume only from a cache
+        out.append(result)
     return out
 
 
