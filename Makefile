@@ -34,7 +34,7 @@ demo: install
 	trap 'kill $$lab 2>/dev/null' EXIT INT TERM; sleep 0.5; \
 	echo; echo "tlsgw demo: gateway on 127.0.0.1:9000 (plain) and 127.0.0.1:9443 (TLS) in front of 3 backends (configs/demo.yaml)"; \
 	echo "  connect:          python3 -c 'import socket; s=socket.create_connection((\"127.0.0.1\",9000)); print(s.recv(100).decode())'"; \
-	echo "  see stickiness:   $(BIN)/tlsgw lab probe 127.0.0.1:9000 --clients 5 --repeat 2"; \
+	echo "  see stickiness:   $(BIN)/tlsgw lab probe 127.0.0.1:9000 --clients 8 --repeat 2"; \
 	echo "                    (each client address 127.0.0.N always reaches the same backend)"; \
 	echo "  TLS:              $(BIN)/tlsgw lab probe 127.0.0.1:9443 --tls --cafile certs/ca.pem"; \
 	echo "                    openssl s_client -connect 127.0.0.1:9443 -CAfile certs/ca.pem -servername localhost"; \

@@ -583,10 +583,86 @@ def test_printed_commands_work_as_printed(tmp_path: Path, extra: list[str]) -> N
                 assert result.stdout == BODY.decode()
 
 
+def tlsgw_on_path(tmp_path: Path) -> dict[str, str]:
+    """An environment whose PATH starts with a ``tlsgw`` that runs this tree's code."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    shim = bin_dir / "tlsgw"
+    shim.write_text(f'#!/bin/sh\nexec {sys.executable} -m tlsgw "$@"\n')
+    shim.chmod(0o755)
+    return {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "PYTHONPATH": str(ROOT)}
+
+
+@pytest.mark.parametrize("extra", [[], ["--intermediate"]], ids=["root", "intermediate"])
+def test_printed_next_commands_work_as_printed(tmp_path: Path, extra: list[str]) -> None:
+    """Every ``tlsgw gencert ...`` line that 'gencert ca' prints runs, as printed, in a shell."""
+    lab = tmp_path / "my lab"  # a space: the printed --dir must be quoted
+    out = run_gencert("ca", "--dir", str(lab), *extra)
+    commands = [line.strip() for line in out.splitlines() if line.startswith("  tlsgw gencert ")]
+    assert [c.split()[2] for c in commands] == ["server", "client"], out
+    env = tlsgw_on_path(tmp_path)
+    for cmd in commands:
+        result = run(cmd, shell=True, env=env, cwd=tmp_path)
+        assert result.returncode == 0, f"{cmd}\n{result.stdout}{result.stderr}"
+    issuer = load_certs(lab / ("intermediate.pem" if extra else "ca.pem"))[0]
+    server, client = load_certs(lab / "server.pem")[0], load_certs(lab / "client.pem")[0]
+    for leaf in (server, client):
+        leaf.verify_directly_issued_by(issuer)
+    sans = ext(server, x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
+    assert "api.lab.test" in sans
+    assert client.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "alice"
+
+
+@pytest.mark.parametrize(
+    "order",
+    [
+        ["server", "a.lab.test", "b.lab.test", "--dir", "{d}", "-q"],
+        ["server", "--dir", "{d}", "a.lab.test", "b.lab.test", "-q"],
+        ["--dir", "{d}", "server", "a.lab.test", "-q", "b.lab.test"],
+        ["-q", "server", "a.lab.test", "--dir", "{d}", "b.lab.test"],
+    ],
+)
+def test_action_names_and_options_in_any_order(tmp_path: Path, order: list[str]) -> None:
+    run_gencert("ca", "--dir", str(tmp_path), "-q")
+    out = run_gencert(*(w.format(d=tmp_path) for w in order))
+    assert out.split() == [str(tmp_path / "server.pem"), str(tmp_path / "server.key")]
+    (server,) = load_certs(tmp_path / "server.pem")
+    sans = ext(server, x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
+    assert sans[:2] == ["a.lab.test", "b.lab.test"]
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--bogus"], "unrecognized arguments: --bogus"),
+        (["server", "--dir", "x", "-k", "dsa"], "invalid choice: 'dsa'"),
+        (["bogus"], "invalid choice: 'bogus'"),
+    ],
+)
+def test_usage_errors_show_gencerts_usage(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tlsgw.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["gencert", *argv])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("usage: tlsgw gencert ") and "[ACTION] [NAME ...]" in err, err
+    assert re.search(f"^tlsgw gencert: error: .*{re.escape(message)}", err, re.M), err
+
+
+def printed_config(out: str) -> str:
+    """The YAML configuration gencert printed (between its heading and the next blank line)."""
+    start = out.index("tlsgw configuration (YAML) using them:\n\n") + 40
+    return out[start : out.index("\n\n", start)] + "\n"
+
+
 def test_printed_yaml(tmp_path: Path) -> None:
     out = run_gencert("--dir", str(tmp_path), "--port", "9443")
-    snippet = out[out.index("upstreams:") : out.index("\n\n", out.index("upstreams:"))]
+    snippet = printed_config(out)
     config = yaml.safe_load(snippet)
+    assert config["error_log"] == "stderr info"  # nginx logs rejected client certificates at info
     plain, mtls = config["servers"]
     assert plain == {
         "listen": "127.0.0.1:9443 ssl",
@@ -613,6 +689,37 @@ def test_printed_yaml(tmp_path: Path) -> None:
         if all(re.search(r'"ssl|ssl_', str(e)) for e in exc.errors):
             pytest.skip(f"the config loader does not support TLS directives yet: {exc.errors[0]}")
         raise
+
+
+def test_printed_mtls_config_logs_rejected_clients(tmp_path: Path) -> None:
+    """A gateway started from the printed configuration shows a client it turned away.
+
+    docs/gencert.md sends the reader to the server's log for TLS 1.3 rejections (s_client
+    exits 0 there); the line is logged at info, so the printed configuration must enable it.
+    """
+    from support import Gateway
+
+    plain_sock, mtls_sock = free_port_pair()
+    port = plain_sock.getsockname()[1]
+    out = run_gencert("--dir", str(tmp_path / "lab"), "--port", str(port))
+    plain_sock.close()
+    mtls_sock.close()
+    (tmp_path / "gw").mkdir()
+    gw = Gateway(tmp_path / "gw", printed_config(out)).start()
+    try:
+        ctx = ssl.create_default_context(cafile=tmp_path / "lab" / "ca.pem")
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_3  # the case s_client cannot show
+        with (
+            socket.create_connection(("127.0.0.1", port + 1), timeout=5) as raw,
+            ctx.wrap_socket(raw, server_hostname="localhost") as tls,
+            pytest.raises(ssl.SSLError, match="CERTIFICATE_REQUIRED"),
+        ):
+            tls.recv(1)
+        log = gw.wait_log("client sent no certificate")
+        line = next(ln for ln in log.splitlines() if "client sent no certificate" in ln)
+        assert "[info]" in line and f"server: 127.0.0.1:{port + 1}" in line, line
+    finally:
+        gw.stop()
 
 
 # -- overwriting, reuse, single artefacts -------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Command line: ``tlsgw serve|check|gencert|lab``.
+"""Command line: ``tlsgw serve|check|gencert|lab|probe``.
 
 This is the only module that maps exceptions to exit codes:
 0 success, 1 invalid configuration (or bad command input), 3 start-up failure.
@@ -51,6 +51,12 @@ def _cmd_lab(args: argparse.Namespace) -> int:
     return lab.run(args)
 
 
+def _cmd_probe(args: argparse.Namespace) -> int:
+    from tlsgw import probe
+
+    return probe.run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tlsgw",
@@ -87,6 +93,14 @@ def build_parser() -> argparse.ArgumentParser:
                        description=lab.DESCRIPTION)
     lab.add_arguments(p)
     p.set_defaults(func=_cmd_lab)
+
+    from tlsgw import probe
+
+    p = sub.add_parser("probe", help="inspect a TLS endpoint (certificates, session resumption) "
+                       "or predict how an upstream change moves clients",
+                       description=probe.DESCRIPTION)
+    probe.add_arguments(p)
+    p.set_defaults(func=_cmd_probe)
     return parser
 
 

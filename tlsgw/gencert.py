@@ -58,7 +58,7 @@ One artefact at a time:
   tlsgw gencert client [CN [SAN ...]]      a client certificate from the CA in DIR
 server/client use DIR/ca.pem + ca.key (or --ca-cert/--ca-key), and DIR/intermediate.* with
 --intermediate; --basename writes NAME.pem/NAME.key instead of server.*/client.*.
-Put ACTION and its NAMEs together (before or after the options).
+ACTION, NAMEs and options may come in any order.
 
 NAMEs (ACTION arguments and --name) may be DNS names, wildcards (*.lab.test), IPv4/IPv6
 addresses, e-mail addresses or URIs. Private keys are created with mode 0600. Existing files
@@ -66,8 +66,41 @@ are never replaced without --force (exit status 1). Default key type: ECDSA P-25
 """
 
 
+class _IntermixedParser(argparse.ArgumentParser):
+    """gencert's parser: ACTION and NAMEs may come before, between or after the options.
+
+    Plain argparse matches the positionals at their first run of words, so
+    ``tlsgw gencert server --dir lab api.lab.test`` (the form gencert itself prints) left
+    ``api.lab.test`` unrecognised. Intermixed parsing reads the options first and then the
+    leftover words as ACTION and NAMEs. Words that are still left over are this parser's
+    error, shown with gencert's usage, instead of being passed up to the ``tlsgw`` parser.
+    """
+
+    _parsing = False  # parse_known_intermixed_args calls parse_known_args itself (Python < 3.14)
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: list[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        if self._parsing:
+            return super().parse_known_args(args, namespace)
+        self._parsing = True
+        try:
+            namespace, extras = self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._parsing = False
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return namespace, extras
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add ``gencert``'s arguments to ``parser`` (the ``tlsgw gencert`` subparser)."""
+    """Add ``gencert``'s arguments to ``parser`` (the ``tlsgw gencert`` subparser).
+
+    ``parser`` becomes an :class:`_IntermixedParser`: argparse's subparser factory makes
+    every subparser of the top-level class, and only gencert's words may be intermixed.
+    """
+    if type(parser) is argparse.ArgumentParser:
+        parser.__class__ = _IntermixedParser
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument(
         "action",
@@ -387,10 +420,12 @@ def _report(
         d / f"{plan.client or 'client'}.key",
     )
     target = _Target.of(server)
+    lines += ["", "tlsgw configuration (YAML) using them:", ""]
+    if client is not None:
+        # Like nginx, tlsgw logs a client's failed handshake (no or an untrusted certificate)
+        # at info; at the default level a turned-away client would leave no trace.
+        lines.append("error_log: stderr info    # shows clients turned away by mutual TLS")
     lines += [
-        "",
-        "tlsgw configuration (YAML) using them:",
-        "",
         "upstreams:",
         "  backend:",
         "    servers:",
