@@ -236,3 +236,21 @@ def test_largest_accepted_values_serve(tmp_path, gateway, backends):
         out = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True)
         assert out.stdout.split(), out  # listening, with the kernel's capped backlog
     assert g.stop() == 0
+
+
+@pytest.mark.parametrize("directive", ["ssl_client_certificate", "ssl_trusted_certificate",
+                                       "ssl_crl", "ssl_password_file", "proxy_ssl_password_file",
+                                       "ssl_session_ticket_key", "proxy_ssl_trusted_certificate"])
+def test_every_named_file_must_be_readable(tmp_path, pki, directive):
+    """Found by the fuzz test: a missing client CA file was a traceback; a missing CRL,
+    trusted-certificate or passphrase file was accepted while verification was off."""
+    err = one_error(tmp_path, f"""\
+        servers:
+          - listen: 127.0.0.1:9000 ssl
+            ssl_certificate: {pki.server}
+            ssl_certificate_key: {pki.server_key}
+            proxy_pass: 127.0.0.1:1
+            {directive}: "on"
+        """)
+    assert err == (f'FILE:6: open() "{tmp_path}/on" failed (2: No such file or directory) '
+                   f'in "{directive}"')

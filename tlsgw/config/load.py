@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 import ssl
+import stat
 from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
@@ -216,6 +218,7 @@ class Loader:
             if d.parse is not None and d.name not in main:
                 main[d.name] = d.default_value()
         self.resolve_paths(main)
+        self.check_paths(main, nodes)
         self.secret_modes(main, nodes)
 
         formats = self.log_formats(nodes.get("log_format"))
@@ -326,6 +329,8 @@ class Loader:
                 sessions.apply(srv.ssl_context, settings[srv.index], runtime, id_ctx)
         except sessions.SharedZoneError as exc:
             self.error(_Line(zones[exc.zone][1]), str(exc))
+        except OSError as exc:  # a certificate file that went away since it was checked
+            self.error(line, f'open() "{exc.filename}" failed ({exc.errno}: {exc.strerror})')
         except TlsgwError as exc:
             self.error(line, str(exc))
 
@@ -546,6 +551,7 @@ class Loader:
                 first = prev[0] if prev else ls.line
                 seen_listen[key] = (first, (prev[1] if prev else ()) + tuple(mine))
         self.resolve_paths(values)
+        self.check_paths(values, nodes)
         self.secret_modes(values, nodes)
         s = SimpleNamespace()
         for d in schema.INHERITED:
@@ -601,7 +607,11 @@ class Loader:
                 srv.proxy_ssl_name = tlsctx.proxy_name(srv.s, srv.proxy_pass)
                 srv.proxy_ssl_sni = tlsctx.sends_sni(srv.s, srv.proxy_ssl_name)
         except tlsctx.TLSConfigError as exc:
-            self.error(where(exc.directive), str(exc))
+            line = where(exc.directive).start_mark.line + 1
+            paths = re.findall(r'"(/[^"]+)"', str(exc))
+            if not any(e.line == line and any(f'"{p}"' in e.message for p in paths)
+                       for e in self.errors):  # a missing file is said once, by check_paths
+                self.error(where(exc.directive), str(exc))
         except Exception as exc:  # native layer unavailable and the like: say which directive
             self.error(where("listen"), f"TLS settings cannot be honoured here: {exc}")
 
@@ -622,6 +632,27 @@ class Loader:
                 values[name] = tuple(self.resolve(p) for p in v)
             else:
                 values[name] = self.resolve(v)
+
+    def check_paths(self, values: dict[str, Any], nodes: dict[str, Node]) -> None:
+        """Every file a directive names must be readable, wherever it is set (as nginx opens
+        them at start-up), so that check reports it at that directive's line."""
+        if not self.check_files:
+            return
+        for name, v in values.items():
+            d = schema.BY_CONTEXT["server"].get(name) or schema.BY_CONTEXT["main"].get(name)
+            if d is None or not v or name not in nodes or not d.reads_files:
+                continue
+            for path in (v,) if isinstance(v, str) else v:
+                try:
+                    fd = os.open(path, os.O_RDONLY)
+                except OSError as exc:
+                    self.error(nodes[name], f'open() "{path}" failed ({exc.errno}: '
+                               f'{exc.strerror}) in "{name}"')
+                    continue
+                is_dir = stat.S_ISDIR(os.fstat(fd).st_mode)
+                os.close(fd)
+                if is_dir:
+                    self.error(nodes[name], f'"{path}" is a directory, not a file, in "{name}"')
 
     def secret_modes(self, values: dict[str, Any], nodes: dict[str, Node]) -> None:
         """Warn about key and passphrase files that other users can read (where they are set)."""

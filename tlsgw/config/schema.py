@@ -42,6 +42,11 @@ class Directive:
         return self.parse in (_file, _files, _access_log, _error_log)
 
     @property
+    def reads_files(self) -> bool:
+        """The value names files that are read (certificates, keys, CRLs, ticket keys)."""
+        return self.parse in (_file, _files)
+
+    @property
     def inherited(self) -> bool:
         return "main" in self.contexts and "server" in self.contexts
 
