@@ -254,3 +254,21 @@ def test_every_named_file_must_be_readable(tmp_path, pki, directive):
         """)
     assert err == (f'FILE:6: open() "{tmp_path}/on" failed (2: No such file or directory) '
                    f'in "{directive}"')
+
+
+def test_a_log_target_that_is_a_directory(tmp_path):
+    """check accepted these and serve failed: the master with a traceback (error_log), each
+    worker in a restart loop (access_log)."""
+    (tmp_path / "logs").mkdir()
+    err = one_error(tmp_path, f"error_log: {tmp_path}/logs info\n" + BASE)
+    assert err == f'FILE:1: log file "{tmp_path}/logs" is a directory'
+    err = one_error(tmp_path, "log_format: {f: x}\n" + BASE + f"    access_log: {tmp_path}/logs f\n")
+    assert err == f'FILE:5: log file "{tmp_path}/logs" is a directory'
+
+
+@pytest.mark.parametrize("where", ["listen", "proxy_pass"])
+def test_unix_socket_path_length(tmp_path, where):
+    long = "unix:/" + "x" * 107
+    err = one_error(tmp_path, BASE.replace({"listen": "127.0.0.1:9000",
+                                            "proxy_pass": "127.0.0.1:1"}[where], long))
+    assert f'too long path in the unix domain socket "{long}" (at most 107 bytes)' in err, err

@@ -750,7 +750,9 @@ class Loader:
         if target in ("stdout", "stderr") or not self.check_files:
             return
         directory = os.path.dirname(os.path.abspath(target))
-        if not os.path.isdir(directory):
+        if os.path.isdir(target):
+            self.error(node, f'log file "{target}" is a directory')
+        elif not os.path.isdir(directory):
             self.error(node, f'log directory "{directory}" does not exist (for "{target}")')
         elif os.path.exists(target) and not os.access(target, os.W_OK):
             self.error(node, f'log file "{target}" is not writable')
