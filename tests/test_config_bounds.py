@@ -55,6 +55,12 @@ def test_nul_in_a_value(tmp_path):
     assert err == 'FILE:3: "proxy_pass" contains a NUL character'
 
 
+def test_lone_surrogate_in_a_value(tmp_path, pki):
+    """Found by the fuzz test: a file name escaped as "\\ud800" was a UnicodeEncodeError."""
+    err = one_error(tmp_path, BASE + '    ssl_certificate: "\\ud800"\n')
+    assert err.startswith('FILE:4: "ssl_certificate" contains a lone UTF-16 surrogate'), err
+
+
 @pytest.mark.parametrize("text, expected", [
     # times: nginx's ngx_parse_time caps (NGX_MAX_INT_T_VALUE ms / s) and unit rules
     ("proxy_timeout: " + "9" * 400 + "s",

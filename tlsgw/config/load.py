@@ -151,6 +151,10 @@ class Loader:
             raise self.fail(node, f'"{name}" has no value')
         if "\0" in node.value:
             raise self.fail(node, f'"{name}" contains a NUL character')
+        try:
+            node.value.encode("utf-8")
+        except UnicodeEncodeError:  # "\ud800" escapes: no file name or word can hold them
+            raise self.fail(node, f'"{name}" contains a lone UTF-16 surrogate (\\uD800-\\uDFFF)')
         return str(node.value)
 
     def scalars(self, node: Node, name: str) -> list[tuple[str, Node]]:
