@@ -278,3 +278,21 @@ def test_unix_socket_path_length(tmp_path, where):
     err = one_error(tmp_path, BASE.replace({"listen": "127.0.0.1:9000",
                                             "proxy_pass": "127.0.0.1:1"}[where], long))
     assert f'too long path in the unix domain socket "{long}" (at most 107 bytes)' in err, err
+
+
+def test_rcvbuf_zero_is_applied_not_ignored(tmp_path):
+    from tlsgw import listener
+
+    path = tmp_path / "c.yaml"
+    path.write_text(BASE.replace("127.0.0.1:9000", f"127.0.0.1:{free_port()} rcvbuf=0 sndbuf=0"))
+    ls = load_config(str(path)).servers[0].listens[0]
+    import socket
+
+    with socket.socket() as plain:
+        default = plain.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+    sock = listener.bind(ls)
+    try:  # the kernel's minimum, well below its default
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) < default
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) < default
+    finally:
+        listener.close(sock)
