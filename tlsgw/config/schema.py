@@ -324,8 +324,11 @@ DIRECTIVES: list[Directive] = [
       "[sndbuf=SIZE] [reuseport] [so_keepalive=on|off|[IDLE]:[INTVL]:[CNT]] [ipv6only=on|off] "
       "[bind] [ssl] [default_server]", None, None,
       "Address to accept connections on; a YAML list gives several. A bare port means "
-      "0.0.0.0:PORT. `backlog` defaults to 511. `reuseport` sets SO_REUSEPORT on the socket. "
-      "`so_keepalive` sets SO_KEEPALIVE and, with times, TCP_KEEPIDLE/TCP_KEEPINTVL/TCP_KEEPCNT. "
+      "0.0.0.0:PORT. `backlog` defaults to 511 (at most 2147483647; the kernel caps it at "
+      "`net.core.somaxconn`); `rcvbuf` and `sndbuf` are at most 2147483647 bytes. `reuseport` "
+      "sets SO_REUSEPORT on the socket. `so_keepalive` sets SO_KEEPALIVE and, with times, "
+      "TCP_KEEPIDLE/TCP_KEEPINTVL/TCP_KEEPCNT (nginx's forms `IDLE`, `IDLE:INTVL`, `::CNT` "
+      "and so on; 0 or empty leaves one unset; whole seconds up to 32767, a count up to 127). "
       "`ipv6only` (default on) applies to `[::]` wildcard addresses. `ssl` terminates TLS "
       "(see `ssl_certificate`); `default_server` makes this server the one for clients whose "
       "SNI matches no `server_name` on that address.",
