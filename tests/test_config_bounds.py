@@ -4,7 +4,6 @@ never a traceback, and what ``check`` accepts, ``serve`` can run."""
 from __future__ import annotations
 
 import resource
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -217,31 +216,55 @@ def test_serve_refuses_what_check_refuses(tmp_path, params):
     assert f"{path}:2: invalid " in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 
-def test_largest_accepted_values_serve(tmp_path, gateway, backends):
+def test_largest_accepted_values_serve(tmp_path, gateway, backends, pki):
     """At every bound, ``serve`` starts and proxies (the timers and buffers take the values)."""
+    from support import connect, recv_exactly
+
     b = backends("echo")
+    plain, tls, tls12 = free_port(), free_port(), free_port()
     g = gateway(f"""\
         error_log: stderr info
         worker_shutdown_timeout: 9223372036854775807ms
+        proxy_buffer_size: 1g
+        proxy_timeout: 9223372036854775807ms
+        proxy_connect_timeout: 9223372036854775807ms
+        proxy_next_upstream_timeout: 9223372036854775807ms
+        proxy_next_upstream_tries: 9223372036854775807
         servers:
-          - listen: 127.0.0.1:{free_port()} backlog=2147483647 rcvbuf=2147483647 so_keepalive=32767s:32767s:127
+          - listen: "127.0.0.1:{plain} backlog=2147483647 rcvbuf=2147483647 so_keepalive=32767:32767:127"
             proxy_pass: {b.address}
-            proxy_buffer_size: 1g
-            proxy_timeout: 9223372036854775807ms
-            proxy_connect_timeout: 9223372036854775807ms
-            proxy_next_upstream_timeout: 9223372036854775807ms
-            proxy_next_upstream_tries: 9223372036854775807
+          - listen: 127.0.0.1:{tls} ssl
+            ssl_certificate: {pki.server}
+            ssl_certificate_key: {pki.server_key}
+            ssl_handshake_timeout: 9223372036854775807ms
+            ssl_session_timeout: 4294967295
+            ssl_session_cache: builtin:9223372036854775807 shared:MAX:1m
+            ssl_verify_depth: 2147483647
+            proxy_pass: {b.address}
+          - listen: 127.0.0.1:{tls12} ssl
+            ssl_certificate: {pki.server}
+            ssl_certificate_key: {pki.server_key}
+            ssl_protocols: TLSv1.2
+            ssl_session_tickets: off
+            ssl_session_timeout: 4294967295
+            ssl_session_cache: shared:MAX:1m
+            proxy_pass: {b.address}
         """)
-    port = int(g.config.read_text().split("127.0.0.1:")[1].split()[0])
-    from support import connect, recv_exactly
-
-    with connect(port) as c:
+    with connect(plain) as c:
         c.sendall(b"ping")
         assert recv_exactly(c, 4) == b"ping"
-    if shutil.which("ss"):
-        out = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True)
-        assert out.stdout.split(), out  # listening, with the kernel's capped backlog
+    for port in (tls, tls12):  # a ticket, then a session ID from the shared cache
+        ctx = pki.client_context()
+        session = None
+        for attempt in range(2):  # the second resumes: the session was kept with that timeout
+            with ctx.wrap_socket(connect(port), server_hostname="localhost",
+                                 session=session) as c:
+                c.sendall(b"ping")
+                assert recv_exactly(c, 4) == b"ping"
+                assert c.session_reused == (attempt == 1), (port, c.version())
+                session = c.session
     assert g.stop() == 0
+    assert "Traceback" not in g.stderr()
 
 
 @pytest.mark.parametrize("directive", ["ssl_client_certificate", "ssl_trusted_certificate",
