@@ -398,6 +398,11 @@ def _rewrite_ports(path: Path, text: str) -> bool:
     if any(g.listen.address.family != socket.AF_INET or g.listen.address.host != "127.0.0.1"
            for g in cfg.groups):
         return False
+    logs = [cfg.error_log.target] + [s.access_log.target.target for s in cfg.servers
+                                     if s.access_log is not None]
+    if any(t not in ("stderr", "stdout", "/dev/null")
+           and not os.path.abspath(t).startswith(f"{path.parent.parent}/") for t in logs):
+        return False  # serving would write a log file outside the lab
     new = {}
     for g in cfg.groups:
         new[g.listen.text] = f"127.0.0.1:{free_port()}"
