@@ -3,6 +3,7 @@ never a traceback, and what ``check`` accepts, ``serve`` can run."""
 
 from __future__ import annotations
 
+import os
 import resource
 import subprocess
 import sys
@@ -319,3 +320,19 @@ def test_rcvbuf_zero_is_applied_not_ignored(tmp_path):
         assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) < default
     finally:
         listener.close(sock)
+
+
+def test_a_fifo_or_device_as_a_certificate_is_refused(tmp_path, pki):
+    """A FIFO would block the check forever, /dev/zero would be read without end."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for path in (fifo, "/dev/zero"):
+        err = one_error(tmp_path, f"""\
+            servers:
+              - listen: 127.0.0.1:9000 ssl
+                ssl_certificate: {pki.server}
+                ssl_certificate_key: {pki.server_key}
+                ssl_crl: {path}
+                proxy_pass: 127.0.0.1:1
+            """)
+        assert err == f'FILE:5: "{path}" is not a regular file in "ssl_crl"'

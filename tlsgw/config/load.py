@@ -647,16 +647,18 @@ class Loader:
             if d is None or not v or name not in nodes or not d.reads_files:
                 continue
             for path in (v,) if isinstance(v, str) else v:
-                try:
-                    fd = os.open(path, os.O_RDONLY)
+                try:  # O_NONBLOCK: a FIFO must not stall the check
+                    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
                 except OSError as exc:
                     self.error(nodes[name], f'open() "{path}" failed ({exc.errno}: '
                                f'{exc.strerror}) in "{name}"')
                     continue
-                is_dir = stat.S_ISDIR(os.fstat(fd).st_mode)
+                mode = os.fstat(fd).st_mode
                 os.close(fd)
-                if is_dir:
+                if stat.S_ISDIR(mode):
                     self.error(nodes[name], f'"{path}" is a directory, not a file, in "{name}"')
+                elif not stat.S_ISREG(mode):  # a FIFO or /dev/zero would stall or never end
+                    self.error(nodes[name], f'"{path}" is not a regular file in "{name}"')
 
     def secret_modes(self, values: dict[str, Any], nodes: dict[str, Node]) -> None:
         """Warn about key and passphrase files that other users can read (where they are set)."""
