@@ -336,3 +336,9 @@ def test_a_fifo_or_device_as_a_certificate_is_refused(tmp_path, pki):
                 proxy_pass: 127.0.0.1:1
             """)
         assert err == f'FILE:5: "{path}" is not a regular file in "ssl_crl"'
+
+
+def test_check_of_an_endless_file_is_bounded():
+    r = run_cli("check", "-c", "/dev/zero")
+    assert r.returncode == 1, r.stderr
+    assert "/dev/zero: the file is larger than 16777216 characters" in r.stderr

@@ -74,8 +74,8 @@ directive's entry says so and the message names the bound.
   directive says less.
 * **Switch**: `on` / `off`. YAML's `true` / `false` (and unquoted `on`/`off`, which YAML 1.1
   would read as booleans) are accepted too.
-* **Structure**: a file may hold at most 100000 YAML nodes, counted with aliases expanded, and
-  nest at most 64 levels deep; beyond that it is refused (a YAML "billion laughs" file expands
+* **Structure**: a file may hold at most 16777216 characters and 100000 YAML nodes, counted
+  with aliases expanded, and nest at most 64 levels deep; beyond that it is refused (a YAML "billion laughs" file expands
   exponentially through aliases).
 
 ## Contexts
@@ -165,7 +165,8 @@ _GENERAL_DIFFERENCES = [
     "(1.6 million ring points); nginx allocates whatever the weights ask for.",
     "* **Private keys readable by others** are warned about (an error with `--strict`); nginx "
     "says nothing.",
-    "* **YAML size**: at most 100000 nodes (aliases expanded) and 64 levels of nesting.",
+    "* **YAML size**: at most 16 Mi characters, 100000 nodes (aliases expanded) and 64 "
+    "levels of nesting.",
 ]
 
 

@@ -44,6 +44,7 @@ _CONTEXT_NAMES = {"main": "the top level", "server": "a servers entry",
 
 #: Bounds on the YAML itself: a configuration is a few hundred nodes; a "billion laughs" file
 #: is a few lines whose aliases expand to billions (see the reference's *Units*).
+MAX_FILE_CHARS = 16 * 2**20
 MAX_YAML_NODES = 100_000
 MAX_YAML_DEPTH = 64
 
@@ -183,7 +184,10 @@ class Loader:
     def load(self) -> Config:
         try:
             with open(self.path, encoding="utf-8") as f:
-                text = f.read()
+                text = f.read(MAX_FILE_CHARS + 1)  # -c /dev/zero must not eat the memory
+            if len(text) > MAX_FILE_CHARS:
+                raise ConfigErrors([ConfigError(f"the file is larger than {MAX_FILE_CHARS} "
+                                                "characters", self.path)])
         except OSError as exc:
             raise ConfigErrors([ConfigError(f'open() "{self.path}" failed ({exc.errno}: {exc.strerror})')])
         except UnicodeDecodeError as exc:
