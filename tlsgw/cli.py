@@ -18,12 +18,20 @@ EXIT_CONFIG = 1
 EXIT_STARTUP = 3
 
 
+def _warn(cfg, args: argparse.Namespace) -> None:
+    """Print the configuration's warnings; under ``--strict`` they fail it instead."""
+    if args.strict and cfg.warnings:
+        raise ConfigErrors([ConfigError(f"{w} (an error with --strict)") for w in cfg.warnings])
+    for warning in cfg.warnings:
+        print(f"tlsgw: [warn] {warning}", file=sys.stderr)
+
+
 def _cmd_check(args: argparse.Namespace) -> int:
     from tlsgw.config.load import load_config
 
-    cfg = load_config(args.config, check_files=True)
-    for warning in cfg.warnings:
-        print(f"tlsgw: [warn] {warning}", file=sys.stderr)
+    # a check validates shared memory zones without making them (serve makes them)
+    cfg = load_config(args.config, check_files=True, allocate=False)
+    _warn(cfg, args)
     print(f"tlsgw: the configuration file {args.config} syntax is ok")
     print(f"tlsgw: configuration file {args.config} test is successful")
     return EXIT_OK
@@ -34,8 +42,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from tlsgw.supervisor import run_master
 
     cfg = load_config(args.config, check_files=True)
-    for warning in cfg.warnings:
-        print(f"tlsgw: [warn] {warning}", file=sys.stderr)
+    _warn(cfg, args)
     return run_master(cfg)
 
 
@@ -57,6 +64,10 @@ def _cmd_probe(args: argparse.Namespace) -> int:
     return probe.run(args)
 
 
+_STRICT_HELP = ("treat every warning as an error (exit 1): e.g. a private key that other users "
+                "can read, an unused upstream")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tlsgw",
@@ -71,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "SIGQUIT stops at once, SIGUSR1 reopens the log files; other signals are "
                        "logged and ignored.")
     p.add_argument("-c", "--config", required=True, metavar="FILE", help="YAML configuration file")
+    p.add_argument("--strict", action="store_true", help=_STRICT_HELP)
     p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("check", help="validate a configuration file (like nginx -t)",
@@ -78,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "referenced files exist, without binding any socket. Prints every problem as "
                        "FILE:LINE: message; exits 0 if the file is valid, 1 otherwise.")
     p.add_argument("-c", "--config", required=True, metavar="FILE", help="YAML configuration file")
+    p.add_argument("--strict", action="store_true", help=_STRICT_HELP)
     p.set_defaults(func=_cmd_check)
 
     from tlsgw import gencert

@@ -43,9 +43,9 @@ def bind(listen: Listen) -> socket.socket:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1 if listen.ipv6only else 0)
         if listen.reuseport:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        if listen.rcvbuf:
+        if listen.rcvbuf is not None:  # 0 too: the kernel's minimum, as nginx sets it
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, listen.rcvbuf)
-        if listen.sndbuf:
+        if listen.sndbuf is not None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, listen.sndbuf)
         ka = listen.so_keepalive
         if ka is not None:

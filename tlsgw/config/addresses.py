@@ -8,6 +8,7 @@ loaded, as nginx does.
 from __future__ import annotations
 
 import ipaddress
+import os
 import socket
 from dataclasses import dataclass
 
@@ -92,13 +93,24 @@ def resolve(host: str, port: int, text: str) -> list[Address]:
     return out
 
 
+#: sizeof(sockaddr_un.sun_path) on Linux, the terminating NUL included.
+UNIX_PATH_MAX = 108
+
+
+def _unix(path: str, text: str) -> list[Address]:
+    if len(os.fsencode(path)) >= UNIX_PATH_MAX:
+        raise AddressError(f'too long path in the unix domain socket "{text}" '
+                           f"(at most {UNIX_PATH_MAX - 1} bytes)")
+    return [Address(socket.AF_UNIX, path, 0)]
+
+
 def parse_listen(text: str) -> list[Address]:
     """``addr:port``, ``port``, ``*:port``, ``[::]:port``, ``unix:/path`` → addresses to bind."""
     if text.startswith("unix:"):
         path = text[5:]
         if not path:
             raise AddressError(f'no path in "{text}"')
-        return [Address(socket.AF_UNIX, path, 0)]
+        return _unix(path, text)
     host, port = split_host_port(text)
     if port is None:
         raise AddressError(f'no port in "{text}"')
@@ -112,7 +124,7 @@ def parse_upstream_server(text: str) -> list[Address]:
     if text.startswith("unix:"):
         if not text[5:]:
             raise AddressError(f'no path in upstream "{text}"')
-        return [Address(socket.AF_UNIX, text[5:], 0)]
+        return _unix(text[5:], text)
     host, port = split_host_port(text)
     if port is None:
         raise AddressError(f'no port in upstream "{text}"')

@@ -48,14 +48,35 @@ servers:
 
 `tlsgw check -c FILE` validates a file like `nginx -t`; every problem is printed as
 `FILE:LINE: message`. An unknown key is always an error, with a suggestion when one is close.
+`check` makes nothing it validates: shared memory zones (`ssl_session_cache shared:...`) are
+checked against their bounds and made only by `serve`.
+
+Warnings (`[warn]`, e.g. an unused upstream, or a private key that other users can read) do
+not fail a check; `tlsgw check --strict` and `tlsgw serve --strict` make every warning an
+error (exit status 1). A file of `ssl_certificate_key`, `proxy_ssl_certificate_key`,
+`ssl_password_file`, `proxy_ssl_password_file` or `ssl_session_ticket_key` that other users
+can read or write is warned about with its mode, e.g.
+`ssl_certificate_key "/x/key.pem" is readable by other users (mode 0644); chmod 600 it`
+(group permissions, as in Debian's `ssl-cert` set-up, are not warned about).
 
 ## Units
 
+Every value gets nginx's syntax and range checks; where tlsgw needs a tighter bound, the
+directive's entry says so and the message names the bound.
+
 * **Time**: `500ms`, `30s`, `5m`, `2h`, `1d`, `1w`, `1M` (30 days), `1y`, or combinations such as
-  `1m30s`. A bare number means seconds.
-* **Size**: bytes, or with `k`/`K` (KiB), `m`/`M` (MiB), e.g. `16k`, `10m`.
+  `1m30s` or `1m 30s`, largest unit first, each at most once (nginx's `ngx_parse_time`). A bare
+  number means seconds. Times that nginx counts in milliseconds (the timeouts) accept `ms` but
+  not `M` or `y`, and reach at most 9223372036854775807 ms; times counted in seconds
+  (`ssl_session_timeout`, `fail_timeout`, `so_keepalive`) accept `M` and `y` but not `ms`.
+* **Size**: bytes, or with `k`/`K` (KiB), `m`/`M` (MiB), `g`/`G` (GiB), e.g. `16k`, `10m`.
+* **Number**: decimal digits, at most 9223372036854775807 (nginx's `ngx_atoi`) unless the
+  directive says less.
 * **Switch**: `on` / `off`. YAML's `true` / `false` (and unquoted `on`/`off`, which YAML 1.1
   would read as booleans) are accepted too.
+* **Structure**: a file may hold at most 16777216 characters and 100000 YAML nodes, counted
+  with aliases expanded, and nest at most 64 levels deep; beyond that it is refused (a YAML "billion laughs" file expands
+  exponentially through aliases).
 
 ## Contexts
 
@@ -136,6 +157,19 @@ _GENERAL_DIFFERENCES = [
     "means two hours).",
     "* **Blocks**: YAML mappings replace nginx's `upstream {}` and `server {}` blocks; a "
     "`servers:` entry with several `listen` addresses is one nginx `server {}`.",
+    "* **Numbers that nginx keeps in a C `int`** (`listen` `backlog`, `rcvbuf`, `sndbuf`; "
+    "`ssl_verify_depth`, `proxy_ssl_verify_depth`) are rejected above 2147483647; nginx "
+    "truncates them silently.",
+    "* **`so_keepalive` times and count** are bounded by Linux's limits (TCP_KEEPIDLE and "
+    "TCP_KEEPINTVL at most 32767 s, TCP_KEEPCNT at most 127) at check; nginx accepts larger "
+    "values and logs the failed setsockopt() when it starts.",
+    "* **Sizes** may use `g`/`G`; nginx's size directives know only `k` and `m`.",
+    "* **`hash ... consistent`**: the primary servers' weights may add up to at most 10000 "
+    "(1.6 million ring points); nginx allocates whatever the weights ask for.",
+    "* **Private keys readable by others** are warned about (an error with `--strict`); nginx "
+    "says nothing.",
+    "* **YAML size**: at most 16 Mi characters, 100000 nodes (aliases expanded) and 64 "
+    "levels of nesting.",
 ]
 
 

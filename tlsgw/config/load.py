@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 import ssl
+import stat
 from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
@@ -19,7 +21,7 @@ import yaml
 
 from tlsgw.balancer import Method, validate
 from tlsgw.balancer import warnings as balancer_warnings
-from tlsgw.config import schema, units
+from tlsgw.config import filemodes, schema, units
 from tlsgw.config.addresses import AddressError, parse_listen, parse_upstream_server
 from tlsgw.config.model import (
     AccessLog,
@@ -40,6 +42,46 @@ _CONTEXT_NAMES = {"main": "the top level", "server": "a servers entry",
                   "upstream": "an upstreams entry", "peer": "an upstream server"}
 
 
+#: Bounds on the YAML itself: a configuration is a few hundred nodes; a "billion laughs" file
+#: is a few lines whose aliases expand to billions (see the reference's *Units*).
+MAX_FILE_CHARS = 16 * 2**20
+MAX_YAML_NODES = 100_000
+MAX_YAML_DEPTH = 64
+
+
+def yaml_shape_problem(text: str) -> tuple[int, str] | None:
+    """(line, message) if the YAML nests too deeply or expands, through aliases, to too many
+    nodes; None otherwise. Works on the event stream, so nothing is expanded or recursed into."""
+    depth = total = 0
+    sizes: dict[str, int] = {}  # anchor -> nodes it stands for, aliases inside expanded
+    open_: list[tuple[str | None, int]] = []  # collections being read: (anchor, total before)
+    for ev in yaml.parse(text, Loader=yaml.SafeLoader):
+        line = ev.start_mark.line + 1
+        if isinstance(ev, yaml.AliasEvent):
+            if any(anchor == ev.anchor for anchor, _ in open_):
+                return line, f'YAML alias "*{ev.anchor}" refers to a node that contains it'
+            total += sizes.get(ev.anchor, 1)
+        elif isinstance(ev, yaml.ScalarEvent):
+            total += 1
+            if ev.anchor:
+                sizes[ev.anchor] = 1
+        elif isinstance(ev, yaml.CollectionStartEvent):
+            open_.append((ev.anchor, total))
+            total += 1
+            depth += 1
+            if depth > MAX_YAML_DEPTH:
+                return line, f"YAML nested more than {MAX_YAML_DEPTH} levels deep"
+        elif isinstance(ev, yaml.CollectionEndEvent):
+            depth -= 1
+            anchor, before = open_.pop()
+            if anchor:
+                sizes[anchor] = total - before
+        if total > MAX_YAML_NODES:
+            return line, (f"YAML too large: more than {MAX_YAML_NODES} nodes with aliases "
+                          "expanded (an alias bomb?)")
+    return None
+
+
 class _Line:
     """A stand-in node for errors known only by line number."""
 
@@ -52,9 +94,10 @@ class _Stop(Exception):
 
 
 class Loader:
-    def __init__(self, path: str, check_files: bool):
+    def __init__(self, path: str, check_files: bool, allocate: bool = True):
         self.path = path
         self.check_files = check_files
+        self.allocate = allocate
         self.errors: list[ConfigError] = []
         self.warnings: list[str] = []
 
@@ -107,6 +150,12 @@ class Loader:
             raise self.fail(node, f'"{name}" takes a single value, not a list or mapping')
         if node.tag == "tag:yaml.org,2002:null":
             raise self.fail(node, f'"{name}" has no value')
+        if "\0" in node.value:
+            raise self.fail(node, f'"{name}" contains a NUL character')
+        try:
+            node.value.encode("utf-8")
+        except UnicodeEncodeError:  # "\ud800" escapes: no file name or word can hold them
+            raise self.fail(node, f'"{name}" contains a lone UTF-16 surrogate (\\uD800-\\uDFFF)')
         return str(node.value)
 
     def scalars(self, node: Node, name: str) -> list[tuple[str, Node]]:
@@ -135,12 +184,18 @@ class Loader:
     def load(self) -> Config:
         try:
             with open(self.path, encoding="utf-8") as f:
-                text = f.read()
+                text = f.read(MAX_FILE_CHARS + 1)  # -c /dev/zero must not eat the memory
+            if len(text) > MAX_FILE_CHARS:
+                raise ConfigErrors([ConfigError(f"the file is larger than {MAX_FILE_CHARS} "
+                                                "characters", self.path)])
         except OSError as exc:
             raise ConfigErrors([ConfigError(f'open() "{self.path}" failed ({exc.errno}: {exc.strerror})')])
         except UnicodeDecodeError as exc:
             raise ConfigErrors([ConfigError(f"not UTF-8 text ({exc.reason})", self.path)])
         try:
+            problem = yaml_shape_problem(text)
+            if problem is not None:
+                raise ConfigErrors([ConfigError(problem[1], self.path, problem[0])])
             root = yaml.compose(text, Loader=yaml.SafeLoader)
         except yaml.MarkedYAMLError as exc:
             mark = exc.problem_mark
@@ -171,6 +226,8 @@ class Loader:
             if d.parse is not None and d.name not in main:
                 main[d.name] = d.default_value()
         self.resolve_paths(main)
+        self.check_paths(main, nodes)
+        self.secret_modes(main, nodes)
 
         formats = self.log_formats(nodes.get("log_format"))
         upstreams = self.upstreams(nodes.get("upstreams"))
@@ -230,11 +287,34 @@ class Loader:
         return list(by.values())
 
     def tls_sessions(self, servers: list[ServerConfig]) -> None:
-        """Session cache, timeout and ticket keys: prepared once, before workers are forked."""
+        """Session cache, timeout and ticket keys: prepared once, before workers are forked.
+
+        ``check`` validates shared zones (one size per NAME, within bounds) without mapping them;
+        ``serve`` maps them here, in the master.
+        """
         from tlsgw.tls import sessions
 
         tls_servers = [srv for srv in servers if srv.ssl_context is not None]
         if not tls_servers or self.errors:
+            return
+        zones: dict[str, tuple[int, int]] = {}  # NAME -> (size, line that declared it)
+        for srv in tls_servers:
+            spec = srv.s.ssl_session_cache
+            if spec.shared_name is None:
+                continue
+            line = srv.source.get("ssl_session_cache", srv.line)
+            size, first = zones.setdefault(spec.shared_name, (spec.shared_size, line))
+            if size != spec.shared_size:
+                self.error(_Line(line), f"the size {spec.shared_size} of shared memory zone "
+                           f'"{spec.shared_name}" conflicts with already declared size {size} '
+                           f"(at line {first})")
+        for srv in tls_servers:
+            for path in srv.s.ssl_session_ticket_key or ():
+                try:
+                    sessions.load_ticket_key_file(path)
+                except TlsgwError as exc:
+                    self.error(_Line(srv.source.get("ssl_session_ticket_key", srv.line)), str(exc))
+        if self.errors:
             return
         line = _Line(tls_servers[0].line)
         try:
@@ -248,13 +328,17 @@ class Loader:
                     # nginx sets SSL_MODE_RELEASE_BUFFERS on every context: idle connections
                     # keep no record buffers (about 30 KiB less per idle TLS connection here)
                     release_buffers=True)
-            runtime = sessions.prepare_in_master(settings.values())
+            runtime = sessions.prepare_in_master(settings.values(), allocate=self.allocate)
             self.session_runtime = runtime
             for srv in tls_servers:
                 line = _Line(srv.line)
                 id_ctx = sessions.session_id_context_from_files(
                     srv.s.ssl_certificate, srv.s.ssl_client_certificate)
                 sessions.apply(srv.ssl_context, settings[srv.index], runtime, id_ctx)
+        except sessions.SharedZoneError as exc:
+            self.error(_Line(zones[exc.zone][1]), str(exc))
+        except OSError as exc:  # a certificate file that went away since it was checked
+            self.error(line, f'open() "{exc.filename}" failed ({exc.errno}: {exc.strerror})')
         except TlsgwError as exc:
             self.error(line, str(exc))
 
@@ -338,6 +422,12 @@ class Loader:
                             line=knode.start_mark.line + 1)
         for problem in validate(method, up.peer_configs(), name):
             self.error(methods[0][1] if methods else knode, f'{problem} in upstream "{name}"')
+        if method.kind == "hash_consistent":
+            total = sum(p.weight for p in up.peer_configs() if not p.backup)
+            if total > schema.MAX_CONSISTENT_WEIGHT:
+                self.error(methods[0][1], f'the weights of upstream "{name}" add up to {total}: '
+                           f'"hash ... consistent" allows at most {schema.MAX_CONSISTENT_WEIGHT} '
+                           f"(160 ring points per unit of weight)")
         for warning in balancer_warnings(method, up.peer_configs()):
             self.warnings.append(f'{self.path}:{up.line}: {warning} in upstream "{name}"')
         return up
@@ -453,6 +543,8 @@ class Loader:
             raise self.fail(node, f'no "listen" in servers[{index}]')
         if "proxy_pass" not in nodes:
             raise self.fail(node, f'no "proxy_pass" in servers[{index}]')
+        if "proxy_pass" not in values:
+            raise _Stop()  # its error is recorded already
         names = values.get("server_name", ())
         for ls in listens:
             key = ls.address.name
@@ -467,6 +559,8 @@ class Loader:
                 first = prev[0] if prev else ls.line
                 seen_listen[key] = (first, (prev[1] if prev else ()) + tuple(mine))
         self.resolve_paths(values)
+        self.check_paths(values, nodes)
+        self.secret_modes(values, nodes)
         s = SimpleNamespace()
         for d in schema.INHERITED:
             setattr(s, d.name, values.get(d.name, main.get(d.name)))
@@ -475,9 +569,12 @@ class Loader:
             access = None if values["access_log"] is None else self.access_log(
                 values["access_log"], nodes["access_log"], formats)
         upstream = self.proxy_pass(values["proxy_pass"], nodes["proxy_pass"], upstreams, implicit)
+        source = {k: n.start_mark.line + 1 for k, n in self.main_nodes.items()}
+        source.update((k, n.start_mark.line + 1) for k, n in nodes.items())
         srv = ServerConfig(index=index, listens=listens, proxy_pass=values["proxy_pass"],
                            upstream=upstream, access_log=access, s=s,
-                           line=node.start_mark.line + 1, server_names=tuple(names))
+                           line=node.start_mark.line + 1, server_names=tuple(names),
+                           source=source)
         self.tls(srv, nodes, node)
         return srv
 
@@ -518,7 +615,11 @@ class Loader:
                 srv.proxy_ssl_name = tlsctx.proxy_name(srv.s, srv.proxy_pass)
                 srv.proxy_ssl_sni = tlsctx.sends_sni(srv.s, srv.proxy_ssl_name)
         except tlsctx.TLSConfigError as exc:
-            self.error(where(exc.directive), str(exc))
+            line = where(exc.directive).start_mark.line + 1
+            paths = re.findall(r'"(/[^"]+)"', str(exc))
+            if not any(e.line == line and any(f'"{p}"' in e.message for p in paths)
+                       for e in self.errors):  # a missing file is said once, by check_paths
+                self.error(where(exc.directive), str(exc))
         except Exception as exc:  # native layer unavailable and the like: say which directive
             self.error(where("listen"), f"TLS settings cannot be honoured here: {exc}")
 
@@ -540,8 +641,42 @@ class Loader:
             else:
                 values[name] = self.resolve(v)
 
+    def check_paths(self, values: dict[str, Any], nodes: dict[str, Node]) -> None:
+        """Every file a directive names must be readable, wherever it is set (as nginx opens
+        them at start-up), so that check reports it at that directive's line."""
+        if not self.check_files:
+            return
+        for name, v in values.items():
+            d = schema.BY_CONTEXT["server"].get(name) or schema.BY_CONTEXT["main"].get(name)
+            if d is None or not v or name not in nodes or not d.reads_files:
+                continue
+            for path in (v,) if isinstance(v, str) else v:
+                try:  # O_NONBLOCK: a FIFO must not stall the check
+                    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+                except OSError as exc:
+                    self.error(nodes[name], f'open() "{path}" failed ({exc.errno}: '
+                               f'{exc.strerror}) in "{name}"')
+                    continue
+                mode = os.fstat(fd).st_mode
+                os.close(fd)
+                if stat.S_ISDIR(mode):
+                    self.error(nodes[name], f'"{path}" is a directory, not a file, in "{name}"')
+                elif not stat.S_ISREG(mode):  # a FIFO or /dev/zero would stall or never end
+                    self.error(nodes[name], f'"{path}" is not a regular file in "{name}"')
+
+    def secret_modes(self, values: dict[str, Any], nodes: dict[str, Node]) -> None:
+        """Warn about key and passphrase files that other users can read (where they are set)."""
+        if not self.check_files:
+            return
+        for name in filemodes.SECRET_DIRECTIVES:
+            if values.get(name) and name in nodes:
+                for warning in filemodes.warnings_for(name, values[name]):
+                    self.warnings.append(f"{self.path}:{nodes[name].start_mark.line + 1}: {warning}")
+
     def listen(self, text: str, node: Node) -> Listen:
         words = text.split()
+        if not words:
+            raise self.fail(node, '"listen" has no address')
         try:
             addrs = parse_listen(words[0])
         except AddressError as exc:
@@ -556,9 +691,10 @@ class Loader:
             k, eq, v = w.partition("=")
             try:
                 if k == "backlog" and eq:
-                    ls.backlog = units.parse_int(v, minimum=1)
+                    ls.backlog = _listen_param(w, units.parse_int, v, minimum=1,
+                                               maximum=units.INT_MAX)
                 elif k in ("rcvbuf", "sndbuf") and eq:
-                    setattr(ls, k, units.parse_size(v))
+                    setattr(ls, k, _listen_param(w, units.parse_size, v, maximum=units.INT_MAX))
                 elif k == "reuseport" and not eq:
                     ls.reuseport = True
                 elif k == "ssl" and not eq:
@@ -624,7 +760,9 @@ class Loader:
         if target in ("stdout", "stderr") or not self.check_files:
             return
         directory = os.path.dirname(os.path.abspath(target))
-        if not os.path.isdir(directory):
+        if os.path.isdir(target):
+            self.error(node, f'log file "{target}" is a directory')
+        elif not os.path.isdir(directory):
             self.error(node, f'log directory "{directory}" does not exist (for "{target}")')
         elif os.path.exists(target) and not os.access(target, os.W_OK):
             self.error(node, f'log file "{target}" is not writable')
@@ -632,18 +770,41 @@ class Loader:
             self.error(node, f'log directory "{directory}" is not writable (for "{target}")')
 
 
+def _listen_param(word: str, parse: Any, value: str, **bounds: int) -> Any:
+    """One ``name=value`` listen parameter; the message names it as nginx does."""
+    name = word.partition("=")[0]
+    try:
+        return parse(value, **bounds)
+    except UnitError as exc:
+        reason = str(exc).partition(" (")[2].rstrip(")")
+        raise UnitError(f'invalid {name} "{units.shown(word)}"' + (f" ({reason})" if reason else ""))
+
+
 def _keepalive(v: str) -> bool | tuple[int | None, int | None, int | None]:
+    """``so_keepalive=on|off|[IDLE][:[INTVL][:[CNT]]]`` as nginx splits it; 0 means unset.
+
+    Times are whole seconds and counts plain numbers, within Linux's limits for
+    TCP_KEEPIDLE/TCP_KEEPINTVL (32767 s) and TCP_KEEPCNT (127).
+    """
     if v in ("on", "off"):
         return v == "on"
-    parts = v.split(":")
-    if len(parts) != 3:
-        raise UnitError(f'invalid so_keepalive value "{v}" (on, off or [IDLE]:[INTVL]:[CNT])')
-    idle = int(units.parse_time(parts[0])) if parts[0] else None
-    intvl = int(units.parse_time(parts[1])) if parts[1] else None
-    cnt = units.parse_int(parts[2], minimum=1) if parts[2] else None
-    return (idle, intvl, cnt)
+    parts = (v.split(":", 2) + ["", ""])[:3]
+    try:
+        idle, intvl = (units.parse_seconds(p, maximum=schema.MAX_KEEPALIVE_TIME) if p else 0
+                       for p in parts[:2])
+        cnt = (units.parse_int(parts[2], maximum=schema.MAX_KEEPALIVE_COUNT) if parts[2] else 0)
+    except UnitError as exc:
+        reason = str(exc).partition(" (")[2].rstrip(")") or "expected on, off or [IDLE]:[INTVL]:[CNT]"
+        raise UnitError(f'invalid so_keepalive value "{units.shown(v)}" ({reason})')
+    if not (idle or intvl or cnt):
+        raise UnitError(f'invalid so_keepalive value "{units.shown(v)}" (expected on, off or '
+                        "[IDLE]:[INTVL]:[CNT] with at least one of them)")
+    return (idle or None, intvl or None, cnt or None)
 
 
-def load_config(path: str, check_files: bool = True) -> Config:
-    """Load and validate ``path``; raises :class:`ConfigErrors` listing every problem."""
-    return Loader(path, check_files).load()
+def load_config(path: str, check_files: bool = True, allocate: bool = True) -> Config:
+    """Load and validate ``path``; raises :class:`ConfigErrors` listing every problem.
+
+    ``allocate=False`` is ``tlsgw check``: shared memory zones are validated, not made.
+    """
+    return Loader(path, check_files, allocate).load()

@@ -104,6 +104,8 @@ class ServerConfig:
     proxy_ssl_context: Any = None  # ssl.SSLContext toward upstreams (``proxy_ssl on``)
     proxy_ssl_name: str = ""
     proxy_ssl_sni: bool = False
+    source: dict[str, int] = field(default_factory=dict)
+    """Directive → the line that set it (the server's own, or the top level's it inherits)."""
 
 
 @dataclass

@@ -12,8 +12,9 @@ entry) and ``peer`` (a parameter of one upstream server).
 
 from __future__ import annotations
 
+import mmap
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +42,11 @@ class Directive:
         return self.parse in (_file, _files, _access_log, _error_log)
 
     @property
+    def reads_files(self) -> bool:
+        """The value names files that are read (certificates, keys, CRLs, ticket keys)."""
+        return self.parse in (_file, _files)
+
+    @property
     def inherited(self) -> bool:
         return "main" in self.contexts and "server" in self.contexts
 
@@ -50,24 +56,129 @@ class Directive:
         return self.parse(self.default)
 
 
+#: NGX_MAX_PROCESSES: nginx's process table holds at most this many processes.
+MAX_WORKERS = 1024
+#: ``proxy_buffer_size`` bound: uvloop keeps a transport's write-buffer limit in a C int, and
+#: each session may hold a few times this size per direction.
+MAX_BUFFER_SIZE = 1024**3
+#: ``ssl_session_timeout`` bound: a TLS 1.2 ticket's lifetime hint is a 32-bit count of seconds.
+MAX_SESSION_TIMEOUT = 2**32 - 1
+#: ``shared:NAME:SIZE`` bounds: nginx refuses fewer than 8 pages; tlsgw's store addresses its
+#: records with 32-bit offsets, and 1g holds about four million sessions.
+MIN_SHARED_CACHE = 8 * mmap.PAGESIZE
+MAX_SHARED_CACHE = 1024**3
+#: ``hash ... consistent`` places 160 ketama points per unit of weight; this bounds the ring.
+MAX_CONSISTENT_WEIGHT = 10000
+#: Linux's limits for TCP_KEEPIDLE / TCP_KEEPINTVL (MAX_TCP_KEEPIDLE) and TCP_KEEPCNT.
+MAX_KEEPALIVE_TIME = 32767
+MAX_KEEPALIVE_COUNT = 127
+
+
+def _time(v: str) -> float:
+    return units.parse_time(v)
+
+
 def _positive_time(v: str) -> float:
     t = units.parse_time(v)
     if t <= 0:
-        raise UnitError(f'invalid time "{v}" (must be greater than 0)')
+        raise UnitError(f'invalid time "{units.shown(v)}" (must be greater than 0)')
     return t
 
 
-def _size(v: str) -> int:
-    n = units.parse_size(v)
+def _seconds(v: str) -> int:
+    return units.parse_seconds(v)
+
+
+def _session_timeout(v: str) -> int:
+    t = units.parse_seconds(v, maximum=MAX_SESSION_TIMEOUT)
+    if t < 1:
+        raise UnitError(f'invalid time "{units.shown(v)}" (must be at least 1s)')
+    return t
+
+
+def _buffer_size(v: str) -> int:
+    n = units.parse_size(v, maximum=MAX_BUFFER_SIZE)
     if n <= 0:
-        raise UnitError(f'invalid size "{v}" (must be greater than 0)')
+        raise UnitError(f'invalid size "{units.shown(v)}" (must be greater than 0)')
     return n
+
+
+def _number(v: str) -> int:
+    return units.parse_int(v)
+
+
+def _depth(v: str) -> int:
+    return units.parse_int(v, maximum=units.INT_MAX)
+
+
+def _weight(v: str) -> int:
+    return units.parse_int(v, minimum=1)
 
 
 def _workers(v: str) -> int:
     if str(v).strip() == "auto":  # like nginx: the CPUs this process may run on
-        return len(os.sched_getaffinity(0)) or 1
-    return units.parse_int(v, minimum=1)
+        return min(len(os.sched_getaffinity(0)) or 1, MAX_WORKERS)
+    return units.parse_int(v, minimum=1, maximum=MAX_WORKERS)
+
+
+@dataclass(frozen=True)
+class SessionCacheSpec:
+    """The parsed value of one ``ssl_session_cache`` directive."""
+
+    cache: str  # off | none | builtin | shared | builtin+shared
+    builtin_size: int | None = None
+    shared_name: str | None = None
+    shared_size: int | None = None
+
+
+def parse_session_cache(value: str | Sequence[str]) -> SessionCacheSpec:
+    """``ssl_session_cache``, parsed as ``ngx_stream_ssl_session_cache`` does.
+
+    Later ``off``/``none``/``builtin`` words override earlier ones; ``off`` and ``none`` win over a
+    ``shared`` zone given on the same line (nginx allocates the zone but never uses it). Nothing
+    is allocated here: the master makes the zone when it starts serving.
+    """
+    args = str(value).split() if isinstance(value, str) else [str(a) for a in value]
+    if not 1 <= len(args) <= 2:
+        raise UnitError('invalid number of arguments in "ssl_session_cache" directive')
+    builtin: str | int | None = None  # "off" | "none" | "default" | int
+    shared_name: str | None = None
+    shared_size: int | None = None
+    for arg in args:
+        invalid = UnitError(f'invalid session cache "{units.shown(arg)}"')
+        if arg in ("off", "none"):
+            builtin = arg
+        elif arg == "builtin":
+            builtin = "default"
+        elif arg.startswith("builtin:") and len(arg) > len("builtin:"):
+            try:
+                builtin = units.parse_int(arg[len("builtin:"):])
+            except UnitError:
+                raise invalid
+        elif arg.startswith("shared:") and len(arg) > len("shared:"):
+            name, sep, size_text = arg[len("shared:"):].partition(":")
+            if not name or not sep:
+                raise invalid
+            try:
+                size = units.parse_size(size_text)
+            except UnitError:
+                raise invalid
+            if size < MIN_SHARED_CACHE:
+                raise UnitError(f'session cache "{units.shown(arg)}" is too small')
+            if size > MAX_SHARED_CACHE:
+                raise UnitError(f'session cache "{units.shown(arg)}" is too large (at most '
+                                f"{units.format_size(MAX_SHARED_CACHE)})")
+            shared_name, shared_size = name, size
+        else:
+            raise invalid
+    if builtin in ("off", "none"):
+        return SessionCacheSpec(str(builtin))
+    size = None if builtin in (None, "default") else int(builtin)  # type: ignore[arg-type]
+    if shared_name is None:
+        return SessionCacheSpec("builtin", size)
+    if builtin is None:
+        return SessionCacheSpec("shared", None, shared_name, shared_size)
+    return SessionCacheSpec("builtin+shared", size, shared_name, shared_size)
 
 
 def _error_log(v: str) -> tuple[str, str]:
@@ -168,10 +279,11 @@ D = Directive
 DIRECTIVES: list[Directive] = [
     # ---- main -------------------------------------------------------------------------------
     D("worker_processes", ("main",), "worker_processes: NUMBER | auto", "1", _workers,
-      "How many worker processes serve connections. `auto` starts one per CPU. The master "
-      "binds every listener, then forks the workers; a worker that dies is restarted.",
+      "How many worker processes serve connections (at most 1024, nginx's process-table size). "
+      "`auto` starts one per CPU. The master binds every listener, then forks the workers; a "
+      "worker that dies is restarted.",
       "worker_processes: auto"),
-    D("worker_shutdown_timeout", ("main",), "worker_shutdown_timeout: TIME", "30s", units.parse_time,
+    D("worker_shutdown_timeout", ("main",), "worker_shutdown_timeout: TIME", "30s", _time,
       "On SIGTERM/SIGINT, how long workers let open sessions finish after they stop accepting; "
       "sessions still open then are closed. `0s` closes them at once.",
       "worker_shutdown_timeout: 1m",
@@ -212,8 +324,11 @@ DIRECTIVES: list[Directive] = [
       "[sndbuf=SIZE] [reuseport] [so_keepalive=on|off|[IDLE]:[INTVL]:[CNT]] [ipv6only=on|off] "
       "[bind] [ssl] [default_server]", None, None,
       "Address to accept connections on; a YAML list gives several. A bare port means "
-      "0.0.0.0:PORT. `backlog` defaults to 511. `reuseport` sets SO_REUSEPORT on the socket. "
-      "`so_keepalive` sets SO_KEEPALIVE and, with times, TCP_KEEPIDLE/TCP_KEEPINTVL/TCP_KEEPCNT. "
+      "0.0.0.0:PORT. `backlog` defaults to 511 (at most 2147483647; the kernel caps it at "
+      "`net.core.somaxconn`); `rcvbuf` and `sndbuf` are at most 2147483647 bytes. `reuseport` "
+      "sets SO_REUSEPORT on the socket. `so_keepalive` sets SO_KEEPALIVE and, with times, "
+      "TCP_KEEPIDLE/TCP_KEEPINTVL/TCP_KEEPCNT (nginx's forms `IDLE`, `IDLE:INTVL`, `::CNT` "
+      "and so on; 0 or empty leaves one unset; whole seconds up to 32767, a count up to 127). "
       "`ipv6only` (default on) applies to `[::]` wildcard addresses. `ssl` terminates TLS "
       "(see `ssl_certificate`); `default_server` makes this server the one for clients whose "
       "SNI matches no `server_name` on that address.",
@@ -237,20 +352,22 @@ DIRECTIVES: list[Directive] = [
       "the next server. Once connected, a session is never moved.",
       "proxy_next_upstream: off"),
     D("proxy_next_upstream_tries", ("main", "server"), "proxy_next_upstream_tries: NUMBER", "0",
-      units.parse_int, "Caps the number of attempts (the first one included); 0 means no cap "
+      _number, "Caps the number of attempts (the first one included); 0 means no cap "
       "beyond one attempt per eligible server.", "proxy_next_upstream_tries: 2"),
     D("proxy_next_upstream_timeout", ("main", "server"), "proxy_next_upstream_timeout: TIME", "0",
-      units.parse_time, "No new attempt is started once this long has passed since the first "
+      _time, "No new attempt is started once this long has passed since the first "
       "attempt began; 0 means no limit. An attempt in progress is never cut short.",
       "proxy_next_upstream_timeout: 5s"),
-    D("proxy_buffer_size", ("main", "server"), "proxy_buffer_size: SIZE", "16k", _size,
+    D("proxy_buffer_size", ("main", "server"), "proxy_buffer_size: SIZE", "16k", _buffer_size,
       "The per-direction buffering bound: data from one side is read while the other side's "
       "unsent data is below this size (reading pauses above it, resumes when it drains), and "
-      "client data that arrives before the upstream connection is ready is held up to this size.",
+      "client data that arrives before the upstream connection is ready is held up to this size. "
+      "At most `1g`.",
       "proxy_buffer_size: 64k",
       differs="nginx reads into one fixed buffer of this size; tlsgw reads what the kernel "
       "has (up to 256k at a time) and uses this size as the high-water mark of the write "
-      "queue, so memory per session stays within a few times this size."),
+      "queue, so memory per session stays within a few times this size. Sizes above `1g` are "
+      "rejected (nginx allocates the buffer, up to its size_t range, per session)."),
     D("proxy_half_close", ("main", "server"), "proxy_half_close: on | off", "off",
       units.parse_flag, "With `on`, when one side closes its sending direction (TCP FIN) the "
       "other side is shut down for writing too and the session continues in the other "
@@ -301,17 +418,21 @@ DIRECTIVES: list[Directive] = [
       "value applies (the server is chosen during the handshake), as in nginx.",
       "ssl_handshake_timeout: 5s"),
     D("ssl_session_cache", ("main", "server"),
-      "ssl_session_cache: off | none | [builtin[:SIZE]] [shared:NAME:SIZE]", "none", _text,
+      "ssl_session_cache: off | none | [builtin[:SIZE]] [shared:NAME:SIZE]", "none",
+      parse_session_cache,
       "Session-ID cache. `off`: clients are told sessions cannot be reused. `none`: they are "
       "told they may be, but nothing is stored (tickets still resume). `builtin[:N]`: a cache "
       "of N sessions per worker (default 20480). `shared:NAME:SIZE`: one cache for all workers "
-      "(about 4000 sessions per megabyte, at least 32k), which makes session IDs resume on any "
-      "worker; servers naming the same NAME share it. With several servers on one "
+      "(about 4000 sessions per megabyte, at least 8 memory pages (32k) and at most 1g), which "
+      "makes session IDs resume on any worker; servers naming the same NAME share it (with "
+      "one size). The master makes the zone when it starts; `check` only validates it. With several servers on one "
       "`listen ... ssl` address, sessions are kept and resumed with the default server's cache, "
-      "timeout and ticket keys, as in nginx.", "ssl_session_cache: shared:SSL:10m"),
+      "timeout and ticket keys, as in nginx.", "ssl_session_cache: shared:SSL:10m",
+      differs="a `shared` zone is at most `1g` (nginx: any size its memory allows)."),
     D("ssl_session_timeout", ("main", "server"), "ssl_session_timeout: TIME", "5m",
-      _positive_time, "How long a session can be resumed, by session ID or ticket, in TLS 1.2 "
-      "and 1.3.", "ssl_session_timeout: 1h"),
+      _session_timeout, "How long a session can be resumed, by session ID or ticket, in TLS 1.2 "
+      "and 1.3. Counted in whole seconds (no `ms`), from 1s to 4294967295s (the 32-bit "
+      "lifetime of a TLS 1.2 ticket).", "ssl_session_timeout: 1h"),
     D("ssl_session_tickets", ("main", "server"), "ssl_session_tickets: on | off", "on",
       units.parse_flag, "Resumption with session tickets (RFC 5077 / TLS 1.3 tickets). Without "
       "`ssl_session_ticket_key`, the key is made by the master at start, so tickets resume on "
@@ -336,11 +457,11 @@ DIRECTIVES: list[Directive] = [
     D("ssl_trusted_certificate", ("main", "server"), "ssl_trusted_certificate: FILE", None, _file,
       "Additional PEM CA certificates trusted for client verification but not sent to clients.",
       "ssl_trusted_certificate: /etc/tlsgw/more-cas.pem"),
-    D("ssl_verify_depth", ("main", "server"), "ssl_verify_depth: NUMBER", "1", units.parse_int,
+    D("ssl_verify_depth", ("main", "server"), "ssl_verify_depth: NUMBER", "1", _depth,
       "How many intermediate CA certificates may stand between a client certificate and a "
       "trusted CA (OpenSSL's and nginx's count): 0 allows only certificates issued directly by "
       "a trusted CA, 1 allows one intermediate (the client sends it), and so on. Longer "
-      "chains fail with \"certificate chain too long\".",
+      "chains fail with \"certificate chain too long\". At most 2147483647 (OpenSSL's int).",
       "ssl_verify_depth: 2"),
     D("ssl_crl", ("main", "server"), "ssl_crl: FILE", None, _file,
       "PEM certificate revocation list(s) checked for client certificates.",
@@ -366,7 +487,7 @@ DIRECTIVES: list[Directive] = [
       None, _file, "PEM CA certificates to verify upstreams with (default: the system store).",
       "proxy_ssl_trusted_certificate: /etc/tlsgw/backend-ca.pem"),
     D("proxy_ssl_verify_depth", ("main", "server"), "proxy_ssl_verify_depth: NUMBER", "1",
-      units.parse_int, "How many intermediate CA certificates may stand between an upstream's "
+      _depth, "How many intermediate CA certificates may stand between an upstream's "
       "certificate and a trusted CA (counted as `ssl_verify_depth`).",
       "proxy_ssl_verify_depth: 2"),
     D("proxy_ssl_name", ("main", "server"), "proxy_ssl_name: NAME", None, _text,
@@ -409,18 +530,20 @@ DIRECTIVES: list[Directive] = [
       "servers:\n  - 127.0.0.1:7773 weight=5 max_fails=3 fail_timeout=30s\n"
       "  - unix:/run/b.sock backup\n  - address: \"[::1]:7775\"\n    weight: 2"),
     # ---- peer -------------------------------------------------------------------------------
-    D("weight", ("peer",), "weight=NUMBER", "1", lambda v: units.parse_int(v, minimum=1),
-      "Relative share of sessions.", "- 10.0.0.1:80 weight=5"),
-    D("max_conns", ("peer",), "max_conns=NUMBER", "0", units.parse_int,
+    D("weight", ("peer",), "weight=NUMBER", "1", _weight,
+      "Relative share of sessions. With `hash ... consistent`, the primary servers' weights "
+      "may add up to at most 10000 (160 ring points per unit of weight, as in nginx).", "- 10.0.0.1:80 weight=5"),
+    D("max_conns", ("peer",), "max_conns=NUMBER", "0", _number,
       "Limit of simultaneous sessions to the server, per worker process; 0 is no limit.",
       "- 10.0.0.1:80 max_conns=100"),
-    D("max_fails", ("peer",), "max_fails=NUMBER", "1", units.parse_int,
+    D("max_fails", ("peer",), "max_fails=NUMBER", "1", _number,
       "After this many failed connection attempts within `fail_timeout`, the server is "
       "considered unavailable for `fail_timeout`. 0 disables the accounting. A failure is a "
       "connect error or timeout (never an error after the connection was established).",
       "- 10.0.0.1:80 max_fails=3"),
-    D("fail_timeout", ("peer",), "fail_timeout=TIME", "10s", units.parse_time,
-      "The window for counting failures and the time a failed server is left out.",
+    D("fail_timeout", ("peer",), "fail_timeout=TIME", "10s", _seconds,
+      "The window for counting failures and the time a failed server is left out, in whole "
+      "seconds as in nginx (no `ms`).",
       "- 10.0.0.1:80 fail_timeout=30s"),
     D("backup", ("peer",), "backup", None, None,
       "Used only when every primary server is unavailable. Not allowed with `hash` or "

@@ -86,6 +86,8 @@ import ssl
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from tlsgw.config import schema, units
+from tlsgw.config.schema import SessionCacheSpec
 from tlsgw.errors import ConfigError, StartupError
 from tlsgw.tls import native
 from tlsgw.tls.shared_cache import MIN_SHARED_SIZE, SharedSessionStore
@@ -115,72 +117,25 @@ CACHE_MODES = ("off", "none", "builtin", "shared", "builtin+shared")
 # ---------------------------------------------------------------------------------------------
 # Settings and nginx syntax
 # ---------------------------------------------------------------------------------------------
-_SIZE_RE = re.compile(r"^(\d+)([kKmMgG]?)$")
-
-
 def parse_size(text: str) -> int | None:
     """nginx ``size`` syntax: ``1024``, ``64k``, ``10m``, ``1g``; ``None`` if invalid."""
-    m = _SIZE_RE.match(text)
-    if not m:
+    try:
+        return units.parse_size(text)
+    except units.UnitError:
         return None
-    return int(m.group(1)) * {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}[m.group(2).lower()]
-
-
-@dataclass(frozen=True)
-class SessionCacheSpec:
-    """The parsed value of one ``ssl_session_cache`` directive."""
-
-    cache: str
-    builtin_size: int | None = None
-    shared_name: str | None = None
-    shared_size: int | None = None
 
 
 def parse_session_cache(value: str | Sequence[str]) -> SessionCacheSpec:
-    """Parse ``ssl_session_cache`` arguments the way nginx does.
-
-    ``value`` is the directive's argument string (``"builtin:1000 shared:SSL:10m"``) or the list of
-    arguments. Later ``off``/``none``/``builtin`` words override earlier ones; ``off`` and ``none``
-    win over a ``shared`` zone given on the same line (nginx allocates the zone but never uses it).
+    """``ssl_session_cache`` arguments, parsed by the schema's parser (nginx's rules and bounds).
 
     Raises:
         ConfigError: with nginx's wording (``invalid session cache "…"``,
             ``session cache "…" is too small``).
     """
-    args = value.split() if isinstance(value, str) else list(value)
-    if not 1 <= len(args) <= 2:
-        raise ConfigError('invalid number of arguments in "ssl_session_cache" directive')
-    builtin: str | int | None = None  # "off" | "none" | "default" | int
-    shared_name: str | None = None
-    shared_size: int | None = None
-    for arg in args:
-        if arg in ("off", "none"):
-            builtin = arg
-        elif arg == "builtin":
-            builtin = "default"
-        elif arg.startswith("builtin:") and len(arg) > len("builtin:"):
-            digits = arg[len("builtin:"):]
-            if not digits.isdigit():
-                raise ConfigError(f'invalid session cache "{arg}"')
-            builtin = int(digits)
-        elif arg.startswith("shared:") and len(arg) > len("shared:"):
-            name, sep, size_text = arg[len("shared:"):].partition(":")
-            size = parse_size(size_text) if sep else None
-            if not name or size is None:
-                raise ConfigError(f'invalid session cache "{arg}"')
-            if size < MIN_SHARED_SIZE:
-                raise ConfigError(f'session cache "{arg}" is too small')
-            shared_name, shared_size = name, size
-        else:
-            raise ConfigError(f'invalid session cache "{arg}"')
-    if builtin in ("off", "none"):
-        return SessionCacheSpec(str(builtin))
-    size = None if builtin in (None, "default") else int(builtin)  # type: ignore[arg-type]
-    if shared_name is None:
-        return SessionCacheSpec("builtin", size)
-    if builtin is None:
-        return SessionCacheSpec("shared", None, shared_name, shared_size)
-    return SessionCacheSpec("builtin+shared", size, shared_name, shared_size)
+    try:
+        return schema.parse_session_cache(value)
+    except units.UnitError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 @dataclass(frozen=True)
@@ -222,14 +177,15 @@ class SessionSettings:
     @classmethod
     def from_directives(
         cls,
-        ssl_session_cache: str | Sequence[str] = "none",
+        ssl_session_cache: str | Sequence[str] | SessionCacheSpec = "none",
         ssl_session_timeout: float = 300.0,
         ssl_session_tickets: bool = True,
         ssl_session_ticket_key: Sequence[str] = (),
         **extra: object,
     ) -> SessionSettings:
         """Build settings from nginx directive values (``extra``: num_tickets, release_buffers)."""
-        spec = parse_session_cache(ssl_session_cache)
+        spec = (ssl_session_cache if isinstance(ssl_session_cache, SessionCacheSpec)
+                else parse_session_cache(ssl_session_cache))
         return cls(
             cache=spec.cache,
             builtin_size=spec.builtin_size,
@@ -413,6 +369,8 @@ class SessionRuntime:
     auto_keys: TicketKeyRing | None = None
     file_keys: dict[tuple[str, ...], TicketKeyRing] = field(default_factory=dict)
     master_pid: int = field(default_factory=os.getpid)
+    validate_only: bool = False
+    """Made for ``tlsgw check``: shared zones were validated, not allocated."""
 
     def close(self) -> None:
         """Unmap shared stores (only once no context using them will handshake again)."""
@@ -421,6 +379,7 @@ class SessionRuntime:
 
 
 _DIRECTIVES = "ssl_session_cache/ssl_session_timeout/ssl_session_tickets"
+_LONG_MAX = 2**63 - 1  # SSL_CTX_sess_set_cache_size takes a C long
 
 
 def _require_native(settings: SessionSettings | None = None) -> native.Native:
@@ -431,12 +390,26 @@ def _require_native(settings: SessionSettings | None = None) -> native.Native:
         raise StartupError(f"{what}: cannot be honoured by this Python's ssl module: {exc}") from None
 
 
-def prepare_in_master(settings_list: Iterable[SessionSettings]) -> SessionRuntime:
+class SharedZoneError(StartupError):
+    """The shared memory of one ``shared:NAME:SIZE`` cache could not be made."""
+
+    def __init__(self, name: str, size: int, exc: OSError):
+        code = exc.errno or 0
+        super().__init__(f'cannot allocate {size} bytes of shared memory for session cache '
+                         f'"shared:{name}" ({code}: {exc.strerror or exc})')
+        self.zone = name
+
+
+def prepare_in_master(settings_list: Iterable[SessionSettings],
+                      allocate: bool = True) -> SessionRuntime:
     """Allocate shared caches, load ticket key files and generate default ticket keys.
 
-    Call once per configuration load in the master, *before* forking workers.
+    Call once per configuration load in the master, *before* forking workers. With
+    ``allocate=False`` (``tlsgw check``) everything is validated but no shared memory is made:
+    a check must not need the memory it checks.
 
     Raises:
+        SharedZoneError: the memory of a shared cache cannot be mapped.
         ConfigError: a key file is unreadable or not 48/80 bytes; one shared NAME with two sizes.
         StartupError: the running Python's libssl cannot be driven (the message names the settings).
     """
@@ -458,8 +431,13 @@ def prepare_in_master(settings_list: Iterable[SessionSettings]) -> SessionRuntim
         if s.ticket_key_files and s.ticket_key_files not in runtime.file_keys:
             keys = [load_ticket_key_file(p) for p in s.ticket_key_files]
             runtime.file_keys[s.ticket_key_files] = TicketKeyRing(keys)
-    for name, size in sizes.items():
-        runtime.stores[name] = SharedSessionStore(name, size)
+    runtime.validate_only = not allocate
+    for name, size in sizes.items() if allocate else ():
+        try:
+            runtime.stores[name] = SharedSessionStore(name, size)
+        except OSError as exc:
+            runtime.close()
+            raise SharedZoneError(name, size, exc) from None
     runtime.auto_keys = TicketKeyRing([TicketKey.from_bytes(os.urandom(80))])
     # create the callback thunks now so forked workers inherit them ready-made
     for ring in [runtime.auto_keys, *runtime.file_keys.values()]:
@@ -493,7 +471,7 @@ def apply(ctx: ssl.SSLContext, settings: SessionSettings, runtime: SessionRuntim
     store = None
     if "shared" in settings.cache:
         store = runtime.stores.get(settings.shared_name or "")
-        if store is None:
+        if store is None and not runtime.validate_only:
             raise StartupError(f'shared session cache "{settings.shared_name}" was not prepared '
                                "in the master before fork")
     ring = None
@@ -521,7 +499,7 @@ def apply(ctx: ssl.SSLContext, settings: SessionSettings, runtime: SessionRuntim
         if "builtin" in settings.cache:
             size = DEFAULT_BUILTIN_SIZE if settings.builtin_size is None else settings.builtin_size
             if size > 0:  # 0 = unbounded; otherwise make OpenSSL 3.0 really keep `size` sessions
-                size += native.builtin_cache_slack()
+                size = min(size + native.builtin_cache_slack(), _LONG_MAX)
             native.set_cache_size(raw, size)
     if store is not None:
         native.set_session_callbacks(raw, *store.callbacks())
