@@ -136,9 +136,10 @@ class Gateway:
     def worker_fds(self) -> int:
         return sum(max(0, s.fds) for s in self.samples()[1:])
 
-    def settle(self, at_most: int | None = None, quiet: float = 1.0, timeout: float = 60.0) -> None:
+    def settle(self, at_most: int | None = None, quiet: float = 1.0, timeout: float = 60.0) -> bool:
         """Wait until the workers' descriptor count has not changed for ``quiet`` seconds (and
-        is at most ``at_most``, if given): sessions closed by the clients have ended."""
+        is at most ``at_most``, if given): sessions closed by the clients have ended. False if
+        that did not happen within ``timeout`` (descriptors left behind)."""
         deadline = time.monotonic() + timeout
         last, since = self.worker_fds(), time.monotonic()
         while time.monotonic() < deadline:
@@ -147,7 +148,8 @@ class Gateway:
             if now != last:
                 last, since = now, time.monotonic()
             elif time.monotonic() - since >= quiet and (at_most is None or now <= at_most):
-                return
+                return True
+        return False
 
     def error_counts(self) -> tuple[Counter[str], list[str]]:
         """Error-log lines at ``warn`` and above: a count per level and the distinct messages

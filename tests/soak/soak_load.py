@@ -116,10 +116,10 @@ async def _one(port: int, ctx: ssl.SSLContext | None, payload: bytes, source: st
             result = await done
     except TimeoutError:
         result = f"timed out after {SESSION_TIMEOUT:.0f} s"
+    except ssl.SSLError as exc:  # (an OSError too)
+        result = f"TLS handshake: {exc.reason or exc!r}"
     except OSError as exc:
         result = f"connect: {exc.strerror or exc!r}"
-    except ssl.SSLError as exc:
-        result = f"TLS handshake: {exc.reason or exc!r}"
     if proto.transport is not None and not proto.transport.is_closing():
         proto.transport.abort()
     return result
@@ -225,7 +225,7 @@ async def open_idle(kind: str, port: int, ctx: ssl.SSLContext | None, n: int, co
                         lambda: proto, HOST, port, ssl=ctx, local_addr=(client_address(rng), 0),
                         server_hostname="localhost" if ctx else None)
                     await echoed
-            except (OSError, ssl.SSLError, TimeoutError) as exc:
+            except (OSError, TimeoutError) as exc:  # ssl.SSLError is an OSError
                 why = f"{type(exc).__name__}: {getattr(exc, 'strerror', None) or exc}"
                 held.reasons[why] = held.reasons.get(why, 0) + 1
                 if proto.transport is not None:
