@@ -231,10 +231,16 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         say("interrupted")
         status = 130
+    except RuntimeError as exc:  # the gateway did not start or a listener did not answer
+        say(str(exc))
+        status = 1
     finally:
         replaced = pids and gw.worker_pids() != pids
         gw.stop()
         backends.stop()
+    if not phases:
+        say(f"no measurement; configuration and logs kept in {workdir}")
+        return status or 1
     errors, messages = gw.error_counts()
     notes += leaks
     if replaced:
