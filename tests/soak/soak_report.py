@@ -62,6 +62,19 @@ def spread(c: Counter[str]) -> str:
     return " / ".join(n(v) for _, v in sorted(c.items())) or "—"
 
 
+def tree() -> str:
+    """The measured source tree: its commit, and whether it had uncommitted changes."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[2]
+    try:
+        out = subprocess.run(["git", "-C", str(root), "describe", "--always", "--dirty"],
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return f" of tree {out.stdout.strip()}" if out.returncode == 0 and out.stdout.strip() else ""
+
+
 def machine() -> str:
     import uvloop
 
@@ -144,7 +157,7 @@ def failures(runs: list[tuple[Tally, Lines]], idle: list[IdleResult]) -> list[st
 def render(*, when: str, command: str, minutes: float, settings: str,
            runs: list[tuple[Tally, Lines]], phases: list[Phase], idle: list[IdleResult],
            errors: Counter[str], messages: list[str], notes: list[str]) -> str:
-    parts = [f"Measured {when} with `{command}`, {minutes:.1f} minutes; {machine()}.", "",
+    parts = [f"Measured {when} with `{command}`{tree()}, {minutes:.1f} minutes; {machine()}.", "",
              settings, ""]
     if runs:
         parts += [sessions_table(runs), ""]
@@ -152,6 +165,9 @@ def render(*, when: str, command: str, minutes: float, settings: str,
              process_table(phases), ""]
     if idle:
         parts += [idle_table(idle), ""]
+        if runs:
+            parts += ["*RSS per idle connection* is the growth on a heap the sessions have "
+                      "already grown (see above); `--sessions 0` measures a fresh gateway.", ""]
     if errors:
         parts.append("Gateway error log at `warn` and above: "
                      + ", ".join(f"{n(v)} {k}" for k, v in sorted(errors.items())) + ":")
