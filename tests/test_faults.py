@@ -9,8 +9,9 @@ matrix are tested elsewhere and not repeated here:
   ``test_idle_timeout_closes_session``, ``test_backend_closes_mid_stream``); here they run 20
   at a time, with a reset and a close in the middle of a transfer, and the descriptors counted;
 * a client that stops reading while 1 GiB comes down:
-  ``test_proxy.py::test_client_that_stops_reading_keeps_memory_bounded``; here, the other
-  direction: a client uploading to an upstream that stopped reading;
+  ``test_proxy.py::test_client_that_stops_reading_keeps_memory_bounded``; here, the same for
+  a TLS client, and the other direction: a client uploading to an upstream that stopped
+  reading;
 * TCP and then nothing, garbage and plain HTTP on a TLS port, a client leaving mid-handshake:
   tests/test_tls.py (``test_ssl_handshake_timeout_*``, ``test_plaintext_client_on_tls_port``,
   ``test_client_aborting_mid_handshake_*``); here, a ClientHello that stops half-way.
@@ -70,7 +71,7 @@ class ScriptedBackend:
         self.address = f"127.0.0.1:{self.port}"
         self.stopping = threading.Event()
         self.conns: list[socket.socket] = []
-        self.received = 0
+        self.counted = 0  # bytes the script counted (read or sent: one script per backend)
         self.lock = threading.Lock()
         self.thread = threading.Thread(target=self._accept, daemon=True)
         self.thread.start()
@@ -96,7 +97,7 @@ class ScriptedBackend:
 
     def count(self, n: int) -> None:
         with self.lock:
-            self.received += n
+            self.counted += n
 
     def close(self) -> None:
         self.stopping.set()
@@ -135,6 +136,22 @@ def _greet_then_never_read(conn: socket.socket, b: ScriptedBackend) -> None:
     """Say we are here (so the session is connected), then never read again."""
     conn.sendall(b"ready\n")
     b.stopping.wait(60)
+
+
+BIG_DOWNLOAD = 128 << 20
+
+
+def _send_big_download(conn: socket.socket, b: ScriptedBackend) -> None:
+    """Send BIG_DOWNLOAD bytes as fast as the gateway takes them, counting, then FIN."""
+    chunk = memoryview(b"z" * (256 * 1024))
+    left = BIG_DOWNLOAD
+    while left:
+        n = conn.send(chunk[:min(left, len(chunk))])
+        left -= n
+        b.count(n)
+    conn.shutdown(socket.SHUT_WR)
+    while conn.recv(1 << 16):
+        pass
 
 
 def _finish(sock: socket.socket) -> tuple[bytes, str]:
@@ -227,12 +244,13 @@ def faults(pki, tmp_path_factory):
         close_mid_upload=ScriptedBackend(_read_then_close),
         reset_mid_download=ScriptedBackend(_send_then_reset),
         stopped_reading=ScriptedBackend(_greet_then_never_read, rcvbuf=4096),
+        download=ScriptedBackend(_send_big_download),
         echo=Backend("echo"),
     )
     ports = Ports()
     port = SimpleNamespace(**{name: ports() for name in (
         "refuse", "reset", "silent", "close_mid_upload", "reset_mid_download",
-        "upload_plain", "upload_tls", "handshake")})
+        "upload_plain", "upload_tls", "download_tls", "handshake")})
     tls = f"""
     ssl_certificate: {pki.server}
     ssl_certificate_key: {pki.server_key}"""
@@ -258,6 +276,8 @@ servers:
   - listen: 127.0.0.1:{port.upload_tls} ssl
     proxy_pass: {b.stopped_reading.address}
     proxy_timeout: 2s{tls}
+  - listen: 127.0.0.1:{port.download_tls} ssl
+    proxy_pass: {b.download.address}{tls}
   - listen: 127.0.0.1:{port.handshake} ssl
     proxy_pass: {b.echo.address}
     ssl_handshake_timeout: 1s{tls}
@@ -329,7 +349,7 @@ def test_upstream_fault_ends_every_session_and_leaks_nothing(faults, fault):
     wait_until(lambda: _error_count(gw, port, text) >= logged + CONCURRENT,
                what=f"{text!r} x{CONCURRENT}")
     if fault == "close_mid_upload":
-        assert faults.backend.close_mid_upload.received >= CONCURRENT * 64 * 1024
+        assert faults.backend.close_mid_upload.counted >= CONCURRENT * 64 * 1024
     wait_fds(gw, baseline)
 
 
@@ -360,6 +380,44 @@ def test_upload_to_an_upstream_that_stopped_reading_keeps_memory_bounded(faults,
     wait_until(lambda: _error_count(gw, port, "connection timed out (110: Connection timed out) "
                                     "while proxying connection") >= 1, what="proxy_timeout")
     wait_fds(gw, baseline)
+
+
+def _until_still(value: Callable[[], int], quiet: float = 0.5, timeout: float = 30.0) -> int:
+    """``value()`` once it has not changed for ``quiet`` seconds."""
+    deadline = time.monotonic() + timeout
+    last, since = value(), time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(0.02)
+        now = value()
+        if now != last:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet:
+            return now
+    raise AssertionError(f"still changing after {timeout} s: {last}")
+
+
+def test_tls_client_that_stops_reading_keeps_memory_bounded(faults, pki):
+    """test_proxy's stalled-download test (plaintext, 1 GiB) for a TLS client: while the client
+    reads nothing the upstream is paused, through the TLS transport's own buffers too; once
+    it reads, every byte arrives."""
+    gw, b = faults.gw, faults.backend.download
+    settled_fds(gw)
+    base = gw.rss_kib()
+    raw = connect(faults.port.download_tls, timeout=30)
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    s = pki.client_context().wrap_socket(raw, server_hostname="localhost")
+    try:
+        taken = _until_still(lambda: b.counted)  # what the gateway took before pausing
+        grown = gw.rss_kib() - base
+        assert taken < 64 << 20, f"the gateway took {taken >> 20} MiB for a stalled client"
+        assert grown < 64 * 1024, f"RSS grew {grown} KiB while the client stalled"
+        total = 0
+        while d := s.recv(1 << 20):
+            assert d.count(b"z") == len(d)
+            total += len(d)
+        assert total == BIG_DOWNLOAD
+    finally:
+        s.close()
 
 
 # ---- client faults on a TLS port ----------------------------------------------------------------
