@@ -439,9 +439,9 @@ def test_partial_client_hello_is_closed_after_ssl_handshake_timeout(faults, pki,
     logged = _handshake_timeouts(gw, port)
 
     def one(i: int) -> tuple[float, str]:
+        t0 = time.monotonic()  # before the connection exists, so before the gateway's timer
         with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
             s.sendall(piece)
-            t0 = time.monotonic()
             data, how = _finish(s)
             assert data == b""
             return time.monotonic() - t0, how
@@ -449,7 +449,8 @@ def test_partial_client_hello_is_closed_after_ssl_handshake_timeout(faults, pki,
     results = _in_threads(one, CONCURRENT)
     for r in results:
         assert isinstance(r, tuple), r
-        assert r[0] >= 0.8, f"closed after {r[0]:.2f} s, before ssl_handshake_timeout (1s)"
+        # (the event loop's timers have millisecond granularity: allow them to be a little early)
+        assert r[0] >= 0.95, f"closed after {r[0]:.2f} s, before ssl_handshake_timeout (1s)"
     lines = _wait_lines(gw, port, before + CONCURRENT)[before:]
     assert [ln[2] for ln in lines] == ["500"] * CONCURRENT, lines
     wait_until(lambda: _handshake_timeouts(gw, port) >= logged + CONCURRENT,
