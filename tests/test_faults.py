@@ -407,6 +407,7 @@ def test_tls_client_that_stops_reading_keeps_memory_bounded(faults, pki):
     raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
     s = pki.client_context().wrap_socket(raw, server_hostname="localhost")
     try:
+        wait_until(lambda: b.counted > 0, what="the download to start")
         taken = _until_still(lambda: b.counted)  # what the gateway took before pausing
         grown = gw.rss_kib() - base
         assert taken < 64 << 20, f"the gateway took {taken >> 20} MiB for a stalled client"
