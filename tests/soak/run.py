@@ -261,10 +261,12 @@ def main(argv: list[str] | None = None) -> int:
         report.update_doc(args.doc, text)
         say(f"wrote {args.doc}")
     bad = (any(t.lost or t.corrupted for t, _ in runs) or replaced or gw.exit_code != 0
-           or any(r.held.opened < r.held.wanted for r in idle) or errors or leaks)
+           or any(r.held.opened + r.held.skipped < r.held.wanted for r in idle) or errors
+           or leaks)
     if not status:
         status = 1 if bad else 0
-    if not status and (any(t.stopped_early for t, _ in runs) or (idle_n and len(idle) < 2)):
+    if not status and (any(t.stopped_early for t, _ in runs) or (idle_n and len(idle) < 2)
+                       or any(r.held.skipped for r in idle)):
         status = 2
     if status or args.keep:
         say(f"configuration and logs kept in {workdir}")

@@ -129,7 +129,9 @@ def process_table(phases: list[Phase]) -> str:
 
 def idle_table(results: list[IdleResult]) -> str:
     rows = [
-        ("opened / wanted", [f"{n(r.held.opened)} / {n(r.held.wanted)}" for r in results]),
+        ("opened / wanted", [f"{n(r.held.opened)} / {n(r.held.wanted)}"
+                             + (" (stopped by --max-seconds)" if r.held.skipped else "")
+                             for r in results]),
         ("access-log lines (status 200) once closed", [
             f"{n(r.lines.count)} ({n(r.lines.status.get('200', 0))})" for r in results]),
         ("workers' RSS growth while open", [
