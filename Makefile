@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install demo test lint bench docs clean
+.PHONY: install demo test lint bench soak docs clean
 
 install: $(BIN)/tlsgw
 
@@ -49,6 +49,11 @@ lint: $(VENV)/.test-deps
 
 bench: install
 	$(BIN)/python tests/bench/run.py
+
+# Soak: checksummed sessions and idle connections through one gateway; writes docs/reliability.md.
+# A shorter run: make soak SOAK_ARGS="--sessions 20000 --idle 2000" (tests/soak/run.py --help).
+soak: install
+	$(BIN)/python tests/soak/run.py $(SOAK_ARGS)
 
 docs: install
 	$(BIN)/python -m tlsgw.config.docs > docs/config-reference.md

@@ -59,9 +59,19 @@ def test_so_keepalive_off_and_default(tmp_path):
     assert ls.so_keepalive is None and ls.backlog == 511 and not ls.reuseport
 
 
+def _wildcard_free_port() -> int:
+    """A port free for a dual-stack ``[::]`` bind. ``free_port("::1")`` may return a port that
+    an IPv4 socket holds (a connection in TIME-WAIT after a busy test), which then makes
+    ``[::]:PORT ipv6only=off`` fail with "Address already in use"."""
+    with socket.socket(socket.AF_INET6) as s:
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        s.bind(("::", 0))
+        return s.getsockname()[1]
+
+
 @pytest.mark.parametrize("flag, expected", [("on", 1), ("off", 0)])
 def test_ipv6only(tmp_path, flag, expected):
-    port = free_port("::1")
+    port = _wildcard_free_port()
     sock = listener.bind(listen_of(tmp_path, f'"[::]:{port} ipv6only={flag}"'))
     try:
         assert sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == expected
