@@ -231,6 +231,7 @@ class Loader:
 
     def tls_sessions(self, servers: list[ServerConfig]) -> None:
         """Session cache, timeout and ticket keys: prepared once, before workers are forked."""
+        from tlsgw.tls import context as tlsctx
         from tlsgw.tls import sessions
 
         tls_servers = [srv for srv in servers if srv.ssl_context is not None]
@@ -252,9 +253,8 @@ class Loader:
             self.session_runtime = runtime
             for srv in tls_servers:
                 line = _Line(srv.line)
-                id_ctx = sessions.session_id_context_from_files(
-                    srv.s.ssl_certificate, srv.s.ssl_client_certificate)
-                sessions.apply(srv.ssl_context, settings[srv.index], runtime, id_ctx)
+                sessions.apply(srv.ssl_context, settings[srv.index], runtime,
+                               tlsctx.session_id_context(srv.s))
         except TlsgwError as exc:
             self.error(line, str(exc))
 

@@ -3,8 +3,10 @@
 nginx 1.25.5+ semantics: an exact name wins, then the longest wildcard starting with ``*.``,
 then the longest wildcard ending with ``.*``; no SNI or no match means the default server (the
 first on that address, or the one whose ``listen`` has ``default_server``). The choice switches
-the connection to that server's ``SSLContext`` (certificates, client verification, session
-settings) and, after the handshake, the session uses that server's proxy settings.
+the connection to that server's ``SSLContext`` (certificates, client verification, session-id
+context) before OpenSSL looks for a session to resume, and, after the handshake, the session
+uses that server's proxy settings. The session cache, timeout and ticket keys stay the default
+server's (OpenSSL keeps them on the connection's first ``SSL_CTX``), as in nginx.
 
 OpenSSL's ``SSL_set_SSL_CTX`` swaps the certificate but keeps the verify mode, depth and options
 of the first context, so those are copied onto the connection too, as nginx does.
@@ -17,7 +19,7 @@ import ssl
 from typing import Any
 
 from tlsgw.config.model import ListenGroup
-from tlsgw.tls import native
+from tlsgw.tls import hello, native
 from tlsgw.tls.context import _lib, _ssl_pointer
 
 _bound = False
@@ -58,8 +60,17 @@ def match(names: dict[str, int], wild_front: list[tuple[str, int]], wild_back: l
     return None
 
 
+#: every SNI-capable server's context by its ``SSL_CTX *``: (context, server index)
+_servers: dict[int, tuple[ssl.SSLContext, int]] = {}
+
+
 def install_sni(group: ListenGroup, runtimes: dict[int, Any]) -> None:
-    """Set the SNI callback on the default server's context for this listen group."""
+    """Choose the server of each connection on this listen group by its SNI.
+
+    The choice is made in the ClientHello callback (:mod:`tlsgw.tls.hello`), before OpenSSL
+    looks for a session to resume, so the session-id context compared is the chosen server's.
+    Python's ``sni_callback`` runs later and only brings the ``SSLObject`` up to date (its
+    ``context``, the server index and the name for ``$ssl_server_name``)."""
     names: dict[str, int] = {}
     front: list[tuple[str, int]] = []
     back: list[tuple[str, int]] = []
@@ -75,30 +86,42 @@ def install_sni(group: ListenGroup, runtimes: dict[int, Any]) -> None:
     back.sort(key=lambda t: -len(t[0]))
     contexts = {i: rt.ssl_context for i, rt in runtimes.items()}
     raws = {i: native.ctx_pointer(ctx) for i, ctx in contexts.items()}  # checked once, here
+    for i, raw in raws.items():
+        _servers[raw] = (contexts[i], i)
     default_ctx = runtimes[group.servers[0].index].ssl_context
+    default_raw = native.ctx_pointer(default_ctx)
     lib = _bind()
     ssl_lib = native.load().ssl
 
-    def callback(sslobj: ssl.SSLObject, server_name: str | None, _ctx: ssl.SSLContext) -> None:
-        if server_name is None:
-            return None
-        sslobj.tlsgw_sni = server_name  # type: ignore[attr-defined]
-        idx = match(names, front, back, server_name)
-        if idx is None or contexts[idx] is default_ctx:
-            return None
-        new = contexts[idx]
-        sslobj.context = new
-        sslobj.tlsgw_server = idx  # type: ignore[attr-defined]
-        ptr = _ssl_pointer(sslobj)
+    def choose(ptr: int) -> None:
+        if ssl_lib.SSL_get_SSL_CTX(ptr) != default_raw:
+            return  # a second ClientHello (after a HelloRetryRequest): chosen already
+        name = hello.server_name(ptr)
+        idx = None if name is None else match(names, front, back, name)
+        if idx is None or raws[idx] == default_raw:
+            return
         raw = raws[idx]
-        if not ptr or ssl_lib.SSL_get_SSL_CTX(ptr) != raw:  # not the SSL * we think it is
-            return None
+        if ssl_lib.SSL_set_SSL_CTX(ptr, raw) != raw:
+            raise RuntimeError("SSL_set_SSL_CTX failed")
+        # SSL_set_SSL_CTX swaps certificates only: the verification and options go along too
         lib.SSL_set_verify(ptr, ssl_lib.SSL_CTX_get_verify_mode(raw),
                            lib.SSL_CTX_get_verify_callback(raw))
         lib.SSL_set_verify_depth(ptr, lib.SSL_CTX_get_verify_depth(raw))
         opts = ssl_lib.SSL_CTX_get_options(raw)
         lib.SSL_clear_options(ptr, ssl_lib.SSL_get_options(ptr) & ~opts)
         lib.SSL_set_options(ptr, opts)
-        return None
 
-    default_ctx.sni_callback = callback
+    if len(group.servers) > 1:
+        hello.install(default_raw, choose)
+    default_ctx.sni_callback = _on_servername
+
+
+def _on_servername(sslobj: ssl.SSLObject, server_name: str | None, _ctx: ssl.SSLContext) -> None:
+    if server_name is not None:
+        sslobj.tlsgw_sni = server_name  # type: ignore[attr-defined]
+    ptr = _ssl_pointer(sslobj)
+    chosen = _servers.get(native.load().ssl.SSL_get_SSL_CTX(ptr)) if ptr else None
+    if chosen is not None and chosen[0] is not sslobj.context:
+        sslobj.context = chosen[0]  # the same SSL_CTX already: only Python's view changes
+        sslobj.tlsgw_server = chosen[1]  # type: ignore[attr-defined]
+    return None
