@@ -76,6 +76,7 @@ def front(pki, tmp_path_factory):
             ssl_prefer_server_ciphers="on"),
         srv("prefer_off", ssl_ciphers="ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384"),
         srv("curve", ssl_ecdh_curve="prime256v1"),
+        srv("curve_auto", ssl_ecdh_curve="auto"),
         srv("hs_timeout", ssl_handshake_timeout="1s"),
         srv("verify_on", ssl_verify_client="on", **verify),
         srv("verify_optional", ssl_verify_client="optional", **verify),
@@ -260,9 +261,23 @@ def test_ssl_ciphers_restricts_tls12(front, pki):
     wait_error(front.gw, port, "no cipher in common", "ssl_ciphers")
     with tls_connect(port, ctx12(pki)) as s:  # default client list includes it
         assert s.cipher()[0] == "ECDHE-ECDSA-CHACHA20-POLY1305"
-    # the default (HIGH:!aNULL:!MD5) accepts that client
+    # the default (Mozilla's intermediate list) accepts that client ...
     with tls_connect(front.port.basic, ctx) as s:
         assert s.version() == "TLSv1.2"
+
+
+@pytest.mark.parametrize("suite", ["ECDHE-ECDSA-AES128-SHA", "ECDHE-ECDSA-AES256-SHA384",
+                                   "ECDHE-ECDSA-AES128-CCM", "ECDHE-ECDSA-ARIA128-GCM-SHA256",
+                                   "ECDHE-ECDSA-CAMELLIA128-SHA256"])
+def test_default_ssl_ciphers_refuse_what_mozilla_intermediate_rejects(front, pki, suite):
+    """CBC, CCM, ARIA and Camellia suites: refused by default, accepted when ssl_ciphers says
+    so (nginx's default, HIGH:!aNULL:!MD5, on the "legacy" server)."""
+    ctx = ctx12(pki)
+    ctx.set_ciphers(f"{suite}@SECLEVEL=0")
+    why = refused(front.port.basic, ctx)
+    assert "HANDSHAKE_FAILURE" in why or "handshake failure" in why, why
+    with tls_connect(front.port.legacy, ctx) as s:
+        assert s.cipher()[0] == suite
 
 
 @pytest.mark.parametrize("prefer", ["on", "off"])
@@ -283,8 +298,16 @@ def test_ssl_ecdh_curve(front, pki):
     code, out = s_client(port, "-CAfile", pki.ca, "-groups", "X25519:prime256v1")
     assert code == 0 and ("Server Temp Key: ECDH, prime256v1" in out
                           or "Negotiated TLS1.3 group: prime256v1" in out), out
-    code, out = s_client(front.port.basic, "-CAfile", pki.ca, "-groups", "X25519")
-    assert code == 0, out  # the default (auto) has X25519
+    # the default is Mozilla's intermediate list: X25519, P-256 and P-384, not X448 or P-521
+    for group in ("X25519", "prime256v1", "secp384r1"):
+        code, out = s_client(front.port.basic, "-CAfile", pki.ca, "-groups", group)
+        assert code == 0, (group, out)
+    for group in ("X448", "secp521r1"):
+        code, out = s_client(front.port.basic, "-CAfile", pki.ca, "-groups", group, expect=None)
+        assert code != 0, (group, out)
+        # "auto" restores OpenSSL's list (nginx's default), which has them
+        code, out = s_client(front.port.curve_auto, "-CAfile", pki.ca, "-groups", group)
+        assert code == 0, (group, out)
 
 
 def test_ssl_handshake_timeout_closes_silent_client(front):
@@ -694,9 +717,15 @@ def test_check_warns_about_expired_and_not_yet_valid_certificates(tmp_path, pki)
 
 
 def test_check_warns_that_tls1_needs_seclevel_0(tmp_path, pki):
-    code, out = _check(tmp_path, pki, ssl_protocols="TLSv1 TLSv1.1 TLSv1.2")
+    code, out = _check(tmp_path, pki, ssl_protocols="TLSv1 TLSv1.1 TLSv1.2",
+                       ssl_ciphers="HIGH:!aNULL:!MD5")
     assert code == 0 and ('"ssl_protocols" enables TLSv1 and TLSv1.1' in out
                           and '"@SECLEVEL=0" to "ssl_ciphers"' in out), out
+    # the default cipher list (Mozilla's intermediate) has TLS 1.2 suites only
+    code, out = _check(tmp_path, pki, ssl_protocols="TLSv1.1 TLSv1.2")
+    assert code == 0 and ('"ssl_protocols" enables TLSv1.1, but no cipher of "ssl_ciphers" '
+                          "works before TLS 1.2" in out
+                          and 'ssl_ciphers: HIGH:!aNULL:!MD5@SECLEVEL=0' in out), out
     code, out = _check(tmp_path, pki, ssl_protocols="TLSv1 TLSv1.1 TLSv1.2",
                        ssl_ciphers="HIGH:!aNULL:!MD5@SECLEVEL=0")
     assert code == 0 and "[warn]" not in out, out

@@ -500,7 +500,14 @@ class Loader:
                 ("ssl_protocols", "ssl_ciphers", any(ls.ssl for ls in srv.listens)),
                 ("proxy_ssl_protocols", "proxy_ssl_ciphers", srv.s.proxy_ssl)):
             old = [p for p in getattr(srv.s, protocols) if p in ("TLSv1", "TLSv1.1")]
-            if (on and old and "@SECLEVEL=0" not in getattr(srv.s, ciphers)
+            if on and old and not tlsctx.has_suites_before_tls12(getattr(srv.s, ciphers)):
+                line = where(protocols).start_mark.line + 1
+                self.warnings.append(
+                    f'{self.path}:{line}: "{protocols}" enables {" and ".join(old)}, but no '
+                    f'cipher of "{ciphers}" works before TLS 1.2 (the default is Mozilla\'s '
+                    f'intermediate list): give one that does, e.g. "{ciphers}: '
+                    'HIGH:!aNULL:!MD5@SECLEVEL=0"')
+            elif (on and old and "@SECLEVEL=0" not in getattr(srv.s, ciphers)
                     and ssl.OPENSSL_VERSION_INFO[0] >= 3):
                 line = where(protocols).start_mark.line + 1
                 self.warnings.append(

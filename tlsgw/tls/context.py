@@ -263,6 +263,18 @@ def _ciphers(ctx: ssl.SSLContext, ciphers: str, directive: str) -> None:
         raise TLSConfigError(directive, f'no cipher matches "{ciphers}"') from None
 
 
+def has_suites_before_tls12(ciphers: str) -> bool:
+    """Whether the cipher list has a suite that TLS 1.1 and older can use (the default list,
+    Mozilla's intermediate, has TLS 1.2 suites only). An invalid list counts as having some:
+    it is reported as invalid elsewhere."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    try:
+        ctx.set_ciphers(ciphers)
+    except ssl.SSLError:
+        return True
+    return any(c["protocol"] not in ("TLSv1.2", "TLSv1.3") for c in ctx.get_ciphers())
+
+
 # ---- contexts ------------------------------------------------------------------------------------
 def server_context(s: SimpleNamespace) -> ssl.SSLContext:
     """A server-side context from a server's settings (session settings are applied later)."""
