@@ -501,6 +501,17 @@ def test_sni_default_is_first_server_without_default_server(front, pki):
     assert _via_sni(port, pki, "nope.test")[0] == "A"
 
 
+def test_sni_choice_holds_across_a_hello_retry_request(front, pki):
+    """The server is chosen at the first ClientHello; after a HelloRetryRequest (the client's
+    key share, X448, is not a group of ours) the second ClientHello stays with it."""
+    code, out = s_client(front.port.sni2, "-tls1_3", "-groups", "X448:X25519", "-servername",
+                         "b.test", "-CAfile", pki.ca, "-verify_return_error", "-msg",
+                         expect="B")
+    assert code == 0 and out.count(", ClientHello") == 2, out  # -msg: each one sent
+    assert "Server Temp Key: X25519" in out, out
+    assert re.search(r"subject=.*CN ?= ?b\.test", out), out
+
+
 # ---- sessions ---------------------------------------------------------------------------------
 TIMEOUT = 2  # ssl_session_timeout of the expiry cases
 
