@@ -54,8 +54,9 @@ def id_context(raw: int) -> bytes | None:
 
 def restore(ssl_ptr: int) -> bool:
     """Set the connection's session-id context to that of its (current) ``SSL_CTX``."""
-    sid = _id_contexts.get(native.load().ssl.SSL_get_SSL_CTX(ssl_ptr))
-    return sid is not None and native.set_connection_id_context(ssl_ptr, sid)
+    lib = native.load().ssl
+    sid = _id_contexts.get(lib.SSL_get_SSL_CTX(ssl_ptr))
+    return sid is not None and lib.SSL_set_session_id_context(ssl_ptr, sid, len(sid)) == 1
 
 
 def server_name(ssl_ptr: int) -> str | None:

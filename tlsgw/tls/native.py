@@ -450,10 +450,6 @@ def client_hello_ext(ssl_ptr: int, ext_type: int) -> bytes | None:
     return ctypes.string_at(data.value, size.value) if data.value else b""
 
 
-def set_connection_id_context(ssl_ptr: int, sid_ctx: bytes) -> bool:
-    return load().ssl.SSL_set_session_id_context(ssl_ptr, sid_ctx, len(sid_ctx)) == 1
-
-
 def _fp(cb: object | None) -> int | None:
     return None if cb is None else ctypes.cast(cb, c_void_p).value
 
