@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ctypes
 import ssl
+import weakref
 from typing import Any
 
 from tlsgw.config.model import ListenGroup
@@ -87,6 +88,8 @@ def install_sni(group: ListenGroup, runtimes: dict[int, Any]) -> None:
     contexts = {i: rt.ssl_context for i, rt in runtimes.items()}
     raws = {i: native.ctx_pointer(ctx) for i, ctx in contexts.items()}  # checked once, here
     for i, raw in raws.items():
+        if raw not in _servers:
+            weakref.finalize(contexts[i], _servers.pop, raw, None)
         _servers[raw] = (contexts[i], i)
     default_ctx = runtimes[group.servers[0].index].ssl_context
     default_raw = native.ctx_pointer(default_ctx)
