@@ -61,7 +61,7 @@ def test_so_keepalive_off_and_default(tmp_path):
 
 @pytest.mark.parametrize("flag, expected", [("on", 1), ("off", 0)])
 def test_ipv6only(tmp_path, flag, expected):
-    port = free_port("::1")
+    port = free_port("::")  # free for IPv4 too (a dual-stack wildcard), as ipv6only=off needs
     sock = listener.bind(listen_of(tmp_path, f'"[::]:{port} ipv6only={flag}"'))
     try:
         assert sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == expected
