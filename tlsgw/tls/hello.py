@@ -39,17 +39,13 @@ _id_contexts: dict[int, bytes] = {}
 
 def set_id_context(ctx: ssl.SSLContext, raw: int, sid_ctx: bytes) -> None:
     """Give *ctx* (whose ``SSL_CTX *`` is *raw*) the session-id context *sid_ctx*, and make
-    sure its connections keep it (the plain ClientHello callback, unless one is set already
-    by :func:`install`)."""
+    its connections keep it: the first call installs the plain ClientHello callback, which
+    :func:`install` later replaces on a listener that chooses its server by SNI."""
     native.set_session_id_context(raw, sid_ctx)
     if raw not in _id_contexts:
         weakref.finalize(ctx, _id_contexts.pop, raw, None)
         native.set_client_hello_cb(raw, _PLAIN)
     _id_contexts[raw] = sid_ctx
-
-
-def id_context(raw: int) -> bytes | None:
-    return _id_contexts.get(raw)
 
 
 def restore(ssl_ptr: int) -> bool:
