@@ -115,3 +115,40 @@ def test_server_name_is_read_from_the_client_hello_as_openssl_reads_it(body, nam
     from tlsgw.tls.hello import parse_server_name
 
     assert parse_server_name(body) == name
+
+
+def _handshake(server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext) -> None:
+    """A TLS handshake in memory (no sockets); raises what the server raises."""
+    c_in, c_out, s_in, s_out = (ssl.MemoryBIO() for _ in range(4))
+    client = client_ctx.wrap_bio(c_in, c_out, server_hostname="localhost")
+    server = server_ctx.wrap_bio(s_in, s_out, server_side=True)
+    done = set()
+    for _ in range(10):
+        for name, side in (("client", client), ("server", server)):
+            if name not in done:
+                try:
+                    side.do_handshake()
+                    done.add(name)
+                except ssl.SSLWantReadError:
+                    pass
+        s_in.write(c_out.read())
+        c_in.write(s_out.read())
+        if len(done) == 2:
+            return
+    raise AssertionError("the handshake did not finish")
+
+
+def test_a_connection_whose_session_id_context_cannot_be_set_is_refused(pki, monkeypatch):
+    """Fail closed: a handshake goes on only with the server's own session-id context."""
+    from tlsgw.tls import hello, native, sessions
+
+    settings = sessions.SessionSettings()
+    runtime = sessions.prepare_in_master([settings])
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(pki.server, pki.server_key)
+    sessions.apply(ctx, settings, runtime, b"x" * 20)
+    client = pki.client_context()
+    _handshake(ctx, client)
+    monkeypatch.delitem(hello._id_contexts, native.ctx_pointer(ctx))
+    with pytest.raises(ssl.SSLError, match="CALLBACK_FAILED|callback failed"):
+        _handshake(ctx, client)
