@@ -107,6 +107,10 @@ def front(pki, tmp_path_factory):
               ssl_certificate_key=pki.a_test_key, proxy_pass=names["A"].address),
         entry(listen=f"127.0.0.1:{sni2} ssl", server_name="b.test", ssl_certificate=pki.b_test,
               ssl_certificate_key=pki.b_test_key, proxy_pass=names["B"].address),
+        entry(listen=f"127.0.0.1:{sni2} ssl", server_name="c.test", ssl_certificate=pki.a_test,
+              ssl_certificate_key=pki.a_test_key, ssl_protocols="TLSv1.3",
+              ssl_ecdh_curve="secp384r1", ssl_ciphers="ECDHE-ECDSA-CHACHA20-POLY1305",
+              proxy_pass=names["W"].address),
     ]
     config = f"worker_processes: 1\n{LOG}\nservers:\n" + "\n".join(servers) + "\n"
     free_port.release()
@@ -499,6 +503,45 @@ def test_sni_default_is_first_server_without_default_server(front, pki):
     assert _via_sni(port, pki, None)[0] == "A"
     assert _via_sni(port, pki, "b.test")[0] == "B"
     assert _via_sni(port, pki, "nope.test")[0] == "A"
+
+
+def test_sni_server_has_its_own_protocols_curves_and_ciphers(front, pki):
+    """c.test: TLSv1.3 only, secp384r1 only; its neighbours on the address keep the defaults.
+    (OpenSSL copies the protocol range and groups into a connection when it is made, from the
+    default server; the chosen server's are put in place before they are negotiated.)"""
+    port = front.port.sni2
+    code, out = s_client(port, "-servername", "c.test", "-tls1_2", expect=None)
+    assert code != 0 and "alert protocol version" in out, out
+    code, out = s_client(port, "-servername", "c.test", "-tls1_3", "-groups", "X25519",
+                         expect=None)
+    assert code != 0, out
+    code, out = s_client(port, "-servername", "c.test", expect="W")
+    assert code == 0 and "TLSv1.3" in out and "secp384r1" in out, out
+    for name in ("a.test", "b.test"):  # the default server and another one: the defaults
+        # (P-256 in the list: in TLS 1.2 it must include the ECDSA certificate's curve)
+        code, out = s_client(port, "-servername", name, "-tls1_2", "-groups", "X25519:prime256v1",
+                             expect=name[0].upper())
+        assert code == 0 and "Protocol  : TLSv1.2" in out and "Temp Key: X25519" in out, out
+    # ssl_ciphers follows the chosen server too (OpenSSL reads it from the current context)
+    code, out = s_client(port, "-servername", "b.test", "-tls1_2", "-cipher",
+                         "ECDHE-ECDSA-CHACHA20-POLY1305", expect="B")
+    assert code == 0, out
+
+
+def test_check_rejects_curve_auto_that_sni_cannot_honour(tmp_path, pki):
+    """OpenSSL cannot hand a connection its built-in group list back once the default server
+    gave it another: "auto" on a server chosen by SNI is refused unless the default has it."""
+    path = tmp_path / "auto.yaml"
+    server = {"listen": "127.0.0.1:9443 ssl", "ssl_certificate": pki.server,
+              "ssl_certificate_key": pki.server_key, "proxy_pass": "127.0.0.1:9"}
+    path.write_text("servers:\n" + entry(**server, server_name="a.test") + "\n"
+                    + entry(**server, server_name="b.test", ssl_ecdh_curve="auto") + "\n")
+    r = run_cli("check", "-c", str(path))
+    assert r.returncode == 1 and '"ssl_ecdh_curve: auto" cannot be honoured' in r.stderr, r.stderr
+    path.write_text("servers:\n" + entry(**server, server_name="a.test", ssl_ecdh_curve="auto")
+                    + "\n" + entry(**server, server_name="b.test", ssl_ecdh_curve="auto") + "\n")
+    r = run_cli("check", "-c", str(path))
+    assert r.returncode == 0, r.stderr
 
 
 def test_sni_choice_holds_across_a_hello_retry_request(front, pki):

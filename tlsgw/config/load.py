@@ -222,11 +222,16 @@ class Loader:
                     g.servers.insert(0, srv)
                 else:
                     g.servers.append(srv)
+        from tlsgw.tls import sni
+
         for g in by.values():
             if len(g.servers) > 1 and not g.ssl:
                 self.warnings.append(
                     f'{self.path}:{g.listen.line}: several servers listen on "{g.listen.text}" '
                     "without ssl: no SNI can select one, so only the default server is used")
+            elif g.ssl:
+                for srv, _directive, message in sni.unhonoured(g):
+                    self.error(_Line(srv.line), message)
         return list(by.values())
 
     def tls_sessions(self, servers: list[ServerConfig]) -> None:

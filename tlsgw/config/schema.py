@@ -269,9 +269,15 @@ DIRECTIVES: list[Directive] = [
       "share one `listen ... ssl` address (nginx 1.25.5+ semantics): exact names first, then "
       "the longest `*.suffix` wildcard, then the longest `prefix.*`; a client with no SNI "
       "or an unmatched name gets the default server (the first one on that address, or the one "
-      "whose listen has `default_server`). Each server has its own certificates, verify policy "
-      "and proxy settings.", "server_name: [api.example.com, \"*.example.com\"]",
-      repeatable=True),
+      "whose listen has `default_server`). Each server has its own certificates, protocols, "
+      "ciphers, curves, client verification and proxy settings; the session cache, timeout, "
+      "ticket keys and `ssl_handshake_timeout` are the default server's. `ssl_ecdh_curve: auto` "
+      "on a server chosen by SNI needs a default server with `auto` too (check says so).",
+      "server_name: [api.example.com, \"*.example.com\"]", repeatable=True,
+      differs="nginx chooses the server after OpenSSL has negotiated the protocol version and "
+      "looked up the session to resume, so there the default server's `ssl_protocols` and "
+      "`ssl_ecdh_curve` apply to every server of the address; tlsgw chooses it from the "
+      "ClientHello first, so each server's apply."),
     D("ssl_certificate", ("main", "server"), "ssl_certificate: FILE | [FILE, ...]", None, _files,
       "PEM certificate (with its chain) for `listen ... ssl`. Give several (each with its "
       "`ssl_certificate_key`, in the same order), e.g. an RSA and an ECDSA one: OpenSSL serves "
