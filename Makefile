@@ -1,22 +1,28 @@
 # tlsgw — `make demo` and `make test` are all the set-up a fresh Debian machine with python3 needs.
 PYTHON ?= python3
-VENV   := .venv
+# The default python3 gets .venv (as the README shows); any other interpreter, e.g.
+# `make test PYTHON=python3.13`, gets its own .venv-X.Y. .ci/find-python also resolves a pyenv
+# shim whose version is installed but not selected.
+PY     := $(shell .ci/find-python $(PYTHON))
+PYVER  := $(if $(PY),$(shell $(PY) -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null))
+VENV   := $(if $(filter python3,$(PYTHON)),.venv,.venv-$(PYVER))
 BIN    := $(VENV)/bin
 
 .PHONY: install demo test lint bench soak docs clean
 
 install: $(BIN)/tlsgw
 
-# Debian's python3 lacks ensurepip until python3-venv is installed; as root we install it.
+# Debian's python3.X lacks ensurepip until python3.X-venv is installed; as root we install it.
 $(BIN)/tlsgw: pyproject.toml
-	@if ! $(PYTHON) -m venv $(VENV) >/dev/null 2>&1; then \
-	  rm -rf $(VENV); \
+	@[ -n "$(PYVER)" ] || { echo "make: cannot run $(PYTHON)" >&2; exit 1; }
+	@if ! $(PY) -m venv $(VENV) >/dev/null 2>&1; then \
+	  rm -rf $(VENV); pkg=python$(PYVER)-venv; \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    echo "make: installing python3-venv (needed to create $(VENV))"; \
-	    apt-get install -y -qq python3-venv >/dev/null || { apt-get update -qq && apt-get install -y -qq python3-venv; }; \
-	    $(PYTHON) -m venv $(VENV); \
+	    echo "make: installing $$pkg (needed to create $(VENV))"; \
+	    apt-get install -y -qq $$pkg >/dev/null || { apt-get update -qq && apt-get install -y -qq $$pkg; }; \
+	    $(PY) -m venv $(VENV); \
 	  else \
-	    echo "make: cannot create $(VENV); run: sudo apt-get install -y python3-venv" >&2; exit 1; \
+	    echo "make: cannot create $(VENV); run: sudo apt-get install -y $$pkg" >&2; exit 1; \
 	  fi; \
 	fi
 	$(BIN)/pip install -q --disable-pip-version-check -e .
@@ -41,8 +47,10 @@ demo: install
 	echo "  stop:             Ctrl-C"; echo; \
 	$(BIN)/tlsgw serve -c configs/demo.yaml
 
+# pytest's exit status 5 (no tests collected) is a failure too, with its reason
 test: $(VENV)/.test-deps
-	$(BIN)/python -m pytest
+	@$(BIN)/python -m pytest; rc=$$?; \
+	  if [ $$rc = 5 ]; then echo "make: pytest collected no tests" >&2; fi; exit $$rc
 
 lint: $(VENV)/.test-deps
 	$(BIN)/ruff check tlsgw tests
@@ -59,4 +67,4 @@ docs: install
 	$(BIN)/python -m tlsgw.config.docs > docs/config-reference.md
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
+	rm -rf .venv .venv-* build *.egg-info .pytest_cache .ruff_cache

@@ -76,6 +76,7 @@ def front(pki, tmp_path_factory):
             ssl_prefer_server_ciphers="on"),
         srv("prefer_off", ssl_ciphers="ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384"),
         srv("curve", ssl_ecdh_curve="prime256v1"),
+        srv("curve_auto", ssl_ecdh_curve="auto"),
         srv("hs_timeout", ssl_handshake_timeout="1s"),
         srv("verify_on", ssl_verify_client="on", **verify),
         srv("verify_optional", ssl_verify_client="optional", **verify),
@@ -106,6 +107,10 @@ def front(pki, tmp_path_factory):
               ssl_certificate_key=pki.a_test_key, proxy_pass=names["A"].address),
         entry(listen=f"127.0.0.1:{sni2} ssl", server_name="b.test", ssl_certificate=pki.b_test,
               ssl_certificate_key=pki.b_test_key, proxy_pass=names["B"].address),
+        entry(listen=f"127.0.0.1:{sni2} ssl", server_name="c.test", ssl_certificate=pki.a_test,
+              ssl_certificate_key=pki.a_test_key, ssl_protocols="TLSv1.3",
+              ssl_ecdh_curve="secp384r1", ssl_ciphers="ECDHE-ECDSA-CHACHA20-POLY1305",
+              proxy_pass=names["W"].address),
     ]
     config = f"worker_processes: 1\n{LOG}\nservers:\n" + "\n".join(servers) + "\n"
     free_port.release()
@@ -260,9 +265,23 @@ def test_ssl_ciphers_restricts_tls12(front, pki):
     wait_error(front.gw, port, "no cipher in common", "ssl_ciphers")
     with tls_connect(port, ctx12(pki)) as s:  # default client list includes it
         assert s.cipher()[0] == "ECDHE-ECDSA-CHACHA20-POLY1305"
-    # the default (HIGH:!aNULL:!MD5) accepts that client
+    # the default (Mozilla's intermediate list) accepts that client ...
     with tls_connect(front.port.basic, ctx) as s:
         assert s.version() == "TLSv1.2"
+
+
+@pytest.mark.parametrize("suite", ["ECDHE-ECDSA-AES128-SHA", "ECDHE-ECDSA-AES256-SHA384",
+                                   "ECDHE-ECDSA-AES128-CCM", "ECDHE-ECDSA-ARIA128-GCM-SHA256",
+                                   "ECDHE-ECDSA-CAMELLIA128-SHA256"])
+def test_default_ssl_ciphers_refuse_what_mozilla_intermediate_rejects(front, pki, suite):
+    """CBC, CCM, ARIA and Camellia suites: refused by default, accepted when ssl_ciphers says
+    so (nginx's default, HIGH:!aNULL:!MD5, on the "legacy" server)."""
+    ctx = ctx12(pki)
+    ctx.set_ciphers(f"{suite}@SECLEVEL=0")
+    why = refused(front.port.basic, ctx)
+    assert "HANDSHAKE_FAILURE" in why or "handshake failure" in why, why
+    with tls_connect(front.port.legacy, ctx) as s:
+        assert s.cipher()[0] == suite
 
 
 @pytest.mark.parametrize("prefer", ["on", "off"])
@@ -283,8 +302,16 @@ def test_ssl_ecdh_curve(front, pki):
     code, out = s_client(port, "-CAfile", pki.ca, "-groups", "X25519:prime256v1")
     assert code == 0 and ("Server Temp Key: ECDH, prime256v1" in out
                           or "Negotiated TLS1.3 group: prime256v1" in out), out
-    code, out = s_client(front.port.basic, "-CAfile", pki.ca, "-groups", "X25519")
-    assert code == 0, out  # the default (auto) has X25519
+    # the default is Mozilla's intermediate list: X25519, P-256 and P-384, not X448 or P-521
+    for group in ("X25519", "prime256v1", "secp384r1"):
+        code, out = s_client(front.port.basic, "-CAfile", pki.ca, "-groups", group)
+        assert code == 0, (group, out)
+    for group in ("X448", "secp521r1"):
+        code, out = s_client(front.port.basic, "-CAfile", pki.ca, "-groups", group, expect=None)
+        assert code != 0, (group, out)
+        # "auto" restores OpenSSL's list (nginx's default), which has them
+        code, out = s_client(front.port.curve_auto, "-CAfile", pki.ca, "-groups", group)
+        assert code == 0, (group, out)
 
 
 def test_ssl_handshake_timeout_closes_silent_client(front):
@@ -476,6 +503,56 @@ def test_sni_default_is_first_server_without_default_server(front, pki):
     assert _via_sni(port, pki, None)[0] == "A"
     assert _via_sni(port, pki, "b.test")[0] == "B"
     assert _via_sni(port, pki, "nope.test")[0] == "A"
+
+
+def test_sni_server_has_its_own_protocols_curves_and_ciphers(front, pki):
+    """c.test: TLSv1.3 only, secp384r1 only; its neighbours on the address keep the defaults.
+    (OpenSSL copies the protocol range and groups into a connection when it is made, from the
+    default server; the chosen server's are put in place before they are negotiated.)"""
+    port = front.port.sni2
+    code, out = s_client(port, "-servername", "c.test", "-tls1_2", expect=None)
+    assert code != 0 and "alert protocol version" in out, out
+    code, out = s_client(port, "-servername", "c.test", "-tls1_3", "-groups", "X25519",
+                         expect=None)
+    assert code != 0, out
+    code, out = s_client(port, "-servername", "c.test", expect="W")
+    assert code == 0 and "TLSv1.3" in out and "secp384r1" in out, out
+    for name in ("a.test", "b.test"):  # the default server and another one: the defaults
+        # (P-256 in the list: in TLS 1.2 it must include the ECDSA certificate's curve)
+        code, out = s_client(port, "-servername", name, "-tls1_2", "-groups", "X25519:prime256v1",
+                             expect=name[0].upper())
+        assert code == 0 and "Protocol  : TLSv1.2" in out and "Temp Key: X25519" in out, out
+    # ssl_ciphers follows the chosen server too (OpenSSL reads it from the current context)
+    code, out = s_client(port, "-servername", "b.test", "-tls1_2", "-cipher",
+                         "ECDHE-ECDSA-CHACHA20-POLY1305", expect="B")
+    assert code == 0, out
+
+
+def test_check_rejects_curve_auto_that_sni_cannot_honour(tmp_path, pki):
+    """OpenSSL cannot hand a connection its built-in group list back once the default server
+    gave it another: "auto" on a server chosen by SNI is refused unless the default has it."""
+    path = tmp_path / "auto.yaml"
+    server = {"listen": "127.0.0.1:9443 ssl", "ssl_certificate": pki.server,
+              "ssl_certificate_key": pki.server_key, "proxy_pass": "127.0.0.1:9"}
+    path.write_text("servers:\n" + entry(**server, server_name="a.test") + "\n"
+                    + entry(**server, server_name="b.test", ssl_ecdh_curve="auto") + "\n")
+    r = run_cli("check", "-c", str(path))
+    assert r.returncode == 1 and '"ssl_ecdh_curve: auto" cannot be honoured' in r.stderr, r.stderr
+    path.write_text("servers:\n" + entry(**server, server_name="a.test", ssl_ecdh_curve="auto")
+                    + "\n" + entry(**server, server_name="b.test", ssl_ecdh_curve="auto") + "\n")
+    r = run_cli("check", "-c", str(path))
+    assert r.returncode == 0, r.stderr
+
+
+def test_sni_choice_holds_across_a_hello_retry_request(front, pki):
+    """The server is chosen at the first ClientHello; after a HelloRetryRequest (the client's
+    key share, X448, is not a group of ours) the second ClientHello stays with it."""
+    code, out = s_client(front.port.sni2, "-tls1_3", "-groups", "X448:X25519", "-servername",
+                         "b.test", "-CAfile", pki.ca, "-verify_return_error", "-msg",
+                         expect="B")
+    assert code == 0 and out.count(", ClientHello") == 2, out  # -msg: each one sent
+    assert "Server Temp Key: X25519" in out, out
+    assert re.search(r"subject=.*CN ?= ?b\.test", out), out
 
 
 # ---- sessions ---------------------------------------------------------------------------------
@@ -694,9 +771,15 @@ def test_check_warns_about_expired_and_not_yet_valid_certificates(tmp_path, pki)
 
 
 def test_check_warns_that_tls1_needs_seclevel_0(tmp_path, pki):
-    code, out = _check(tmp_path, pki, ssl_protocols="TLSv1 TLSv1.1 TLSv1.2")
+    code, out = _check(tmp_path, pki, ssl_protocols="TLSv1 TLSv1.1 TLSv1.2",
+                       ssl_ciphers="HIGH:!aNULL:!MD5")
     assert code == 0 and ('"ssl_protocols" enables TLSv1 and TLSv1.1' in out
                           and '"@SECLEVEL=0" to "ssl_ciphers"' in out), out
+    # the default cipher list (Mozilla's intermediate) has TLS 1.2 suites only
+    code, out = _check(tmp_path, pki, ssl_protocols="TLSv1.1 TLSv1.2")
+    assert code == 0 and ('"ssl_protocols" enables TLSv1.1, but no cipher of "ssl_ciphers" '
+                          "works before TLS 1.2" in out
+                          and 'ssl_ciphers: HIGH:!aNULL:!MD5@SECLEVEL=0' in out), out
     code, out = _check(tmp_path, pki, ssl_protocols="TLSv1 TLSv1.1 TLSv1.2",
                        ssl_ciphers="HIGH:!aNULL:!MD5@SECLEVEL=0")
     assert code == 0 and "[warn]" not in out, out

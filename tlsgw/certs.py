@@ -83,9 +83,9 @@ DEFAULT_CLIENT_NAME = "tlsgw lab client"
 CLOCK_SKEW = dt.timedelta(hours=1)
 #: A lab CA outlives the leaves it signs, so re-issuing leaves does not mean re-trusting a CA.
 DEFAULT_CA_DAYS = 3650
-#: 825 days is the longest lifetime Apple platforms accept for a TLS server certificate, even
-#: one chaining to a user-installed root; longer leaves would fail there for no lab benefit.
-DEFAULT_LEAF_DAYS = 825
+#: A year: Mozilla's server-side TLS profile, and so TLS scanners, allow a leaf at most 366 days
+#: (notBefore, back-dated by CLOCK_SKEW, to notAfter); browsers are moving to shorter still.
+DEFAULT_LEAF_DAYS = 365
 #: Upper bound for ``days`` arguments (about a century); beyond it dates stop being useful and
 #: ``datetime`` eventually overflows.
 MAX_DAYS = 36500

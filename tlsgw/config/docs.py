@@ -153,6 +153,13 @@ _GENERAL_DIFFERENCES = [
     "* **Default ticket keys**: generated once per start and shared by the workers; nginx "
     "1.23.2+ with a shared cache rotates them about every `ssl_session_timeout`. Use "
     "`ssl_session_ticket_key` files to rotate.",
+    "* **Session resumption across servers**: a session resumes only on a server with the "
+    "same certificates and the same client verification (`ssl_verify_client`, "
+    "`ssl_verify_depth`, `ssl_client_certificate`, `ssl_trusted_certificate`, `ssl_crl`), "
+    "whatever cache or ticket key they share; elsewhere the client gets a full handshake. "
+    "nginx's session-id context covers the certificates and the CA names sent to clients "
+    "only, and it chooses an SNI server after OpenSSL has looked the session up with the "
+    "default server's context; tlsgw chooses the server from the ClientHello first.",
     "* **`ssl_session_timeout`** below 1s is rejected (nginx passes 0 to OpenSSL, which then "
     "means two hours).",
     "* **Blocks**: YAML mappings replace nginx's `upstream {}` and `server {}` blocks; a "

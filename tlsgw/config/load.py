@@ -279,11 +279,16 @@ class Loader:
                     g.servers.insert(0, srv)
                 else:
                     g.servers.append(srv)
+        from tlsgw.tls import sni
+
         for g in by.values():
             if len(g.servers) > 1 and not g.ssl:
                 self.warnings.append(
                     f'{self.path}:{g.listen.line}: several servers listen on "{g.listen.text}" '
                     "without ssl: no SNI can select one, so only the default server is used")
+            elif g.ssl:
+                for srv, _directive, message in sni.unhonoured(g):
+                    self.error(_Line(srv.line), message)
         return list(by.values())
 
     def tls_sessions(self, servers: list[ServerConfig]) -> None:
@@ -292,6 +297,7 @@ class Loader:
         ``check`` validates shared zones (one size per NAME, within bounds) without mapping them;
         ``serve`` maps them here, in the master.
         """
+        from tlsgw.tls import context as tlsctx
         from tlsgw.tls import sessions
 
         tls_servers = [srv for srv in servers if srv.ssl_context is not None]
@@ -332,9 +338,8 @@ class Loader:
             self.session_runtime = runtime
             for srv in tls_servers:
                 line = _Line(srv.line)
-                id_ctx = sessions.session_id_context_from_files(
-                    srv.s.ssl_certificate, srv.s.ssl_client_certificate)
-                sessions.apply(srv.ssl_context, settings[srv.index], runtime, id_ctx)
+                sessions.apply(srv.ssl_context, settings[srv.index], runtime,
+                               tlsctx.session_id_context(srv.s))
         except sessions.SharedZoneError as exc:
             self.error(_Line(zones[exc.zone][1]), str(exc))
         except OSError as exc:  # a certificate file that went away since it was checked
@@ -597,7 +602,14 @@ class Loader:
                 ("ssl_protocols", "ssl_ciphers", any(ls.ssl for ls in srv.listens)),
                 ("proxy_ssl_protocols", "proxy_ssl_ciphers", srv.s.proxy_ssl)):
             old = [p for p in getattr(srv.s, protocols) if p in ("TLSv1", "TLSv1.1")]
-            if (on and old and "@SECLEVEL=0" not in getattr(srv.s, ciphers)
+            if on and old and not tlsctx.has_suites_before_tls12(getattr(srv.s, ciphers)):
+                line = where(protocols).start_mark.line + 1
+                self.warnings.append(
+                    f'{self.path}:{line}: "{protocols}" enables {" and ".join(old)}, but no '
+                    f'cipher of "{ciphers}" works before TLS 1.2 (the default is Mozilla\'s '
+                    f'intermediate list): give one that does, e.g. "{ciphers}: '
+                    'HIGH:!aNULL:!MD5@SECLEVEL=0"')
+            elif (on and old and "@SECLEVEL=0" not in getattr(srv.s, ciphers)
                     and ssl.OPENSSL_VERSION_INFO[0] >= 3):
                 line = where(protocols).start_mark.line + 1
                 self.warnings.append(

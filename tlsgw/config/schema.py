@@ -20,6 +20,7 @@ from typing import Any
 
 from tlsgw.config import units
 from tlsgw.config.units import UnitError
+from tlsgw.tls import profile
 
 LEVELS = ("debug", "info", "notice", "warn", "error", "crit", "alert", "emerg")
 
@@ -385,9 +386,15 @@ DIRECTIVES: list[Directive] = [
       "share one `listen ... ssl` address (nginx 1.25.5+ semantics): exact names first, then "
       "the longest `*.suffix` wildcard, then the longest `prefix.*`; a client with no SNI "
       "or an unmatched name gets the default server (the first one on that address, or the one "
-      "whose listen has `default_server`). Each server has its own certificates, verify policy "
-      "and proxy settings.", "server_name: [api.example.com, \"*.example.com\"]",
-      repeatable=True),
+      "whose listen has `default_server`). Each server has its own certificates, protocols, "
+      "ciphers, curves, client verification and proxy settings; the session cache, timeout, "
+      "ticket keys and `ssl_handshake_timeout` are the default server's. `ssl_ecdh_curve: auto` "
+      "on a server chosen by SNI needs a default server with `auto` too (check says so).",
+      "server_name: [api.example.com, \"*.example.com\"]", repeatable=True,
+      differs="nginx chooses the server after OpenSSL has negotiated the protocol version and "
+      "looked up the session to resume, so there the default server's `ssl_protocols` and "
+      "`ssl_ecdh_curve` apply to every server of the address; tlsgw chooses it from the "
+      "ClientHello first, so each server's apply."),
     D("ssl_certificate", ("main", "server"), "ssl_certificate: FILE | [FILE, ...]", None, _files,
       "PEM certificate (with its chain) for `listen ... ssl`. Give several (each with its "
       "`ssl_certificate_key`, in the same order), e.g. an RSA and an ECDSA one: OpenSSL serves "
@@ -403,15 +410,25 @@ DIRECTIVES: list[Directive] = [
     D("ssl_protocols", ("main", "server"), "ssl_protocols: [TLSv1] [TLSv1.1] [TLSv1.2] [TLSv1.3]",
       "TLSv1.2 TLSv1.3", _protocols,
       "Enabled protocol versions (a contiguous range).", "ssl_protocols: TLSv1.3"),
-    D("ssl_ciphers", ("main", "server"), "ssl_ciphers: CIPHERS", "HIGH:!aNULL:!MD5", _text,
+    D("ssl_ciphers", ("main", "server"), "ssl_ciphers: CIPHERS", profile.CIPHERS, _text,
       "OpenSSL cipher list for TLS 1.2 and older (TLS 1.3 suites are OpenSSL's defaults, as in "
-      "nginx). An invalid list is an error at check.", "ssl_ciphers: ECDHE+AESGCM"),
+      "nginx). The default is Mozilla's intermediate profile: ECDHE key exchange with AES-GCM "
+      "or ChaCha20-Poly1305, for ECDSA and RSA certificates (Mozilla's DHE-RSA suites need DH "
+      "parameters, which tlsgw does not load). An invalid list is an error at check.",
+      "ssl_ciphers: ECDHE+AESGCM",
+      differs=f"nginx's default is `{profile.NGINX_CIPHERS}`, which also accepts CBC, CCM, ARIA "
+      "and Camellia suites and static-RSA key exchange; tlsgw's is Mozilla's intermediate list, "
+      "so a default listener passes `sslyze --mozilla_config=intermediate`. Set "
+      f"`ssl_ciphers: \"{profile.NGINX_CIPHERS}\"` for nginx's."),
     D("ssl_prefer_server_ciphers", ("main", "server"), "ssl_prefer_server_ciphers: on | off",
       "off", units.parse_flag, "Use the server's cipher order rather than the client's.",
       "ssl_prefer_server_ciphers: on"),
-    D("ssl_ecdh_curve", ("main", "server"), "ssl_ecdh_curve: auto | CURVE[:CURVE...]", "auto",
-      _text, "Key-exchange groups, e.g. `X25519:prime256v1`; `auto` keeps OpenSSL's list.",
-      "ssl_ecdh_curve: prime256v1"),
+    D("ssl_ecdh_curve", ("main", "server"), "ssl_ecdh_curve: auto | CURVE[:CURVE...]",
+      profile.CURVES, _text, "Key-exchange groups (TLS 1.2 and 1.3), e.g. `X25519:prime256v1`; "
+      "the default is Mozilla's intermediate profile; `auto` keeps OpenSSL's list.",
+      "ssl_ecdh_curve: prime256v1",
+      differs=f"nginx's default is `{profile.NGINX_CURVES}` (OpenSSL's list, which also has "
+      f"X448, P-521 and the FFDHE groups); tlsgw's is Mozilla's `{profile.CURVES}`."),
     D("ssl_handshake_timeout", ("main", "server"), "ssl_handshake_timeout: TIME", "60s",
       _positive_time, "A client that has not completed the TLS handshake in this time is "
       "closed (`$status` 500). On an address shared by several servers, the default server's "
@@ -477,7 +494,11 @@ DIRECTIVES: list[Directive] = [
       "[TLSv1.2] [TLSv1.3]", "TLSv1.2 TLSv1.3", _protocols, "Protocols toward upstreams.",
       "proxy_ssl_protocols: TLSv1.3"),
     D("proxy_ssl_ciphers", ("main", "server"), "proxy_ssl_ciphers: CIPHERS", "DEFAULT", _text,
-      "OpenSSL cipher list toward upstreams (TLS 1.2 and older).", "proxy_ssl_ciphers: HIGH"),
+      "OpenSSL cipher list toward upstreams (TLS 1.2 and older). The default stays nginx's "
+      "(OpenSSL's `DEFAULT`), not the listener's Mozilla profile: the peer is a backend you "
+      "run, perhaps an older one, and no client or scanner sees this side; set it to the "
+      "`ssl_ciphers` default to hold upstream connections to the profile too.",
+      "proxy_ssl_ciphers: HIGH"),
     D("proxy_ssl_verify", ("main", "server"), "proxy_ssl_verify: on | off", "on", units.parse_flag,
       "Verify the upstream certificate (chain and name).", "proxy_ssl_verify: off",
       differs="nginx's default is off, which accepts any certificate; tlsgw verifies by default "

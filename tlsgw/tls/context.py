@@ -9,8 +9,10 @@ module uses.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import datetime
+import hashlib
 import ipaddress
 import os
 import ssl
@@ -261,6 +263,18 @@ def _ciphers(ctx: ssl.SSLContext, ciphers: str, directive: str) -> None:
         raise TLSConfigError(directive, f'no cipher matches "{ciphers}"') from None
 
 
+def has_suites_before_tls12(ciphers: str) -> bool:
+    """Whether the cipher list has a suite that TLS 1.1 and older can use (the default list,
+    Mozilla's intermediate, has TLS 1.2 suites only). An invalid list counts as having some:
+    it is reported as invalid elsewhere."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    try:
+        ctx.set_ciphers(ciphers)
+    except ssl.SSLError:
+        return True
+    return any(c["protocol"] not in ("TLSv1.2", "TLSv1.3") for c in ctx.get_ciphers())
+
+
 # ---- contexts ------------------------------------------------------------------------------------
 def server_context(s: SimpleNamespace) -> ssl.SSLContext:
     """A server-side context from a server's settings (session settings are applied later)."""
@@ -319,6 +333,24 @@ def server_context(s: SimpleNamespace) -> ssl.SSLContext:
     if s.ssl_alpn:
         _set_alpn(ctx, s.ssl_alpn)
     return ctx
+
+
+def session_id_context(s: SimpleNamespace) -> bytes:
+    """The session-id context of a server: its certificates, its client CA names and, when it
+    verifies client certificates, its whole verification policy (see
+    :func:`tlsgw.tls.sessions.session_id_context`)."""
+    from tlsgw.tls import sessions
+
+    policy = b""
+    if s.ssl_verify_client != "off":
+        parts = [f"ssl_verify_client {s.ssl_verify_client}; ssl_verify_depth {s.ssl_verify_depth}"
+                 .encode()]
+        for path in (s.ssl_client_certificate, s.ssl_trusted_certificate, s.ssl_crl):
+            with open(path, "rb") if path else contextlib.nullcontext(None) as fh:
+                parts.append(b"" if fh is None else hashlib.sha256(fh.read()).digest())
+        policy = b"\0".join(parts)
+    return sessions.session_id_context_from_files(s.ssl_certificate or (), s.ssl_client_certificate,
+                                                  policy)
 
 
 def proxy_name(s: SimpleNamespace, proxy_pass: str) -> str:

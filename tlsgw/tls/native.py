@@ -3,7 +3,7 @@
 Theory of operation
 -------------------
 Python's :mod:`ssl` has no API for the session timeout, the session cache mode and size, the
-session-id context, session cache callbacks or ticket-key callbacks. Everything else about a
+session-id context, session cache callbacks, ticket-key callbacks or the ClientHello callback. Everything else about a
 listener (certificates, ciphers, ALPN, verification) stays in a normal :class:`ssl.SSLContext`, so
 uvloop keeps using its fast native path (``loop.create_server(..., ssl=ctx)``). This module reaches
 the ``SSL_CTX *`` inside such a context and calls libssl directly on it.
@@ -103,6 +103,12 @@ GET_SESSION_CB = CFUNCTYPE(c_void_p, c_void_p, c_void_p, c_int, POINTER(c_int))
 REMOVE_SESSION_CB = CFUNCTYPE(None, c_void_p, c_void_p)
 #: void free_func(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, long argl, void *argp)
 EX_FREE_CB = CFUNCTYPE(None, c_void_p, c_void_p, c_void_p, c_int, c_long, c_void_p)
+#: int client_hello_cb(SSL *s, int *alert, void *arg)
+CLIENT_HELLO_CB = CFUNCTYPE(c_int, c_void_p, POINTER(c_int), c_void_p)
+SSL_CLIENT_HELLO_SUCCESS = 1
+SSL_CLIENT_HELLO_ERROR = 0
+TLSEXT_TYPE_SERVER_NAME = 0
+SSL_AD_INTERNAL_ERROR = 80
 #: int ticket_key_cb(SSL *s, unsigned char name[16], unsigned char *iv,
 #:                   EVP_CIPHER_CTX *cctx, EVP_MAC_CTX or HMAC_CTX *hctx, int enc)
 TICKET_KEY_CB = CFUNCTYPE(c_int, c_void_p, c_void_p, c_void_p, c_void_p, c_void_p, c_int)
@@ -189,6 +195,11 @@ def _bind(lib: ctypes.CDLL) -> str:
     _declare(lib, "SSL_CTX_set_timeout", c_long, [v, c_long])
     _declare(lib, "SSL_CTX_get_timeout", c_long, [v])
     _declare(lib, "SSL_CTX_set_session_id_context", c_int, [v, c_char_p, c_uint])
+    _declare(lib, "SSL_set_session_id_context", c_int, [v, c_char_p, c_uint])
+    _declare(lib, "SSL_CTX_set_client_hello_cb", None, [v, v, v])
+    _declare(lib, "SSL_client_hello_get0_ext", c_int, [v, c_uint, POINTER(c_void_p),
+                                                       POINTER(c_size_t)])
+    _declare(lib, "SSL_set_SSL_CTX", v, [v, v])
     _declare(lib, "SSL_CTX_sess_set_new_cb", None, [v, v])
     _declare(lib, "SSL_CTX_sess_set_get_cb", None, [v, v])
     _declare(lib, "SSL_CTX_sess_set_remove_cb", None, [v, v])
@@ -422,6 +433,21 @@ def set_session_id_context(raw: int, sid_ctx: bytes) -> None:
     if load().ssl.SSL_CTX_set_session_id_context(raw, sid_ctx, len(sid_ctx)) != 1:
         load().ssl.ERR_clear_error()
         raise NativeTLSUnavailable("SSL_CTX_set_session_id_context failed")
+
+
+def set_client_hello_cb(raw: int, cb) -> None:
+    """Install (or, with ``None``, clear) the ClientHello callback of a context."""
+    load().ssl.SSL_CTX_set_client_hello_cb(raw, _fp(cb), None)
+
+
+def client_hello_ext(ssl_ptr: int, ext_type: int) -> bytes | None:
+    """The body of one extension of the ClientHello being processed (inside the ClientHello
+    callback only), or ``None`` if the client did not send it."""
+    data, size = c_void_p(), c_size_t()
+    if load().ssl.SSL_client_hello_get0_ext(ssl_ptr, ext_type, ctypes.byref(data),
+                                            ctypes.byref(size)) != 1:
+        return None
+    return ctypes.string_at(data.value, size.value) if data.value else b""
 
 
 def _fp(cb: object | None) -> int | None:

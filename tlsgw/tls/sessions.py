@@ -89,7 +89,7 @@ from dataclasses import dataclass, field
 from tlsgw.config import schema, units
 from tlsgw.config.schema import SessionCacheSpec
 from tlsgw.errors import ConfigError, StartupError
-from tlsgw.tls import native
+from tlsgw.tls import hello, native
 from tlsgw.tls.shared_cache import MIN_SHARED_SIZE, SharedSessionStore
 
 log = logging.getLogger("tlsgw.error")
@@ -221,24 +221,32 @@ class SessionSettings:
 # ---------------------------------------------------------------------------------------------
 # Session-id context
 # ---------------------------------------------------------------------------------------------
-def session_id_context(certificates: Iterable[bytes], client_ca_names: Iterable[bytes] = ()) -> bytes:
-    """SHA-1 over ``"STREAM"``, each certificate's SHA-1 and each client CA name's SHA-1.
+def session_id_context(certificates: Iterable[bytes], client_ca_names: Iterable[bytes] = (),
+                       verification: bytes = b"") -> bytes:
+    """SHA-1 over ``"STREAM"``, each certificate's SHA-1, each client CA name's SHA-1 and, when
+    client certificates are verified, the SHA-1 of the *verification* policy.
 
-    Like nginx, sessions then never cross listeners that serve different certificates or trust
-    different client CAs, even when they share a ``shared`` cache or ticket keys.
+    Like nginx, sessions then never cross servers that serve different certificates or trust
+    different client CAs, even when they share a ``shared`` cache or ticket keys. Unlike nginx,
+    the whole verification policy counts (mode, depth, trusted certificates, CRL): nginx's CA
+    names alone let a session made where no certificate was asked for resume on a server with
+    the same certificate that requires one but sends no CA names (``ssl_trusted_certificate``).
     """
     h = hashlib.sha1(b"STREAM")
     for der in certificates:
         h.update(hashlib.sha1(der).digest())
     for name in client_ca_names:
         h.update(hashlib.sha1(name).digest())
+    if verification:
+        h.update(hashlib.sha1(verification).digest())
     return h.digest()
 
 
 _PEM_CERT_RE = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.S)
 
 
-def session_id_context_from_files(cert_files: Iterable[str], client_ca_file: str | None = None) -> bytes:
+def session_id_context_from_files(cert_files: Iterable[str], client_ca_file: str | None = None,
+                                  verification: bytes = b"") -> bytes:
     """:func:`session_id_context` from PEM files (the leaf of each ``ssl_certificate`` file, and
     every certificate of ``ssl_client_certificate`` standing for the CA names)."""
     leaves = []
@@ -251,7 +259,7 @@ def session_id_context_from_files(cert_files: Iterable[str], client_ca_file: str
     if client_ca_file:
         with open(client_ca_file, "rb") as fh:
             cas = [ssl.PEM_cert_to_DER_cert(b.decode("ascii")) for b in _PEM_CERT_RE.findall(fh.read())]
-    return session_id_context(leaves, cas)
+    return session_id_context(leaves, cas, verification)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -480,7 +488,7 @@ def apply(ctx: ssl.SSLContext, settings: SessionSettings, runtime: SessionRuntim
         if ring is None:
             raise StartupError(f"{settings.describe()}: ticket keys were not prepared in the master")
     try:
-        native.set_session_id_context(raw, id_context)
+        hello.set_id_context(ctx, raw, id_context)
     except ValueError as exc:
         raise StartupError(str(exc)) from None
     native.set_timeout(raw, settings.timeout_seconds)

@@ -3,21 +3,27 @@
 nginx 1.25.5+ semantics: an exact name wins, then the longest wildcard starting with ``*.``,
 then the longest wildcard ending with ``.*``; no SNI or no match means the default server (the
 first on that address, or the one whose ``listen`` has ``default_server``). The choice switches
-the connection to that server's ``SSLContext`` (certificates, client verification, session
-settings) and, after the handshake, the session uses that server's proxy settings.
+the connection to that server's ``SSLContext`` (certificates, client verification, session-id
+context) before OpenSSL looks for a session to resume, and, after the handshake, the session
+uses that server's proxy settings. The session cache, timeout and ticket keys stay the default
+server's (OpenSSL keeps them on the connection's first ``SSL_CTX``), as in nginx.
 
 OpenSSL's ``SSL_set_SSL_CTX`` swaps the certificate but keeps the verify mode, depth and options
-of the first context, so those are copied onto the connection too, as nginx does.
+of the first context, so those are copied onto the connection too, as nginx does. It also keeps
+the first context's protocol range and groups; because the server is chosen before they are
+negotiated, those of the chosen server are copied as well (nginx chooses later, so there the
+default server's ``ssl_protocols`` and ``ssl_ecdh_curve`` apply to every server).
 """
 
 from __future__ import annotations
 
 import ctypes
 import ssl
+import weakref
 from typing import Any
 
-from tlsgw.config.model import ListenGroup
-from tlsgw.tls import native
+from tlsgw.config.model import ListenGroup, ServerConfig
+from tlsgw.tls import hello, native
 from tlsgw.tls.context import _lib, _ssl_pointer
 
 _bound = False
@@ -40,8 +46,54 @@ def _bind() -> ctypes.CDLL:
         lib.SSL_set_options.restype = ctypes.c_uint64
         lib.SSL_clear_options.argtypes = [v, ctypes.c_uint64]
         lib.SSL_clear_options.restype = ctypes.c_uint64
+        lib.SSL_ctrl.argtypes = [v, ctypes.c_int, ctypes.c_long, v]
+        lib.SSL_ctrl.restype = ctypes.c_long
         _bound = True
     return lib
+
+
+SSL_CTRL_SET_GROUPS_LIST = 92
+SSL_CTRL_SET_MIN_PROTO_VERSION = 123
+SSL_CTRL_SET_MAX_PROTO_VERSION = 124
+SSL_CTRL_GET_MIN_PROTO_VERSION = 130
+SSL_CTRL_GET_MAX_PROTO_VERSION = 131
+
+
+class _Negotiation:
+    """What ``SSL_new`` copies from the default server's context into each connection and
+    ``SSL_set_SSL_CTX`` does not replace: the protocol range (``ssl_protocols``) and the
+    key-exchange groups (``ssl_ecdh_curve``), both negotiated after the server is chosen."""
+
+    def __init__(self, raw: int, curves: str):
+        lib = _bind()
+        self.min_version = lib.SSL_CTX_ctrl(raw, SSL_CTRL_GET_MIN_PROTO_VERSION, 0, None)
+        self.max_version = lib.SSL_CTX_ctrl(raw, SSL_CTRL_GET_MAX_PROTO_VERSION, 0, None)
+        # OpenSSL cannot say which groups a context has, nor reset a connection to its
+        # built-in list: "auto" here is only allowed where the default server has it too
+        # (see unhonoured), and then the connection already has that list
+        self.groups = None if curves == "auto" else curves.encode()
+
+    def apply(self, lib: ctypes.CDLL, ptr: int) -> None:
+        ok = (lib.SSL_ctrl(ptr, SSL_CTRL_SET_MIN_PROTO_VERSION, self.min_version, None)
+              and lib.SSL_ctrl(ptr, SSL_CTRL_SET_MAX_PROTO_VERSION, self.max_version, None))
+        if ok and self.groups is not None:
+            ok = lib.SSL_ctrl(ptr, SSL_CTRL_SET_GROUPS_LIST, 0, self.groups)
+        if not ok:
+            raise RuntimeError("cannot set the protocol range or groups of the chosen server")
+
+
+def unhonoured(group: ListenGroup) -> list[tuple[ServerConfig, str, str]]:
+    """Settings of a server chosen by SNI that could not take effect: (server, directive,
+    message). Only ``ssl_ecdh_curve: auto`` under a default server with a list of its own."""
+    default = group.servers[0]
+    out = []
+    for srv in group.servers[1:]:
+        if srv.s.ssl_ecdh_curve == "auto" != default.s.ssl_ecdh_curve:
+            out.append((srv, "ssl_ecdh_curve", '"ssl_ecdh_curve: auto" cannot be honoured on a '
+                        f'server chosen by SNI when the default server of "{group.listen.text}" '
+                        "has a list of its own (OpenSSL cannot give a connection its built-in "
+                        "list back): give the list"))
+    return out
 
 
 def match(names: dict[str, int], wild_front: list[tuple[str, int]], wild_back: list[tuple[str, int]],
@@ -58,8 +110,17 @@ def match(names: dict[str, int], wild_front: list[tuple[str, int]], wild_back: l
     return None
 
 
+#: every SNI-capable server's context by its ``SSL_CTX *``: (context, server index)
+_servers: dict[int, tuple[ssl.SSLContext, int]] = {}
+
+
 def install_sni(group: ListenGroup, runtimes: dict[int, Any]) -> None:
-    """Set the SNI callback on the default server's context for this listen group."""
+    """Choose the server of each connection on this listen group by its SNI.
+
+    The choice is made in the ClientHello callback (:mod:`tlsgw.tls.hello`), before OpenSSL
+    looks for a session to resume, so the session-id context compared is the chosen server's.
+    Python's ``sni_callback`` runs later and only brings the ``SSLObject`` up to date (its
+    ``context``, the server index and the name for ``$ssl_server_name``)."""
     names: dict[str, int] = {}
     front: list[tuple[str, int]] = []
     back: list[tuple[str, int]] = []
@@ -75,30 +136,48 @@ def install_sni(group: ListenGroup, runtimes: dict[int, Any]) -> None:
     back.sort(key=lambda t: -len(t[0]))
     contexts = {i: rt.ssl_context for i, rt in runtimes.items()}
     raws = {i: native.ctx_pointer(ctx) for i, ctx in contexts.items()}  # checked once, here
+    curves = {srv.index: srv.s.ssl_ecdh_curve for srv in group.servers}
+    negotiation = {i: _Negotiation(raw, curves[i]) for i, raw in raws.items()}
+    for i, raw in raws.items():
+        if raw not in _servers:
+            weakref.finalize(contexts[i], _servers.pop, raw, None)
+        _servers[raw] = (contexts[i], i)
     default_ctx = runtimes[group.servers[0].index].ssl_context
+    default_raw = native.ctx_pointer(default_ctx)
     lib = _bind()
     ssl_lib = native.load().ssl
 
-    def callback(sslobj: ssl.SSLObject, server_name: str | None, _ctx: ssl.SSLContext) -> None:
-        if server_name is None:
-            return None
-        sslobj.tlsgw_sni = server_name  # type: ignore[attr-defined]
-        idx = match(names, front, back, server_name)
-        if idx is None or contexts[idx] is default_ctx:
-            return None
-        new = contexts[idx]
-        sslobj.context = new
-        sslobj.tlsgw_server = idx  # type: ignore[attr-defined]
-        ptr = _ssl_pointer(sslobj)
+    def choose(ptr: int) -> None:
+        if ssl_lib.SSL_get_SSL_CTX(ptr) != default_raw:
+            return  # a second ClientHello (after a HelloRetryRequest): chosen already
+        name = hello.server_name(ptr)
+        idx = None if name is None else match(names, front, back, name)
+        if idx is None or raws[idx] == default_raw:
+            return
         raw = raws[idx]
-        if not ptr or ssl_lib.SSL_get_SSL_CTX(ptr) != raw:  # not the SSL * we think it is
-            return None
+        if ssl_lib.SSL_set_SSL_CTX(ptr, raw) != raw:
+            raise RuntimeError("SSL_set_SSL_CTX failed")
+        # SSL_set_SSL_CTX swaps certificates only: the verification and options go along too,
+        # and so do the protocol range and groups (negotiated after this callback)
         lib.SSL_set_verify(ptr, ssl_lib.SSL_CTX_get_verify_mode(raw),
                            lib.SSL_CTX_get_verify_callback(raw))
         lib.SSL_set_verify_depth(ptr, lib.SSL_CTX_get_verify_depth(raw))
         opts = ssl_lib.SSL_CTX_get_options(raw)
         lib.SSL_clear_options(ptr, ssl_lib.SSL_get_options(ptr) & ~opts)
         lib.SSL_set_options(ptr, opts)
-        return None
+        negotiation[idx].apply(lib, ptr)
 
-    default_ctx.sni_callback = callback
+    if len(group.servers) > 1:
+        hello.install(default_raw, choose)
+    default_ctx.sni_callback = _on_servername
+
+
+def _on_servername(sslobj: ssl.SSLObject, server_name: str | None, _ctx: ssl.SSLContext) -> None:
+    if server_name is not None:
+        sslobj.tlsgw_sni = server_name  # type: ignore[attr-defined]
+    ptr = _ssl_pointer(sslobj)
+    chosen = _servers.get(native.load().ssl.SSL_get_SSL_CTX(ptr)) if ptr else None
+    if chosen is not None and chosen[0] is not sslobj.context:
+        sslobj.context = chosen[0]  # the same SSL_CTX already: only Python's view changes
+        sslobj.tlsgw_server = chosen[1]  # type: ignore[attr-defined]
+    return None
