@@ -95,7 +95,8 @@ class UpstreamSide(asyncio.Protocol):
         return keep and self.session.rt.proxy_tls is None  # TLS cannot stay half-open
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.session.side_lost(upstream=True, exc=exc)
+        session, self.session = self.session, None  # no callback comes after this one
+        session.side_lost(upstream=True, exc=exc)
 
     def pause_writing(self) -> None:
         self.session.transport.pause_reading()
@@ -308,6 +309,7 @@ class Session(asyncio.Protocol):
             up = _UpstreamFirstData(self)
             tls = rt.proxy_tls
             proto: Any = up
+            handshake: Any = None
             if tls is not None:
                 proto, handshake = tls.protocol(w.loop, up, peer.name, rt.connect_timeout)
             factory = functools.partial(_same, proto)
@@ -360,6 +362,10 @@ class Session(asyncio.Protocol):
                 if self.finished:
                     return
                 continue
+            finally:
+                # a failed handshake's exception is kept by its future and its traceback holds
+                # this frame: without this the future, the frame and the session form a cycle
+                handshake = None
             break
         self.connect_task = None
         if self.finished:  # the client went away while we were connecting
@@ -453,10 +459,12 @@ class Session(asyncio.Protocol):
             return
         self.finished = True
         self.status = status
-        if self.idle_timer is not None:
-            self.idle_timer.cancel()
-        if self.connect_task is not None and self.connect_task is not asyncio.current_task():
-            self.connect_task.cancel()
+        timer, self.idle_timer = self.idle_timer, None
+        if timer is not None:
+            timer.cancel()
+        task, self.connect_task = self.connect_task, None
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
         up = self.upstream
         if up is not None and up.transport is not None:
             if self.rt.proxy_tls is not None and self.peer is not None:  # keep the newest ticket

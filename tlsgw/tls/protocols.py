@@ -54,11 +54,12 @@ class ServerSSLObject(ssl.SSLObject):
 class _Accepting:
     """Stands in for the ``SSLContext`` uvloop's SSLProtocol wraps one accepted connection with."""
 
-    __slots__ = ("ctx", "transport")
+    __slots__ = ("ctx", "transport", "sslobj")
 
     def __init__(self, ctx: ssl.SSLContext):
         self.ctx = ctx
         self.transport: Any = None
+        self.sslobj: ServerSSLObject | None = None  # until the handshake is over
 
     def wrap_bio(self, incoming: ssl.MemoryBIO, outgoing: ssl.MemoryBIO, server_side: bool = True,
                  server_hostname: str | None = None) -> ssl.SSLObject:
@@ -66,16 +67,24 @@ class _Accepting:
                                       server_hostname=None, session=None, context=self.ctx)
         obj.tlsgw_alert = (outgoing, self.transport)
         self.transport = None
+        self.sslobj = obj
         return obj  # type: ignore[no-any-return]
 
 
 class TLSAccept(SSLProtocol):  # type: ignore[misc]
-    """Server-side TLS for one accepted connection of a ``listen ... ssl`` address."""
+    """Server-side TLS for one accepted connection of a ``listen ... ssl`` address.
+
+    Its own references (the session, the accepting wrapper and, through the ``SSLObject``'s
+    pending alert, the raw transport) are dropped as soon as the handshake is over, whichever
+    way it ended: each of them closes a cycle through the TLS transport, and a cycle would make
+    the connection's OpenSSL memory wait for Python's cyclic garbage collector instead of being
+    freed when the connection closes (uvloop drops its own references in ``connection_lost``).
+    """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, session: Any, ctx: ssl.SSLContext,
                  handshake_timeout: float):
         waiter = loop.create_future()
-        self.wrapper = _Accepting(ctx)
+        self.wrapper: _Accepting | None = _Accepting(ctx)
         super().__init__(loop, session, self.wrapper, waiter, server_side=True,
                          ssl_handshake_timeout=handshake_timeout)
         self.session = session
@@ -83,13 +92,20 @@ class TLSAccept(SSLProtocol):  # type: ignore[misc]
 
     def connection_made(self, transport: Any) -> None:
         self.session.accepted(transport)
-        self.wrapper.transport = transport
+        self.wrapper.transport = transport  # type: ignore[union-attr]
         super().connection_made(transport)
 
     def _handshake_done(self, fut: asyncio.Future[None]) -> None:
+        session, self.session = self.session, None
+        wrapper = self.wrapper
+        if wrapper is not None:
+            wrapper.transport = None
+            if wrapper.sslobj is not None:
+                wrapper.sslobj.tlsgw_alert = None
+                wrapper.sslobj = None
         exc = ConnectionAbortedError("cancelled") if fut.cancelled() else fut.exception()
-        if exc is not None:
-            self.session.handshake_failed(exc)
+        if exc is not None and session is not None:
+            session.handshake_failed(exc)
 
 
 def handshake_cause(exc: BaseException) -> str:
