@@ -6,16 +6,19 @@ A :class:`Session` is the asyncio protocol of the accepted client connection. On
 ``connection_made`` it asks the upstream's balancer for a peer and starts one *connect task*
 that walks the attempts (connect, on failure free the peer as failed and ask for the next one,
 as nginx's ``proxy_next_upstream`` does). Client bytes that arrive meanwhile are held, up to
-``proxy_buffer_size``; beyond that the client is paused. uvloop may still deliver data after
-``pause_reading()``, so the hold buffer is a list, never dropped.
+``proxy_buffer_size``; beyond that the client is paused (reason ``HELD``). uvloop may still
+deliver data after ``pause_reading()``, so the hold buffer is a list, never dropped.
 
 Once connected, bytes move by callbacks only, with no task and no per-chunk allocation beyond
 the chunk itself: ``Session.data_received`` writes to the upstream transport and
 ``UpstreamSide.data_received`` writes to the client transport. Backpressure is the transports'
 own: each transport's high-water mark is ``proxy_buffer_size``; when the client transport's
 queue passes it, asyncio calls ``Session.pause_writing`` and the upstream is paused, and the
-other way round. Memory per session is therefore bounded by about twice the buffer size plus
-one read.
+other way round (reason ``BACKPRESSURE``). Every pause goes through the side's
+:class:`~tlsgw.proxy.flow.FlowControl`, which resumes reading only when no reason is left:
+the held bytes' flush may itself cross the upstream's high-water mark, and the end of the hold
+must not resume the client then. Memory per session is therefore bounded by about twice the
+buffer size plus one read.
 
 Idle timeout (``proxy_timeout``): every chunk stores a monotonic timestamp; one timer per
 session wakes at ``last + timeout`` and either ends the session or re-arms itself for the
@@ -26,6 +29,12 @@ session once the data already read has been delivered (``transport.close()`` flu
 ``on``, the EOF is passed on with ``write_eof()`` and the session ends when both directions are
 closed. A reset or error on either side ends it at once. ``finalize`` runs exactly once: it
 frees the peer, logs, and writes the access-log line.
+
+Nothing may keep a finished session in a reference cycle (the connection's native TLS memory
+would wait for the cyclic GC): ``finalize`` drops the idle timer and the connect task, the
+upstream protocol drops the session in ``connection_lost``, the connect loop drops the
+upstream handshake future, and :class:`~tlsgw.tls.protocols.TLSAccept` drops its references
+once the handshake is over. ``tests/test_session_lifetime.py`` checks each way a session ends.
 """
 
 from __future__ import annotations
@@ -40,6 +49,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from tlsgw.balancer import Peer, PeerSession
+from tlsgw.proxy.flow import BACKPRESSURE, HELD, FlowControl
 
 if TYPE_CHECKING:
     from tlsgw.worker import ServerRuntime
@@ -99,10 +109,10 @@ class UpstreamSide(asyncio.Protocol):
         session.side_lost(upstream=True, exc=exc)
 
     def pause_writing(self) -> None:
-        self.session.transport.pause_reading()
+        self.session.client_flow.pause(BACKPRESSURE)
 
     def resume_writing(self) -> None:
-        self.session.transport.resume_reading()
+        self.session.client_flow.resume(BACKPRESSURE)
 
 
 class _UpstreamFirstData(UpstreamSide):
@@ -132,6 +142,7 @@ class Session(asyncio.Protocol):
     __slots__ = ("rt", "group", "sslobj", "worker", "listen_name", "status", "bytes_sent",
                  "bytes_received", "up_received", "attempts", "upstream", "write_upstream",
                  "held", "held_size", "peer", "peers", "client_eof", "upstream_eof", "finished",
+                 "client_flow", "upstream_flow",
                  "connect_task", "idle_timer", "last", "transport", "start", "conn_id",
                  "remote_addr", "remote_port", "server_addr", "server_port")
 
@@ -157,6 +168,8 @@ class Session(asyncio.Protocol):
         self.upstream_eof = False
         self.finished = False
         self.connect_task: asyncio.Task[None] | None = None
+        self.client_flow: FlowControl | None = None  # the client's reading (from connection_made)
+        self.upstream_flow: FlowControl | None = None  # the upstream's reading (once connected)
         self.idle_timer: asyncio.TimerHandle | None = None
         self.last = 0.0
 
@@ -194,6 +207,7 @@ class Session(asyncio.Protocol):
                 self.rt = self.group[index]
         rt = self.rt
         transport.set_write_buffer_limits(high=rt.buffer_size)
+        self.client_flow = FlowControl(transport)
         key = None
         if rt.key is not None:
             key = (self.remote_addr if rt.key_is_remote_addr else rt.key.render(self)).encode()
@@ -263,7 +277,7 @@ class Session(asyncio.Protocol):
         self.held_size += len(data)
         self.bytes_received += len(data)
         if self.held_size >= self.rt.buffer_size:
-            self.transport.pause_reading()
+            self.client_flow.pause(HELD)  # type: ignore[union-attr]
 
     def eof_received(self) -> bool:
         keep = self.side_eof(upstream=False)
@@ -273,12 +287,12 @@ class Session(asyncio.Protocol):
         self.side_lost(upstream=False, exc=exc)
 
     def pause_writing(self) -> None:
-        if self.upstream is not None and self.upstream.transport is not None:
-            self.upstream.transport.pause_reading()
+        if self.upstream_flow is not None:
+            self.upstream_flow.pause(BACKPRESSURE)
 
     def resume_writing(self) -> None:
-        if self.upstream is not None and self.upstream.transport is not None:
-            self.upstream.transport.resume_reading()
+        if self.upstream_flow is not None:
+            self.upstream_flow.resume(BACKPRESSURE)
 
     # ---- connecting -----------------------------------------------------------------------
     async def connect(self) -> None:
@@ -384,10 +398,11 @@ class Session(asyncio.Protocol):
             local = transport.get_extra_info("sockname")
             w.error_log.log("info", f"proxy {_peer_text(local)} connected to {peer.name}", self.conn_id)
         held, self.held = self.held, None
+        self.upstream_flow = FlowControl(transport)
         self.write_upstream = transport.write
-        if held:
+        if held:  # this write may cross the upstream's high-water mark: BACKPRESSURE then holds
             transport.write(b"".join(held))
-            self.transport.resume_reading()
+        self.client_flow.resume(HELD)  # type: ignore[union-attr]
         self.last = now
         self.idle_timer = w.loop.call_at(now + rt.timeout, self.check_idle)
         if self.client_eof:

@@ -1,0 +1,4 @@
+"""The data path of a stream session: what runs for every connection and every chunk.
+
+Modules here have one job each: :mod:`tlsgw.proxy.flow` decides when a transport reads.
+"""
