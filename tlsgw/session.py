@@ -40,15 +40,13 @@ once the handshake is over. ``tests/test_session_lifetime.py`` checks each way a
 from __future__ import annotations
 
 import asyncio
-import errno
 import functools
-import os
 import socket
-import ssl
 import time
 from typing import TYPE_CHECKING, Any
 
 from tlsgw.balancer import Peer, PeerSession
+from tlsgw.proxy import messages
 from tlsgw.proxy.flow import BACKPRESSURE, HELD, FlowControl
 
 if TYPE_CHECKING:
@@ -71,12 +69,6 @@ class Attempt:
         self.session_time: float | None = None
         self.bytes_sent = 0
         self.bytes_received = 0
-
-
-def _strerror(exc: BaseException) -> str:
-    if isinstance(exc, OSError) and exc.errno:
-        return f"({exc.errno}: {os.strerror(exc.errno)})"
-    return f"({exc})"
 
 
 class UpstreamSide(asyncio.Protocol):
@@ -193,8 +185,7 @@ class Session(asyncio.Protocol):
             self.remote_addr, self.remote_port = "unix:", 0
             self.server_addr, self.server_port = f"unix:{local}", 0
         if w.log_info:
-            w.error_log.log("info", f"client {_peer_text(peer)} connected to {self.listen_name}",
-                            self.conn_id)
+            w.error_log.log("info", messages.client_connected(peer, self.listen_name), self.conn_id)
 
     def connection_made(self, transport: Any) -> None:
         if self.group is None:
@@ -218,11 +209,7 @@ class Session(asyncio.Protocol):
         """The client TLS handshake failed or timed out: log why, status 500."""
         if self.finished or not hasattr(self, "conn_id"):
             return
-        from tlsgw.tls.protocols import handshake_cause
-
-        reason = getattr(exc, "reason", None) or type(exc).__name__
-        self.error("info", f"SSL_do_handshake() failed (SSL: {reason}: {handshake_cause(exc)}) "
-                   "while SSL handshaking", proxy=False)
+        self.error("info", messages.client_handshake_failed(exc), proxy=False)
         self.finalize(500, abort=True)
 
     # ---- $ssl_* variables (read lazily, only when a log format uses them) ------------------
@@ -301,7 +288,7 @@ class Session(asyncio.Protocol):
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a bug must end this session, never the worker
-            self.error("crit", f"unexpected error while connecting to upstream: {exc!r}")
+            self.error("crit", messages.unexpected(exc))
             self.finalize(500, abort=True)
 
     async def _connect(self) -> None:
@@ -312,8 +299,7 @@ class Session(asyncio.Protocol):
             peer = peers.get()
             if peer is None:
                 self.attempts.append(Attempt(rt.upstream.name, _monotonic()))
-                self.error("error", "no live upstreams while connecting to upstream",
-                           upstream=rt.upstream.name)
+                self.error("error", messages.NO_LIVE_UPSTREAMS, upstream=rt.upstream.name)
                 self.finalize(502)
                 return
             self.peer = peer
@@ -349,24 +335,11 @@ class Session(asyncio.Protocol):
                 attempt.session_time = _monotonic() - attempt.start
                 if raw is not None:
                     raw.abort()
-                if isinstance(exc, TimeoutError):
-                    action = "SSL handshaking to" if raw is not None else "connecting to"
-                    msg = f"upstream timed out (110: Connection timed out) while {action} upstream"
-                    level = "error"
-                elif tls is not None and raw is not None:  # connected: the TLS handshake failed
-                    from tlsgw.tls.protocols import verify_error_text
-
-                    msg = f"{verify_error_text(exc)} while SSL handshaking to upstream"
-                    if isinstance(exc, ssl.SSLCertVerificationError):
-                        msg += " (proxy_ssl_verify: off restores nginx's default of not verifying)"
-                    level = "error"
-                else:
-                    msg = f"connect() failed {_strerror(exc)} while connecting to upstream"
-                    level = "error" if exc.errno in _ERROR_LEVEL_ERRNOS else "crit"
+                level, msg = messages.connect_failed(exc, connected=raw is not None,
+                                                     tls=tls is not None)
                 self.error(level, msg, upstream=peer.name)
                 if peers.free(peer, failed=True):
-                    self.error("warn", "upstream server temporarily disabled while connecting to "
-                               "upstream", upstream=peer.name)
+                    self.error("warn", messages.PEER_DISABLED, upstream=peer.name)
                 self.peer = None
                 if (not rt.next_upstream or peers.tries == 0
                         or (rt.next_upstream_timeout
@@ -396,7 +369,7 @@ class Session(asyncio.Protocol):
         transport.set_write_buffer_limits(high=rt.buffer_size)
         if w.log_info:
             local = transport.get_extra_info("sockname")
-            w.error_log.log("info", f"proxy {_peer_text(local)} connected to {peer.name}", self.conn_id)
+            w.error_log.log("info", messages.proxy_connected(local, peer.name), self.conn_id)
         held, self.held = self.held, None
         self.upstream_flow = FlowControl(transport)
         self.write_upstream = transport.write
@@ -418,8 +391,7 @@ class Session(asyncio.Protocol):
             self.idle_timer = self.worker.loop.call_at(deadline, self.check_idle)
             return
         self.idle_timer = None
-        self.error("info", "connection timed out (110: Connection timed out) while proxying connection",
-                   upstream=self.peer.name if self.peer else None)
+        self.error("info", messages.IDLE_TIMEOUT, upstream=self.peer.name if self.peer else None)
         self.finalize(200, abort=True)
 
     def side_eof(self, upstream: bool) -> bool:
@@ -447,10 +419,8 @@ class Session(asyncio.Protocol):
         if self.finished:
             return
         if exc is not None:
-            side = "upstream" if upstream else "client"
-            level = "error" if upstream else "info"
-            self.error(level, f"recv() failed {_strerror(exc)} while proxying and reading from {side}",
-                       upstream=self.peer.name if self.peer else None)
+            level, msg = messages.recv_failed(exc, upstream)
+            self.error(level, msg, upstream=self.peer.name if self.peer else None)
             self.finalize(200, abort=True)
             return
         if not upstream and self.write_upstream is None and self.connect_task is not None:
@@ -463,9 +433,8 @@ class Session(asyncio.Protocol):
 
     def disconnected(self, upstream: bool) -> None:
         if self.worker.log_info and not self.finished:
-            self.worker.error_log.log(
-                "info", f"{'upstream' if upstream else 'client'} disconnected, "
-                f"{self.byte_counts()}", self.conn_id)
+            self.worker.error_log.log("info", messages.disconnected(upstream, self.byte_counts()),
+                                      self.conn_id)
         self.finalize(200)
 
     def finalize(self, status: int, abort: bool = False) -> None:
@@ -507,25 +476,15 @@ class Session(asyncio.Protocol):
     # ---- logging helpers ------------------------------------------------------------------
     def byte_counts(self) -> str:
         up_sent = self.bytes_received if self.upstream is not None else 0
-        return (f"bytes from/to client:{self.bytes_received}/{self.up_received}, "
-                f"bytes from/to upstream:{self.up_received}/{up_sent}")
+        return messages.byte_counts(self.bytes_received, self.up_received, up_sent)
 
     def error(self, level: str, message: str, upstream: str | None = None,
               proxy: bool = True) -> None:
         log = self.worker.error_log
         if not log.enabled(level):
             return
-        text = f"{message}, client: {self.remote_addr}, server: {self.listen_name}"
-        if upstream is not None:
-            text += f', upstream: "{upstream}"'
-        if proxy:
-            text += f", {self.byte_counts()}"
-        log.log(level, text, self.conn_id)
-
-
-# nginx logs connect() failures at "error" for these errnos and at "crit" for the rest.
-_ERROR_LEVEL_ERRNOS = {errno.ECONNREFUSED, errno.ECONNRESET, errno.ENETDOWN, errno.ENETUNREACH,
-                       errno.EHOSTDOWN, errno.EHOSTUNREACH, errno.EAGAIN}
+        log.log(level, messages.context(message, self.remote_addr, self.listen_name, upstream,
+                                        self.byte_counts() if proxy else None), self.conn_id)
 
 
 def _nodelay_off(transport: Any) -> None:
@@ -538,9 +497,3 @@ def _nodelay_off(transport: Any) -> None:
 def _same(obj: Any) -> Any:
     return obj
 
-
-def _peer_text(addr: Any) -> str:
-    if isinstance(addr, tuple):
-        host, port = addr[0], addr[1]
-        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    return f"unix:{addr}" if addr else "unix:"

@@ -108,39 +108,6 @@ class TLSAccept(SSLProtocol):  # type: ignore[misc]
             session.handshake_failed(exc)
 
 
-def handshake_cause(exc: BaseException) -> str:
-    """A failed client handshake in plain language, for the error log."""
-    if isinstance(exc, ConnectionAbortedError) and "longer than" in str(exc):
-        return "handshake timed out (ssl_handshake_timeout)"
-    reason = (getattr(exc, "reason", None) or "").upper()
-    text = str(exc)
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        return f"client certificate verification failed: {exc.verify_message}"
-    table = [
-        (("HTTP_REQUEST", "HTTPS_PROXY_REQUEST", "WRONG_VERSION_NUMBER", "PACKET_LENGTH_TOO_LONG",
-          "UNEXPECTED_RECORD", "RECORD_LAYER_FAILURE", "UNKNOWN_PROTOCOL", "BAD_PACKET"),
-         "not TLS: the client sent something other than a TLS handshake"),
-        (("PEER_DID_NOT_RETURN_A_CERTIFICATE",), "client sent no certificate (ssl_verify_client)"),
-        (("TLSV1_ALERT_UNKNOWN_CA", "SSLV3_ALERT_BAD_CERTIFICATE", "SSLV3_ALERT_CERTIFICATE_UNKNOWN",
-          "TLSV1_ALERT_DECRYPT_ERROR", "SSLV3_ALERT_CERTIFICATE_EXPIRED"),
-         "client does not trust our certificate"),
-        (("CERTIFICATE_VERIFY_FAILED",), "client certificate verification failed"),
-        (("NO_SHARED_CIPHER",), "no cipher in common with the client (ssl_ciphers)"),
-        (("UNSUPPORTED_PROTOCOL", "TLSV1_ALERT_PROTOCOL_VERSION", "NO_PROTOCOLS_AVAILABLE",
-          "VERSION_TOO_LOW", "VERSION_TOO_HIGH"),
-         "client supports none of the enabled protocol versions (ssl_protocols)"),
-        (("NO_APPLICATION_PROTOCOL",), "client offered no protocol of ssl_alpn"),
-        (("NO_SUITABLE_SIGNATURE_ALGORITHM", "NO_SUITABLE_KEY_SHARE", "NO_SHARED_GROUPS"),
-         "no key exchange or signature algorithm in common with the client"),
-    ]
-    for reasons, cause in table:
-        if reason in reasons or any(r.lower().replace("_", " ") in text.lower() for r in reasons):
-            return cause
-    if isinstance(exc, (ConnectionResetError, BrokenPipeError)) or "EOF" in text:
-        return "client closed the connection during the handshake"
-    return "handshake failed"
-
-
 class _PeerTLS:
     """What uvloop's SSLProtocol takes as its context for one upstream address and name."""
 
@@ -227,18 +194,3 @@ class UpstreamTLS:
             return False
         self.sessions[(peer_name, self.name)] = session
         return True
-
-
-def verify_error_text(exc: BaseException) -> str:
-    """A failed upstream TLS handshake, worded as nginx does (before ``while SSL handshaking
-    to upstream``)."""
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        return f"upstream SSL certificate verify error: ({exc.verify_code}:{exc.verify_message})"
-    if isinstance(exc, ssl.SSLError):
-        return f"SSL_do_handshake() failed (SSL: {exc.reason or exc})"
-    if isinstance(exc, ConnectionAbortedError) and "longer than" in str(exc):
-        return "upstream timed out (110: Connection timed out)"
-    if isinstance(exc, OSError) and exc.errno:
-        return f"SSL_do_handshake() failed ({exc.errno}: {exc.strerror})"
-    # uvloop reports an EOF in the middle of the handshake as a bare ConnectionResetError
-    return "peer closed connection in SSL handshake"
