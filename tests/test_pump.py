@@ -258,3 +258,19 @@ def test_upstream_side_lets_go_of_the_session_when_lost(harness):
     side = h.session.upstream
     up.feed_eof()
     assert h.session.finished and side.session is None  # no cycle left behind
+
+
+def test_the_record_is_what_the_access_line_reads(harness):
+    from tlsgw.proxy.record import Status
+    from tlsgw.variables import Template
+
+    h = harness(peers=("10.0.0.2:80", "10.0.0.3:80")).start()
+    h.client.feed(b"abc")
+    h.loop.advance(0.25)
+    h.connects[0].refuse()
+    h.loop.advance(0.5)
+    h.connects[1].refuse()
+    assert h.session.status == Status.BAD_GATEWAY
+    line = Template("$status $upstream_addr $upstream_session_time $upstream_connect_time "
+                    "$bytes_received").render(h.session)
+    assert line == f"502 {h.connects[0].address}, {h.connects[1].address} 0.250, 0.500 -, - 3"

@@ -48,27 +48,12 @@ from typing import TYPE_CHECKING, Any
 from tlsgw.balancer import Peer, PeerSession
 from tlsgw.proxy import messages
 from tlsgw.proxy.flow import BACKPRESSURE, HELD, FlowControl
+from tlsgw.proxy.record import Attempt, Status
 
 if TYPE_CHECKING:
     from tlsgw.worker import ServerRuntime
 
 _monotonic = time.monotonic
-
-
-class Attempt:
-    """One upstream connection attempt (one entry of ``$upstream_addr`` and friends)."""
-
-    __slots__ = ("name", "start", "connect_time", "first_byte_time", "session_time",
-                 "bytes_sent", "bytes_received")
-
-    def __init__(self, name: str, start: float):
-        self.name = name
-        self.start = start
-        self.connect_time: float | None = None
-        self.first_byte_time: float | None = None
-        self.session_time: float | None = None
-        self.bytes_sent = 0
-        self.bytes_received = 0
 
 
 class UpstreamSide(asyncio.Protocol):
@@ -210,7 +195,7 @@ class Session(asyncio.Protocol):
         if self.finished or not hasattr(self, "conn_id"):
             return
         self.error("info", messages.client_handshake_failed(exc), proxy=False)
-        self.finalize(500, abort=True)
+        self.finalize(Status.INTERNAL_SERVER_ERROR, abort=True)
 
     # ---- $ssl_* variables (read lazily, only when a log format uses them) ------------------
     @property
@@ -289,7 +274,7 @@ class Session(asyncio.Protocol):
             raise
         except Exception as exc:  # a bug must end this session, never the worker
             self.error("crit", messages.unexpected(exc))
-            self.finalize(500, abort=True)
+            self.finalize(Status.INTERNAL_SERVER_ERROR, abort=True)
 
     async def _connect(self) -> None:
         rt, w, peers = self.rt, self.worker, self.peers
@@ -300,7 +285,7 @@ class Session(asyncio.Protocol):
             if peer is None:
                 self.attempts.append(Attempt(rt.upstream.name, _monotonic()))
                 self.error("error", messages.NO_LIVE_UPSTREAMS, upstream=rt.upstream.name)
-                self.finalize(502)
+                self.finalize(Status.BAD_GATEWAY)
                 return
             self.peer = peer
             attempt = Attempt(peer.name, _monotonic())
@@ -332,7 +317,7 @@ class Session(asyncio.Protocol):
                     return
                 raise
             except (OSError, TimeoutError) as exc:
-                attempt.session_time = _monotonic() - attempt.start
+                attempt.end(_monotonic())
                 if raw is not None:
                     raw.abort()
                 level, msg = messages.connect_failed(exc, connected=raw is not None,
@@ -344,7 +329,7 @@ class Session(asyncio.Protocol):
                 if (not rt.next_upstream or peers.tries == 0
                         or (rt.next_upstream_timeout
                             and _monotonic() - first_start >= rt.next_upstream_timeout)):
-                    self.finalize(502)
+                    self.finalize(Status.BAD_GATEWAY)
                     return
                 if self.finished:
                     return
@@ -392,7 +377,7 @@ class Session(asyncio.Protocol):
             return
         self.idle_timer = None
         self.error("info", messages.IDLE_TIMEOUT, upstream=self.peer.name if self.peer else None)
-        self.finalize(200, abort=True)
+        self.finalize(Status.OK, abort=True)
 
     def side_eof(self, upstream: bool) -> bool:
         """A FIN from one side. Returns True to keep that transport open for writing."""
@@ -421,7 +406,7 @@ class Session(asyncio.Protocol):
         if exc is not None:
             level, msg = messages.recv_failed(exc, upstream)
             self.error(level, msg, upstream=self.peer.name if self.peer else None)
-            self.finalize(200, abort=True)
+            self.finalize(Status.OK, abort=True)
             return
         if not upstream and self.write_upstream is None and self.connect_task is not None:
             # a TLS client that ended (close_notify or FIN) while we were connecting: uvloop
@@ -435,7 +420,7 @@ class Session(asyncio.Protocol):
         if self.worker.log_info and not self.finished:
             self.worker.error_log.log("info", messages.disconnected(upstream, self.byte_counts()),
                                       self.conn_id)
-        self.finalize(200)
+        self.finalize(Status.OK)
 
     def finalize(self, status: int, abort: bool = False) -> None:
         """End the session once: close both sides, free the peer, write the access log."""
@@ -461,8 +446,7 @@ class Session(asyncio.Protocol):
                 last.bytes_sent = self.bytes_received
                 last.bytes_received = self.up_received
                 self.bytes_sent = self.up_received
-            if last.session_time is None:
-                last.session_time = _monotonic() - last.start
+            last.end(_monotonic())
         if self.peer is not None and self.peers is not None and self.upstream is not None:
             self.peers.free(self.peer, failed=False)
             self.peer = None
