@@ -291,10 +291,9 @@ def test_idle_timeout(inproc, pki):
 
     async def client(port: int) -> None:
         r, w = await asyncio.open_connection("127.0.0.1", port, ssl=ctx, server_hostname="localhost")
-        w.write(b"ping")
-        assert await r.readexactly(4) == b"ping"
+        w.write(b"ping")  # echoed, unless the 10 ms pass first: either way the session idles out
         with contextlib.suppress(OSError, ssl.SSLError):
-            assert await r.read() == b""  # the gateway ends the idle session
+            await asyncio.wait_for(r.read(), 10)  # until the gateway ends the idle session
         w.close()
 
     check_freed(inproc, server, client, tls=True)
