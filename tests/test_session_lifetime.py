@@ -323,3 +323,15 @@ def test_connect_timeout(inproc):
         return f"proxy_connect_timeout: 10ms\nproxy_pass: {inproc.blackhole()}\n"
 
     check_freed(inproc, server, lambda port: raw_session(port, b"x"))
+
+
+def test_upstream_tls_handshake_times_out(inproc, pki):
+    async def server() -> str:  # the TCP connect completes, the TLS handshake never does
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        s.listen(64)
+        inproc.closers.append(s.close)
+        return (upstream_tls_lines(pki) + "proxy_connect_timeout: 20ms\n"
+                + f"proxy_pass: 127.0.0.1:{s.getsockname()[1]}\n")
+
+    check_freed(inproc, server, lambda port: raw_session(port, b"x"))
