@@ -81,6 +81,17 @@ class FakeLoop:
         return await pending.future  # type: ignore[no-any-return]
 
     # -- driving
+    def call(self, fn: Any, *args: Any) -> Any:
+        """Call ``fn`` as the loop would (inside the running loop), then run what it
+        scheduled."""
+        asyncio.events._set_running_loop(self)  # type: ignore[arg-type]
+        try:
+            result = fn(*args)
+        finally:
+            asyncio.events._set_running_loop(None)
+        self.run()
+        return result
+
     def run(self) -> None:
         """Run every ready callback (and those they schedule) until none is left."""
         asyncio.events._set_running_loop(self)  # type: ignore[arg-type]
@@ -117,7 +128,7 @@ class PendingConnect:
     def accept(self) -> MockTransport:
         proto = self.factory()
         transport = MockTransport(self.loop, proto, peername=("10.0.0.2", 80))
-        proto.connection_made(transport)
+        self.loop.call(proto.connection_made, transport)
         self.future.set_result((transport, proto))
         self.loop.run()
         return transport
@@ -199,20 +210,25 @@ class MockTransport:
         """The peer sent ``data``. A transport whose reading is paused delivers nothing, so
         a test that feeds one has a bug."""
         assert self.reading, "fed a transport that is not reading"
-        self.protocol.data_received(data)
-        self.loop.run()
+        self.loop.call(self.protocol.data_received, data)
 
     def feed_eof(self) -> None:
-        if not self.protocol.eof_received():
+        if not self.loop.call(self.protocol.eof_received):
             self.close()
         self.loop.run()
+
+    def reset(self) -> None:
+        """The peer reset the connection."""
+        self.closed = True
+        self.loop.call(self.protocol.connection_lost,
+                       ConnectionResetError(104, "Connection reset by peer"))
 
     def drain(self, nbytes: int | None = None) -> None:
         """The kernel took ``nbytes`` (all by default) of the buffered writes."""
         self.buffered -= self.buffered if nbytes is None else min(nbytes, self.buffered)
         if self.writing_paused and self.buffered <= self.low:
             self.writing_paused = False
-            self.protocol.resume_writing()
+            self.loop.call(self.protocol.resume_writing)
         self.loop.run()
 
     @property
@@ -267,9 +283,15 @@ class Harness:
 
     def start(self) -> Harness:
         """The client connects; the session starts connecting upstream."""
-        self.session.connection_made(self.client)
-        self.loop.run()
+        self.loop.call(self.session.connection_made, self.client)
         return self
+
+    def another(self) -> tuple[Session, MockTransport]:
+        """A further session of the same server (same peers and their failure state), started."""
+        session = Session(self.rt, "127.0.0.1:8000")
+        client = MockTransport(self.loop, session)
+        self.loop.call(session.connection_made, client)
+        return session, client
 
     def connect(self) -> MockTransport:
         """Let the pending upstream connect succeed; returns the upstream transport."""
