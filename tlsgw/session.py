@@ -45,10 +45,13 @@ import socket
 import time
 from typing import TYPE_CHECKING, Any
 
+from cryptography import x509
+
 from tlsgw.balancer import Peer, PeerSession
 from tlsgw.proxy import messages
 from tlsgw.proxy.flow import BACKPRESSURE, HELD, FlowControl
 from tlsgw.proxy.record import Attempt, Status
+from tlsgw.tls.context import verify_result
 
 if TYPE_CHECKING:
     from tlsgw.worker import ServerRuntime
@@ -222,8 +225,6 @@ class Session(asyncio.Protocol):
         der = self.sslobj.getpeercert(binary_form=True) if self.sslobj is not None else None
         if not der:
             return None
-        from cryptography import x509
-
         return x509.load_der_x509_certificate(der).subject.rfc4514_string()
 
     @property
@@ -231,8 +232,6 @@ class Session(asyncio.Protocol):
         if self.sslobj is None:
             return None
         if self.rt.cfg.s.ssl_verify_client == "optional_no_ca":
-            from tlsgw.tls.context import verify_result
-
             return verify_result(self.sslobj)
         return "SUCCESS" if self.sslobj.getpeercert(binary_form=True) else "NONE"
 
