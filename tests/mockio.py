@@ -1,5 +1,5 @@
 """Socket-free doubles for the data path: a fake event loop with a manual clock, a mock
-transport, and a session harness that drives :class:`tlsgw.session.Session` with them.
+transport, and a session harness that drives :class:`tlsgw.proxy.pump.Session` with them.
 
 Modelled on uvicorn's ``MockTransport``/``MockLoop`` and mitmproxy's ``Playbook``: the test
 plays both peers (``client.feed(b"...")``, ``harness.connects[0].accept()``,
@@ -19,10 +19,10 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from tlsgw import session as session_module
 from tlsgw.balancer import Upstream
 from tlsgw.config.load import load_config
-from tlsgw.session import Session
+from tlsgw.proxy import connect, pump
+from tlsgw.proxy.pump import Session
 from tlsgw.worker import ServerRuntime
 
 
@@ -274,8 +274,8 @@ class Harness:
         self.rt = ServerRuntime(self.worker, srv, upstream)  # type: ignore[arg-type]
         self.session = Session(self.rt, "127.0.0.1:8000")
         self.client = MockTransport(self.loop, self.session)
-        self._saved = session_module._monotonic
-        session_module._monotonic = self.loop.time  # the session's clock is the fake one
+        self._saved = pump._monotonic
+        pump._monotonic = connect._monotonic = self.loop.time  # the session's clock: fake
 
     @property
     def connects(self) -> list[PendingConnect]:
@@ -298,4 +298,4 @@ class Harness:
         return self.connects[-1].accept()
 
     def close(self) -> None:
-        session_module._monotonic = self._saved
+        pump._monotonic = connect._monotonic = self._saved

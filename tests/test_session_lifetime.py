@@ -30,7 +30,7 @@ import uvloop
 
 from tlsgw import listener
 from tlsgw.config.load import load_config
-from tlsgw.session import Session, UpstreamSide
+from tlsgw.proxy.pump import Session, UpstreamSide
 from tlsgw.tls.protocols import ServerSSLObject, TLSAccept
 from tlsgw.worker import Worker
 

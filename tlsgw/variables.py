@@ -2,7 +2,7 @@
 
 A template such as ``'$remote_addr [$time_local] $status'`` is compiled once into a list of
 literal strings and getter functions; rendering it for a session is a single join. Getters read
-a :class:`tlsgw.proxy.record.SessionRecord` (what :class:`tlsgw.session.Session` provides),
+a :class:`tlsgw.proxy.record.SessionRecord` (what :class:`tlsgw.proxy.pump.Session` provides),
 declared apart from the session so that this module stays free of the data path. Values follow nginx's formats (``"%d.%03d"`` times, ``-`` for a value that is not
 found, ``", "``-joined per-attempt upstream values).
 """

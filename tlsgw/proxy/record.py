@@ -2,7 +2,7 @@
 
 This is the data the access log (``$status``, ``$bytes_*``, ``$upstream_*``, ``$ssl_*``) and the
 error log read. :class:`SessionRecord` declares it, so :mod:`tlsgw.variables` reads a named
-type instead of the session by duck typing; :class:`tlsgw.session.Session` provides it with
+type instead of the session by duck typing; :class:`tlsgw.proxy.pump.Session` provides it with
 plain slot attributes, because the counters are bumped on every chunk and an indirection
 through a separate record object would cost an attribute lookup per chunk. This module imports
 nothing of the data path: configuration code (templates) can depend on it.

@@ -4,7 +4,7 @@ uvloop's ``create_server(ssl=...)`` hides a failed handshake (the application pr
 hears of the connection), and ``start_tls()`` after accepting loses the ClientHello because
 uvloop may deliver data before the protocol can pause reading. So a TLS listener is a plain
 server whose protocol factory returns :class:`TLSAccept` — a subclass of uvloop's C
-``SSLProtocol`` wrapping the :class:`~tlsgw.session.Session` — exactly what uvloop does
+``SSLProtocol`` wrapping the :class:`~tlsgw.proxy.pump.Session` — exactly what uvloop does
 internally, plus two hooks: the raw transport is handed to the session at accept (client
 address, counters, logging) and the handshake waiter reports failures and their causes.
 
