@@ -249,7 +249,7 @@ def test_client_that_stops_reading_keeps_memory_bounded(gateway, backends):
     gib = 1 << 30
     b = backends("blast", nbytes=gib)
     port = free_port()
-    gw = gateway(cfg(port, [b.address], extra="    proxy_timeout: 60s"))
+    gw = gateway(cfg(port, [b.address], extra="    proxy_timeout: 60s\n    proxy_buffer_size: 4k"))
     base = gw.rss_kib()
     s = connect(port, timeout=30)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
@@ -521,6 +521,40 @@ def _push_until_blocked(sock: socket.socket, quiet: float = 0.5, cap: int = 96 <
         except BlockingIOError:
             time.sleep(0.01)
     return sent
+
+
+def test_held_bytes_flushed_past_the_high_water_mark_keep_the_client_paused(gateway, backends,
+                                                                            tmp_path):
+    """Issue 7, defect 2: the bytes held while connecting are flushed with one write; when that
+    write crosses the upstream's high-water mark the client must stay paused (it was resumed
+    by the end of the hold, and then read without limit). The client speaks first; the first
+    peer never completes the connect (so the client is held and paused), the second accepts
+    but never reads.
+
+    The second peer is a Unix socket: the kernel takes about 210 KB of a write there, where
+    TCP over loopback grows the send buffer to megabytes and would swallow the whole flush.
+    The held bytes are one read (uvloop reads up to 256000 bytes; ``rcvbuf`` lets the client's
+    burst be queued for it), more than the kernel takes plus ``proxy_buffer_size``."""
+    hang = backends("noaccept")
+    sink = socket.socket(socket.AF_UNIX)
+    sink.bind(str(tmp_path / "sink.sock"))
+    sink.listen(8)  # the connect completes; nobody ever accepts or reads
+    try:
+        port = free_port()
+        gw = gateway(cfg(f"{port} rcvbuf=1m", [hang.address, f"unix:{tmp_path / 'sink.sock'}"],
+                         top="proxy_connect_timeout: 200ms",
+                         extra="    proxy_timeout: 60s\n    proxy_buffer_size: 4k"))
+        base = gw.rss_kib()
+        s = connect(port)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 * 1024)
+        sent = _push_until_blocked(s, quiet=1.0, cap=64 << 20)
+        grown = gw.rss_kib() - base
+        gw.wait_log(f'upstream timed out (110: Connection timed out) while connecting to upstream, '
+                    f'client: 127.0.0.1, server: 127.0.0.1:{port}, upstream: "{hang.address}"')
+        s.close()
+    finally:
+        sink.close()
+    assert grown < 16 * 1024, f"gateway RSS grew {grown} KiB (the client sent {sent} bytes)"
 
 
 @pytest.mark.parametrize("setting, low, high", [("", 0, 24 << 20), ("    proxy_buffer_size: 48m", 48 << 20, 96 << 20)])

@@ -207,7 +207,7 @@ def test_a_failing_timer_callback_is_traced_to_its_session(tmp_path):
                 if "[crit]" in line]
         assert len(crit) == 1
         assert re.search(r"\[crit\] \d+#\d+: \*1 Exception in callback .*TypeError\(.* at "
-                         r"tlsgw/session.py:\d+ in check_idle, client: 127\.0\.0\.1, "
+                         r"tlsgw/proxy/pump.py:\d+ in check_idle, client: 127\.0\.0\.1, "
                          r"server: 127\.0\.0\.1:9000$", crit[0]), crit
     finally:
         logs.install(None)

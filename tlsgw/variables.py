@@ -2,8 +2,8 @@
 
 A template such as ``'$remote_addr [$time_local] $status'`` is compiled once into a list of
 literal strings and getter functions; rendering it for a session is a single join. Getters read
-attributes of :class:`tlsgw.session.Session` (duck-typed here to keep this module free of the
-data path). Values follow nginx's formats (``"%d.%03d"`` times, ``-`` for a value that is not
+a :class:`tlsgw.proxy.record.SessionRecord` (what :class:`tlsgw.proxy.pump.Session` provides),
+declared apart from the session so that this module stays free of the data path. Values follow nginx's formats (``"%d.%03d"`` times, ``-`` for a value that is not
 found, ``", "``-joined per-attempt upstream values).
 """
 
@@ -12,9 +12,12 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-Getter = Callable[[Any], "str | None"]  # None: the variable is "not found" for this session
+if TYPE_CHECKING:
+    from tlsgw.proxy.record import SessionRecord
+
+Getter = Callable[["SessionRecord"], "str | None"]  # None: the variable is "not found"
 
 _VAR = re.compile(r"\$(?:\{([A-Za-z0-9_]+)\}|([A-Za-z0-9_]+))")
 
@@ -178,5 +181,5 @@ class Template:
             raise TemplateError(f'invalid variable name in "{text}"')
         self.parts: list[str | Callable[[Any], str]] = parts  # type: ignore[assignment]
 
-    def render(self, session: Any) -> str:
+    def render(self, session: SessionRecord) -> str:
         return "".join(p if isinstance(p, str) else p(session) for p in self.parts)

@@ -4,7 +4,7 @@ uvloop's ``create_server(ssl=...)`` hides a failed handshake (the application pr
 hears of the connection), and ``start_tls()`` after accepting loses the ClientHello because
 uvloop may deliver data before the protocol can pause reading. So a TLS listener is a plain
 server whose protocol factory returns :class:`TLSAccept` — a subclass of uvloop's C
-``SSLProtocol`` wrapping the :class:`~tlsgw.session.Session` — exactly what uvloop does
+``SSLProtocol`` wrapping the :class:`~tlsgw.proxy.pump.Session` — exactly what uvloop does
 internally, plus two hooks: the raw transport is handed to the session at accept (client
 address, counters, logging) and the handshake waiter reports failures and their causes.
 
@@ -54,11 +54,12 @@ class ServerSSLObject(ssl.SSLObject):
 class _Accepting:
     """Stands in for the ``SSLContext`` uvloop's SSLProtocol wraps one accepted connection with."""
 
-    __slots__ = ("ctx", "transport")
+    __slots__ = ("ctx", "transport", "sslobj")
 
     def __init__(self, ctx: ssl.SSLContext):
         self.ctx = ctx
         self.transport: Any = None
+        self.sslobj: ServerSSLObject | None = None  # until the handshake is over
 
     def wrap_bio(self, incoming: ssl.MemoryBIO, outgoing: ssl.MemoryBIO, server_side: bool = True,
                  server_hostname: str | None = None) -> ssl.SSLObject:
@@ -66,16 +67,24 @@ class _Accepting:
                                       server_hostname=None, session=None, context=self.ctx)
         obj.tlsgw_alert = (outgoing, self.transport)
         self.transport = None
+        self.sslobj = obj
         return obj  # type: ignore[no-any-return]
 
 
 class TLSAccept(SSLProtocol):  # type: ignore[misc]
-    """Server-side TLS for one accepted connection of a ``listen ... ssl`` address."""
+    """Server-side TLS for one accepted connection of a ``listen ... ssl`` address.
+
+    Its own references (the session, the accepting wrapper and, through the ``SSLObject``'s
+    pending alert, the raw transport) are dropped as soon as the handshake is over, whichever
+    way it ended: each of them closes a cycle through the TLS transport, and a cycle would make
+    the connection's OpenSSL memory wait for Python's cyclic garbage collector instead of being
+    freed when the connection closes (uvloop drops its own references in ``connection_lost``).
+    """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, session: Any, ctx: ssl.SSLContext,
                  handshake_timeout: float):
         waiter = loop.create_future()
-        self.wrapper = _Accepting(ctx)
+        self.wrapper: _Accepting | None = _Accepting(ctx)
         super().__init__(loop, session, self.wrapper, waiter, server_side=True,
                          ssl_handshake_timeout=handshake_timeout)
         self.session = session
@@ -83,46 +92,20 @@ class TLSAccept(SSLProtocol):  # type: ignore[misc]
 
     def connection_made(self, transport: Any) -> None:
         self.session.accepted(transport)
-        self.wrapper.transport = transport
+        self.wrapper.transport = transport  # type: ignore[union-attr]
         super().connection_made(transport)
 
     def _handshake_done(self, fut: asyncio.Future[None]) -> None:
+        session, self.session = self.session, None
+        wrapper = self.wrapper
+        if wrapper is not None:
+            wrapper.transport = None
+            if wrapper.sslobj is not None:
+                wrapper.sslobj.tlsgw_alert = None
+                wrapper.sslobj = None
         exc = ConnectionAbortedError("cancelled") if fut.cancelled() else fut.exception()
-        if exc is not None:
-            self.session.handshake_failed(exc)
-
-
-def handshake_cause(exc: BaseException) -> str:
-    """A failed client handshake in plain language, for the error log."""
-    if isinstance(exc, ConnectionAbortedError) and "longer than" in str(exc):
-        return "handshake timed out (ssl_handshake_timeout)"
-    reason = (getattr(exc, "reason", None) or "").upper()
-    text = str(exc)
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        return f"client certificate verification failed: {exc.verify_message}"
-    table = [
-        (("HTTP_REQUEST", "HTTPS_PROXY_REQUEST", "WRONG_VERSION_NUMBER", "PACKET_LENGTH_TOO_LONG",
-          "UNEXPECTED_RECORD", "RECORD_LAYER_FAILURE", "UNKNOWN_PROTOCOL", "BAD_PACKET"),
-         "not TLS: the client sent something other than a TLS handshake"),
-        (("PEER_DID_NOT_RETURN_A_CERTIFICATE",), "client sent no certificate (ssl_verify_client)"),
-        (("TLSV1_ALERT_UNKNOWN_CA", "SSLV3_ALERT_BAD_CERTIFICATE", "SSLV3_ALERT_CERTIFICATE_UNKNOWN",
-          "TLSV1_ALERT_DECRYPT_ERROR", "SSLV3_ALERT_CERTIFICATE_EXPIRED"),
-         "client does not trust our certificate"),
-        (("CERTIFICATE_VERIFY_FAILED",), "client certificate verification failed"),
-        (("NO_SHARED_CIPHER",), "no cipher in common with the client (ssl_ciphers)"),
-        (("UNSUPPORTED_PROTOCOL", "TLSV1_ALERT_PROTOCOL_VERSION", "NO_PROTOCOLS_AVAILABLE",
-          "VERSION_TOO_LOW", "VERSION_TOO_HIGH"),
-         "client supports none of the enabled protocol versions (ssl_protocols)"),
-        (("NO_APPLICATION_PROTOCOL",), "client offered no protocol of ssl_alpn"),
-        (("NO_SUITABLE_SIGNATURE_ALGORITHM", "NO_SUITABLE_KEY_SHARE", "NO_SHARED_GROUPS"),
-         "no key exchange or signature algorithm in common with the client"),
-    ]
-    for reasons, cause in table:
-        if reason in reasons or any(r.lower().replace("_", " ") in text.lower() for r in reasons):
-            return cause
-    if isinstance(exc, (ConnectionResetError, BrokenPipeError)) or "EOF" in text:
-        return "client closed the connection during the handshake"
-    return "handshake failed"
+        if exc is not None and session is not None:
+            session.handshake_failed(exc)
 
 
 class _PeerTLS:
@@ -211,18 +194,3 @@ class UpstreamTLS:
             return False
         self.sessions[(peer_name, self.name)] = session
         return True
-
-
-def verify_error_text(exc: BaseException) -> str:
-    """A failed upstream TLS handshake, worded as nginx does (before ``while SSL handshaking
-    to upstream``)."""
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        return f"upstream SSL certificate verify error: ({exc.verify_code}:{exc.verify_message})"
-    if isinstance(exc, ssl.SSLError):
-        return f"SSL_do_handshake() failed (SSL: {exc.reason or exc})"
-    if isinstance(exc, ConnectionAbortedError) and "longer than" in str(exc):
-        return "upstream timed out (110: Connection timed out)"
-    if isinstance(exc, OSError) and exc.errno:
-        return f"SSL_do_handshake() failed ({exc.errno}: {exc.strerror})"
-    # uvloop reports an EOF in the middle of the handshake as a bare ConnectionResetError
-    return "peer closed connection in SSL handshake"

@@ -1,0 +1,95 @@
+"""Imports flow one way (issue 8): no module-level cycle in the package, the data path's leaf
+modules depend on nothing of tlsgw, and no data-path function imports at call time.
+
+Read from the source with ``ast``: imports under ``if TYPE_CHECKING:`` are for annotations
+only and do not count; imports inside functions are "lazy" and counted separately.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parent.parent / "tlsgw"
+LEAVES = ("tlsgw.proxy.flow", "tlsgw.proxy.messages", "tlsgw.proxy.record")
+
+
+def _module(path: Path) -> str:
+    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(path: Path) -> tuple[set[str], set[str]]:
+    """(module-level imports, imports inside functions) of tlsgw modules."""
+    module = _module(path)
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    top: set[str] = set()
+    lazy: set[str] = set()
+
+    def names(node: ast.Import | ast.ImportFrom) -> list[str]:
+        if isinstance(node, ast.Import):
+            return [a.name for a in node.names]
+        base = node.module or ""
+        if node.level:
+            anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+            base = ".".join(anchor + ([base] if base else []))
+        return [base] + [f"{base}.{a.name}" for a in node.names]
+
+    def visit(node: ast.AST, in_function: bool) -> None:
+        for child in ast.iter_child_nodes(node):
+            if (isinstance(child, ast.If) and isinstance(child.test, ast.Name)
+                    and child.test.id == "TYPE_CHECKING"):
+                continue
+            if isinstance(child, (ast.Import, ast.ImportFrom)):
+                found = {n for n in names(child) if n.split(".")[0] == "tlsgw"}
+                (lazy if in_function else top).update(found)
+            else:
+                visit(child, in_function or isinstance(child, (ast.FunctionDef,
+                                                               ast.AsyncFunctionDef)))
+
+    visit(ast.parse(path.read_text()), False)
+    return top, lazy
+
+
+def _graph() -> tuple[dict[str, set[str]], dict[str, set[str]]]:
+    top: dict[str, set[str]] = {}
+    lazy: dict[str, set[str]] = {}
+    for path in PACKAGE.rglob("*.py"):
+        top[_module(path)], lazy[_module(path)] = _imports(path)
+    known = set(top)
+    return ({m: {d for d in deps if d in known and d != m} for m, deps in top.items()},
+            {m: {d for d in deps if d in known} for m, deps in lazy.items()})
+
+
+def test_no_import_cycles():
+    graph, _ = _graph()
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def walk(m: str) -> None:
+        state[m] = 1
+        path.append(m)
+        for d in sorted(graph[m]):
+            if state.get(d) == 1:
+                raise AssertionError("import cycle: " + " -> ".join(path[path.index(d):] + [d]))
+            if d not in state:
+                walk(d)
+        path.pop()
+        state[m] = 2
+
+    for m in sorted(graph):
+        if m not in state:
+            walk(m)
+
+
+def test_data_path_leaves_depend_on_nothing_of_tlsgw():
+    graph, _ = _graph()
+    for leaf in LEAVES:
+        assert graph[leaf] - {"tlsgw.proxy"} == set(), (leaf, graph[leaf])
+    assert "tlsgw.proxy.pump" not in graph["tlsgw.proxy.connect"]  # the pump calls connect
+
+
+def test_no_imports_inside_data_path_functions():
+    _, lazy = _graph()
+    offenders = {m: deps for m, deps in lazy.items() if m.startswith("tlsgw.proxy") and deps}
+    assert offenders == {}
