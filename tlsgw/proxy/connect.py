@@ -32,7 +32,7 @@ _monotonic = time.monotonic
 async def attempts(session: Session) -> tuple[Peer, Attempt, UpstreamSide, Any] | None:
     """Try peers until one connects: returns (peer, its attempt, the upstream protocol, its
     transport), or None when the session is over (ended here with 502, or by its client)."""
-    rt, w, peers = session.rt, session.worker, session.peers
+    rt, loop, peers = session.rt, session.ctx.loop, session.peers
     assert peers is not None
     first_start = _monotonic()
     while True:
@@ -51,15 +51,15 @@ async def attempts(session: Session) -> tuple[Peer, Attempt, UpstreamSide, Any] 
         proto: Any = up
         handshake: Any = None
         if tls is not None:
-            proto, handshake = tls.protocol(w.loop, up, peer.name, rt.connect_timeout)
+            proto, handshake = tls.protocol(loop, up, peer.name, rt.connect_timeout)
         factory = functools.partial(_same, proto)
         raw: Any = None
         try:
             async with asyncio.timeout(rt.connect_timeout):
                 if addr.family == socket.AF_UNIX:
-                    raw, _ = await w.loop.create_unix_connection(factory, addr.host)
+                    raw, _ = await loop.create_unix_connection(factory, addr.host)
                 else:
-                    raw, _ = await w.loop.create_connection(factory, addr.host, addr.port)
+                    raw, _ = await loop.create_connection(factory, addr.host, addr.port)
                 if tls is not None:
                     await handshake
                 transport = up.transport
