@@ -52,7 +52,7 @@ from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 
-from tlsgw.balancer import Peer, PeerSession
+from tlsgw.balancer import Peer, Picker
 from tlsgw.proxy import connect, messages
 from tlsgw.proxy.context import WorkerContext
 from tlsgw.proxy.flow import BACKPRESSURE, HELD, FlowControl
@@ -147,7 +147,7 @@ class Session(asyncio.Protocol):
 
     __slots__ = ("ctx", "rt", "group", "sslobj", "listen_name", "state", "status",
                  "bytes_sent", "bytes_received", "up_received", "attempts", "upstream",
-                 "write_upstream", "held", "held_size", "peer", "peers", "client_eof",
+                 "write_upstream", "held", "held_size", "peer", "picker", "client_eof",
                  "upstream_eof", "client_flow", "upstream_flow",
                  "connect_task", "idle_timer", "last", "transport", "start", "conn_id",
                  "remote_addr", "remote_port", "server_addr", "server_port")
@@ -170,7 +170,7 @@ class Session(asyncio.Protocol):
         self.held: list[bytes] | None = []  # None once connected
         self.held_size = 0
         self.peer: Peer | None = None
-        self.peers: PeerSession | None = None
+        self.picker: Picker | None = None
         self.client_eof = False
         self.upstream_eof = False
         self.connect_task: asyncio.Task[None] | None = None
@@ -217,7 +217,7 @@ class Session(asyncio.Protocol):
         key = None
         if rt.key is not None:
             key = (self.remote_addr if rt.key_is_remote_addr else rt.key.render(self)).encode()
-        self.peers = rt.upstream.session(key, rt.next_upstream_tries)
+        self.picker = rt.upstream.picker(key, rt.next_upstream_tries)
         self.state = CONNECTING
         self.connect_task = self.ctx.loop.create_task(self.connect())
 
@@ -322,13 +322,13 @@ class Session(asyncio.Protocol):
         """An attempt connected (:func:`tlsgw.proxy.connect.attempts`): start proxying."""
         rt, ctx = self.rt, self.ctx
         tls = rt.proxy_tls
-        peers = self.peers
-        assert peers is not None
+        picker = self.picker
+        assert picker is not None
         self.connect_task = None
         if self.state is ENDED:  # the client went away while we were connecting
             transport.close()
             return
-        peers.connected(peer)
+        picker.connected(peer)
         if tls is not None:  # TLS 1.2 sessions are complete now; TLS 1.3 ones at the first data
             tls.remember(peer.name, transport.get_extra_info("ssl_object"))
         now = _monotonic()
@@ -434,8 +434,8 @@ class Session(asyncio.Protocol):
                 last.bytes_received = self.up_received
                 self.bytes_sent = self.up_received
             last.end(_monotonic())
-        if self.peer is not None and self.peers is not None and self.upstream is not None:
-            self.peers.free(self.peer, failed=False)
+        if self.peer is not None and self.picker is not None and self.upstream is not None:
+            self.picker.free(self.peer, failed=False)
             self.peer = None
         ctx = self.ctx
         ctx.sessions.discard(self)
