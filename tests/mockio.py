@@ -16,12 +16,12 @@ import itertools
 import textwrap
 from collections import deque
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 from tlsgw.balancer import Upstream
 from tlsgw.config.load import load_config
 from tlsgw.proxy import connect, pump
+from tlsgw.proxy.context import WorkerContext
 from tlsgw.proxy.pump import Session
 from tlsgw.worker import ServerRuntime
 
@@ -266,13 +266,12 @@ class Harness:
         srv = cfg.servers[0]
         self.loop = FakeLoop()
         self.log = RecordingLog()
-        self.worker = SimpleNamespace(loop=self.loop, conn_seq=0, sessions=set(), log_info=True,
-                                      error_log=self.log, draining=False,
-                                      drained=asyncio.Event())
+        self.context = WorkerContext(self.loop, self.log)  # type: ignore[arg-type]
         upstream = Upstream(srv.upstream.name, srv.upstream.peer_configs(), srv.upstream.method,
                             clock=self.loop.time)
-        self.rt = ServerRuntime(self.worker, srv, upstream)  # type: ignore[arg-type]
-        self.session = Session(self.rt, "127.0.0.1:8000")
+        # the data path reads no worker: the session's worker is its context
+        self.rt = ServerRuntime(None, srv, upstream)  # type: ignore[arg-type]
+        self.session = Session(self.context, self.rt, "127.0.0.1:8000")
         self.client = MockTransport(self.loop, self.session)
         self._saved = pump._monotonic
         pump._monotonic = connect._monotonic = self.loop.time  # the session's clock: fake
@@ -288,7 +287,7 @@ class Harness:
 
     def another(self) -> tuple[Session, MockTransport]:
         """A further session of the same server (same peers and their failure state), started."""
-        session = Session(self.rt, "127.0.0.1:8000")
+        session = Session(self.context, self.rt, "127.0.0.1:8000")
         client = MockTransport(self.loop, session)
         self.loop.call(session.connection_made, client)
         return session, client

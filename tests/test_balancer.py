@@ -23,7 +23,7 @@ from tlsgw.balancer import (
     Method,
     Peer,
     PeerConfig,
-    PeerSession,
+    Picker,
     Upstream,
     ketama_points,
     ketama_split,
@@ -84,7 +84,7 @@ def upstream_for(vec: dict[str, Any], clock: Callable[[], float]) -> Upstream:
     return Upstream(ups["name"], [parse_server(s) for s in ups["servers"]], method, clock=clock)
 
 
-def attempt(up: Upstream, s: PeerSession, dead: set[str]) -> tuple[list[str], int]:
+def attempt(up: Upstream, s: Picker, dead: set[str]) -> tuple[list[str], int]:
     """Drive one session like the proxy does; returns ($upstream_addr list, $status)."""
     addrs: list[str] = []
     while True:
@@ -103,7 +103,7 @@ def attempt(up: Upstream, s: PeerSession, dead: set[str]) -> tuple[list[str], in
         return addrs, 200
 
 
-def replay_sessions(name: str) -> tuple[Upstream, list[PeerSession]]:
+def replay_sessions(name: str) -> tuple[Upstream, list[Picker]]:
     vec = load(name)
     up = upstream_for(vec, FakeClock())
     dead = set(vec["dead"])
@@ -112,7 +112,7 @@ def replay_sessions(name: str) -> tuple[Upstream, list[PeerSession]]:
     sessions = []
     for i, rec in enumerate(vec["sessions"]):
         key = rec["key"].encode() if "key" in rec else None
-        s = up.session(key, tries)
+        s = up.picker(key, tries)
         got = attempt(up, s, dead)
         sessions.append(s)
         if got != (rec["upstream_addr"], rec["status"]):
@@ -202,13 +202,13 @@ def test_rr_5_1_1_period() -> None:
 def test_held_connection_vectors(name: str) -> None:
     vec = load(name)
     up = upstream_for(vec, FakeClock())
-    held: dict[int, tuple[PeerSession, Peer]] = {}
+    held: dict[int, tuple[Picker, Peer]] = {}
     for i, step in enumerate(vec["steps"]):
         if step["op"] == "close":
             closing, peer = held.pop(step["id"])
             closing.free(peer, failed=False)
             continue
-        s = up.session()
+        s = up.picker()
         got_peer = s.get()
         if got_peer is None:
             got = ([up.name], 502)
@@ -266,7 +266,7 @@ def rr(*specs: str, clock: Callable[[], float] | None = None, kind: str = "round
 
 def pick(up: Upstream, key: bytes | None = None) -> Peer | None:
     """One session, one successful attempt, released at once."""
-    s = up.session(key)
+    s = up.picker(key)
     p = s.get()
     if p is not None:
         s.connected(p)
@@ -274,10 +274,10 @@ def pick(up: Upstream, key: bytes | None = None) -> Peer | None:
     return p
 
 
-def session_until(up: Upstream, name: str) -> tuple[PeerSession, Peer]:
+def session_until(up: Upstream, name: str) -> tuple[Picker, Peer]:
     """Start sessions (others succeed at once) until one is handed ``name``."""
     for _ in range(50):
-        s = up.session()
+        s = up.picker()
         p = s.get()
         assert p is not None
         if p.name == name:
@@ -352,7 +352,7 @@ def test_failures_below_max_fails_accumulate_without_decay() -> None:
 def test_single_peer_never_counts_failures_and_is_not_retried() -> None:
     up = rr("a:1")
     for _ in range(5):
-        s = up.session()
+        s = up.picker()
         assert s.tries == 1
         p = s.get()
         assert p is not None
@@ -362,19 +362,19 @@ def test_single_peer_never_counts_failures_and_is_not_retried() -> None:
 
 
 def test_single_peer_down_or_full_is_busy() -> None:
-    assert rr("a:1 down").session().get() is None
+    assert rr("a:1 down").picker().get() is None
     up = rr("a:1 max_conns=1")
-    s = up.session()
+    s = up.picker()
     p = s.get()
-    assert p is not None and up.session().get() is None
+    assert p is not None and up.picker().get() is None
     s.free(p, failed=False)
-    assert up.session().get() is p
+    assert up.picker().get() is p
 
 
 def test_backup_switch_clears_tried_set_and_sticks() -> None:
     up = rr("a:1", "b:1 backup", "c:1 backup")
     assert up.tries == 3
-    s = up.session()
+    s = up.picker()
     a = s.get()
     assert a is not None and a.name == "a:1" and not s.using_backup
     s.free(a, failed=True)
@@ -386,7 +386,7 @@ def test_backup_switch_clears_tried_set_and_sticks() -> None:
     s.free(c, failed=True)
     assert s.tries == 0 and s.get() is None
     # the next session goes straight to the backups while everything is disabled
-    assert up.session().get() is None
+    assert up.picker().get() is None
 
 
 def test_backup_used_only_when_no_primary_is_eligible() -> None:
@@ -400,19 +400,19 @@ def test_backup_used_only_when_no_primary_is_eligible() -> None:
 
 def test_max_conns_skips_full_peer() -> None:
     up = rr("a:1 weight=5 max_conns=1", "b:1")
-    s1 = up.session()
+    s1 = up.picker()
     a = s1.get()
     assert a is not None and a.name == "a:1" and a.conns == 1
-    s2 = up.session()
+    s2 = up.picker()
     assert s2.get().name == "b:1"  # type: ignore[union-attr]
     s1.free(a, failed=False)
     assert a.conns == 0
-    assert up.session().get() is a
+    assert up.picker().get() is a
 
 
 def test_all_failed_returns_none() -> None:
     up = rr("a:1", "b:1", "c:1 down")
-    s = up.session()
+    s = up.picker()
     assert s.tries == 2  # down peers do not count
     got = []
     while (p := s.get()) is not None:
@@ -421,13 +421,13 @@ def test_all_failed_returns_none() -> None:
         if not s.tries:
             break
     assert sorted(got) == ["a:1", "b:1"]
-    assert up.session().get() is None
+    assert up.picker().get() is None
 
 
 def test_effective_weight_drops_by_weight_div_max_fails_and_recovers() -> None:
     up = rr("a:1 weight=10 max_fails=3", "b:1")
     a = up.primary.peers[0]
-    s = up.session()
+    s = up.picker()
     assert s.get() is a
     s.free(a, failed=True)
     assert a.effective_weight == 10 - 10 // 3
@@ -468,7 +468,7 @@ def test_connected_clears_fails_only_after_a_restamped_check() -> None:
     up = rr("a:1 max_fails=5", "b:1", clock=clock)
     a = up.primary.peers[0]
     fail_once(up, "a:1")
-    s = up.session()
+    s = up.picker()
     s.connected(a)
     assert a.fails == 1
     a.checked += 1  # as a pick after fail_timeout would do
@@ -480,16 +480,16 @@ def test_least_conn_prefers_fewest_conns_per_weight() -> None:
     up = rr("a:1 weight=3", "b:1 weight=2", kind="least_conn")
     a, b = up.primary.peers
     a.conns, b.conns = 2, 1  # 2/3 vs 1/2: b is less loaded
-    assert up.session().get() is b
+    assert up.picker().get() is b
     a.conns, b.conns = 1, 1  # 1/3 vs 1/2
-    assert up.session().get() is a
+    assert up.picker().get() is a
 
 
 def test_least_conn_tie_goes_through_smooth_wrr() -> None:
     up = rr("a:1", "b:1 weight=2", "c:1", kind="least_conn")
     held = []
     for _ in range(3):
-        s = up.session()
+        s = up.picker()
         held.append(s.get())
     # all idle: WRR among the three picks b (heaviest); then a and c tie at 0: WRR picks a;
     # then c is the only idle one.
@@ -498,9 +498,9 @@ def test_least_conn_tie_goes_through_smooth_wrr() -> None:
 
 def test_least_conn_single_and_backup() -> None:
     up = rr("a:1", kind="least_conn")
-    assert up.session().get() is up.primary.peers[0]
+    assert up.picker().get() is up.primary.peers[0]
     up = rr("a:1 down", "b:1 backup", kind="least_conn")
-    assert up.session().get().name == "b:1"  # type: ignore[union-attr]
+    assert up.picker().get().name == "b:1"  # type: ignore[union-attr]
 
 
 class Script:
@@ -516,19 +516,19 @@ class Script:
 def test_random_weighted_ranges() -> None:
     # ranges: a [0,1), b [1,3), c [3,4)
     up = rr("a:1", "b:1 weight=2", "c:1", kind="random", rng=Script([0, 1, 2, 3, 7]))
-    assert names(up.session().get() for _ in range(5)) == ["a:1", "b:1", "b:1", "c:1", "c:1"]
+    assert names(up.picker().get() for _ in range(5)) == ["a:1", "b:1", "b:1", "c:1", "c:1"]
 
 
 def test_random_redraws_ineligible_and_counts_skips() -> None:
     up = rr("a:1", "b:1 weight=2", "c:1 down", kind="random", rng=Script([3, 3, 0]))
-    s = up.session()
+    s = up.picker()
     assert s.get().name == "a:1"  # type: ignore[union-attr]
     assert s._skips == 2
 
 
 def test_random_falls_back_to_round_robin_after_20_skips() -> None:
     up = rr("a:1 weight=8 down", "b:1", "c:1", kind="random", rng=lambda: 0)
-    s = up.session()
+    s = up.picker()
     p = s.get()
     assert p is not None and p.name == "b:1"  # round robin's first choice
     assert s._skips == MAX_HASH_TRIES + 1
@@ -546,25 +546,25 @@ def test_random_seeded_distribution_follows_weights() -> None:
 def test_random_two_prefers_less_loaded_and_ties_go_to_second() -> None:
     up = rr("a:1", "b:1", "c:1", kind="random_two", rng=Script([0, 0, 2]))
     a, _b, c = up.primary.peers
-    s = up.session()
+    s = up.picker()
     assert s.get() is c  # a, a again (same peer: redraw), then c; tie -> second draw
     assert s._skips == 2  # the accepted first draw counts too
     c.conns = 0
     a.conns = 1
     up._rng = Script([0, 2])
-    assert up.session().get() is c  # c less loaded
+    assert up.picker().get() is c  # c less loaded
     a.conns, c.conns = 0, 2
     up._rng = Script([0, 2])
-    assert up.session().get() is a  # second draw (c) strictly more loaded: first wins
+    assert up.picker().get() is a  # second draw (c) strictly more loaded: first wins
 
 
 def test_max_tries_caps_default_tries() -> None:
     up = rr("a:1", "b:1", "c:1", "d:1 down", "e:1 backup")
     assert up.tries == 4
-    assert up.session(max_tries=2).tries == 2
-    assert up.session(max_tries=9).tries == 4
-    assert up.session(max_tries=0).tries == 4
-    s = up.session(max_tries=2)
+    assert up.picker(max_tries=2).tries == 2
+    assert up.picker(max_tries=9).tries == 4
+    assert up.picker(max_tries=0).tries == 4
+    s = up.picker(max_tries=2)
     for _ in range(2):
         p = s.get()
         assert p is not None
@@ -574,11 +574,11 @@ def test_max_tries_caps_default_tries() -> None:
 
 def test_hash_falls_back_to_round_robin_after_20_skips() -> None:
     up = rr("a:1 weight=1000 down", "b:1", "c:1", kind="hash")
-    s = up.session(b"some key")
+    s = up.picker(b"some key")
     p = s.get()
     assert s._skips == MAX_HASH_TRIES + 1
     assert p is not None and p.name == "b:1"
-    s2 = up.session(b"some key")
+    s2 = up.picker(b"some key")
     assert s2.get().name == "c:1"  # type: ignore[union-attr]  # round robin moved on
 
 
@@ -586,7 +586,7 @@ def test_consistent_hash_falls_back_to_round_robin_after_20_skips() -> None:
     up = rr("a:1 weight=50 down", "b:1", kind="hash_consistent")
     # find a key whose walk starts deep inside a's points
     for i in range(10000):
-        s = up.session(b"k%d" % i)
+        s = up.picker(b"k%d" % i)
         p = s.get()
         if s._skips > MAX_HASH_TRIES:
             assert p is not None and p.name == "b:1"
@@ -596,7 +596,7 @@ def test_consistent_hash_falls_back_to_round_robin_after_20_skips() -> None:
 
 def test_consistent_hash_retry_continues_along_ring() -> None:
     up = rr("a:1", "b:1", "c:1", kind="hash_consistent")
-    s = up.session(b"10.1.2.3")
+    s = up.picker(b"10.1.2.3")
     first = s.get()
     assert first is not None
     s.free(first, failed=True)
@@ -605,12 +605,12 @@ def test_consistent_hash_retry_continues_along_ring() -> None:
     # the same choice is what a fresh session makes once the first server is gone
     up2 = rr(*(f"{n}:1{' down' if n == first.name[0] else ''}" for n in "abc"),
              kind="hash_consistent")
-    assert up2.session(b"10.1.2.3").get().name == second.name  # type: ignore[union-attr]
+    assert up2.picker(b"10.1.2.3").get().name == second.name  # type: ignore[union-attr]
 
 
 def test_hash_retry_continues_rehash_sequence() -> None:
     up = rr("a:1", "b:1", "c:1", "d:1", kind="hash")
-    s = up.session(b"abc")
+    s = up.picker(b"abc")
     p = s.get()
     assert p is not None and s._rehash == 1
     s.free(p, failed=True)
@@ -649,7 +649,7 @@ def test_hash_reaches_backup_only_through_round_robin_fallback() -> None:
     switches to the backup list."""
     for kind in ("hash", "hash_consistent"):
         up = rr("a:1 down", "b:1 down", "c:1 backup", kind=kind)
-        s = up.session(b"client-1")
+        s = up.picker(b"client-1")
         got = s.get()
         assert got is not None and got.name == "c:1" and s.using_backup
 

@@ -1,5 +1,7 @@
-"""Imports flow one way (issue 8): no module-level cycle in the package, the data path's leaf
-modules depend on nothing of tlsgw, and no data-path function imports at call time.
+"""Imports flow one way (issue 8): no module-level cycle in the package, imports go down the
+layers of docs/design.md (cli -> process -> data path -> runtime -> tls, logs -> config -> pure),
+the data path's leaf modules depend on nothing of tlsgw, and no data-path function imports at
+call time.
 
 Read from the source with ``ast``: imports under ``if TYPE_CHECKING:`` are for annotations
 only and do not count; imports inside functions are "lazy" and counted separately.
@@ -11,7 +13,21 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "tlsgw"
-LEAVES = ("tlsgw.proxy.flow", "tlsgw.proxy.messages", "tlsgw.proxy.record")
+LEAVES = ("tlsgw.proxy.flow", "tlsgw.proxy.messages", "tlsgw.proxy.record",
+          "tlsgw.proxy.context")
+
+# The layers, top first; a module belongs to the layer of its longest matching prefix. Modules
+# of no layer (certs, gencert, lab, probe, remap: tools beside the gateway) are not checked.
+LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("cli", ("tlsgw.cli", "tlsgw.__main__")),
+    ("process", ("tlsgw.process", "tlsgw.worker", "tlsgw.supervisor", "tlsgw.listener",
+                 "tlsgw.control", "tlsgw.procctl")),
+    ("data path", ("tlsgw.proxy", "tlsgw.tls.transport")),
+    ("runtime", ("tlsgw.runtime",)),
+    ("tls", ("tlsgw.tls", "tlsgw.logs")),
+    ("config", ("tlsgw.config",)),
+    ("pure", ("tlsgw.balancer", "tlsgw.variables", "tlsgw.errors")),
+)
 
 
 def _module(path: Path) -> str:
@@ -80,6 +96,69 @@ def test_no_import_cycles():
     for m in sorted(graph):
         if m not in state:
             walk(m)
+
+
+def _layer(module: str) -> int | None:
+    best: tuple[int, int] | None = None  # (prefix length, layer)
+    for rank, (_, prefixes) in enumerate(LAYERS):
+        for p in prefixes:
+            if (module == p or module.startswith(p + ".")) and (best is None or len(p) > best[0]):
+                best = (len(p), rank)
+    return None if best is None else best[1]
+
+
+def _upward(graph: dict[str, set[str]], below: str) -> dict[str, set[str]]:
+    """Imports by modules under the layer named ``below`` of modules in it or above it."""
+    names = [name for name, _ in LAYERS]
+    limit = names.index(below)
+    out: dict[str, set[str]] = {}
+    for m, deps in graph.items():
+        rank = _layer(m)
+        if rank is None or rank <= limit:
+            continue
+        bad = {d for d in deps if (r := _layer(d)) is not None and r <= limit}
+        if bad:
+            out[m] = bad
+    return out
+
+
+def test_layers_are_known():
+    assert _layer("tlsgw.tls.transport") == _layer("tlsgw.proxy.pump")  # the data path
+    assert _layer("tlsgw.tls.sni") == _layer("tlsgw.logs")
+    assert _layer("tlsgw.gencert") is None
+
+
+def test_only_cli_imports_cli_and_only_process_imports_process():
+    graph, _ = _graph()
+    assert _upward(graph, "cli") == {}
+    assert _upward(graph, "process") == {}
+
+
+def test_nothing_below_the_data_path_imports_it():
+    """runtime, tls, logs, config and the pure modules import no proxy module and no
+    tls.transport: the data path uses them, never the reverse."""
+    graph, _ = _graph()
+    assert _upward(graph, "data path") == {}
+
+
+def test_tls_transport_does_not_import_the_proxy():
+    """Same layer, one way: the proxy's phases wrap sessions in TLSAccept; the TLS glue takes
+    the session it is given and knows nothing of the pump."""
+    graph, _ = _graph()
+    assert {d for d in graph["tlsgw.tls.transport"] if d.startswith("tlsgw.proxy")} == set()
+
+
+def test_config_imports_no_data_path_runtime_or_process():
+    graph, _ = _graph()
+    for m, deps in graph.items():
+        if _layer(m) == _layer("tlsgw.config"):
+            assert {d for d in deps if _layer(d) is not None and _layer(d) < _layer("tlsgw.tls.sni")} \
+                == set(), m
+
+
+def test_pure_modules_import_only_pure_modules():
+    graph, _ = _graph()
+    assert _upward(graph, "config") == {}
 
 
 def test_data_path_leaves_depend_on_nothing_of_tlsgw():

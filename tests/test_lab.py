@@ -158,8 +158,8 @@ def test_readme_demo_output_matches_the_demo_placement(tmp_path: Path) -> None:
     assert [c for c, _ in sample] == [f"127.0.0.{i}" for i in range(1, clients + 1)
                                       for _ in range(repeat)]
     for client, port in sample:
-        session = upstream.session(client.encode())
-        peer = session.get()
-        session.free(peer, failed=False)
+        picker = upstream.picker(client.encode())
+        peer = picker.get()
+        picker.free(peer, failed=False)
         assert peer.name == f"127.0.0.1:{port}", client
     assert {port for _, port in sample} == {p.name.rpartition(":")[2] for p in upstream.peers}

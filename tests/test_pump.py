@@ -11,6 +11,7 @@ import pytest
 from mockio import Harness
 
 from tlsgw.proxy.flow import BACKPRESSURE, HELD, FlowControl, Reason
+from tlsgw.proxy.pump import State
 
 
 # ---- flow control -------------------------------------------------------------------------
@@ -109,7 +110,7 @@ def test_bytes_keep_their_order_through_hold_and_connect(harness):
     h = harness().start()
     h.client.feed(b"one ")
     h.client.feed(b"two ")
-    assert h.connects and not h.session.write_upstream  # still connecting: held
+    assert h.connects and h.session.state is State.CONNECTING  # held
     up = h.connect()
     assert up.writes == [b"one two "]  # the held bytes, flushed with one write
     h.client.feed(b"three")

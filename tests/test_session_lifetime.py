@@ -31,7 +31,7 @@ import uvloop
 from tlsgw import listener
 from tlsgw.config.load import load_config
 from tlsgw.proxy.pump import Session, UpstreamSide
-from tlsgw.tls.protocols import ServerSSLObject, TLSAccept
+from tlsgw.tls.transport import ServerSSLObject, TLSAccept
 from tlsgw.worker import Worker
 
 pytestmark = pytest.mark.timeout(60)
@@ -145,7 +145,7 @@ async def settle(worker: Worker, baseline: dict[str, int]) -> dict[str, int]:
         await asyncio.sleep(0.01)
         now = alive()
         left = {k: v - baseline.get(k, 0) for k, v in now.items() if v > baseline.get(k, 0)}
-        if not worker.sessions and not left:
+        if not worker.context.sessions and not left:
             break
     return left
 

@@ -17,7 +17,7 @@ from support import free_port
 
 from tlsgw import listener, logs
 from tlsgw.config.load import load_config
-from tlsgw.session import Session
+from tlsgw.proxy.pump import Session
 from tlsgw.worker import MASTER_SIGNALS, STOP_SIGNALS, Worker
 
 
@@ -111,7 +111,7 @@ def test_a_failing_protocol_callback_is_logged_at_crit_and_ends_only_its_session
         wb.write(b"boom")
         assert await asyncio.wait_for(rb.read(), 10) == b""  # that session is closed
         assert await roundtrip(ra, wa, b"still here") == b"still here"
-        assert len(worker.sessions) == 1
+        assert len(worker.context.sessions) == 1
         rc, wc = await asyncio.open_connection("127.0.0.1", ports[0])  # and new ones are served
         assert await roundtrip(rc, wc, b"new") == b"new"
         for w in (wa, wc):
@@ -136,7 +136,7 @@ def test_a_failing_finalize_still_lets_a_graceful_stop_finish(tmp_path):
             raise KeyError("no such variable")
 
     async def scenario(worker, ports, serving):
-        while worker.sessions:  # the readiness probes have ended
+        while worker.context.sessions:  # the readiness probes have ended
             await asyncio.sleep(0.01)
         rt = next(r for r in worker.runtimes.values() if r.cfg.listens[0].address.port == ports[1])
         rt.access_template = BrokenTemplate()
@@ -144,7 +144,7 @@ def test_a_failing_finalize_still_lets_a_graceful_stop_finish(tmp_path):
         assert await roundtrip(r, w, b"data") == b"data"
         worker.request_stop(False)  # graceful: waits for the open session
         await asyncio.sleep(0.05)
-        assert worker.draining and not serving.done()
+        assert worker.context.draining and not serving.done()
         w.close()  # the session ends; its finalize raises
         await asyncio.wait_for(asyncio.shield(serving), 10)
 
@@ -193,7 +193,7 @@ def test_a_failing_timer_callback_is_traced_to_its_session(tmp_path):
         worker = Worker(load_config(str(path)), [], 0)
         loop.set_exception_handler(worker.loop_exception)  # what serve() does
         rt = next(iter(worker.runtimes.values()))
-        victim, bystander = Session(rt, "127.0.0.1:9000"), Session(rt, "127.0.0.1:9000")
+        victim, bystander = (Session(worker.context, rt, "127.0.0.1:9000") for _ in range(2))
         for s in (victim, bystander):
             s.accepted(MockTransport())
         victim.last = None  # its idle check will fail: None + timeout
@@ -201,7 +201,7 @@ def test_a_failing_timer_callback_is_traced_to_its_session(tmp_path):
         loop.call_soon(victim.check_idle)
         loop.run_until_complete(asyncio.sleep(0.01))
         assert victim.finished and victim.transport.aborted
-        assert worker.sessions == {bystander} and not bystander.finished
+        assert worker.context.sessions == {bystander} and not bystander.finished
         logs.flush_all()
         crit = [line for line in (tmp_path / "error.log").read_text().splitlines()
                 if "[crit]" in line]

@@ -1,21 +1,21 @@
 """Upstream peer selection that reproduces nginx's ``stream`` balancers choice for choice.
 
 Pure logic: no sockets, no asyncio, no logging. The data path owns one :class:`Upstream` per
-``upstream`` group and worker, opens a :class:`PeerSession` per client session and drives it::
+``upstream`` group and worker, opens a :class:`Picker` per client session and drives it::
 
-    session = upstream.session(key=b"10.0.0.7", max_tries=cfg.proxy_next_upstream_tries)
+    picker = upstream.picker(key=b"10.0.0.7", max_tries=cfg.proxy_next_upstream_tries)
     while True:
-        peer = session.get()
+        peer = picker.get()
         if peer is None:                      # log "no live upstreams", status 502
             break
         if connect(peer.config.address):      # TCP connect + upstream TLS handshake
-            session.connected(peer)
+            picker.connected(peer)
             ...proxy...
-            session.free(peer, failed=False)
+            picker.free(peer, failed=False)
             break
-        if session.free(peer, failed=True):   # True: log "upstream server temporarily disabled"
+        if picker.free(peer, failed=True):   # True: log "upstream server temporarily disabled"
             ...
-        if session.tries == 0 or not next_upstream:
+        if picker.tries == 0 or not next_upstream:
             break                             # status 502
 
 Theory of operation
@@ -48,7 +48,7 @@ Smooth weighted round robin
     set or ``checked``.
 
 Failure accounting
-    Every attempt is released once with :meth:`PeerSession.free`. A failure bumps ``fails``,
+    Every attempt is released once with :meth:`Picker.free`. A failure bumps ``fails``,
     stamps ``accessed`` and ``checked`` with now and lowers ``effective_weight``; once ``fails``
     reaches ``max_fails`` the peer sits out until ``fail_timeout`` has passed since ``checked``.
     Picking a peer whose ``checked`` is older than ``fail_timeout`` restamps ``checked``, so a
@@ -114,7 +114,7 @@ __all__ = [
     "Method",
     "Peer",
     "PeerConfig",
-    "PeerSession",
+    "Picker",
     "Upstream",
     "ketama_points",
     "ketama_split",
@@ -416,24 +416,25 @@ class Upstream:
             ring = ketama_points([(p.server, p.weight) for p in self.primary.peers])
             self._ring_hashes = [h for h, _ in ring]
             self._ring_groups = [frozen[s] for _, s in ring]
-        self._get: Callable[[PeerSession], Peer | None] = _GETTERS[method.kind]
+        self._get: Callable[[Picker], Peer | None] = _GETTERS[method.kind]
 
     def now(self) -> int:
         """Whole seconds from the injected clock (nginx's ``ngx_time()``)."""
         return math.floor(self._clock())
 
-    def session(self, key: bytes | None = None, max_tries: int = 0) -> PeerSession:
+    def picker(self, key: bytes | None = None, max_tries: int = 0) -> Picker:
         """Start selecting for one client session.
 
         Args:
             key: the evaluated hash key; ignored by non-hash methods. Empty means round robin.
             max_tries: ``proxy_next_upstream_tries``; 0 leaves the default.
         """
-        return PeerSession(self, key, max_tries)
+        return Picker(self, key, max_tries)
 
 
-class PeerSession:
-    """Selection state of one client session (nginx's per-request peer data)."""
+class Picker:
+    """The walk over an upstream's peers for one client session: selection state, tries left
+    and the peers already tried (nginx's per-request peer data)."""
 
     __slots__ = (
         "upstream", "key", "tries", "_list", "_tried", "_current", "_skips", "_rehash",
@@ -666,11 +667,11 @@ class PeerSession:
                 return self._get_round_robin()
 
 
-_GETTERS: dict[str, Callable[[PeerSession], Peer | None]] = {
-    "round_robin": PeerSession._get_round_robin,
-    "hash": PeerSession._get_hash,
-    "hash_consistent": PeerSession._get_hash_consistent,
-    "least_conn": PeerSession._get_least_conn,
-    "random": PeerSession._get_random,
-    "random_two": PeerSession._get_random_two,
+_GETTERS: dict[str, Callable[[Picker], Peer | None]] = {
+    "round_robin": Picker._get_round_robin,
+    "hash": Picker._get_hash,
+    "hash_consistent": Picker._get_hash_consistent,
+    "least_conn": Picker._get_least_conn,
+    "random": Picker._get_random,
+    "random_two": Picker._get_random_two,
 }

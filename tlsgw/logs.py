@@ -162,7 +162,7 @@ class ErrorLog:
 
 
 def describe_exception(exc: BaseException) -> str:
-    """``RuntimeError('boom') at tlsgw/session.py:250 in data_received``: the exception and the
+    """``RuntimeError('boom') at tlsgw/proxy/pump.py:250 in data_received``: the exception and the
     innermost frame it came from, on one line (an error log entry is one line)."""
     tb: TracebackType | None = exc.__traceback__
     if tb is None:

@@ -63,12 +63,12 @@ def place(up: UpstreamConfig, addresses: list[str]) -> list[str]:
     key = up.key
     out = []
     for addr in addresses:
-        session = upstream.session(key.render(_Client(addr)).encode() if key else None)
-        peer = session.get()
+        picker = upstream.picker(key.render(_Client(addr)).encode() if key else None)
+        peer = picker.get()
         if peer is None:
             out.append(NONE)
             continue
-        session.free(peer, failed=False)  # back to zero connections: every client alike
+        picker.free(peer, failed=False)  # back to zero connections: every client alike
         out.append(peer.server)
     return out
 

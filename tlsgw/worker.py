@@ -30,9 +30,10 @@ from typing import Any
 from tlsgw import control, logs, procctl
 from tlsgw.balancer import Upstream
 from tlsgw.config.model import Config, ListenGroup, ServerConfig
-from tlsgw.session import Session
-from tlsgw.tls.protocols import TLSAccept, UpstreamTLS
-from tlsgw.tls.sni import install_sni
+from tlsgw.proxy import phases
+from tlsgw.proxy.context import WorkerContext
+from tlsgw.proxy.pump import ENDED, Session
+from tlsgw.tls.transport import UpstreamTLS
 
 
 class ServerRuntime:
@@ -90,12 +91,9 @@ class Worker:
         self.hostname = socket.gethostname()
         self.error_log = logs.ErrorLog(logs.sink(cfg.error_log.target), cfg.error_log_level)
         logs.install(self.error_log)
-        self.log_info = self.error_log.enabled("info")
-        self.sessions: set[Session] = set()
-        self.conn_seq = 0
-        self.draining = False
         self.loop: asyncio.AbstractEventLoop = asyncio.get_event_loop()
-        self.drained = asyncio.Event()
+        # what the sessions see of this worker: given to each by the protocol factories
+        self.context = WorkerContext(self.loop, self.error_log, self.pid, self.hostname)
         self.stop_requested = asyncio.Event()
         self.immediate = False
         upstreams = {id(u): Upstream(u.name, u.peer_configs(), u.method)
@@ -126,36 +124,28 @@ class Worker:
         await self.stop_requested.wait()
         for srv in servers:
             srv.close()
-        if not self.immediate and self.sessions:
-            self.draining = True
-            self.error_log.log("notice", f"gracefully shutting down, {len(self.sessions)} "
+        ctx = self.context
+        if not self.immediate and ctx.sessions:
+            ctx.draining = True
+            self.error_log.log("notice", f"gracefully shutting down, {len(ctx.sessions)} "
                                "sessions open")
             try:
                 async with asyncio.timeout(self.cfg.worker_shutdown_timeout):
-                    await self.drained.wait()
+                    await ctx.drained.wait()
             except TimeoutError:
-                self.error_log.log("notice", f"shutdown timeout, closing {len(self.sessions)} "
+                self.error_log.log("notice", f"shutdown timeout, closing {len(ctx.sessions)} "
                                    "sessions")
-        for s in list(self.sessions):
-            if self.log_info:
+        for s in list(ctx.sessions):
+            if ctx.log_info:
                 self.error_log.log("info", "disconnected on shutdown", s.conn_id)
             s.finalize(200, abort=True)
         await asyncio.sleep(0)
         self.error_log.log("notice", "exiting")
 
     def factory(self, group: ListenGroup) -> Callable[[], asyncio.Protocol]:
-        """The protocol factory of one listening socket."""
-        name = group.listen.log_name
-        default = self.runtimes[group.servers[0].index]
-        if not group.ssl:
-            return lambda: Session(default, name)
-        by_index = {s.index: self.runtimes[s.index] for s in group.servers}
-        logs_sni = any(s.access_log is not None and "ssl_server_name" in s.access_log.template.variables
-                       for s in group.servers)
-        if len(group.servers) > 1 or logs_sni:  # a Python call per handshake only when needed
-            install_sni(group, by_index)
-        ctx, timeout, loop = default.ssl_context, default.handshake_timeout, self.loop
-        return lambda: TLSAccept(loop, Session(default, name, by_index), ctx, timeout)
+        """The protocol factory of one listening socket: its phases (tlsgw.proxy.phases)."""
+        return phases.protocol_factory(group, phases.servers_of(group, self.runtimes),
+                                       self.context)
 
     def ignore_signal(self, sig: int) -> None:
         self.error_log.log("notice", f"signal {sig} ({procctl.signal_name(sig)}) received, "
@@ -208,18 +198,19 @@ class Worker:
                 self.error_log.log("crit", "ending the session failed too: "
                                    f"{logs.describe_exception(again)}", session.conn_id)
             self.forget(session)
-        if self.draining and not self.sessions:  # the bug may have struck before finalize did it
-            self.drained.set()
+        ctx = self.context
+        if ctx.draining and not ctx.sessions:  # the bug may have struck before finalize did it
+            ctx.drained.set()
 
     def forget(self, session: Session) -> None:
         """What ``finalize`` guarantees, once more, for a session whose finalize may have failed
         half way: both connections closed, the session out of the worker's set."""
-        session.finished = True
+        session.state = ENDED
         for transport in (getattr(session, "transport", None),
                           getattr(getattr(session, "upstream", None), "transport", None)):
             if transport is not None and not transport.is_closing():
                 transport.abort()
-        self.sessions.discard(session)
+        self.context.forget(session)
 
     def session_of(self, context: dict[str, Any], exc: BaseException | None) -> Session | None:
         """The session a loop error belongs to: the failing protocol's (the client side, the
@@ -242,7 +233,7 @@ class Worker:
         self.immediate = self.immediate or immediate
         if self.stop_requested.is_set():
             if immediate:  # SIGQUIT during a graceful drain: stop waiting
-                self.drained.set()
+                self.context.drained.set()
             return
         self.stop_requested.set()
 

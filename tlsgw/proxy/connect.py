@@ -1,6 +1,6 @@
 """Connecting a session to its upstream: nginx's attempt loop and its failure accounting.
 
-One attempt per peer the balancer offers (``PeerSession.get``): connect within
+One attempt per peer the balancer offers (``Picker.get``): connect within
 ``proxy_connect_timeout`` (for ``proxy_ssl``, the TLS handshake included), and on failure log
 nginx's line, free the peer as failed (which may disable it: ``max_fails``) and ask for the
 next one, while ``proxy_next_upstream``, ``proxy_next_upstream_tries`` and
@@ -32,11 +32,11 @@ _monotonic = time.monotonic
 async def attempts(session: Session) -> tuple[Peer, Attempt, UpstreamSide, Any] | None:
     """Try peers until one connects: returns (peer, its attempt, the upstream protocol, its
     transport), or None when the session is over (ended here with 502, or by its client)."""
-    rt, w, peers = session.rt, session.worker, session.peers
-    assert peers is not None
+    rt, loop, picker = session.rt, session.ctx.loop, session.picker
+    assert picker is not None
     first_start = _monotonic()
     while True:
-        peer = peers.get()
+        peer = picker.get()
         if peer is None:
             session.attempts.append(Attempt(rt.upstream.name, _monotonic()))
             session.error("error", messages.NO_LIVE_UPSTREAMS, upstream=rt.upstream.name)
@@ -51,15 +51,15 @@ async def attempts(session: Session) -> tuple[Peer, Attempt, UpstreamSide, Any] 
         proto: Any = up
         handshake: Any = None
         if tls is not None:
-            proto, handshake = tls.protocol(w.loop, up, peer.name, rt.connect_timeout)
+            proto, handshake = tls.protocol(loop, up, peer.name, rt.connect_timeout)
         factory = functools.partial(_same, proto)
         raw: Any = None
         try:
             async with asyncio.timeout(rt.connect_timeout):
                 if addr.family == socket.AF_UNIX:
-                    raw, _ = await w.loop.create_unix_connection(factory, addr.host)
+                    raw, _ = await loop.create_unix_connection(factory, addr.host)
                 else:
-                    raw, _ = await w.loop.create_connection(factory, addr.host, addr.port)
+                    raw, _ = await loop.create_connection(factory, addr.host, addr.port)
                 if tls is not None:
                     await handshake
                 transport = up.transport
@@ -67,7 +67,7 @@ async def attempts(session: Session) -> tuple[Peer, Attempt, UpstreamSide, Any] 
             if raw is not None:
                 raw.abort()
             if session.finished:
-                peers.free(peer, failed=False)
+                picker.free(peer, failed=False)
                 session.peer = None
                 return None
             raise
@@ -78,10 +78,10 @@ async def attempts(session: Session) -> tuple[Peer, Attempt, UpstreamSide, Any] 
             level, msg = messages.connect_failed(exc, connected=raw is not None,
                                                  tls=tls is not None)
             session.error(level, msg, upstream=peer.name)
-            if peers.free(peer, failed=True):
+            if picker.free(peer, failed=True):
                 session.error("warn", messages.PEER_DISABLED, upstream=peer.name)
             session.peer = None
-            if (not rt.next_upstream or peers.tries == 0
+            if (not rt.next_upstream or picker.tries == 0
                     or (rt.next_upstream_timeout
                         and _monotonic() - first_start >= rt.next_upstream_timeout)):
                 session.finalize(Status.BAD_GATEWAY)

@@ -38,21 +38,23 @@ frees the peer, logs, and writes the access-log line.
 Nothing may keep a finished session in a reference cycle (the connection's native TLS memory
 would wait for the cyclic GC): ``finalize`` drops the idle timer and the connect task, the
 upstream protocol drops the session in ``connection_lost``, the connect loop drops the
-upstream handshake future, and :class:`~tlsgw.tls.protocols.TLSAccept` drops its references
+upstream handshake future, and :class:`~tlsgw.tls.transport.TLSAccept` drops its references
 once the handshake is over. ``tests/test_session_lifetime.py`` checks each way a session ends.
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import socket
 import time
 from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 
-from tlsgw.balancer import Peer, PeerSession
+from tlsgw.balancer import Peer, Picker
 from tlsgw.proxy import connect, messages
+from tlsgw.proxy.context import WorkerContext
 from tlsgw.proxy.flow import BACKPRESSURE, HELD, FlowControl
 from tlsgw.proxy.record import Attempt, Status
 from tlsgw.tls.context import verify_result
@@ -61,6 +63,26 @@ if TYPE_CHECKING:
     from tlsgw.worker import ServerRuntime
 
 _monotonic = time.monotonic
+
+
+class State(enum.IntEnum):
+    """Where a session is (h11's ``_state.py`` is the model): one field instead of seven.
+
+    ``NEW`` → ``ACCEPTED`` → ``CONNECTING`` → ``PROXYING`` → ``ENDED``; any state may go to
+    ``ENDED`` (:meth:`Session.finalize`, exactly once). The EOF flags ``client_eof`` and
+    ``upstream_eof`` stay separate: they are per direction and orthogonal to the state (a FIN
+    while ``CONNECTING`` is delivered after the connect; half-close while ``PROXYING``).
+    """
+
+    NEW = 0  # made by the listener's protocol factory, not yet accepted
+    ACCEPTED = 1  # counted and logged; the pre-content phases run (TLS: the handshake)
+    CONNECTING = 2  # the content phase: the connect task runs, client bytes are held
+    PROXYING = 3  # connected: bytes move by callbacks only
+    ENDED = 4  # finalize has run: both sides closed, the peer freed, the access line written
+
+
+# The members by plain name: a global load per test instead of an enum attribute lookup.
+NEW, ACCEPTED, CONNECTING, PROXYING, ENDED = State
 
 
 class UpstreamSide(asyncio.Protocol):
@@ -75,7 +97,7 @@ class UpstreamSide(asyncio.Protocol):
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
         self.write_client = self.session.transport.write
-        if self.session.finished:  # the client left while we were connecting
+        if self.session.state is ENDED:  # the client left while we were connecting
             transport.abort()
 
     def data_received(self, data: bytes) -> None:
@@ -123,20 +145,21 @@ class _UpstreamFirstData(UpstreamSide):
 class Session(asyncio.Protocol):
     """Protocol of the accepted client connection, and the session state."""
 
-    __slots__ = ("rt", "group", "sslobj", "worker", "listen_name", "status", "bytes_sent",
-                 "bytes_received", "up_received", "attempts", "upstream", "write_upstream",
-                 "held", "held_size", "peer", "peers", "client_eof", "upstream_eof", "finished",
-                 "client_flow", "upstream_flow",
+    __slots__ = ("ctx", "rt", "group", "sslobj", "listen_name", "state", "status",
+                 "bytes_sent", "bytes_received", "up_received", "attempts", "upstream",
+                 "write_upstream", "held", "held_size", "peer", "picker", "client_eof",
+                 "upstream_eof", "client_flow", "upstream_flow",
                  "connect_task", "idle_timer", "last", "transport", "start", "conn_id",
                  "remote_addr", "remote_port", "server_addr", "server_port")
 
-    def __init__(self, rt: ServerRuntime, listen_name: str,
-                 group: list[ServerRuntime] | None = None):
+    def __init__(self, ctx: WorkerContext, rt: ServerRuntime, listen_name: str,
+                 group: dict[int, ServerRuntime] | None = None):
+        self.ctx = ctx
         self.rt = rt
         self.group = group  # TLS listeners: the servers SNI may choose from (by config index)
         self.sslobj: Any = None
-        self.worker = rt.worker
         self.listen_name = listen_name
+        self.state = NEW
         self.status = 0
         self.bytes_sent = 0  # to the client
         self.bytes_received = 0  # from the client
@@ -144,13 +167,12 @@ class Session(asyncio.Protocol):
         self.attempts: list[Attempt] = []
         self.upstream: UpstreamSide | None = None
         self.write_upstream: Any = None
-        self.held: list[bytes] | None = []
+        self.held: list[bytes] | None = []  # None once connected
         self.held_size = 0
         self.peer: Peer | None = None
-        self.peers: PeerSession | None = None
+        self.picker: Picker | None = None
         self.client_eof = False
         self.upstream_eof = False
-        self.finished = False
         self.connect_task: asyncio.Task[None] | None = None
         self.client_flow: FlowControl | None = None  # the client's reading (from connection_made)
         self.upstream_flow: FlowControl | None = None  # the upstream's reading (once connected)
@@ -162,10 +184,10 @@ class Session(asyncio.Protocol):
         """The TCP connection is accepted (for TLS listeners: before the handshake)."""
         self.transport = transport
         self.start = self.last = _monotonic()
-        w = self.worker
-        w.conn_seq += 1
-        self.conn_id = w.conn_seq
-        w.sessions.add(self)
+        self.state = ACCEPTED
+        ctx = self.ctx
+        self.conn_id = next(ctx.conn_ids)
+        ctx.sessions.add(self)
         peer = transport.get_extra_info("peername")
         local = transport.get_extra_info("sockname")
         if isinstance(peer, tuple):
@@ -176,8 +198,9 @@ class Session(asyncio.Protocol):
         else:  # unix socket listener
             self.remote_addr, self.remote_port = "unix:", 0
             self.server_addr, self.server_port = f"unix:{local}", 0
-        if w.log_info:
-            w.error_log.log("info", messages.client_connected(peer, self.listen_name), self.conn_id)
+        if ctx.log_info:
+            ctx.error_log.log("info", messages.client_connected(peer, self.listen_name),
+                              self.conn_id)
 
     def connection_made(self, transport: Any) -> None:
         if self.group is None:
@@ -194,15 +217,21 @@ class Session(asyncio.Protocol):
         key = None
         if rt.key is not None:
             key = (self.remote_addr if rt.key_is_remote_addr else rt.key.render(self)).encode()
-        self.peers = rt.upstream.session(key, rt.next_upstream_tries)
-        self.connect_task = self.worker.loop.create_task(self.connect())
+        self.picker = rt.upstream.picker(key, rt.next_upstream_tries)
+        self.state = CONNECTING
+        self.connect_task = self.ctx.loop.create_task(self.connect())
 
     def handshake_failed(self, exc: BaseException) -> None:
         """The client TLS handshake failed or timed out: log why, status 500."""
-        if self.finished or not hasattr(self, "conn_id"):
+        if self.state is not ACCEPTED:  # never accepted, or already ended
             return
         self.error("info", messages.client_handshake_failed(exc), proxy=False)
         self.finalize(Status.INTERNAL_SERVER_ERROR, abort=True)
+
+    @property
+    def finished(self) -> bool:
+        """The session has ended (``state`` is ``ENDED``)."""
+        return self.state is ENDED
 
     # ---- $ssl_* variables (read lazily, only when a log format uses them) ------------------
     @property
@@ -240,13 +269,16 @@ class Session(asyncio.Protocol):
         return "SUCCESS" if self.sslobj.getpeercert(binary_form=True) else "NONE"
 
     def data_received(self, data: bytes) -> None:
+        # The per-chunk path tests ``write_upstream`` rather than ``state``: it is the one
+        # attribute the write needs anyway, set in the same step as PROXYING (one load, one
+        # ``is not None``); everything after the ``return`` runs only while not PROXYING.
         write = self.write_upstream
         if write is not None:
             write(data)
             self.bytes_received += len(data)
             self.last = _monotonic()
             return
-        if self.held is None:  # connect failed; the session is ending
+        if self.state is not CONNECTING:  # the session has ended (uvloop may still deliver)
             return
         self.held.append(data)
         self.held_size += len(data)
@@ -288,15 +320,15 @@ class Session(asyncio.Protocol):
 
     def connected(self, peer: Peer, attempt: Attempt, up: UpstreamSide, transport: Any) -> None:
         """An attempt connected (:func:`tlsgw.proxy.connect.attempts`): start proxying."""
-        rt, w = self.rt, self.worker
+        rt, ctx = self.rt, self.ctx
         tls = rt.proxy_tls
-        peers = self.peers
-        assert peers is not None
+        picker = self.picker
+        assert picker is not None
         self.connect_task = None
-        if self.finished:  # the client went away while we were connecting
+        if self.state is ENDED:  # the client went away while we were connecting
             transport.close()
             return
-        peers.connected(peer)
+        picker.connected(peer)
         if tls is not None:  # TLS 1.2 sessions are complete now; TLS 1.3 ones at the first data
             tls.remember(peer.name, transport.get_extra_info("ssl_object"))
         now = _monotonic()
@@ -305,28 +337,29 @@ class Session(asyncio.Protocol):
         if not rt.tcp_nodelay and peer.config.address.family != socket.AF_UNIX:
             _nodelay_off(transport)
         transport.set_write_buffer_limits(high=rt.buffer_size)
-        if w.log_info:
+        if ctx.log_info:
             local = transport.get_extra_info("sockname")
-            w.error_log.log("info", messages.proxy_connected(local, peer.name), self.conn_id)
+            ctx.error_log.log("info", messages.proxy_connected(local, peer.name), self.conn_id)
         held, self.held = self.held, None
         self.upstream_flow = FlowControl(transport)
+        self.state = PROXYING
         self.write_upstream = transport.write
         if held:  # this write may cross the upstream's high-water mark: BACKPRESSURE then holds
             transport.write(b"".join(held))
         self.client_flow.resume(HELD)  # type: ignore[union-attr]
         self.last = now
-        self.idle_timer = w.loop.call_at(now + rt.timeout, self.check_idle)
+        self.idle_timer = ctx.loop.call_at(now + rt.timeout, self.check_idle)
         if self.client_eof:
             self.side_eof(upstream=False)
 
     # ---- ending ---------------------------------------------------------------------------
     def check_idle(self) -> None:
-        if self.finished:
+        if self.state is ENDED:
             return
         deadline = self.last + self.rt.timeout
         now = _monotonic()
         if now < deadline:
-            self.idle_timer = self.worker.loop.call_at(deadline, self.check_idle)
+            self.idle_timer = self.ctx.loop.call_at(deadline, self.check_idle)
             return
         self.idle_timer = None
         self.error("info", messages.IDLE_TIMEOUT, upstream=self.peer.name if self.peer else None)
@@ -338,8 +371,8 @@ class Session(asyncio.Protocol):
             self.upstream_eof = True
         else:
             self.client_eof = True
-            if self.write_upstream is None:
-                return True  # still connecting: nginx completes the connect and delivers
+            if self.state is CONNECTING:
+                return True  # nginx completes the connect and delivers
         if not self.rt.half_close:
             self.disconnected(upstream)
             return True
@@ -354,14 +387,14 @@ class Session(asyncio.Protocol):
         return True
 
     def side_lost(self, upstream: bool, exc: Exception | None) -> None:
-        if self.finished:
+        if self.state is ENDED:
             return
         if exc is not None:
             level, msg = messages.recv_failed(exc, upstream)
             self.error(level, msg, upstream=self.peer.name if self.peer else None)
             self.finalize(Status.OK, abort=True)
             return
-        if not upstream and self.write_upstream is None and self.connect_task is not None:
+        if not upstream and self.state is CONNECTING:
             # a TLS client that ended (close_notify or FIN) while we were connecting: uvloop
             # has closed its side already, but what it sent is still delivered once connected,
             # as for a TCP client's FIN and as nginx does; the connect task ends the session.
@@ -370,16 +403,17 @@ class Session(asyncio.Protocol):
         self.disconnected(upstream)
 
     def disconnected(self, upstream: bool) -> None:
-        if self.worker.log_info and not self.finished:
-            self.worker.error_log.log("info", messages.disconnected(upstream, self.byte_counts()),
-                                      self.conn_id)
+        ctx = self.ctx
+        if ctx.log_info and self.state is not ENDED:
+            ctx.error_log.log("info", messages.disconnected(upstream, self.byte_counts()),
+                              self.conn_id)
         self.finalize(Status.OK)
 
     def finalize(self, status: int, abort: bool = False) -> None:
         """End the session once: close both sides, free the peer, write the access log."""
-        if self.finished:
+        if self.state is ENDED:
             return
-        self.finished = True
+        self.state = ENDED
         self.status = status
         timer, self.idle_timer = self.idle_timer, None
         if timer is not None:
@@ -400,15 +434,15 @@ class Session(asyncio.Protocol):
                 last.bytes_received = self.up_received
                 self.bytes_sent = self.up_received
             last.end(_monotonic())
-        if self.peer is not None and self.peers is not None and self.upstream is not None:
-            self.peers.free(self.peer, failed=False)
+        if self.peer is not None and self.picker is not None and self.upstream is not None:
+            self.picker.free(self.peer, failed=False)
             self.peer = None
-        w = self.worker
-        w.sessions.discard(self)
-        if self.rt.access_log is not None:
+        ctx = self.ctx
+        ctx.sessions.discard(self)
+        if self.rt.access_log is not None:  # the log phase
             self.rt.access_log.write(self.rt.access_template.render(self) + "\n")
-        if w.draining and not w.sessions:
-            w.drained.set()
+        if ctx.draining and not ctx.sessions:  # WorkerContext.forget, inline
+            ctx.drained.set()
 
     # ---- logging helpers ------------------------------------------------------------------
     def byte_counts(self) -> str:
@@ -417,7 +451,7 @@ class Session(asyncio.Protocol):
 
     def error(self, level: str, message: str, upstream: str | None = None,
               proxy: bool = True) -> None:
-        log = self.worker.error_log
+        log = self.ctx.error_log
         if not log.enabled(level):
             return
         log.log(level, messages.context(message, self.remote_addr, self.listen_name, upstream,

@@ -61,7 +61,7 @@ class SessionRecord(Protocol):
     bytes_sent: int  # to the client
     bytes_received: int  # from the client
     attempts: list[Attempt]
-    worker: WorkerInfo
+    ctx: WorkerInfo  # the worker: $pid, $hostname (tlsgw.proxy.context.WorkerContext)
 
     @property
     def ssl_protocol(self) -> str | None: ...

@@ -17,95 +17,113 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import os
 import ssl
 from typing import Any
 
 from uvloop.loop import SSLProtocol
 
-_AGAIN = (ssl.SSLWantReadError, ssl.SSLWantWriteError, ssl.SSLSyscallError)
-
 
 class ServerSSLObject(ssl.SSLObject):
-    """The ``SSLObject`` of an accepted connection: a failed handshake sends its alert.
+    """The ``SSLObject`` of an accepted connection, without a Python frame per call.
 
-    uvloop drops the connection as soon as ``do_handshake()`` raises, and the alert OpenSSL
-    wrote for the client (protocol_version, handshake_failure, unknown_ca,
-    no_application_protocol, ...) would stay in the outgoing BIO: the client would see a bare
-    EOF instead of the reason. nginx sends it, so this does too, before re-raising.
+    ``ssl.SSLObject`` is a Python class over the C ``_ssl._SSLSocket``: every ``do_handshake``,
+    ``read``, ``write`` and ``pending`` that uvloop makes (each handshake step, each TLS record
+    of the data path) is a Python call that only forwards to C. :func:`_direct` shadows those
+    four with the C object's own bound methods in the instance, so uvloop calls C directly; the
+    rest (``version()``, ``cipher()``, ... for the ``$ssl_*`` variables) stays Python's.
     """
 
-    tlsgw_alert: tuple[ssl.MemoryBIO, Any] | None = None  # (outgoing BIO, raw transport)
 
-    def do_handshake(self) -> None:
-        try:
-            self._sslobj.do_handshake()
-        except _AGAIN:
-            raise
-        except ssl.SSLError:
-            pending, self.tlsgw_alert = self.tlsgw_alert, None
-            if pending is not None:
-                data = pending[0].read()
-                if data and not pending[1].is_closing():
-                    pending[1].write(data)
-            raise
-        self.tlsgw_alert = None  # done: drop the transport reference
+def _direct(obj: ssl.SSLObject) -> ssl.SSLObject:
+    """Route uvloop's per-step and per-record calls on ``obj`` straight to C (see
+    :class:`ServerSSLObject`). The C object refers to ``obj`` only weakly: no cycle."""
+    c = obj._sslobj  # type: ignore[attr-defined]
+    obj.do_handshake, obj.read, obj.write, obj.pending = (  # type: ignore[method-assign]
+        c.do_handshake, c.read, c.write, c.pending)
+    return obj
 
 
 class _Accepting:
     """Stands in for the ``SSLContext`` uvloop's SSLProtocol wraps one accepted connection with."""
 
-    __slots__ = ("ctx", "transport", "sslobj")
+    __slots__ = ("ctx", "outgoing")
 
     def __init__(self, ctx: ssl.SSLContext):
         self.ctx = ctx
-        self.transport: Any = None
-        self.sslobj: ServerSSLObject | None = None  # until the handshake is over
+        self.outgoing: ssl.MemoryBIO | None = None  # until the handshake is over: its alert
 
     def wrap_bio(self, incoming: ssl.MemoryBIO, outgoing: ssl.MemoryBIO, server_side: bool = True,
                  server_hostname: str | None = None) -> ssl.SSLObject:
-        obj = ServerSSLObject._create(incoming, outgoing, server_side=True,  # type: ignore[attr-defined]
-                                      server_hostname=None, session=None, context=self.ctx)
-        obj.tlsgw_alert = (outgoing, self.transport)
-        self.transport = None
-        self.sslobj = obj
-        return obj  # type: ignore[no-any-return]
+        self.outgoing = outgoing
+        return _direct(ServerSSLObject._create(  # type: ignore[attr-defined]
+            incoming, outgoing, server_side=True, server_hostname=None, session=None,
+            context=self.ctx))
 
 
 class TLSAccept(SSLProtocol):  # type: ignore[misc]
     """Server-side TLS for one accepted connection of a ``listen ... ssl`` address.
 
-    Its own references (the session, the accepting wrapper and, through the ``SSLObject``'s
-    pending alert, the raw transport) are dropped as soon as the handshake is over, whichever
-    way it ended: each of them closes a cycle through the TLS transport, and a cycle would make
-    the connection's OpenSSL memory wait for Python's cyclic garbage collector instead of being
-    freed when the connection closes (uvloop drops its own references in ``connection_lost``).
+    It is its own handshake waiter: uvloop calls the waiter's ``set_result`` or
+    ``set_exception`` synchronously when the handshake ends (``_wakeup_waiter``), so the
+    outcome is handled at once, with no future and no loop round trip. That is also the only
+    moment a failed handshake's alert can still be sent: uvloop has just force-closed the raw
+    transport (its ``write`` now drops data) but not yet its socket, and the alert OpenSSL
+    wrote for the client (protocol_version, handshake_failure, unknown_ca,
+    no_application_protocol, ...) is still in the outgoing BIO, which uvloop empties in
+    ``connection_lost``. nginx sends it, so :meth:`set_exception` writes it to the socket —
+    work on the failure path only; a successful handshake runs no Python per step.
+
+    Its own references (the session, the accepting wrapper, the raw transport) are dropped as
+    soon as the handshake is over, whichever way it ended: each of them closes a cycle through
+    the TLS transport, and a cycle would make the connection's OpenSSL memory wait for Python's
+    cyclic garbage collector instead of being freed when the connection closes (uvloop drops
+    its own references in ``connection_lost``, including this waiter).
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, session: Any, ctx: ssl.SSLContext,
                  handshake_timeout: float):
-        waiter = loop.create_future()
         self.wrapper: _Accepting | None = _Accepting(ctx)
-        super().__init__(loop, session, self.wrapper, waiter, server_side=True,
+        super().__init__(loop, session, self.wrapper, self, server_side=True,
                          ssl_handshake_timeout=handshake_timeout)
         self.session = session
-        waiter.add_done_callback(self._handshake_done)
+        self.raw: Any = None
 
     def connection_made(self, transport: Any) -> None:
         self.session.accepted(transport)
-        self.wrapper.transport = transport  # type: ignore[union-attr]
+        self.raw = transport
         super().connection_made(transport)
 
-    def _handshake_done(self, fut: asyncio.Future[None]) -> None:
-        session, self.session = self.session, None
-        wrapper = self.wrapper
-        if wrapper is not None:
-            wrapper.transport = None
-            if wrapper.sslobj is not None:
-                wrapper.sslobj.tlsgw_alert = None
-                wrapper.sslobj = None
-        exc = ConnectionAbortedError("cancelled") if fut.cancelled() else fut.exception()
-        if exc is not None and session is not None:
+    # ---- the handshake waiter (uvloop's SSLProtocol._wakeup_waiter) ----------------------
+    def cancelled(self) -> bool:
+        return False
+
+    def set_result(self, _result: None) -> None:
+        """The handshake is done; the session has had its ``connection_made``."""
+        self.session = self.wrapper = self.raw = None
+
+    def set_exception(self, exc: BaseException) -> None:
+        """The handshake failed (or timed out, or the client left): send the alert, if
+        OpenSSL wrote one, and tell the session."""
+        session, wrapper, raw = self.session, self.wrapper, self.raw
+        self.session = self.wrapper = self.raw = None
+        outgoing = wrapper.outgoing if wrapper is not None else None
+        if outgoing is not None and outgoing.pending and raw is not None:
+            _send_alert(raw, outgoing.read())
+        if session is not None:
             session.handshake_failed(exc)
+
+
+def _send_alert(raw: Any, alert: bytes) -> None:
+    """Write ``alert`` to ``raw``'s socket now, as uvloop's own first write attempt would; only
+    if nothing is queued ahead of it (such bytes are lost at the close anyway, and an alert
+    before them would be garbage to the client)."""
+    try:
+        if raw.get_write_buffer_size():
+            return
+        os.write(raw.get_extra_info("socket").fileno(), alert)
+    except (OSError, RuntimeError, AttributeError):  # gone, full, reset: as a lost write
+        pass
 
 
 class _PeerTLS:
@@ -129,7 +147,7 @@ class _PeerTLS:
                                      server_hostname=server_hostname)
         if server_hostname is not None and not owner.sni:
             _clear_sni(obj, owner.raw_ctx)  # the name is verified, but proxy_ssl_server_name is off
-        return obj
+        return _direct(obj)
 
 
 SSL_CTRL_SET_TLSEXT_HOSTNAME = 55

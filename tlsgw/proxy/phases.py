@@ -1,0 +1,143 @@
+"""Connection set-up in nginx's order: what runs once per connection before and after the pump.
+
+nginx's stream module runs each connection through its phases in a fixed order
+(``ngx_stream_core_module``): *post-accept* (``realip``: the PROXY protocol header), *pre-access*
+(``limit_conn``), *access* (``allow``/``deny``), *ssl* (the client TLS handshake), *preread*
+(``ssl_preread``: route on the ClientHello), *content* (``proxy_pass``) and *log* (the access
+line). :class:`Phase` is that order; a feature slots in as one module that owns one phase.
+
+A listener's phases are decided once, when its protocol factory is built
+(:func:`protocol_factory`, called by the worker for each listening socket), not per connection:
+each pre-content phase a listen group uses wraps the factory of the phases after it, outermost
+first, so the first phase gets the raw transport first. A listen group that uses none of them
+gets the pump's :class:`~tlsgw.proxy.pump.Session` class itself as its factory (a
+``functools.partial``: no Python frame between the accept and the session), exactly as fast as
+before phases existed.
+
+What exists today:
+
+* ``POST_ACCEPT``: :meth:`Session.accepted <tlsgw.proxy.pump.Session.accepted>` — the
+  connection number, the client address, the open-sessions set, ``client connected`` (nginx's
+  ``ngx_stream_init_connection``). Always; it is not a wrapper.
+* ``SSL``: :class:`~tlsgw.tls.transport.TLSAccept` around the session, for ``listen ... ssl``;
+  with SNI selection installed when several servers share the address or
+  ``$ssl_server_name`` is logged.
+* ``CONTENT``: the pump (:class:`~tlsgw.proxy.pump.Session`; connecting is
+  :mod:`tlsgw.proxy.connect`).
+* ``LOG``: the access-log line, written by :meth:`Session.finalize
+  <tlsgw.proxy.pump.Session.finalize>` when the session ends.
+
+``PREACCESS``, ``ACCESS`` and ``PREREAD`` have no module yet. A wrapper for one of them is a
+:data:`Wrap`: given the listener and the inner factory, it returns the outer factory, or None
+when the listen group does not use that phase (then it costs nothing). A phase that must read
+before deciding (PROXY protocol, preread) owns the raw transport until it has decided, then
+hands it on with ``transport.set_protocol(inner)`` and replays what it read; a phase that only
+decides (allow/deny, limit_conn) runs in its factory's ``connection_made``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from tlsgw.config.model import ListenGroup
+from tlsgw.proxy.context import WorkerContext
+from tlsgw.proxy.pump import Session
+from tlsgw.tls.sni import install_sni
+from tlsgw.tls.transport import TLSAccept
+
+if TYPE_CHECKING:
+    from tlsgw.worker import ServerRuntime
+
+
+class Phase(enum.IntEnum):
+    """nginx's stream phases, in the order a connection goes through them."""
+
+    POST_ACCEPT = 1  # realip / PROXY protocol; the connection is counted and logged
+    PREACCESS = 2  # limit_conn
+    ACCESS = 3  # allow / deny
+    SSL = 4  # the client TLS handshake
+    PREREAD = 5  # ssl_preread
+    CONTENT = 6  # proxy_pass: the pump
+    LOG = 7  # the access-log line, at the session's end
+
+
+Factory = Callable[[], asyncio.Protocol]
+
+
+@dataclass(frozen=True, slots=True)
+class Listener:
+    """What a phase needs to build its part of one listening socket's protocol factory."""
+
+    group: ListenGroup
+    servers: dict[int, ServerRuntime]  # the group's servers by config index (SNI chooses)
+    context: WorkerContext
+
+    @property
+    def name(self) -> str:
+        return self.group.listen.log_name  # "server: ..." in the error log
+
+    @property
+    def default(self) -> ServerRuntime:
+        return self.servers[self.group.servers[0].index]  # nginx's default_server
+
+
+#: One pre-content phase: (listener, the factory of the phases after it) -> the factory with
+#: this phase in front, or None if the listener does not use the phase.
+Wrap = Callable[[Listener, Factory], "Factory | None"]
+
+
+def _ssl(listener: Listener, inner: Factory) -> Factory | None:
+    group = listener.group
+    if not group.ssl:
+        return None
+    servers = listener.servers
+    logs_sni = any(s.access_log is not None and "ssl_server_name" in s.access_log.template.variables
+                   for s in group.servers)
+    if len(group.servers) > 1 or logs_sni:  # a Python call per handshake only when needed
+        install_sni(group, servers)
+    default = listener.default
+    ctx, timeout, loop = default.ssl_context, default.handshake_timeout, listener.context.loop
+    return lambda: TLSAccept(loop, inner(), ctx, timeout)
+
+
+#: The pre-content phases that have a module, in nginx's order. POST_ACCEPT is the session's
+#: own ``accepted`` and LOG its ``finalize``; PREACCESS, ACCESS and PREREAD come with their
+#: features.
+BEFORE_CONTENT: tuple[tuple[Phase, Wrap], ...] = (
+    (Phase.SSL, _ssl),
+)
+
+
+def content(listener: Listener) -> Factory:
+    """The content phase's factory: a :class:`Session` of the listener's default server (for
+    TLS listeners SNI may choose another of ``servers`` once the handshake is done)."""
+    group = listener.servers if listener.group.ssl else None
+    return functools.partial(Session, listener.context, listener.default, listener.name, group)
+
+
+def protocol_factory(group: ListenGroup, servers: dict[int, ServerRuntime],
+                     context: WorkerContext) -> Factory:
+    """The protocol factory of one listening socket, and the phases it uses."""
+    return build(Listener(group, servers, context))[0]
+
+
+def build(listener: Listener) -> tuple[Factory, tuple[Phase, ...]]:
+    """(the protocol factory, the pre-content phases it runs, in order)."""
+    factory = content(listener)
+    used: list[Phase] = []
+    for phase, wrap in reversed(BEFORE_CONTENT):  # the innermost first
+        outer = wrap(listener, factory)
+        if outer is not None:
+            factory = outer
+            used.append(phase)
+    return factory, tuple(reversed(used))
+
+
+def servers_of(group: ListenGroup, runtimes: dict[int, Any]) -> dict[int, Any]:
+    """The runtimes of ``group``'s servers, by config index."""
+    return {s.index: runtimes[s.index] for s in group.servers}
