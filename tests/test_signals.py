@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from support import Gateway, connect, free_port, recv_exactly, wait_until
 
-from tlsgw.procctl import signal_name
+from tlsgw.process.procctl import signal_name
 
 # what an operator (or a terminal, or logrotate) may send; none of them means "stop"
 OPERATOR_SIGNALS = (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH, signal.SIGPIPE,

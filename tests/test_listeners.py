@@ -10,8 +10,8 @@ import textwrap
 import pytest
 from support import free_port
 
-from tlsgw import listener
 from tlsgw.config.load import load_config
+from tlsgw.process import listeners
 
 
 def listen_of(tmp_path, text: str):
@@ -28,7 +28,7 @@ def test_backlog_keepalive_reuseport_buffers(tmp_path):
     port = free_port()
     ls = listen_of(tmp_path, f"127.0.0.1:{port} backlog=77 reuseport so_keepalive=30s:5s:4 "
                              "rcvbuf=64k sndbuf=32k")
-    sock = listener.bind(ls)
+    sock = listeners.bind(ls)
     try:
         assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT) == 1
         assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
@@ -48,13 +48,13 @@ def test_backlog_keepalive_reuseport_buffers(tmp_path):
         a.close()
         c.close()
     finally:
-        listener.close(sock)
+        listeners.close(sock)
 
 
 def test_so_keepalive_off_and_default(tmp_path):
-    sock = listener.bind(listen_of(tmp_path, f"127.0.0.1:{free_port()} so_keepalive=off"))
+    sock = listeners.bind(listen_of(tmp_path, f"127.0.0.1:{free_port()} so_keepalive=off"))
     assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 0
-    listener.close(sock)
+    listeners.close(sock)
     ls = listen_of(tmp_path, f"127.0.0.1:{free_port()}")
     assert ls.so_keepalive is None and ls.backlog == 511 and not ls.reuseport
 
@@ -72,14 +72,14 @@ def _wildcard_free_port() -> int:
 @pytest.mark.parametrize("flag, expected", [("on", 1), ("off", 0)])
 def test_ipv6only(tmp_path, flag, expected):
     port = _wildcard_free_port()
-    sock = listener.bind(listen_of(tmp_path, f'"[::]:{port} ipv6only={flag}"'))
+    sock = listeners.bind(listen_of(tmp_path, f'"[::]:{port} ipv6only={flag}"'))
     try:
         assert sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == expected
         if expected == 0:  # a dual-stack socket accepts IPv4 clients too
             c = socket.create_connection(("127.0.0.1", port), timeout=2)
             c.close()
     finally:
-        listener.close(sock)
+        listeners.close(sock)
 
 
 def test_ipv6only_is_rejected_on_other_addresses(tmp_path):
@@ -97,7 +97,7 @@ def test_port_in_use_message(tmp_path):
     from tlsgw.errors import StartupError
 
     with pytest.raises(StartupError, match=rf"bind\(\) to 127.0.0.1:{port} failed \(98: Address already in use\)"):
-        listener.bind(listen_of(tmp_path, f"127.0.0.1:{port}"))
+        listeners.bind(listen_of(tmp_path, f"127.0.0.1:{port}"))
     busy.close()
 
 
@@ -106,6 +106,6 @@ def test_stale_unix_socket_is_replaced(tmp_path):
     stale = socket.socket(socket.AF_UNIX)
     stale.bind(str(path))
     stale.close()  # the file stays, nobody listens: what a crash leaves behind
-    sock = listener.bind(listen_of(tmp_path, f"unix:{path}"))
-    listener.close(sock)
+    sock = listeners.bind(listen_of(tmp_path, f"unix:{path}"))
+    listeners.close(sock)
     assert not path.exists()

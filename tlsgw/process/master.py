@@ -14,7 +14,7 @@ logged and ignored. The table, its handlers and the README's "Signals" section s
 * SIGUSR2, SIGWINCH, SIGPIPE, SIGTTIN, SIGTTOU, SIGALRM, the real-time signals, ... —
   logged and ignored.
 
-Each worker gets one end of a socket pair (:mod:`tlsgw.control`): commands go down it, and
+Each worker gets one end of a socket pair (:mod:`tlsgw.process.control`): commands go down it, and
 the worker reads EOF when the master is gone however it died.
 """
 
@@ -27,9 +27,10 @@ import socket
 import sys
 import time
 
-from tlsgw import control, listener, logs, procctl
+from tlsgw import logs
 from tlsgw.config.model import Config, ListenGroup
 from tlsgw.errors import StartupError
+from tlsgw.process import control, listeners, procctl
 
 RESPAWN_DELAY = 1.0  # seconds before restarting a worker that died within 1 s of its start
 
@@ -83,11 +84,11 @@ class Master:
             for group in self.cfg.groups:
                 if group.listen.reuseport:  # one socket per worker, the kernel spreads connections
                     for slot in range(n):
-                        sock = listener.bind(group.listen)
+                        sock = listeners.bind(group.listen)
                         self.sockets.append(sock)
                         self.slots[slot].append((group, sock))
                 else:
-                    sock = listener.bind(group.listen)
+                    sock = listeners.bind(group.listen)
                     self.sockets.append(sock)
                     for slot in range(n):
                         self.slots[slot].append((group, sock))
@@ -97,7 +98,7 @@ class Master:
 
     def close_listeners(self) -> None:
         for sock in self.sockets:
-            listener.close(sock)
+            listeners.close(sock)
         self.sockets = []
 
     def spawn(self, slot: int) -> None:
@@ -110,7 +111,7 @@ class Master:
                 mine.close()  # hold no master end, or EOF would never come
                 for other in self.controls.values():
                     other.close()
-                from tlsgw.worker import run_worker
+                from tlsgw.process.worker import run_worker
 
                 code = run_worker(self.cfg, self.slots[slot], slot, theirs, self.pid)
             except BaseException as exc:  # report, never unwind into the master's code
@@ -166,7 +167,7 @@ class Master:
                 pass
 
     def tell_workers(self, command: bytes) -> None:
-        """Send a :mod:`tlsgw.control` command to every worker, never blocking."""
+        """Send a :mod:`tlsgw.process.control` command to every worker, never blocking."""
         for pid, channel in list(self.controls.items()):
             try:
                 channel.send(command)
