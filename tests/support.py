@@ -248,6 +248,39 @@ class Gateway:
     def stderr(self) -> str:
         return self.err.read_text(errors="replace")
 
+    #: the master's notice line per listen entry, logged before it starts any worker
+    LISTENING = re.compile(r'listening on (\S+) \(listen "([^"]*)"\)')
+
+    def bound(self) -> list[tuple[str, str]]:
+        """``(bound address, listen text)`` per listening address, in configuration order, as
+        the master logged them (``listening on 127.0.0.1:40211 (listen "127.0.0.1:0")``): the
+        real port of a ``listen: 127.0.0.1:0``. Waits for the master's first ``start worker
+        process`` line, which follows them all (the error log must show notice lines)."""
+        assert self.proc is not None
+        wait_until(lambda: "start worker process" in self.stderr() or self.proc.poll() is not None,
+                   what="the master to bind its listeners")
+        found = self.LISTENING.findall(self.stderr())
+        assert found, f"no 'listening on' line (error_log below notice?):\n{self.stderr()}"
+        return found
+
+    def address(self, which: int | str = 0) -> str:
+        """The bound address of the ``which``-th listening address, or of the one whose listen
+        text is ``which``: ``127.0.0.1:40211``, ``[::1]:40211``, ``unix:/path``."""
+        bound = self.bound()
+        if isinstance(which, int):
+            return bound[which][0]
+        matches = [addr for addr, text in bound if text == which]
+        assert matches, f"no listen {which!r} among {bound}"
+        return matches[0]
+
+    def port(self, which: int | str = 0) -> int:
+        """The bound port of a listening address (see :meth:`address`)."""
+        return int(self.address(which).rpartition(":")[2])
+
+    def host(self, which: int | str = 0) -> str:
+        """The bound host of a listening address, without IPv6 brackets."""
+        return self.address(which).rpartition(":")[0].strip("[]")
+
     def stdout(self) -> str:
         return self.out.read_text(errors="replace")
 

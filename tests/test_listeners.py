@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
 import textwrap
+from dataclasses import replace
 
 import pytest
-from support import free_port
+from support import connect, free_port
 
 from tlsgw.config.load import load_config
+from tlsgw.errors import StartupError
 from tlsgw.process import listeners
 
 
@@ -109,3 +112,123 @@ def test_stale_unix_socket_is_replaced(tmp_path):
     sock = listeners.bind(listen_of(tmp_path, f"unix:{path}"))
     listeners.close(sock)
     assert not path.exists()
+
+
+# ---- the master's registry -----------------------------------------------------------------
+def _fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_listen_key_is_the_socket_not_the_server(tmp_path):
+    ls = listen_of(tmp_path, "127.0.0.1:9000 backlog=100")
+    assert listeners.listen_key(ls) == listeners.listen_key(replace(ls, ssl=True, default_server=True))
+    assert hash(listeners.listen_key(ls)) == hash(listeners.listen_key(replace(ls, ssl=True)))
+    for other in ("127.0.0.1:9001 backlog=100", "127.0.0.1:9000", "127.0.0.1:9000 backlog=100 reuseport",
+                  "127.0.0.1:9000 backlog=100 rcvbuf=8k", "127.0.0.1:9000 backlog=100 sndbuf=8k",
+                  "127.0.0.1:9000 backlog=100 so_keepalive=on"):
+        assert listeners.listen_key(listen_of(tmp_path, other)) != listeners.listen_key(ls), other
+    v6 = listen_of(tmp_path, '"[::]:9000"')
+    assert listeners.listen_key(v6) != listeners.listen_key(listen_of(tmp_path, '"[::]:9000 ipv6only=off"'))
+
+
+def test_registry_keeps_binds_and_closes(tmp_path):
+    a = listen_of(tmp_path, "127.0.0.1:0")
+    b = listen_of(tmp_path, '"[::1]:0"')
+    reg = listeners.Registry(slots=2)
+    try:
+        plan = reg.update([a, b])
+        assert sorted(map(str, plan.added)) == sorted(map(str, reg.sockets)) and len(reg.sockets) == 2
+        sock_a, sock_b = reg.socket(a, 0), reg.socket(b, 0)
+        assert reg.socket(a, 1) is sock_a  # without reuseport every slot shares one socket
+        assert reg.bound(a).port != 0 and reg.bound(a).host == "127.0.0.1"
+        assert reg.bound(b).name == f"[::1]:{sock_b.getsockname()[1]}"
+
+        c = listen_of(tmp_path, "127.0.0.1:0 backlog=50")  # another key: another socket
+        plan = reg.update([a, c])
+        assert plan.kept == [(listeners.listen_key(a), None)]
+        assert list(plan.removed) == [(listeners.listen_key(b), None)]
+        assert reg.socket(a, 0) is sock_a and sock_a.fileno() != -1  # unchanged: kept as is
+        assert sock_b.fileno() == -1  # no longer wanted: closed
+        assert reg.bound(c).port not in (0, reg.bound(a).port)
+        with socket.create_connection(reg.bound(a).sockaddr, timeout=2):
+            pass  # the kept socket still listens
+    finally:
+        reg.close_all()
+    assert reg.sockets == {} and sock_a.fileno() == -1
+
+
+def test_a_failed_bind_leaves_the_registry_unchanged(tmp_path):
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    port = busy.getsockname()[1]
+    reg = listeners.Registry(slots=3)
+    try:
+        a = listen_of(tmp_path, "127.0.0.1:0")
+        reg.update([a])
+        before, fds = dict(reg.sockets), _fds()
+        new = [listen_of(tmp_path, '"[::1]:0 reuseport"'), listen_of(tmp_path, f"127.0.0.1:{port}")]
+        with pytest.raises(StartupError, match=rf"^bind\(\) to 127.0.0.1:{port} failed \(98: "
+                                               r"Address already in use\)"):
+            reg.plan([a, *new])
+        assert reg.sockets == before and all(s.fileno() != -1 for s in before.values())
+        assert _fds() == fds  # the three [::1] sockets bound on the way were closed again
+        plan = reg.plan([a, new[0]])  # and abort() undoes a plan that did bind
+        assert len(plan.added) == 3 and _fds() == fds + 3
+        reg.abort(plan)
+        assert _fds() == fds and reg.sockets == before
+    finally:
+        reg.close_all()
+        busy.close()
+
+
+def test_reuseport_slots_share_the_port_zero_got(tmp_path):
+    ls = listen_of(tmp_path, "127.0.0.1:0 reuseport")
+    reg = listeners.Registry(slots=3)
+    try:
+        reg.update([ls])
+        socks = [reg.socket(ls, slot) for slot in range(3)]
+        assert len({id(s) for s in socks}) == 3  # one socket per worker
+        assert {s.getsockname() for s in socks} == {reg.bound(ls).sockaddr}
+        assert reg.bound(ls).port != 0
+        plan = reg.update([ls])  # a second pass keeps all three
+        assert plan.added == {} and len(plan.kept) == 3 and plan.removed == []
+    finally:
+        reg.close_all()
+
+
+def test_port_zero_in_check(tmp_path):
+    assert listen_of(tmp_path, "127.0.0.1:0").address.port == 0
+    assert listen_of(tmp_path, '"[::1]:0"').address.port == 0
+    assert listen_of(tmp_path, "0").address.name == "0.0.0.0:0"
+    from tlsgw.errors import ConfigErrors
+
+    p = tmp_path / "c.yaml"
+    p.write_text("servers:\n  - listen: 127.0.0.1:8000\n    proxy_pass: 127.0.0.1:0\n")
+    with pytest.raises(ConfigErrors, match="invalid port"):  # an upstream needs a real port
+        load_config(str(p))
+
+
+def test_gateway_on_port_zero_reports_what_it_bound(gateway, backends):
+    """``listen: 127.0.0.1:0`` end to end: the master logs the kernel's port, every reuseport
+    worker serves the one port, and the tests connect there instead of racing free_port()."""
+    b = backends("echo")
+    gw = gateway(f"""
+        worker_processes: 2
+        error_log: stderr notice
+        servers:
+          - listen: 127.0.0.1:0
+            proxy_pass: {b.address}
+          - listen: '[::1]:0 reuseport'
+            proxy_pass: {b.address}
+        """, workers=2)
+    (v4, v4_text), (v6, v6_text) = gw.bound()
+    assert (v4_text, v6_text) == ("127.0.0.1:0", "[::1]:0")
+    assert v4 == f"127.0.0.1:{gw.port(0)}" and v6 == f"[::1]:{gw.port('[::1]:0')}"
+    assert 0 not in (gw.port(0), gw.port(1)) and gw.host(1) == "::1"
+    assert f'listening on {v4} (listen "127.0.0.1:0")' in gw.stderr()
+    for i in (0, 1):
+        for _ in range(4):  # with reuseport, whichever worker's socket the kernel picks
+            with connect(gw.port(i), host=gw.host(i)) as s:
+                s.sendall(b"ping")
+                assert s.recv(4) == b"ping"

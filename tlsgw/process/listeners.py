@@ -1,4 +1,18 @@
-"""Binding listening sockets in the master, before any worker is forked."""
+"""The master's listening sockets: bound before any worker is forked, kept in a registry.
+
+:class:`Registry` holds every listening socket keyed by ``(ListenKey, slot)``: the
+:func:`listen_key` of a ``listen`` entry is its address plus the options that make a socket
+"the same" (``backlog``, ``rcvbuf``, ``sndbuf``, ``reuseport``, ``so_keepalive``,
+``ipv6only``; not ``ssl`` or ``default_server``, which are not socket properties), and the slot
+is the worker's number with ``reuseport`` (one socket per worker) or ``None`` (one socket that
+every worker shares). Making the sockets a configuration wants is two steps, so a reload can
+bind first and change nothing until it is sure: :meth:`Registry.plan` binds what is missing —
+all of it or nothing, with nginx's ``bind()`` messages — and :meth:`Registry.commit` installs
+it and closes what is no longer wanted (:meth:`Registry.abort` closes what a plan bound).
+
+Port 0 binds an ephemeral port; with ``reuseport`` the other slots bind the port the first
+slot got, so every slot's socket shares it. :meth:`Registry.bound` is the actual address.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +21,24 @@ import errno
 import os
 import socket
 import stat
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
 
+from tlsgw.config.addresses import Address
 from tlsgw.config.model import Listen
 from tlsgw.errors import StartupError
+
+#: (address, backlog, rcvbuf, sndbuf, reuseport, so_keepalive, ipv6only)
+ListenKey = tuple[Address, int, "int | None", "int | None", bool, object, bool]
+#: a socket in the registry: its listen key and the worker slot (None: shared by every worker)
+SocketKey = tuple[ListenKey, "int | None"]
+
+
+def listen_key(listen: Listen) -> ListenKey:
+    """What makes two ``listen`` entries one socket (hashable; ``so_keepalive`` is a bool, a
+    tuple or None)."""
+    return (listen.address, listen.backlog, listen.rcvbuf, listen.sndbuf, listen.reuseport,
+            listen.so_keepalive, listen.ipv6only)
 
 
 def _remove_stale_unix_socket(path: str) -> None:
@@ -30,9 +59,10 @@ def _remove_stale_unix_socket(path: str) -> None:
         probe.close()
 
 
-def bind(listen: Listen) -> socket.socket:
-    """Create, configure, bind and listen; errors are worded like nginx's ``bind()`` errors."""
-    addr = listen.address
+def bind(listen: Listen, address: Address | None = None) -> socket.socket:
+    """Create, configure, bind and listen; errors are worded like nginx's ``bind()`` errors.
+    ``address`` replaces ``listen.address`` (a reuseport slot binding the port slot 0 got)."""
+    addr = address or listen.address
     sock = socket.socket(addr.family, socket.SOCK_STREAM)
     try:
         if addr.family == socket.AF_UNIX:
@@ -74,3 +104,98 @@ def close(sock: socket.socket) -> None:
     if path:
         with contextlib.suppress(OSError):
             os.unlink(path)
+
+
+def bound_address(sock: socket.socket) -> Address:
+    """The address a socket is bound to (the kernel's port for port 0)."""
+    if sock.family == socket.AF_UNIX:
+        return Address(socket.AF_UNIX, sock.getsockname(), 0)
+    host, port = sock.getsockname()[:2]
+    return Address(sock.family, host, port)
+
+
+@dataclass
+class Plan:
+    """What :meth:`Registry.plan` found: sockets it bound (not yet in the registry), keys kept,
+    keys no longer wanted (closed by :meth:`Registry.commit`)."""
+
+    added: dict[SocketKey, socket.socket] = field(default_factory=dict)
+    kept: list[SocketKey] = field(default_factory=list)
+    removed: list[SocketKey] = field(default_factory=list)
+    listens: dict[ListenKey, Listen] = field(default_factory=dict)  # the first entry per key
+    settled: bool = False  # committed or aborted: what it says stays as a record
+
+
+class Registry:
+    """Listening sockets of the master, keyed by ``(listen_key, slot)``; see the module text."""
+
+    def __init__(self, slots: int):
+        self.slots = slots
+        self.sockets: dict[SocketKey, socket.socket] = {}
+        self.listens: dict[ListenKey, Listen] = {}
+
+    def socket_keys(self, listen: Listen) -> list[SocketKey]:
+        key = listen_key(listen)
+        return [(key, slot) for slot in range(self.slots)] if listen.reuseport else [(key, None)]
+
+    def plan(self, listens: Iterable[Listen]) -> Plan:
+        """Bind every socket ``listens`` needs that the registry lacks; on the first failure
+        close what this call bound and raise (the registry is never changed here)."""
+        plan = Plan()
+        wanted: list[SocketKey] = []
+        for listen in listens:
+            plan.listens.setdefault(listen_key(listen), listen)
+        try:
+            for listen in plan.listens.values():
+                first: Address | None = None  # slot 0's address: the port others share
+                for sk in self.socket_keys(listen):
+                    wanted.append(sk)
+                    sock = self.sockets.get(sk)
+                    if sock is None:
+                        sock = bind(listen, first)
+                        plan.added[sk] = sock
+                    else:
+                        plan.kept.append(sk)
+                    if first is None and listen.address.family != socket.AF_UNIX:
+                        first = replace(listen.address, port=sock.getsockname()[1])
+        except StartupError:
+            self.abort(plan)
+            raise
+        keep = set(wanted)
+        plan.removed = [sk for sk in self.sockets if sk not in keep]
+        return plan
+
+    def commit(self, plan: Plan) -> None:
+        """Install what ``plan`` bound and close what it no longer wants."""
+        assert not plan.settled
+        plan.settled = True
+        for sk in plan.removed:
+            close(self.sockets.pop(sk))
+        self.sockets.update(plan.added)
+        self.listens = dict(plan.listens)
+
+    def abort(self, plan: Plan) -> None:
+        """Close what ``plan`` bound; the registry stays as it was."""
+        if not plan.settled:
+            plan.settled = True
+            for sock in plan.added.values():
+                close(sock)
+
+    def update(self, listens: Iterable[Listen]) -> Plan:
+        """:meth:`plan` then :meth:`commit` (the master's start; a reload commits later)."""
+        plan = self.plan(listens)
+        self.commit(plan)
+        return plan
+
+    def socket(self, listen: Listen, slot: int) -> socket.socket:
+        """The socket worker ``slot`` serves ``listen`` on."""
+        return self.sockets[(listen_key(listen), slot if listen.reuseport else None)]
+
+    def bound(self, listen: Listen) -> Address:
+        """The address ``listen`` is bound to (slot 0's socket with ``reuseport``)."""
+        return bound_address(self.socket(listen, 0))
+
+    def close_all(self) -> None:
+        for sock in self.sockets.values():
+            close(sock)
+        self.sockets = {}
