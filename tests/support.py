@@ -231,6 +231,7 @@ class Gateway:
         self.out = directory / "stdout.log"
         self.err = directory / "stderr.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.error_file: Path | None = None  # where the error log goes, when not to stderr
 
     def start(self, wait: bool = True) -> Gateway:
         env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=str(ROOT))
@@ -255,12 +256,19 @@ class Gateway:
         """``(bound address, listen text)`` per listening address, in configuration order, as
         the master logged them (``listening on 127.0.0.1:40211 (listen "127.0.0.1:0")``): the
         real port of a ``listen: 127.0.0.1:0``. Waits for the master's first ``start worker
-        process`` line, which follows them all (the error log must show notice lines)."""
+        process`` line, which follows them all (the error log, stderr or :attr:`error_file`,
+        must show notice lines)."""
         assert self.proc is not None
-        wait_until(lambda: "start worker process" in self.stderr() or self.proc.poll() is not None,
+
+        def text() -> str:
+            if self.error_file is None:
+                return self.stderr()
+            return self.error_file.read_text(errors="replace") if self.error_file.exists() else ""
+
+        wait_until(lambda: "start worker process" in text() or self.proc.poll() is not None,
                    what="the master to bind its listeners")
-        found = self.LISTENING.findall(self.stderr())
-        assert found, f"no 'listening on' line (error_log below notice?):\n{self.stderr()}"
+        found = self.LISTENING.findall(text())
+        assert found, f"no 'listening on' line (error_log below notice?):\n{text()}"
         return found
 
     def address(self, which: int | str = 0) -> str:
