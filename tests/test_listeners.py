@@ -10,7 +10,7 @@ import textwrap
 from dataclasses import replace
 
 import pytest
-from support import connect, free_port
+from support import connect
 
 from tlsgw.config.load import load_config
 from tlsgw.errors import StartupError
@@ -28,10 +28,10 @@ def listen_of(tmp_path, text: str):
 
 
 def test_backlog_keepalive_reuseport_buffers(tmp_path):
-    port = free_port()
-    ls = listen_of(tmp_path, f"127.0.0.1:{port} backlog=77 reuseport so_keepalive=30s:5s:4 "
+    ls = listen_of(tmp_path, "127.0.0.1:0 backlog=77 reuseport so_keepalive=30s:5s:4 "
                              "rcvbuf=64k sndbuf=32k")
     sock = listeners.bind(ls)
+    port = sock.getsockname()[1]
     try:
         assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT) == 1
         assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
@@ -55,10 +55,10 @@ def test_backlog_keepalive_reuseport_buffers(tmp_path):
 
 
 def test_so_keepalive_off_and_default(tmp_path):
-    sock = listeners.bind(listen_of(tmp_path, f"127.0.0.1:{free_port()} so_keepalive=off"))
+    sock = listeners.bind(listen_of(tmp_path, "127.0.0.1:0 so_keepalive=off"))
     assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 0
     listeners.close(sock)
-    ls = listen_of(tmp_path, f"127.0.0.1:{free_port()}")
+    ls = listen_of(tmp_path, "127.0.0.1:0")
     assert ls.so_keepalive is None and ls.backlog == 511 and not ls.reuseport
 
 

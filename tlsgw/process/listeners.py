@@ -29,9 +29,10 @@ from tlsgw.config.model import Listen
 from tlsgw.errors import StartupError
 
 #: (address, backlog, rcvbuf, sndbuf, reuseport, so_keepalive, ipv6only)
-ListenKey = tuple[Address, int, "int | None", "int | None", bool, object, bool]
+ListenKey = tuple[Address, int, int | None, int | None, bool,
+                  bool | tuple[int | None, int | None, int | None] | None, bool]
 #: a socket in the registry: its listen key and the worker slot (None: shared by every worker)
-SocketKey = tuple[ListenKey, "int | None"]
+SocketKey = tuple[ListenKey, int | None]
 
 
 def listen_key(listen: Listen) -> ListenKey:
@@ -132,7 +133,7 @@ class Registry:
     def __init__(self, slots: int):
         self.slots = slots
         self.sockets: dict[SocketKey, socket.socket] = {}
-        self.listens: dict[ListenKey, Listen] = {}
+        self.listens: dict[ListenKey, Listen] = {}  # as committed: the first entry per key
 
     def socket_keys(self, listen: Listen) -> list[SocketKey]:
         key = listen_key(listen)
