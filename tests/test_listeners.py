@@ -232,3 +232,33 @@ def test_gateway_on_port_zero_reports_what_it_bound(gateway, backends):
             with connect(gw.port(i), host=gw.host(i)) as s:
                 s.sendall(b"ping")
                 assert s.recv(4) == b"ping"
+
+
+def test_changed_socket_options_retune_the_bound_socket(tmp_path):
+    """A reload that changes backlog/rcvbuf/sndbuf/so_keepalive at an address keeps its socket
+    (no bind() that would find the address in use, no connection refused) and applies them."""
+    before = listen_of(tmp_path, "127.0.0.1:0 backlog=20")
+    after = listen_of(tmp_path, "127.0.0.1:0 backlog=30 so_keepalive=on rcvbuf=16k")
+    reg = listeners.Registry(slots=2)
+    try:
+        reg.update([before])
+        sock = reg.socket(before, 0)
+        plan = reg.plan([after])
+        assert plan.added == {} and plan.removed == []
+        assert plan.retuned == {(listeners.listen_key(after), None): (listeners.listen_key(before), None)}
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 0  # not before commit
+        reg.commit(plan)
+        assert reg.socket(after, 1) is sock and list(reg.sockets) == [(listeners.listen_key(after), None)]
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) >= 16 * 1024
+        if shutil.which("ss"):  # the new backlog, as the listening socket's Send-Q
+            port = sock.getsockname()[1]
+            out = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True)
+            assert out.stdout.split()[2] == "30", out.stdout
+
+        with pytest.raises(StartupError, match=r'"reuseport" and "ipv6only" of listen "127.0.0.1:0" '
+                                               r"cannot change while 127.0.0.1:0 is bound"):
+            reg.plan([listen_of(tmp_path, "127.0.0.1:0 backlog=30 reuseport")])
+        assert list(reg.sockets) == [(listeners.listen_key(after), None)] and sock.fileno() != -1
+    finally:
+        reg.close_all()

@@ -8,7 +8,9 @@ is the worker's number with ``reuseport`` (one socket per worker) or ``None`` (o
 every worker shares). Making the sockets a configuration wants is two steps, so a reload can
 bind first and change nothing until it is sure: :meth:`Registry.plan` binds what is missing —
 all of it or nothing, with nginx's ``bind()`` messages — and :meth:`Registry.commit` installs
-it and closes what is no longer wanted (:meth:`Registry.abort` closes what a plan bound).
+it and closes what is no longer wanted (:meth:`Registry.abort` closes what a plan bound). An
+address whose ``backlog``, ``rcvbuf``, ``sndbuf`` or ``so_keepalive`` changes keeps its socket,
+retuned at commit, as nginx does on reload.
 
 Port 0 binds an ephemeral port; with ``reuseport`` the other slots bind the port the first
 slot got, so every slot's socket shares it. :meth:`Registry.bound` is the actual address.
@@ -60,6 +62,23 @@ def _remove_stale_unix_socket(path: str) -> None:
         probe.close()
 
 
+def _tune(sock: socket.socket, listen: Listen) -> None:
+    """The options a socket can take before or after it is bound (a retuned one, see
+    :meth:`Registry.plan`); ``None`` leaves the socket as it is."""
+    if listen.rcvbuf is not None:  # 0 too: the kernel's minimum, as nginx sets it
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, listen.rcvbuf)
+    if listen.sndbuf is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, listen.sndbuf)
+    ka = listen.so_keepalive
+    if ka is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1 if ka else 0)
+        if isinstance(ka, tuple):
+            for opt, val in zip((socket.TCP_KEEPIDLE, socket.TCP_KEEPINTVL, socket.TCP_KEEPCNT),
+                                ka, strict=True):
+                if val is not None:
+                    sock.setsockopt(socket.IPPROTO_TCP, opt, val)
+
+
 def bind(listen: Listen, address: Address | None = None) -> socket.socket:
     """Create, configure, bind and listen; errors are worded like nginx's ``bind()`` errors.
     ``address`` replaces ``listen.address`` (a reuseport slot binding the port slot 0 got)."""
@@ -74,18 +93,7 @@ def bind(listen: Listen, address: Address | None = None) -> socket.socket:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1 if listen.ipv6only else 0)
         if listen.reuseport:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        if listen.rcvbuf is not None:  # 0 too: the kernel's minimum, as nginx sets it
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, listen.rcvbuf)
-        if listen.sndbuf is not None:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, listen.sndbuf)
-        ka = listen.so_keepalive
-        if ka is not None:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1 if ka else 0)
-            if isinstance(ka, tuple):
-                for opt, val in zip((socket.TCP_KEEPIDLE, socket.TCP_KEEPINTVL, socket.TCP_KEEPCNT),
-                                    ka, strict=True):
-                    if val is not None:
-                        sock.setsockopt(socket.IPPROTO_TCP, opt, val)
+        _tune(sock, listen)
         sock.bind(addr.sockaddr)
         sock.listen(listen.backlog)
         sock.setblocking(False)
@@ -122,6 +130,9 @@ class Plan:
 
     added: dict[SocketKey, socket.socket] = field(default_factory=dict)
     kept: list[SocketKey] = field(default_factory=list)
+    #: new key -> the registry's key of the socket it takes over (same address and slot, other
+    #: backlog/rcvbuf/sndbuf/so_keepalive: applied to that socket by commit, as nginx does)
+    retuned: dict[SocketKey, SocketKey] = field(default_factory=dict)
     removed: list[SocketKey] = field(default_factory=list)
     listens: dict[ListenKey, Listen] = field(default_factory=dict)  # the first entry per key
     settled: bool = False  # committed or aborted: what it says stays as a record
@@ -152,7 +163,11 @@ class Registry:
                 for sk in self.socket_keys(listen):
                     wanted.append(sk)
                     sock = self.sockets.get(sk)
-                    if sock is None:
+                    old = None if sock is not None else self._same_address(sk, plan, listen)
+                    if old is not None:
+                        plan.retuned[sk] = old
+                        sock = self.sockets[old]
+                    elif sock is None:
                         sock = bind(listen, first)
                         plan.added[sk] = sock
                     else:
@@ -162,9 +177,25 @@ class Registry:
         except StartupError:
             self.abort(plan)
             raise
-        keep = set(wanted)
+        keep = {*wanted, *plan.retuned.values()}
         plan.removed = [sk for sk in self.sockets if sk not in keep]
         return plan
+
+    def _same_address(self, sk: SocketKey, plan: Plan, listen: Listen) -> SocketKey | None:
+        """The registry's socket at ``sk``'s address and slot that ``sk`` may take over: one
+        that differs only in what :func:`_tune` and ``listen()`` change on a bound socket. A
+        different ``reuseport`` or ``ipv6only`` there cannot be applied without a restart."""
+        key, slot = sk
+        for old in self.sockets:
+            old_key, old_slot = old
+            if old_key[0] != key[0] or old_key in plan.listens:  # another address, or wanted
+                continue
+            if (old_key[4], old_key[6]) != (key[4], key[6]):  # reuseport, ipv6only
+                raise StartupError(f'"reuseport" and "ipv6only" of listen "{listen.text}" cannot '
+                                   f"change while {key[0].name} is bound; restart tlsgw to apply")
+            if old_slot == slot:
+                return old
+        return None
 
     def commit(self, plan: Plan) -> None:
         """Install what ``plan`` bound and close what it no longer wants."""
@@ -172,6 +203,11 @@ class Registry:
         plan.settled = True
         for sk in plan.removed:
             close(self.sockets.pop(sk))
+        for sk, old in plan.retuned.items():
+            sock = self.sockets.pop(old)
+            _tune(sock, plan.listens[sk[0]])
+            sock.listen(sk[0][1])  # the backlog
+            self.sockets[sk] = sock
         self.sockets.update(plan.added)
         self.listens = dict(plan.listens)
 
