@@ -20,10 +20,10 @@ from typing import Any
 
 from tlsgw.balancer import Upstream
 from tlsgw.config.load import load_config
+from tlsgw.process.worker import ServerRuntime
 from tlsgw.proxy import connect, pump
 from tlsgw.proxy.context import WorkerContext
 from tlsgw.proxy.pump import Session
-from tlsgw.worker import ServerRuntime
 
 
 class FakeLoop:

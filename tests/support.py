@@ -231,6 +231,7 @@ class Gateway:
         self.out = directory / "stdout.log"
         self.err = directory / "stderr.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.error_file: Path | None = None  # where the error log goes, when not to stderr
 
     def start(self, wait: bool = True) -> Gateway:
         env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=str(ROOT))
@@ -247,6 +248,46 @@ class Gateway:
 
     def stderr(self) -> str:
         return self.err.read_text(errors="replace")
+
+    #: the master's notice line per listen entry, logged before it starts any worker
+    LISTENING = re.compile(r'listening on (\S+) \(listen "([^"]*)"\)')
+
+    def bound(self) -> list[tuple[str, str]]:
+        """``(bound address, listen text)`` per listening address, in configuration order, as
+        the master logged them (``listening on 127.0.0.1:40211 (listen "127.0.0.1:0")``): the
+        real port of a ``listen: 127.0.0.1:0``. Waits for the master's first ``start worker
+        process`` line, which follows them all (the error log, stderr or :attr:`error_file`,
+        must show notice lines)."""
+        assert self.proc is not None
+
+        def text() -> str:
+            if self.error_file is None:
+                return self.stderr()
+            return self.error_file.read_text(errors="replace") if self.error_file.exists() else ""
+
+        wait_until(lambda: "start worker process" in text() or self.proc.poll() is not None,
+                   what="the master to bind its listeners")
+        found = self.LISTENING.findall(text())
+        assert found, f"no 'listening on' line (error_log below notice?):\n{text()}"
+        return found
+
+    def address(self, which: int | str = 0) -> str:
+        """The bound address of the ``which``-th listening address, or of the one whose listen
+        text is ``which``: ``127.0.0.1:40211``, ``[::1]:40211``, ``unix:/path``."""
+        bound = self.bound()
+        if isinstance(which, int):
+            return bound[which][0]
+        matches = [addr for addr, text in bound if text == which]
+        assert matches, f"no listen {which!r} among {bound}"
+        return matches[0]
+
+    def port(self, which: int | str = 0) -> int:
+        """The bound port of a listening address (see :meth:`address`)."""
+        return int(self.address(which).rpartition(":")[2])
+
+    def host(self, which: int | str = 0) -> str:
+        """The bound host of a listening address, without IPv6 brackets."""
+        return self.address(which).rpartition(":")[0].strip("[]")
 
     def stdout(self) -> str:
         return self.out.read_text(errors="replace")

@@ -305,7 +305,7 @@ def test_unix_socket_path_length(tmp_path, where):
 
 
 def test_rcvbuf_zero_is_applied_not_ignored(tmp_path):
-    from tlsgw import listener
+    from tlsgw.process import listeners
 
     path = tmp_path / "c.yaml"
     path.write_text(BASE.replace("127.0.0.1:9000", f"127.0.0.1:{free_port()} rcvbuf=0 sndbuf=0"))
@@ -314,12 +314,12 @@ def test_rcvbuf_zero_is_applied_not_ignored(tmp_path):
 
     with socket.socket() as plain:
         default = plain.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
-    sock = listener.bind(ls)
+    sock = listeners.bind(ls)
     try:  # the kernel's minimum, well below its default
         assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) < default
         assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) < default
     finally:
-        listener.close(sock)
+        listeners.close(sock)
 
 
 def test_a_fifo_or_device_as_a_certificate_is_refused(tmp_path, pki):

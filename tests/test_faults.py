@@ -484,8 +484,8 @@ def test_burst_of_2000_connections_all_served(gateway, backends):
     retry) and stay connected until every one has had its echo: all served, nothing lost."""
     _raise_nofile(2 * BURST + 1000)  # the clients and the echo backend share this process
     b = backends("echo")
-    port = free_port()
-    gw = gateway(_cfg(port, b.address, workers=2), workers=2)
+    gw = gateway(_cfg(0, b.address, workers=2), workers=2)
+    port = gw.port()
     baseline = settled_fds(gw)
 
     async def burst() -> tuple[list[bool], int]:
@@ -520,8 +520,8 @@ def test_sigterm_under_load_completes_sessions_in_flight(gateway, backends):
     """SIGTERM with 40 sessions in flight on 2 workers: new connections are refused at once,
     every session in flight runs to its end with every byte intact, then tlsgw exits 0."""
     b = backends("echo")
-    port = free_port()
-    gw = gateway(_cfg(port, b.address, workers=2), workers=2)
+    gw = gateway(_cfg(0, b.address, workers=2), workers=2)
+    port = gw.port()
     n, chunks, size = 40, 16, 32 * 1024
     started = threading.Semaphore(0)
     go = threading.Event()
@@ -563,8 +563,8 @@ def test_kill_9_of_a_worker_under_load(gateway, backends):
     SIGKILL. The master logs it and starts a replacement, which serves; the other worker
     serves throughout; only sessions the killed worker held in flight may fail."""
     b = backends("echo")
-    port = free_port()
-    gw = gateway(_cfg(port, b.address, workers=2), workers=2)
+    gw = gateway(_cfg(0, b.address, workers=2), workers=2)
+    port = gw.port()
     stop = threading.Event()
     ok: list[float] = []
     failed: list[str] = []

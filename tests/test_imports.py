@@ -20,8 +20,7 @@ LEAVES = ("tlsgw.proxy.flow", "tlsgw.proxy.messages", "tlsgw.proxy.record",
 # of no layer (certs, gencert, lab, probe, remap: tools beside the gateway) are not checked.
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("cli", ("tlsgw.cli", "tlsgw.__main__")),
-    ("process", ("tlsgw.process", "tlsgw.worker", "tlsgw.supervisor", "tlsgw.listener",
-                 "tlsgw.control", "tlsgw.procctl")),
+    ("process", ("tlsgw.process",)),
     ("data path", ("tlsgw.proxy", "tlsgw.tls.transport")),
     ("runtime", ("tlsgw.runtime",)),
     ("tls", ("tlsgw.tls", "tlsgw.logs")),

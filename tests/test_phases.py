@@ -16,12 +16,12 @@ from mockio import FakeLoop, Harness, RecordingLog
 
 from tlsgw.balancer import Upstream
 from tlsgw.config.load import load_config
+from tlsgw.process.worker import ServerRuntime
 from tlsgw.proxy import phases
 from tlsgw.proxy.context import WorkerContext
 from tlsgw.proxy.phases import Phase
 from tlsgw.proxy.pump import Session, State
 from tlsgw.tls.transport import TLSAccept
-from tlsgw.worker import ServerRuntime
 
 
 def test_phases_are_nginx_order():

@@ -28,11 +28,11 @@ from pathlib import Path
 import pytest
 import uvloop
 
-from tlsgw import listener
 from tlsgw.config.load import load_config
+from tlsgw.process import listeners
+from tlsgw.process.worker import Worker
 from tlsgw.proxy.pump import Session, UpstreamSide
 from tlsgw.tls.transport import ServerSSLObject, TLSAccept
-from tlsgw.worker import Worker
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -118,7 +118,7 @@ class InProcess:
         worker = Worker(cfg, [], 0)
         for group in cfg.groups:
             srv = await self.loop.create_server(worker.factory(group),
-                                                sock=listener.bind(group.listen))
+                                                sock=listeners.bind(group.listen))
             self.closers.append(srv.close)
         return worker, port
 

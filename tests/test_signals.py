@@ -14,9 +14,9 @@ import socket
 from pathlib import Path
 
 import pytest
-from support import Gateway, connect, free_port, recv_exactly, wait_until
+from support import Gateway, connect, recv_exactly, wait_until
 
-from tlsgw.procctl import signal_name
+from tlsgw.process.procctl import signal_name
 
 # what an operator (or a terminal, or logrotate) may send; none of them means "stop"
 OPERATOR_SIGNALS = (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH, signal.SIGPIPE,
@@ -66,8 +66,8 @@ def start(gateway, port: int, backend: str, workers: int = 2, **kw: str) -> Gate
 
 def test_operator_signals_to_the_master_are_logged_and_harm_nothing(gateway, backends):
     b = backends("echo")
-    port = free_port()
-    gw = start(gateway, port, b.address)
+    gw = start(gateway, 0, b.address)
+    port = gw.port()
     pids = sorted(gw.pids())
     s = open_session(port)
     for sig in OPERATOR_SIGNALS:
@@ -85,8 +85,8 @@ def test_operator_signals_to_the_master_are_logged_and_harm_nothing(gateway, bac
 
 def test_signals_for_the_master_are_ignored_by_a_worker(gateway, backends):
     b = backends("echo")
-    port = free_port()
-    gw = start(gateway, port, b.address)
+    gw = start(gateway, 0, b.address)
+    port = gw.port()
     pids = sorted(gw.pids())
     s = open_session(port)
     worker = holder(gw, s)
@@ -106,8 +106,8 @@ def test_sighup_to_the_process_group_keeps_every_session(gateway, backends):
     """A closing terminal sends SIGHUP to the whole process group. (Gateway starts tlsgw in a
     session of its own, so the group is the gateway's: master and workers, nothing else.)"""
     b = backends("echo")
-    port = free_port()
-    gw = start(gateway, port, b.address)
+    gw = start(gateway, 0, b.address)
+    port = gw.port()
     assert os.getpgid(gw.proc.pid) == gw.proc.pid
     pids = sorted(gw.pids())
     sessions = [open_session(port) for _ in range(6)]
@@ -126,14 +126,15 @@ def test_sighup_to_the_process_group_keeps_every_session(gateway, backends):
 
 def test_logrotate_rename_then_sigusr1_moves_every_log_to_a_new_file(gateway, backends, tmp_path):
     b = backends("echo")
-    port = free_port()
     err, acc = tmp_path / "error.log", tmp_path / "access.log"
-    text = cfg(port, b.address, 2, logs=f"error_log: {err} info").replace("{access}", str(acc))
+    text = cfg(0, b.address, 2, logs=f"error_log: {err} info").replace("{access}", str(acc))
     gw = gateway(text, workers=2, start=False)
+    gw.error_file = err
     gw.start(wait=False)
     started = re.compile(r"worker process \d+ started")
     wait_until(lambda: err.exists() and len(started.findall(err.read_text())) == 2,
                what="both workers started")
+    port = gw.port()
     long_lived = open_session(port)
     for i in range(4):
         with connect(port) as s:
@@ -168,8 +169,8 @@ def test_logrotate_rename_then_sigusr1_moves_every_log_to_a_new_file(gateway, ba
 
 def test_workers_exit_when_the_master_is_killed_and_the_port_is_free_again(gateway, backends):
     b = backends("echo")
-    port = free_port()
-    gw = start(gateway, port, b.address)
+    gw = start(gateway, 0, b.address)
+    port = gw.port()
     workers = gw.worker_pids()
     assert len(workers) == 2
     s = open_session(port)
@@ -195,8 +196,7 @@ def test_workers_exit_when_the_master_is_killed_and_the_port_is_free_again(gatew
 
 def test_processes_are_named_for_ps_and_pkill(gateway, backends):
     b = backends("echo")
-    port = free_port()
-    gw = start(gateway, port, b.address, workers=1)
+    gw = start(gateway, 0, b.address, workers=1)
     master, worker = gw.pids()
     assert Path(f"/proc/{master}/comm").read_text() == "tlsgw: master\n"
     assert Path(f"/proc/{worker}/comm").read_text() == "tlsgw: worker\n"

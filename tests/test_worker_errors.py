@@ -1,5 +1,5 @@
 """A bug in a callback on the worker's loop: logged at crit with the connection number, and
-only that session ends. A real :class:`~tlsgw.worker.Worker` runs in this process on a uvloop
+only that session ends. A real :class:`~tlsgw.process.worker.Worker` runs in this process on a uvloop
 loop with real loopback sockets; the bug is injected by monkeypatching a protocol method (the
 test's own seam: the product has no switch for it)."""
 
@@ -15,10 +15,11 @@ import pytest
 import uvloop
 from support import free_port
 
-from tlsgw import listener, logs
+from tlsgw import logs
 from tlsgw.config.load import load_config
+from tlsgw.process import listeners
+from tlsgw.process.worker import MASTER_SIGNALS, STOP_SIGNALS, Worker
 from tlsgw.proxy.pump import Session
-from tlsgw.worker import MASTER_SIGNALS, STOP_SIGNALS, Worker
 
 
 class Echo(asyncio.Protocol):
@@ -58,8 +59,8 @@ def run_worker_in_process(tmp_path: Path, scenario) -> tuple[str, str]:
         path.write_text(path.read_text().replace("{backend}",
                                                  str(backend.sockets[0].getsockname()[1])))
         cfg = load_config(str(path))
-        listeners = [(g, listener.bind(g.listen)) for g in cfg.groups]
-        worker = Worker(cfg, listeners, 0)
+        bound = [(g, listeners.bind(g.listen)) for g in cfg.groups]
+        worker = Worker(cfg, bound, 0)
         serving = loop.create_task(worker.serve())
         for port in ports:  # wait until both listeners accept
             for _ in range(500):

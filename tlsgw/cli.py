@@ -39,7 +39,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     from tlsgw.config.load import load_config
-    from tlsgw.supervisor import run_master
+    from tlsgw.process.master import run_master
 
     cfg = load_config(args.config, check_files=True)
     _warn(cfg, args)

@@ -39,14 +39,16 @@ class Address:
         return f"{self.host}:{self.port}"
 
 
-def _port(text: str, what: str) -> int:
-    if not text.isdigit() or not 0 < int(text) <= 65535:
+def _port(text: str, what: str, lowest: int = 1) -> int:
+    if not text.isdigit() or not lowest <= int(text) <= 65535:
         raise AddressError(f'invalid port in "{what}"')
     return int(text)
 
 
-def split_host_port(text: str, default_port: int | None = None) -> tuple[str, int | None]:
-    """Split ``host:port`` / ``[v6]:port`` / ``port`` / ``host`` into (host, port or None)."""
+def split_host_port(text: str, default_port: int | None = None,
+                    lowest: int = 1) -> tuple[str, int | None]:
+    """Split ``host:port`` / ``[v6]:port`` / ``port`` / ``host`` into (host, port or None);
+    a port below ``lowest`` is invalid."""
     if text.startswith("["):
         end = text.find("]")
         if end < 0:
@@ -60,9 +62,9 @@ def split_host_port(text: str, default_port: int | None = None) -> tuple[str, in
             return host, default_port
         if not rest.startswith(":"):
             raise AddressError(f'invalid address "{text}"')
-        return host, _port(rest[1:], text)
+        return host, _port(rest[1:], text, lowest)
     if text.isdigit():
-        return "", _port(text, text)
+        return "", _port(text, text, lowest)
     if text.count(":") > 1:
         raise AddressError(f'invalid address "{text}" (write IPv6 addresses in brackets: "[::1]:80")')
     host, sep, port = text.partition(":")
@@ -70,7 +72,7 @@ def split_host_port(text: str, default_port: int | None = None) -> tuple[str, in
         raise AddressError(f'invalid address "{text}"')
     if not sep:
         return host, default_port
-    return host, _port(port, text)
+    return host, _port(port, text, lowest)
 
 
 def resolve(host: str, port: int, text: str) -> list[Address]:
@@ -105,13 +107,14 @@ def _unix(path: str, text: str) -> list[Address]:
 
 
 def parse_listen(text: str) -> list[Address]:
-    """``addr:port``, ``port``, ``*:port``, ``[::]:port``, ``unix:/path`` → addresses to bind."""
+    """``addr:port``, ``port``, ``*:port``, ``[::]:port``, ``unix:/path`` → addresses to bind.
+    Port 0 (unlike nginx) binds a port the kernel picks; the master logs which."""
     if text.startswith("unix:"):
         path = text[5:]
         if not path:
             raise AddressError(f'no path in "{text}"')
         return _unix(path, text)
-    host, port = split_host_port(text)
+    host, port = split_host_port(text, lowest=0)
     if port is None:
         raise AddressError(f'no port in "{text}"')
     if host in ("", "*"):

@@ -51,7 +51,7 @@ from tlsgw.tls.sni import install_sni
 from tlsgw.tls.transport import TLSAccept
 
 if TYPE_CHECKING:
-    from tlsgw.worker import ServerRuntime
+    from tlsgw.process.worker import ServerRuntime
 
 
 class Phase(enum.IntEnum):

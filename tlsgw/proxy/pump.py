@@ -60,7 +60,7 @@ from tlsgw.proxy.record import Attempt, Status
 from tlsgw.tls.context import verify_result
 
 if TYPE_CHECKING:
-    from tlsgw.worker import ServerRuntime
+    from tlsgw.process.worker import ServerRuntime
 
 _monotonic = time.monotonic
 

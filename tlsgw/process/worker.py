@@ -9,7 +9,7 @@ use is reported before any worker starts) and serves them until told to stop:
 * the signals meant for the master (:data:`MASTER_SIGNALS`: SIGHUP, SIGUSR1, SIGUSR2,
   SIGWINCH, ...) are logged and ignored, so a terminal's SIGHUP to the process group or a stray
   ``kill -USR1 <worker>`` costs no session. What the master wants from a worker comes over its
-  control channel (:mod:`tlsgw.control`): reopen the logs; EOF there means the master is gone
+  control channel (:mod:`tlsgw.process.control`): reopen the logs; EOF there means the master is gone
   (even ``kill -9``), and the worker stops at once, so no orphan keeps the ports. The kernel's
   parent-death signal (:data:`PARENT_DEATH_SIGNAL`) backs that up.
 
@@ -27,9 +27,10 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
-from tlsgw import control, logs, procctl
+from tlsgw import logs
 from tlsgw.balancer import Upstream
 from tlsgw.config.model import Config, ListenGroup, ServerConfig
+from tlsgw.process import control, procctl
 from tlsgw.proxy import phases
 from tlsgw.proxy.context import WorkerContext
 from tlsgw.proxy.pump import ENDED, Session
@@ -85,7 +86,7 @@ class Worker:
         self.cfg = cfg
         self.listeners = listeners
         self.number = number
-        self.channel = channel  # our end of the master's control channel (tlsgw.control)
+        self.channel = channel  # our end of the master's control channel (tlsgw.process.control)
         self.master_pid = master_pid
         self.pid = os.getpid()
         self.hostname = socket.gethostname()

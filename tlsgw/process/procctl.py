@@ -3,7 +3,7 @@ and signal names as log lines print them.
 
 Declared once here (ctypes prototype set at import), used by the master and its workers. On a
 system without ``prctl`` both calls do nothing and return False; the worker's control socket
-(see :mod:`tlsgw.supervisor`) still notices a master that is gone.
+(see :mod:`tlsgw.process.master`) still notices a master that is gone.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ logged and ignored. The table, its handlers and the README's "Signals" section s
 * SIGUSR2, SIGWINCH, SIGPIPE, SIGTTIN, SIGTTOU, SIGALRM, the real-time signals, ... —
   logged and ignored.
 
-Each worker gets one end of a socket pair (:mod:`tlsgw.control`): commands go down it, and
+Each worker gets one end of a socket pair (:mod:`tlsgw.process.control`): commands go down it, and
 the worker reads EOF when the master is gone however it died.
 """
 
@@ -27,9 +27,9 @@ import socket
 import sys
 import time
 
-from tlsgw import control, listener, logs, procctl
+from tlsgw import logs
 from tlsgw.config.model import Config, ListenGroup
-from tlsgw.errors import StartupError
+from tlsgw.process import control, listeners, procctl
 
 RESPAWN_DELAY = 1.0  # seconds before restarting a worker that died within 1 s of its start
 
@@ -66,9 +66,9 @@ class Master:
         self.log = logs.ErrorLog(logs.sink(cfg.error_log.target), cfg.error_log_level)
         logs.install(self.log)
         self.handlers = {sig: getattr(self, name) for sig, name in self.SIGNALS.items()}
+        self.listeners = listeners.Registry(cfg.worker_processes)
         # slot -> listeners for that worker: (listen group, socket)
         self.slots: list[list[tuple[ListenGroup, socket.socket]]] = []
-        self.sockets: list[socket.socket] = []
         self.pids: dict[int, int] = {}  # pid -> slot
         self.controls: dict[int, socket.socket] = {}  # pid -> the master's end of its channel
         self.started: dict[int, float] = {}  # slot -> start time
@@ -77,28 +77,14 @@ class Master:
         self.stop_deadline = 0.0
 
     def bind(self) -> None:
-        n = self.cfg.worker_processes
-        self.slots = [[] for _ in range(n)]
-        try:
-            for group in self.cfg.groups:
-                if group.listen.reuseport:  # one socket per worker, the kernel spreads connections
-                    for slot in range(n):
-                        sock = listener.bind(group.listen)
-                        self.sockets.append(sock)
-                        self.slots[slot].append((group, sock))
-                else:
-                    sock = listener.bind(group.listen)
-                    self.sockets.append(sock)
-                    for slot in range(n):
-                        self.slots[slot].append((group, sock))
-        except StartupError:
-            self.close_listeners()
-            raise
+        """Bind every listener, all or nothing; each worker slot's (group, socket) pairs."""
+        groups = self.cfg.groups
+        self.listeners.update(g.listen for g in groups)
+        self.slots = [[(g, self.listeners.socket(g.listen, slot)) for g in groups]
+                      for slot in range(self.cfg.worker_processes)]
 
     def close_listeners(self) -> None:
-        for sock in self.sockets:
-            listener.close(sock)
-        self.sockets = []
+        self.listeners.close_all()
 
     def spawn(self, slot: int) -> None:
         logs.flush_all(0.5)
@@ -110,7 +96,7 @@ class Master:
                 mine.close()  # hold no master end, or EOF would never come
                 for other in self.controls.values():
                     other.close()
-                from tlsgw.worker import run_worker
+                from tlsgw.process.worker import run_worker
 
                 code = run_worker(self.cfg, self.slots[slot], slot, theirs, self.pid)
             except BaseException as exc:  # report, never unwind into the master's code
@@ -166,7 +152,7 @@ class Master:
                 pass
 
     def tell_workers(self, command: bytes) -> None:
-        """Send a :mod:`tlsgw.control` command to every worker, never blocking."""
+        """Send a :mod:`tlsgw.process.control` command to every worker, never blocking."""
         for pid, channel in list(self.controls.items()):
             try:
                 channel.send(command)
@@ -217,6 +203,9 @@ class Master:
         names = ", ".join(g.listen.text + (" ssl" if g.ssl else "") for g in self.cfg.groups)
         self.log.log("notice", f"tlsgw master {os.getpid()} listening on {names}; "
                      f"{self.cfg.worker_processes} workers, RLIMIT_NOFILE {nofile}")
+        for g in self.cfg.groups:  # the address each got (the kernel's port for port 0)
+            self.log.log("notice", f"listening on {self.listeners.bound(g.listen).name} "
+                         f'(listen "{g.listen.text}")')
         for slot in range(len(self.slots)):
             self.spawn(slot)
         while True:
