@@ -1,8 +1,10 @@
 """Linux process controls through ``prctl(2)``: the parent-death signal and the process name;
-and signal names as log lines print them.
+glibc's ``malloc_trim(3)`` (see :mod:`tlsgw.process.memory`); and signal names as log lines
+print them.
 
-Declared once here (ctypes prototype set at import), used by the master and its workers. On a
-system without ``prctl`` both calls do nothing and return False; the worker's control socket
+Declared once here (ctypes prototypes set at import), used by the master and its workers. On a
+system without ``prctl`` both calls do nothing and return False (without glibc, no trim is
+made); the worker's control socket
 (see :mod:`tlsgw.process.master`) still notices a master that is gone.
 """
 
@@ -23,6 +25,13 @@ try:
     _prctl.restype = ctypes.c_int
 except (OSError, AttributeError):  # not Linux
     _prctl = None
+
+try:
+    _malloc_trim = ctypes.CDLL(None).malloc_trim
+    _malloc_trim.argtypes = [ctypes.c_size_t]
+    _malloc_trim.restype = ctypes.c_int
+except (OSError, AttributeError):  # not glibc (musl has no malloc_trim)
+    _malloc_trim = None
 
 
 def _call(option: int, arg: int) -> bool:
@@ -45,6 +54,16 @@ def set_name(name: str) -> bool:
     and ``pkill NAME`` show it). Threads started afterwards inherit the name."""
     buf = ctypes.create_string_buffer(name.encode()[:NAME_MAX])
     return _call(PR_SET_NAME, ctypes.addressof(buf))
+
+
+def can_trim() -> bool:
+    return _malloc_trim is not None
+
+
+def trim_heap() -> bool:
+    """Give the allocator's free pages back to the kernel (``malloc_trim(0)``). True if any
+    memory was released."""
+    return bool(_malloc_trim(0)) if _malloc_trim is not None else False
 
 
 def signal_name(sig: int) -> str:

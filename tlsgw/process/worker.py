@@ -31,6 +31,7 @@ from tlsgw import logs
 from tlsgw.balancer import Upstream
 from tlsgw.config.model import Config, ListenGroup, ServerConfig
 from tlsgw.process import control, procctl
+from tlsgw.process.memory import MemoryReturn
 from tlsgw.proxy import phases
 from tlsgw.proxy.context import WorkerContext
 from tlsgw.proxy.pump import ENDED, Session
@@ -121,8 +122,11 @@ class Worker:
         loop.set_exception_handler(self.loop_exception)
         if self.channel is not None:
             loop.add_reader(self.channel.fileno(), self.read_channel)
+        memory = MemoryReturn(loop, self.context.sessions)
+        memory.start()
         self.error_log.log("notice", f"worker process {self.pid} started")
         await self.stop_requested.wait()
+        memory.stop()
         for srv in servers:
             srv.close()
         ctx = self.context
