@@ -298,7 +298,7 @@ class Loader:
         ``serve`` maps them here, in the master.
         """
         from tlsgw.tls import context as tlsctx
-        from tlsgw.tls import sessions
+        from tlsgw.tls import resumption
 
         tls_servers = [srv for srv in servers if srv.ssl_context is not None]
         if not tls_servers or self.errors:
@@ -317,7 +317,7 @@ class Loader:
         for srv in tls_servers:
             for path in srv.s.ssl_session_ticket_key or ():
                 try:
-                    sessions.load_ticket_key_file(path)
+                    resumption.load_ticket_key_file(path)
                 except TlsgwError as exc:
                     self.error(_Line(srv.source.get("ssl_session_ticket_key", srv.line)), str(exc))
         if self.errors:
@@ -327,20 +327,20 @@ class Loader:
             settings = {}
             for srv in tls_servers:
                 s = srv.s
-                settings[srv.index] = sessions.SessionSettings.from_directives(
+                settings[srv.index] = resumption.SessionSettings.from_directives(
                     ssl_session_cache=s.ssl_session_cache, ssl_session_timeout=s.ssl_session_timeout,
                     ssl_session_tickets=s.ssl_session_tickets,
                     ssl_session_ticket_key=s.ssl_session_ticket_key or (),
                     # nginx sets SSL_MODE_RELEASE_BUFFERS on every context: idle connections
                     # keep no record buffers (about 30 KiB less per idle TLS connection here)
                     release_buffers=True)
-            runtime = sessions.prepare_in_master(settings.values(), allocate=self.allocate)
+            runtime = resumption.prepare_in_master(settings.values(), allocate=self.allocate)
             self.session_runtime = runtime
             for srv in tls_servers:
                 line = _Line(srv.line)
-                sessions.apply(srv.ssl_context, settings[srv.index], runtime,
+                resumption.apply(srv.ssl_context, settings[srv.index], runtime,
                                tlsctx.session_id_context(srv.s))
-        except sessions.SharedZoneError as exc:
+        except resumption.SharedZoneError as exc:
             self.error(_Line(zones[exc.zone][1]), str(exc))
         except OSError as exc:  # a certificate file that went away since it was checked
             self.error(line, f'open() "{exc.filename}" failed ({exc.errno}: {exc.strerror})')

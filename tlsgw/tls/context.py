@@ -338,8 +338,8 @@ def server_context(s: SimpleNamespace) -> ssl.SSLContext:
 def session_id_context(s: SimpleNamespace) -> bytes:
     """The session-id context of a server: its certificates, its client CA names and, when it
     verifies client certificates, its whole verification policy (see
-    :func:`tlsgw.tls.sessions.session_id_context`)."""
-    from tlsgw.tls import sessions
+    :func:`tlsgw.tls.resumption.session_id_context`)."""
+    from tlsgw.tls import resumption
 
     policy = b""
     if s.ssl_verify_client != "off":
@@ -349,7 +349,7 @@ def session_id_context(s: SimpleNamespace) -> bytes:
             with open(path, "rb") if path else contextlib.nullcontext(None) as fh:
                 parts.append(b"" if fh is None else hashlib.sha256(fh.read()).digest())
         policy = b"\0".join(parts)
-    return sessions.session_id_context_from_files(s.ssl_certificate or (), s.ssl_client_certificate,
+    return resumption.session_id_context_from_files(s.ssl_certificate or (), s.ssl_client_certificate,
                                                   policy)
 
 

@@ -2,9 +2,9 @@
 
 The master creates it before forking, so every worker maps the same pages; OpenSSL reaches it
 through the ``SSL_CTX_sess_set_new_cb/get_cb/remove_cb`` callbacks that
-:func:`tlsgw.tls.sessions.apply` installs. The layout, locking and eviction (expired first, then
+:func:`tlsgw.tls.resumption.apply` installs. The layout, locking and eviction (expired first, then
 the oldest, as nginx does) are described on :class:`SharedSessionStore`; the module
-:mod:`tlsgw.tls.sessions` explains how it fits with the other session directives.
+:mod:`tlsgw.tls.resumption` explains how it fits with the other session directives.
 """
 
 from __future__ import annotations
