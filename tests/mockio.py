@@ -23,7 +23,7 @@ from tlsgw.balancer import Upstream
 from tlsgw.config.load import load_config
 from tlsgw.proxy import connect, pump
 from tlsgw.proxy.pump import Session
-from tlsgw.worker import ServerRuntime
+from tlsgw.runtime.server import ServerRuntime
 
 
 class FakeLoop:
@@ -271,7 +271,8 @@ class Harness:
                                       drained=asyncio.Event())
         upstream = Upstream(srv.upstream.name, srv.upstream.peer_configs(), srv.upstream.method,
                             clock=self.loop.time)
-        self.rt = ServerRuntime(self.worker, srv, upstream)  # type: ignore[arg-type]
+        self.rt = ServerRuntime(srv)
+        self.rt.bind(self.worker, upstream)
         self.session = Session(self.rt, "127.0.0.1:8000")
         self.client = MockTransport(self.loop, self.session)
         self._saved = pump._monotonic

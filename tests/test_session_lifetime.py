@@ -31,6 +31,7 @@ import uvloop
 from tlsgw import listener
 from tlsgw.config.load import load_config
 from tlsgw.proxy.pump import Session, UpstreamSide
+from tlsgw.runtime.generation import build
 from tlsgw.tls.protocols import ServerSSLObject, TLSAccept
 from tlsgw.worker import Worker
 
@@ -115,7 +116,7 @@ class InProcess:
                         f"  - listen: 127.0.0.1:{port}{' ssl' if tls else ''}\n"
                         + textwrap.indent(server, "    "))
         cfg = load_config(str(path))
-        worker = Worker(cfg, [], 0)
+        worker = Worker(build(cfg), [], 0)
         for group in cfg.groups:
             srv = await self.loop.create_server(worker.factory(group),
                                                 sock=listener.bind(group.listen))

@@ -29,41 +29,11 @@ from typing import Any
 
 from tlsgw import control, logs, procctl
 from tlsgw.balancer import Upstream
-from tlsgw.config.model import Config, ListenGroup, ServerConfig
+from tlsgw.config.model import ListenGroup
+from tlsgw.runtime.generation import Generation
+from tlsgw.runtime.server import ServerRuntime
 from tlsgw.session import Session
-from tlsgw.tls.protocols import TLSAccept, UpstreamTLS
-from tlsgw.tls.sni import install_sni
-
-
-class ServerRuntime:
-    """Per-worker, per-server settings flattened for the data path (attribute reads only)."""
-
-    def __init__(self, worker: Worker, cfg: ServerConfig, upstream: Upstream):
-        s = cfg.s
-        self.worker = worker
-        self.cfg = cfg
-        self.upstream = upstream
-        self.key = cfg.upstream.key
-        # the common `hash $remote_addr ...` key, read directly rather than through the template
-        self.key_is_remote_addr = self.key is not None and self.key.text == "$remote_addr"
-        self.connect_timeout: float = s.proxy_connect_timeout
-        self.timeout: float = s.proxy_timeout
-        self.next_upstream: bool = s.proxy_next_upstream
-        self.next_upstream_tries: int = s.proxy_next_upstream_tries
-        self.next_upstream_timeout: float = s.proxy_next_upstream_timeout
-        self.buffer_size: int = s.proxy_buffer_size
-        self.half_close: bool = s.proxy_half_close
-        self.tcp_nodelay: int = 1 if s.tcp_nodelay else 0
-        self.access_log = logs.sink(cfg.access_log.target.target) if cfg.access_log else None
-        self.access_template = cfg.access_log.template if cfg.access_log else None
-        self.ssl_context = cfg.ssl_context
-        self.handshake_timeout: float = s.ssl_handshake_timeout
-        self.proxy_tls: UpstreamTLS | None = None
-        if cfg.proxy_ssl_context is not None:
-            self.proxy_tls = UpstreamTLS(cfg.proxy_ssl_context, cfg.proxy_ssl_name,
-                                         cfg.proxy_ssl_sni, s.proxy_ssl_session_reuse,
-                                         s.proxy_ssl_verify)
-
+from tlsgw.tls.protocols import TLSAccept
 
 #: Signals an operator sends the master; a worker that gets one logs it and carries on.
 #: (SIGPIPE stays ignored, as Python sets it, without a line: a write to a closed peer raises it.)
@@ -78,9 +48,31 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
 PARENT_DEATH_SIGNAL = signal.SIGRTMIN
 
 
+class _Accept:
+    """The protocol factory of one listening socket. ``route`` is the listener's
+    :class:`~tlsgw.runtime.generation.Route` in the worker's current generation, as a tuple,
+    set by :meth:`Worker.adopt`; each connection reads it once, when it is accepted, and its
+    session keeps the runtime it started with."""
+
+    __slots__ = ("loop", "route")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop
+        self.route: tuple[Any, ...] = ()
+
+    def plain(self) -> asyncio.Protocol:
+        default, name = self.route
+        return Session(default, name)
+
+    def tls(self) -> asyncio.Protocol:
+        default, name, by_index, ctx, timeout = self.route
+        return TLSAccept(self.loop, Session(default, name, by_index), ctx, timeout)
+
+
 class Worker:
-    def __init__(self, cfg: Config, listeners: list[tuple[ListenGroup, socket.socket]],
+    def __init__(self, generation: Generation, listeners: list[tuple[ListenGroup, socket.socket]],
                  number: int, channel: socket.socket | None = None, master_pid: int = 0):
+        cfg = generation.cfg
         self.cfg = cfg
         self.listeners = listeners
         self.number = number
@@ -98,10 +90,40 @@ class Worker:
         self.drained = asyncio.Event()
         self.stop_requested = asyncio.Event()
         self.immediate = False
-        upstreams = {id(u): Upstream(u.name, u.peer_configs(), u.method)
-                     for u in {id(s.upstream): s.upstream for s in cfg.servers}.values()}
-        self.runtimes = {s.index: ServerRuntime(self, s, upstreams[id(s.upstream)])
-                         for s in cfg.servers}
+        #: balancer state (conns, fails) by upstream name: per worker, bound to the runtimes of
+        #: each generation the worker adopts
+        self.upstreams: dict[str, Upstream] = {}
+        self.layouts: dict[str, tuple[Any, list[Any]]] = {}
+        self.accepts: dict[str, _Accept] = {}
+        self.generation = generation
+        self.adopt(generation)
+
+    @property
+    def runtimes(self) -> dict[int, ServerRuntime]:
+        return self.generation.runtimes
+
+    def adopt(self, generation: Generation) -> None:
+        """Serve *generation* from the next accepted connection on: bind its runtimes to this
+        worker's balancer state (made for upstreams it did not know) and point every
+        listener's factory at its routes. Open sessions keep the runtimes they started with."""
+        for srv in generation.cfg.servers:
+            u = srv.upstream
+            layout = (u.method, u.peer_configs())
+            if self.layouts.get(u.name) != layout:  # new, or changed: carrying over per peer
+                self.upstreams[u.name] = Upstream(u.name, layout[1], u.method)  # is reload's
+                self.layouts[u.name] = layout
+        for srv in generation.cfg.servers:
+            generation.runtimes[srv.index].bind(self, self.upstreams[srv.upstream.name])
+        self.generation = generation
+        for key, route in generation.routes.items():
+            accept = self.accepts.get(key)
+            if accept is None:
+                accept = self.accepts[key] = _Accept(self.loop)
+            if route.group.ssl:
+                accept.route = (route.default, route.name, route.by_index, route.ssl_context,
+                                route.handshake_timeout)
+            else:
+                accept.route = (route.default, route.name)
 
     async def serve(self) -> None:
         loop = self.loop
@@ -145,17 +167,8 @@ class Worker:
 
     def factory(self, group: ListenGroup) -> Callable[[], asyncio.Protocol]:
         """The protocol factory of one listening socket."""
-        name = group.listen.log_name
-        default = self.runtimes[group.servers[0].index]
-        if not group.ssl:
-            return lambda: Session(default, name)
-        by_index = {s.index: self.runtimes[s.index] for s in group.servers}
-        logs_sni = any(s.access_log is not None and "ssl_server_name" in s.access_log.template.variables
-                       for s in group.servers)
-        if len(group.servers) > 1 or logs_sni:  # a Python call per handshake only when needed
-            install_sni(group, by_index)
-        ctx, timeout, loop = default.ssl_context, default.handshake_timeout, self.loop
-        return lambda: TLSAccept(loop, Session(default, name, by_index), ctx, timeout)
+        accept = self.accepts[Generation.route_key(group)]
+        return accept.tls if group.ssl else accept.plain
 
     def ignore_signal(self, sig: int) -> None:
         self.error_log.log("notice", f"signal {sig} ({procctl.signal_name(sig)}) received, "
@@ -247,7 +260,7 @@ class Worker:
         self.stop_requested.set()
 
 
-def run_worker(cfg: Config, listeners: list[tuple[ListenGroup, socket.socket]],
+def run_worker(generation: Generation, listeners: list[tuple[ListenGroup, socket.socket]],
                number: int, channel: socket.socket | None = None, master_pid: int = 0) -> int:
     """Entry point in a forked child (signals still blocked, as in the master). Returns the
     exit status."""
@@ -271,7 +284,7 @@ def run_worker(cfg: Config, listeners: list[tuple[ListenGroup, socket.socket]],
     asyncio.set_event_loop(loop)
     worker: Any = None
     try:
-        worker = Worker(cfg, listeners, number, channel, master_pid)
+        worker = Worker(generation, listeners, number, channel, master_pid)
         loop.run_until_complete(worker.serve())
         return 0
     finally:

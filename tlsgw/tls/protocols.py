@@ -16,7 +16,6 @@ Toward upstreams, :class:`UpstreamTLS` stands in for the ``SSLContext`` given to
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import ssl
 from typing import Any
 
@@ -141,14 +140,10 @@ def _clear_sni(obj: ssl.SSLObject, raw_ctx: int) -> None:
     from tlsgw.tls.context import _ssl_pointer
     from tlsgw.tls.native import load
 
-    lib = load().ssl
-    ctrl = lib.SSL_ctrl
-    if ctrl.argtypes is None:
-        ctrl.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_void_p]
-        ctrl.restype = ctypes.c_long
+    lib = load().ssl  # SSL_ctrl's prototype: tlsgw.tls.native
     ptr = _ssl_pointer(obj)
     if ptr and lib.SSL_get_SSL_CTX(ptr) == raw_ctx:  # the SSL * of this connection
-        ctrl(ptr, SSL_CTRL_SET_TLSEXT_HOSTNAME, TLSEXT_NAMETYPE_host_name, None)
+        lib.SSL_ctrl(ptr, SSL_CTRL_SET_TLSEXT_HOSTNAME, TLSEXT_NAMETYPE_host_name, None)
 
 
 class UpstreamTLS:

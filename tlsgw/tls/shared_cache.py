@@ -73,6 +73,7 @@ class SharedSessionStore:
         self.data_size = size - self.data_off
         self.lock = multiprocessing.get_context("fork").Lock()
         self._callbacks: tuple | None = None
+        self.pins = native.Pins()
         self._last_warning = 0.0
         self._busy_since: float | None = None
         self._wipe()
@@ -310,8 +311,11 @@ class SharedSessionStore:
                 self._wipe()
 
     def close(self) -> None:
+        """Unmap the store and drop its callbacks (once no context has them)."""
         with contextlib.suppress(Exception):
             self.mem.close()
+        self._callbacks = None
+        self.pins.clear()
 
     def _corrupt(self) -> None:
         log.error('SSL session shared cache "%s" was inconsistent and has been cleared', self.name)
@@ -326,14 +330,15 @@ class SharedSessionStore:
 
     # --- OpenSSL callbacks ---------------------------------------------------------------------
     def callbacks(self) -> tuple:
-        """``(new_cb, get_cb, remove_cb)`` thunks for this store (created once, pinned)."""
+        """``(new_cb, get_cb, remove_cb)`` thunks for this store (created once, held until
+        :meth:`close`)."""
         if self._callbacks is None:
             self._callbacks = (
                 native.NEW_SESSION_CB(self._new_cb),
                 native.GET_SESSION_CB(self._get_cb),
                 native.REMOVE_SESSION_CB(self._remove_cb),
             )
-            native.keep_alive(self._callbacks, self)
+            self.pins.add(self._callbacks)
         return self._callbacks
 
     def _new_cb(self, ssl_ptr, sess) -> int:
@@ -366,8 +371,8 @@ class SharedSessionStore:
 
     def _remove_cb(self, ctx_ptr, sess) -> None:
         try:
-            if ctx_ptr in native.closing_ctxs:
-                return  # a context being freed flushes its builtin cache: keep the shared copies
+            # (a context being freed flushes its builtin cache: native clears this callback
+            # first, so the shared copies stay)
             sid = native.session_id(sess)
             if sid:
                 self.remove(sid)
