@@ -6,6 +6,7 @@ Handshakes here run in memory (``ssl.MemoryBIO``), so no socket is needed.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import os
 import ssl
@@ -19,6 +20,7 @@ from tlsgw.errors import ConfigErrors
 from tlsgw.runtime import zones as zones_
 from tlsgw.runtime.generation import build, build_file
 from tlsgw.tls import native
+from tlsgw.worker import Worker
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -220,3 +222,79 @@ def test_runtimes_read_the_typed_settings(tmp_path, pki):
         assert proxied.proxy_tls is not None and proxied.proxy_tls.name == "localhost"
     finally:
         gen.release()
+
+
+def _plain_config(tmp_path: Path, name: str, peers: str, timeout: str = "10m") -> str:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(textwrap.dedent(f"""\
+        error_log: stderr crit
+        upstreams:
+          backend:
+            servers: [{peers}]
+          other:
+            servers: [10.0.0.9:80]
+        servers:
+          - listen: 127.0.0.1:9000
+            proxy_pass: backend
+            proxy_timeout: {timeout}
+          - listen: 127.0.0.1:9001
+            proxy_pass: other
+        """))
+    return str(path)
+
+
+def test_a_worker_reads_the_current_generation_per_accept_and_sessions_keep_theirs(tmp_path):
+    """The factories read the adopted generation's routes at accept time; a session made
+    before keeps its runtime; balancer state is the worker's, by upstream name: kept for an
+    unchanged upstream, new for a changed one."""
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        first = build(load_config(_plain_config(tmp_path, "one", "10.0.0.1:80")), allocate=False)
+        worker = Worker(first, [], 0)
+        group = first.cfg.groups[0]
+        factory = worker.factory(group)
+        old = factory()
+        assert old.rt is first.runtimes[0] and old.rt.worker is worker
+        backend, other = worker.upstreams["backend"], worker.upstreams["other"]
+        assert old.rt.upstream is backend and old.rt.timeout == 600
+
+        second = build(load_config(_plain_config(tmp_path, "two", "10.0.0.1:80, 10.0.0.2:80",
+                                                 timeout="5s")), allocate=False)
+        worker.adopt(second)
+        new = factory()  # the same factory the listener holds
+        assert worker.generation is second
+        assert new.rt is second.runtimes[0] and new.rt.timeout == 5
+        assert old.rt is first.runtimes[0] and old.rt.timeout == 600
+        assert new.rt.upstream is not backend  # its servers changed
+        assert len(new.rt.upstream.peers) == 2
+        assert second.runtimes[1].upstream is other  # unchanged: the same state
+        first.release()
+        second.release()
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()
+
+
+def test_zone_registry_counts_holders():
+    made: list[tuple[str, int]] = []
+
+    class Zone:
+        def __init__(self, name: str, size: int):
+            made.append((name, size))
+            self.closed = False
+
+        def close(self) -> None:
+            self.closed = True
+
+    registry = zones_.ZoneRegistry()
+    a = registry.acquire("k", "Z", 1, Zone)
+    b = registry.acquire("k", "Z", 1, Zone)
+    c = registry.acquire("k", "Z", 2, Zone)
+    assert a is b and a is not c and made == [("Z", 1), ("Z", 2)]
+    registry.release(("k", "Z", 1))
+    assert not a.closed and registry.holders(("k", "Z", 1)) == 1
+    registry.release(("k", "Z", 1))
+    assert a.closed and ("k", "Z", 1) not in registry and not c.closed
+    registry.release(("k", "Z", 2))
+    assert c.closed and len(registry) == 0
