@@ -54,10 +54,9 @@ class _Accept:
     set by :meth:`Worker.adopt`; each connection reads it once, when it is accepted, and its
     session keeps the runtime it started with."""
 
-    __slots__ = ("loop", "route")
+    __slots__ = ("route",)
 
-    def __init__(self, loop: asyncio.AbstractEventLoop):
-        self.loop = loop
+    def __init__(self) -> None:
         self.route: tuple[Any, ...] = ()
 
     def plain(self) -> asyncio.Protocol:
@@ -65,8 +64,8 @@ class _Accept:
         return Session(default, name)
 
     def tls(self) -> asyncio.Protocol:
-        default, name, by_index, ctx, timeout = self.route
-        return TLSAccept(self.loop, Session(default, name, by_index), ctx, timeout)
+        loop, default, name, by_index, ctx, timeout = self.route
+        return TLSAccept(loop, Session(default, name, by_index), ctx, timeout)
 
 
 class Worker:
@@ -109,8 +108,9 @@ class Worker:
         for srv in generation.cfg.servers:
             u = srv.upstream
             layout = (u.method, u.peer_configs())
-            if self.layouts.get(u.name) != layout:  # new, or changed: carrying over per peer
-                self.upstreams[u.name] = Upstream(u.name, layout[1], u.method)  # is reload's
+            if self.layouts.get(u.name) != layout:  # new or changed (carrying the state of
+                # its unchanged peers over, by (upstream, peer) name, is the reload's to add)
+                self.upstreams[u.name] = Upstream(u.name, layout[1], u.method)
                 self.layouts[u.name] = layout
         for srv in generation.cfg.servers:
             generation.runtimes[srv.index].bind(self, self.upstreams[srv.upstream.name])
@@ -118,10 +118,10 @@ class Worker:
         for key, route in generation.routes.items():
             accept = self.accepts.get(key)
             if accept is None:
-                accept = self.accepts[key] = _Accept(self.loop)
+                accept = self.accepts[key] = _Accept()
             if route.group.ssl:
-                accept.route = (route.default, route.name, route.by_index, route.ssl_context,
-                                route.handshake_timeout)
+                accept.route = (self.loop, route.default, route.name, route.by_index,
+                                route.ssl_context, route.handshake_timeout)
             else:
                 accept.route = (route.default, route.name)
 
