@@ -84,6 +84,8 @@ class Generation:
             sni.uninstall(ctx)
         self._sni_contexts.clear()
         if self.resumption is not None:
+            for ring in self.resumption.rings():  # no context of ours calls them any more
+                ring.close()
             self.resumption.close()
             self.resumption = None
         for key in self.zone_keys:

@@ -57,8 +57,10 @@ Typical master code (:mod:`tlsgw.runtime.generation` does this for a whole confi
         if os.fork() == 0:
             run_worker(...)                               # loop.create_server(..., ssl=ctx)
 
-:meth:`SessionRuntime.close` drops the ticket key callbacks (and the stores it made itself)
-once no context has them any more (:func:`tlsgw.tls.native.clear_callbacks`).
+:func:`apply` makes each context hold the ticket key ring and the store its callbacks use, so
+they live as long as the context does; a generation that takes its callbacks back
+(:func:`tlsgw.tls.native.clear_callbacks`) drops its rings' thunks at once
+(:meth:`TicketKeyRing.close`).
 
 The shared store
 ----------------
@@ -335,7 +337,8 @@ class TicketKeyRing:
         return self._cb
 
     def close(self) -> None:
-        """Drop the thunk (once no context has it: :func:`tlsgw.tls.native.clear_callbacks`)."""
+        """Drop the thunk, once no context has it any more
+        (:func:`tlsgw.tls.native.clear_callbacks`)."""
         self._cb = None
         self._native = []
         self.pins.clear()
@@ -395,15 +398,16 @@ class SessionRuntime:
     """False when the stores came from a zone registry, which unmaps them itself."""
 
     def close(self) -> None:
-        """Drop the ticket key callbacks and unmap the stores this runtime made (only once no
-        context using them will handshake again, and their callbacks were cleared)."""
-        for ring in [self.auto_keys, *self.file_keys.values()]:
-            if ring is not None:
-                ring.close()
+        """Unmap the stores this runtime made (only once no context using them will handshake
+        again). The callbacks stay valid: each configured context holds the ring and the store
+        its callbacks use (see :func:`apply`), and they go with it."""
         if self.owns_stores:
             for store in self.stores.values():
                 store.close()
         self.stores.clear()
+
+    def rings(self) -> list[TicketKeyRing]:
+        return [r for r in (self.auto_keys, *self.file_keys.values()) if r is not None]
 
 
 _DIRECTIVES = "ssl_session_cache/ssl_session_timeout/ssl_session_tickets"
@@ -557,3 +561,6 @@ def apply(ctx: ssl.SSLContext, settings: SessionSettings, runtime: SessionRuntim
         native.set_num_tickets(raw, settings.num_tickets)
     native.set_mode(raw, native.SSL_MODE_RELEASE_BUFFERS, settings.release_buffers)
     native.keep_sessions_on_abrupt_close(ctx, raw)
+    # what the callbacks installed above call into lives as long as the context (a context
+    # that dies clears its remove callback before SSL_CTX_free, see tlsgw.tls.native)
+    ctx.tlsgw_resumption = (ring, store)  # type: ignore[attr-defined]

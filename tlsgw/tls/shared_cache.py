@@ -311,11 +311,10 @@ class SharedSessionStore:
                 self._wipe()
 
     def close(self) -> None:
-        """Unmap the store and drop its callbacks (once no context has them)."""
+        """Unmap the store. Its callbacks stay valid (a lookup is then a miss) and go with the
+        store object, which every context using them holds."""
         with contextlib.suppress(Exception):
             self.mem.close()
-        self._callbacks = None
-        self.pins.clear()
 
     def _corrupt(self) -> None:
         log.error('SSL session shared cache "%s" was inconsistent and has been cleared', self.name)
@@ -330,8 +329,7 @@ class SharedSessionStore:
 
     # --- OpenSSL callbacks ---------------------------------------------------------------------
     def callbacks(self) -> tuple:
-        """``(new_cb, get_cb, remove_cb)`` thunks for this store (created once, held until
-        :meth:`close`)."""
+        """``(new_cb, get_cb, remove_cb)`` thunks for this store (created once, held by it)."""
         if self._callbacks is None:
             self._callbacks = (
                 native.NEW_SESSION_CB(self._new_cb),
