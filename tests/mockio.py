@@ -20,10 +20,10 @@ from typing import Any
 
 from tlsgw.balancer import Upstream
 from tlsgw.config.load import load_config
-from tlsgw.process.worker import ServerRuntime
 from tlsgw.proxy import connect, pump
 from tlsgw.proxy.context import WorkerContext
 from tlsgw.proxy.pump import Session
+from tlsgw.runtime.server import ServerRuntime
 
 
 class FakeLoop:
@@ -270,7 +270,8 @@ class Harness:
         upstream = Upstream(srv.upstream.name, srv.upstream.peer_configs(), srv.upstream.method,
                             clock=self.loop.time)
         # the data path reads no worker: the session's worker is its context
-        self.rt = ServerRuntime(None, srv, upstream)  # type: ignore[arg-type]
+        self.rt = ServerRuntime(srv)
+        self.rt.bind(None, upstream)
         self.session = Session(self.context, self.rt, "127.0.0.1:8000")
         self.client = MockTransport(self.loop, self.session)
         self._saved = pump._monotonic

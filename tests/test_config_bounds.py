@@ -16,6 +16,7 @@ from support import ROOT, free_port, run_cli
 from tlsgw.config import units
 from tlsgw.config.load import load_config
 from tlsgw.errors import ConfigErrors
+from tlsgw.runtime.generation import build_file
 
 BASE = """\
 servers:
@@ -27,8 +28,8 @@ servers:
 def errors_of(tmp_path: Path, text: str) -> list[str]:
     path = tmp_path / "c.yaml"
     path.write_text(textwrap.dedent(text))
-    with pytest.raises(ConfigErrors) as ei:
-        load_config(str(path))
+    with pytest.raises(ConfigErrors) as ei:  # what check does: load, then build
+        build_file(str(path), allocate=False).release()
     return [str(e).replace(str(path), "FILE") for e in ei.value.errors]
 
 

@@ -32,8 +32,9 @@ from hypothesis import strategies as st
 from support import ROOT, free_port, wait_until
 
 from tlsgw.config import schema
-from tlsgw.config.load import load_config
+from tlsgw.config.model import Config
 from tlsgw.errors import ConfigErrors
+from tlsgw.runtime.generation import build_file
 
 _COMMON = dict(deadline=timedelta(seconds=10), database=None, print_blob=True,
                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
@@ -69,12 +70,19 @@ def lab(tmp_path_factory):
     return root / "configs"
 
 
+def checked(path: str) -> Config:
+    """What ``tlsgw check`` runs: load, then build with no shared memory mapped (and release)."""
+    generation = build_file(path, allocate=False)
+    generation.release()
+    return generation.cfg
+
+
 def check_in_process(path: Path) -> bool:
     """``tlsgw check`` without the subprocess: True if accepted, False if refused cleanly.
     Anything else (a traceback) propagates and fails the example."""
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     try:
-        load_config(str(path), check_files=True, allocate=False)
+        checked(str(path))
         ok = True
     except ConfigErrors as exc:
         assert exc.errors and all(str(e) for e in exc.errors)
@@ -310,7 +318,7 @@ def test_every_directive_is_reached(lab):
         path = lab / "fuzz-r.yaml"
         path.write_text(base_config(9000, 9443, **{kw: line}))
         try:
-            load_config(str(path), allocate=False)
+            checked(str(path))
         except ConfigErrors as exc:
             raise AssertionError(f"{d.name}: {line!r}: {exc}") from None
 
@@ -351,7 +359,7 @@ def _listening(port: int) -> bool:
 def serve_starts(path: Path) -> None:
     """Serve an accepted configuration whose listeners are all on rewritten loopback ports:
     it must bind them, fork its workers and stop on SIGTERM, with no traceback."""
-    cfg = load_config(str(path), allocate=False)
+    cfg = checked(str(path))
     ports = [g.listen.address.port for g in cfg.groups]
     err = path.with_suffix(".stderr")
     with open(err, "wb") as fh:
@@ -390,7 +398,7 @@ def _rewrite_ports(path: Path, text: str) -> bool:
     or the configuration asks for more workers than this shared machine should fork."""
     path.write_text(text, errors="surrogatepass")
     try:
-        cfg = load_config(str(path), allocate=False)
+        cfg = checked(str(path))
     except ConfigErrors:
         return False
     if cfg.worker_processes > 2 or not cfg.groups:
@@ -409,7 +417,7 @@ def _rewrite_ports(path: Path, text: str) -> bool:
         text = re.sub(rf"(?<![\w.:]){re.escape(g.listen.text)}(?![\w:])", new[g.listen.text], text)
     path.write_text(text, errors="surrogatepass")
     try:
-        cfg = load_config(str(path), allocate=False)
+        cfg = checked(str(path))
     except ConfigErrors:
         return False
     return {g.listen.text for g in cfg.groups} <= set(new.values())

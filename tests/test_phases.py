@@ -16,11 +16,11 @@ from mockio import FakeLoop, Harness, RecordingLog
 
 from tlsgw.balancer import Upstream
 from tlsgw.config.load import load_config
-from tlsgw.process.worker import ServerRuntime
 from tlsgw.proxy import phases
 from tlsgw.proxy.context import WorkerContext
 from tlsgw.proxy.phases import Phase
 from tlsgw.proxy.pump import Session, State
+from tlsgw.runtime.generation import build
 from tlsgw.tls.transport import TLSAccept
 
 
@@ -31,18 +31,22 @@ def test_phases_are_nginx_order():
     assert order == sorted(order) and all(p < Phase.CONTENT for p in order)
 
 
+_GENERATIONS: list[object] = []
+
+
 def _listener(tmp_path: Path, listen: str, extra: str = "") -> tuple[phases.Listener, FakeLoop]:
     path = tmp_path / "gw.yaml"
     path.write_text(f"servers:\n  - listen: {listen}\n    proxy_pass: 127.0.0.1:9\n{extra}")
     cfg = load_config(str(path))
     loop = FakeLoop()
     context = WorkerContext(loop, RecordingLog())  # type: ignore[arg-type]
-    runtimes = {}
+    gen = build(cfg, allocate=False)
+    _GENERATIONS.append(gen)  # its contexts' callbacks live as long as it does
     for s in cfg.servers:
         upstream = Upstream(s.upstream.name, s.upstream.peer_configs(), s.upstream.method)
-        runtimes[s.index] = ServerRuntime(None, s, upstream)  # type: ignore[arg-type]
+        gen.runtimes[s.index].bind(None, upstream)
     group = cfg.groups[0]
-    return phases.Listener(group, phases.servers_of(group, runtimes), context), loop
+    return phases.Listener(group, phases.servers_of(group, gen.runtimes), context), loop
 
 
 def test_a_plain_listener_gets_the_pump_protocol_directly(tmp_path):

@@ -32,6 +32,7 @@ from tlsgw.config.load import load_config
 from tlsgw.process import listeners
 from tlsgw.process.worker import Worker
 from tlsgw.proxy.pump import Session, UpstreamSide
+from tlsgw.runtime.generation import build
 from tlsgw.tls.transport import ServerSSLObject, TLSAccept
 
 pytestmark = pytest.mark.timeout(60)
@@ -115,7 +116,7 @@ class InProcess:
                         f"  - listen: 127.0.0.1:{port}{' ssl' if tls else ''}\n"
                         + textwrap.indent(server, "    "))
         cfg = load_config(str(path))
-        worker = Worker(cfg, [], 0)
+        worker = Worker(build(cfg), [], 0)
         for group in cfg.groups:
             srv = await self.loop.create_server(worker.factory(group),
                                                 sock=listeners.bind(group.listen))

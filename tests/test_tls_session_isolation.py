@@ -140,13 +140,13 @@ def _handshake(server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext) -> None:
 
 def test_a_connection_whose_session_id_context_cannot_be_set_is_refused(pki, monkeypatch):
     """Fail closed: a handshake goes on only with the server's own session-id context."""
-    from tlsgw.tls import hello, native, sessions
+    from tlsgw.tls import hello, native, resumption
 
-    settings = sessions.SessionSettings()
-    runtime = sessions.prepare_in_master([settings])
+    settings = resumption.SessionSettings()
+    runtime = resumption.prepare_in_master([settings])
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(pki.server, pki.server_key)
-    sessions.apply(ctx, settings, runtime, b"x" * 20)
+    resumption.apply(ctx, settings, runtime, b"x" * 20)
     client = pki.client_context()
     _handshake(ctx, client)
     monkeypatch.delitem(hello._id_contexts, native.ctx_pointer(ctx))

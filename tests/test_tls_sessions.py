@@ -31,8 +31,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from tlsgw.errors import ConfigError, StartupError
-from tlsgw.tls import native, sessions, shared_cache
-from tlsgw.tls.sessions import SessionSettings
+from tlsgw.tls import native, resumption, shared_cache
+from tlsgw.tls.resumption import SessionSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 OPENSSL = shutil.which("openssl")
@@ -87,9 +87,9 @@ def server_context(certs, which="a", max_version=None) -> ssl.SSLContext:
 
 
 def configured(certs, settings: SessionSettings, runtime=None, which="a", max_version=None):
-    runtime = runtime or sessions.prepare_in_master([settings])
+    runtime = runtime or resumption.prepare_in_master([settings])
     ctx = server_context(certs, which, max_version)
-    sessions.apply(ctx, settings, runtime, sessions.session_id_context_from_files([certs[which][0]]))
+    resumption.apply(ctx, settings, runtime, resumption.session_id_context_from_files([certs[which][0]]))
     return ctx, runtime
 
 
@@ -219,16 +219,16 @@ MASTER_SCRIPT = textwrap.dedent(
     import asyncio, json, os, signal, socket, ssl, sys, time
     sys.path.insert(0, sys.argv[1])
     import uvloop
-    from tlsgw.tls import sessions
+    from tlsgw.tls import resumption
 
     cfg = json.loads(sys.argv[2])
-    settings = sessions.SessionSettings.from_directives(**cfg["directives"])
-    runtime = sessions.prepare_in_master([settings])
+    settings = resumption.SessionSettings.from_directives(**cfg["directives"])
+    runtime = resumption.prepare_in_master([settings])
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(cfg["cert"], cfg["key"])
-    id_ctx = sessions.session_id_context_from_files([cfg["cert"]])
+    id_ctx = resumption.session_id_context_from_files([cfg["cert"]])
     if cfg["apply"] == "master":
-        sessions.apply(ctx, settings, runtime, id_ctx)
+        resumption.apply(ctx, settings, runtime, id_ctx)
     socks = []
     for _ in range(cfg["workers"]):
         s = socket.socket()
@@ -245,7 +245,7 @@ MASTER_SCRIPT = textwrap.dedent(
 
     def worker(sock):
         if cfg["apply"] == "worker":
-            sessions.apply(ctx, settings, runtime, id_ctx)
+            resumption.apply(ctx, settings, runtime, id_ctx)
         loop = uvloop.new_event_loop()
         asyncio.set_event_loop(loop)
         loop.run_until_complete(loop.create_server(Greeter, sock=sock, ssl=ctx))
@@ -315,21 +315,21 @@ def master(tmp_path, certs):
 # configuration parsing and validation
 # ================================================================================================
 def test_parse_session_cache_nginx_syntax():
-    p = sessions.parse_session_cache
-    assert p("none") == sessions.SessionCacheSpec("none")
-    assert p("off") == sessions.SessionCacheSpec("off")
-    assert p("builtin") == sessions.SessionCacheSpec("builtin", None)
-    assert p("builtin:1000") == sessions.SessionCacheSpec("builtin", 1000)
-    assert p("shared:SSL:10m") == sessions.SessionCacheSpec("shared", None, "SSL", 10 * 2**20)
-    assert p("builtin:5 shared:S:64k") == sessions.SessionCacheSpec("builtin+shared", 5, "S", 65536)
-    assert p(["shared:S:1m", "builtin"]) == sessions.SessionCacheSpec("builtin+shared", None, "S", 2**20)
+    p = resumption.parse_session_cache
+    assert p("none") == resumption.SessionCacheSpec("none")
+    assert p("off") == resumption.SessionCacheSpec("off")
+    assert p("builtin") == resumption.SessionCacheSpec("builtin", None)
+    assert p("builtin:1000") == resumption.SessionCacheSpec("builtin", 1000)
+    assert p("shared:SSL:10m") == resumption.SessionCacheSpec("shared", None, "SSL", 10 * 2**20)
+    assert p("builtin:5 shared:S:64k") == resumption.SessionCacheSpec("builtin+shared", 5, "S", 65536)
+    assert p(["shared:S:1m", "builtin"]) == resumption.SessionCacheSpec("builtin+shared", None, "S", 2**20)
     assert p("off shared:S:1m").cache == "off"
     for bad in ("builtin:abc", "shared:X", "shared::1m", "shared:X:1q", "bogus"):
         with pytest.raises(ConfigError, match=f'invalid session cache "{bad}"'):
             p(bad)
     with pytest.raises(ConfigError, match='session cache "shared:X:16k" is too small'):
         p("shared:X:16k")
-    assert sessions.parse_size("32k") == 32768 and sessions.parse_size("1x") is None
+    assert resumption.parse_size("32k") == 32768 and resumption.parse_size("1x") is None
 
 
 def test_settings_defaults_are_nginx_defaults():
@@ -347,21 +347,21 @@ def test_ticket_key_file_must_be_48_or_80_bytes(tmp_path, length):
     path = tmp_path / "bad.key"
     path.write_bytes(os.urandom(length))
     with pytest.raises(ConfigError) as info:
-        sessions.prepare_in_master([SessionSettings(ticket_key_files=(str(path),))])
+        resumption.prepare_in_master([SessionSettings(ticket_key_files=(str(path),))])
     assert str(info.value) == f'"{path}" must be 48 or 80 bytes'
 
 
 def test_ticket_key_file_missing(tmp_path):
     with pytest.raises(ConfigError, match=r'open\(\) ".*nope.key" failed'):
-        sessions.prepare_in_master([SessionSettings(ticket_key_files=(str(tmp_path / "nope.key"),))])
+        resumption.prepare_in_master([SessionSettings(ticket_key_files=(str(tmp_path / "nope.key"),))])
 
 
 def test_ticket_key_layouts_match_nginx():
     raw48 = bytes(range(48))
-    k = sessions.TicketKey.from_bytes(raw48)
+    k = resumption.TicketKey.from_bytes(raw48)
     assert (k.name, k.aes_key, k.hmac_key, k.bits) == (raw48[:16], raw48[16:32], raw48[32:], 128)
     raw80 = bytes(range(80))
-    k = sessions.TicketKey.from_bytes(raw80)
+    k = resumption.TicketKey.from_bytes(raw80)
     assert (k.name, k.hmac_key, k.aes_key, k.bits) == (raw80[:16], raw80[16:48], raw80[48:], 256)
 
 
@@ -369,8 +369,8 @@ def test_one_shared_name_with_two_sizes_is_an_error():
     a = SessionSettings.from_directives("shared:Z:1m")
     b = SessionSettings.from_directives("shared:Z:2m")
     with pytest.raises(ConfigError, match='shared memory zone "Z" conflicts with already declared size'):
-        sessions.prepare_in_master([a, b])
-    runtime = sessions.prepare_in_master([a, SessionSettings.from_directives("builtin shared:Z:1m")])
+        resumption.prepare_in_master([a, b])
+    runtime = resumption.prepare_in_master([a, SessionSettings.from_directives("builtin shared:Z:1m")])
     assert list(runtime.stores) == ["Z"]
     runtime.close()
 
@@ -408,9 +408,9 @@ def test_unusable_libssl_is_a_startup_error_naming_the_setting(monkeypatch):
     monkeypatch.setattr(native, "load", broken)
     settings = SessionSettings.from_directives("shared:SSL:1m", 120)
     with pytest.raises(StartupError, match=r"ssl_session_cache shared:SSL:1048576.*ssl_session_timeout 120s.*libssl not found"):
-        sessions.prepare_in_master([settings])
+        resumption.prepare_in_master([settings])
     with pytest.raises(StartupError, match="ssl_session_timeout"):
-        sessions.apply(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), settings, sessions.SessionRuntime(), b"x")
+        resumption.apply(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), settings, resumption.SessionRuntime(), b"x")
 
 
 def test_apply_sets_what_nginx_sets(certs):
@@ -615,7 +615,7 @@ def test_sessions_do_not_cross_certificates(certs, serve):
     """Two servers share one runtime (same shared cache, same default ticket keys) but serve
     different certificates: the session-id context keeps their sessions apart."""
     settings = SessionSettings.from_directives("shared:X:1m", 60, True)
-    runtime = sessions.prepare_in_master([settings])
+    runtime = resumption.prepare_in_master([settings])
     ctx_a, _ = configured(certs, settings, runtime, which="a")
     ctx_b, _ = configured(certs, settings, runtime, which="b")
     port_a, port_b = serve(ctx_a), serve(ctx_b)
@@ -701,7 +701,7 @@ def test_ticket_key_rotation_renews_tickets(certs, serve, tmp_path, version):
     s_old = SessionSettings(timeout=60, ticket_key_files=(old,))
     s_rot = SessionSettings(timeout=60, ticket_key_files=(new, old))  # new encrypts, old decrypts
     s_new = SessionSettings(timeout=60, ticket_key_files=(new,))
-    runtime = sessions.prepare_in_master([s_old, s_rot, s_new])
+    runtime = resumption.prepare_in_master([s_old, s_rot, s_new])
     port_old = serve(configured(certs, s_old, runtime)[0])
     port_rot = serve(configured(certs, s_rot, runtime)[0])
     port_new = serve(configured(certs, s_new, runtime)[0])
@@ -725,9 +725,9 @@ def test_legacy_hmac_ticket_callback(certs, serve, tmp_path, monkeypatch):
     monkeypatch.setattr(native.load(), "ticket_api", "hmac")
     (key,) = _key_files(tmp_path, 80)
     settings = SessionSettings(timeout=60, ticket_key_files=(key,))
-    runtime = sessions.prepare_in_master([settings])
+    runtime = resumption.prepare_in_master([settings])
     port = serve(configured(certs, settings, runtime)[0])
-    port2 = serve(configured(certs, settings, sessions.prepare_in_master([settings]))[0])
+    port2 = serve(configured(certs, settings, resumption.prepare_in_master([settings]))[0])
     for version in (TLS12, TLS13):
         cctx = client_context(version)
         _, sess, _ = py_connect(port, cctx)
@@ -739,7 +739,7 @@ def test_legacy_hmac_ticket_callback(certs, serve, tmp_path, monkeypatch):
 # the shared store on its own
 # ================================================================================================
 def test_store_put_get_remove_expire():
-    store = sessions.SharedSessionStore("U", 32768)
+    store = resumption.SharedSessionStore("U", 32768)
     sid, der = b"i" * 32, b"d" * 300
     assert store.put(sid, der, expire=100, now=10)
     assert store.get(sid, now=50) == der
@@ -756,7 +756,7 @@ def test_store_put_get_remove_expire():
 
 
 def test_store_evicts_expired_before_oldest():
-    store = sessions.SharedSessionStore("V", 32768)
+    store = resumption.SharedSessionStore("V", 32768)
     ids = [os.urandom(32) for _ in range(400)]
     for i, sid in enumerate(ids):
         store.put(sid, b"d" * 200, expire=1000 + i, now=0)  # oldest first
@@ -773,7 +773,7 @@ def test_store_evicts_expired_before_oldest():
 
 
 def test_store_survives_a_worker_dying_with_the_lock():
-    store = sessions.SharedSessionStore("W", 32768)
+    store = resumption.SharedSessionStore("W", 32768)
     store.put(b"k" * 32, b"v" * 100, expire=10**10)
     pid = os.fork()
     if pid == 0:  # pragma: no cover - child
@@ -790,7 +790,7 @@ def test_store_survives_a_worker_dying_with_the_lock():
 
 
 def test_store_recovers_from_corruption():
-    store = sessions.SharedSessionStore("C", 32768)
+    store = resumption.SharedSessionStore("C", 32768)
     store.put(b"k" * 32, b"v" * 100, expire=10**10)
     store.mem[store.buckets_off: store.buckets_off + 4 * store.nbuckets] = b"\xff" * (4 * store.nbuckets)
     assert store.get(b"k" * 32) is None                    # bad offsets: wiped, not crashed
@@ -805,7 +805,7 @@ def test_freeing_a_context_does_not_empty_the_shared_cache(certs, serve):
     import gc
 
     settings = SessionSettings.from_directives("builtin shared:F:1m", 60, False)
-    runtime = sessions.prepare_in_master([settings])
+    runtime = resumption.prepare_in_master([settings])
     ctx, _ = configured(certs, settings, runtime)
     srv = UvServer(ctx)
     cctx = client_context(TLS12, tickets=False)

@@ -20,6 +20,7 @@ from tlsgw.config.load import load_config
 from tlsgw.process import listeners
 from tlsgw.process.worker import MASTER_SIGNALS, STOP_SIGNALS, Worker
 from tlsgw.proxy.pump import Session
+from tlsgw.runtime.generation import build
 
 
 class Echo(asyncio.Protocol):
@@ -60,7 +61,7 @@ def run_worker_in_process(tmp_path: Path, scenario) -> tuple[str, str]:
                                                  str(backend.sockets[0].getsockname()[1])))
         cfg = load_config(str(path))
         bound = [(g, listeners.bind(g.listen)) for g in cfg.groups]
-        worker = Worker(cfg, bound, 0)
+        worker = Worker(build(cfg), bound, 0)
         serving = loop.create_task(worker.serve())
         for port in ports:  # wait until both listeners accept
             for _ in range(500):
@@ -191,7 +192,7 @@ def test_a_failing_timer_callback_is_traced_to_its_session(tmp_path):
     try:
         path, _ = config(tmp_path)
         path.write_text(path.read_text().replace("{backend}", "1"))
-        worker = Worker(load_config(str(path)), [], 0)
+        worker = Worker(build(load_config(str(path))), [], 0)
         loop.set_exception_handler(worker.loop_exception)  # what serve() does
         rt = next(iter(worker.runtimes.values()))
         victim, bystander = (Session(worker.context, rt, "127.0.0.1:9000") for _ in range(2))

@@ -18,32 +18,33 @@ EXIT_CONFIG = 1
 EXIT_STARTUP = 3
 
 
-def _warn(cfg, args: argparse.Namespace) -> None:
+def _warn(warnings: list[str], args: argparse.Namespace) -> None:
     """Print the configuration's warnings; under ``--strict`` they fail it instead."""
-    if args.strict and cfg.warnings:
-        raise ConfigErrors([ConfigError(f"{w} (an error with --strict)") for w in cfg.warnings])
-    for warning in cfg.warnings:
+    if args.strict and warnings:
+        raise ConfigErrors([ConfigError(f"{w} (an error with --strict)") for w in warnings])
+    for warning in warnings:
         print(f"tlsgw: [warn] {warning}", file=sys.stderr)
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    from tlsgw.config.load import load_config
+    from tlsgw.runtime.generation import build_file
 
-    # a check validates shared memory zones without making them (serve makes them)
-    cfg = load_config(args.config, check_files=True, allocate=False)
-    _warn(cfg, args)
+    # what serve builds, but shared memory zones are validated, not made, and nothing is bound
+    generation = build_file(args.config, allocate=False)
+    generation.release()
+    _warn(generation.cfg.warnings + generation.warnings, args)
     print(f"tlsgw: the configuration file {args.config} syntax is ok")
     print(f"tlsgw: configuration file {args.config} test is successful")
     return EXIT_OK
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from tlsgw.config.load import load_config
     from tlsgw.process.master import run_master
+    from tlsgw.runtime.generation import build_file
 
-    cfg = load_config(args.config, check_files=True)
-    _warn(cfg, args)
-    return run_master(cfg)
+    generation = build_file(args.config)
+    _warn(generation.cfg.warnings + generation.warnings, args)
+    return run_master(generation)
 
 
 def _cmd_gencert(args: argparse.Namespace) -> int:

@@ -27,9 +27,12 @@ class ConfigError(TlsgwError):
 class ConfigErrors(TlsgwError):
     """Every problem found in one configuration file (``check`` reports them all)."""
 
-    def __init__(self, errors: list[ConfigError]):
+    def __init__(self, errors: list[ConfigError], servers: list | None = None):
         super().__init__("\n".join(str(e) for e in errors))
         self.errors = errors
+        #: the servers that did load, when loading failed: a check still builds their TLS
+        #: contexts, to report every problem that serve would (see tlsgw.runtime.generation)
+        self.servers = servers or []
 
 
 class StartupError(TlsgwError):

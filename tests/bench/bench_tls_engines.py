@@ -9,7 +9,7 @@ own cost is not counted. Clients are Python ``ssl`` sockets in this process.
 Servers:
 
 * ``stdlib``: ``loop.create_server(..., ssl=ssl.SSLContext)`` - uvloop's native TLS path
-  (route a). Also run with :func:`tlsgw.tls.sessions.apply` (shared cache, file ticket key) to
+  (route a). Also run with :func:`tlsgw.tls.resumption.apply` (shared cache, file ticket key) to
   show what the ctypes callbacks add.
 * ``pyopenssl``: a plain TCP ``asyncio.Protocol`` driving ``OpenSSL.SSL.Connection`` over memory
   BIOs (route b), the way a pyOpenSSL-based engine has to.
@@ -114,11 +114,11 @@ def _server(kind: str, cert: str, key: str, pipe, settings_kw: dict | None) -> N
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.load_cert_chain(cert, key)
         if settings_kw is not None:
-            from tlsgw.tls import sessions
+            from tlsgw.tls import resumption
 
-            s = sessions.SessionSettings.from_directives(**settings_kw)
-            rt = sessions.prepare_in_master([s])
-            sessions.apply(ctx, s, rt, sessions.session_id_context_from_files([cert]))
+            s = resumption.SessionSettings.from_directives(**settings_kw)
+            rt = resumption.prepare_in_master([s])
+            resumption.apply(ctx, s, rt, resumption.session_id_context_from_files([cert]))
         server = loop.run_until_complete(loop.create_server(_StdlibEcho, "127.0.0.1", 0, ssl=ctx))
     else:
         from OpenSSL import SSL
@@ -287,7 +287,7 @@ def run(argv=None) -> int:
                  "ssl_session_ticket_key": [keyfile]}
         rows = [
             ("stdlib (uvloop native ssl)", "stdlib", None),
-            ("stdlib + tlsgw.tls.sessions", "stdlib", tuned),
+            ("stdlib + tlsgw.tls.resumption", "stdlib", tuned),
             ("pyOpenSSL memory BIO", "pyopenssl", None),
         ]
         print(f"{'server':32} {'full TLS1.3 hs':>16} {'TLS1.2 resume id':>17} "

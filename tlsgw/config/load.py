@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import difflib
 import os
-import re
 import ssl
 import stat
 from collections.abc import Iterator
@@ -34,7 +33,7 @@ from tlsgw.config.model import (
     UpstreamServer,
 )
 from tlsgw.config.units import UnitError
-from tlsgw.errors import ConfigError, ConfigErrors, TlsgwError
+from tlsgw.errors import ConfigError, ConfigErrors
 from tlsgw.variables import Template, TemplateError
 
 Node = yaml.Node
@@ -94,10 +93,9 @@ class _Stop(Exception):
 
 
 class Loader:
-    def __init__(self, path: str, check_files: bool, allocate: bool = True):
+    def __init__(self, path: str, check_files: bool):
         self.path = path
         self.check_files = check_files
-        self.allocate = allocate
         self.errors: list[ConfigError] = []
         self.warnings: list[str] = []
 
@@ -237,12 +235,11 @@ class Loader:
         else:
             servers = self.servers(nodes["servers"], main, nodes, formats, upstreams)
         groups = self.groups(servers)
-        self.tls_sessions(servers)
         error_target, level = main["error_log"]
         error_line = nodes["error_log"].start_mark.line + 1 if "error_log" in nodes else 0
         self.check_log_target(error_target, nodes.get("error_log"))
         if self.errors:
-            raise ConfigErrors(self.errors)
+            raise ConfigErrors(self.errors, servers)
         for name, up in upstreams.items():
             if not any(up is s.upstream for s in servers):
                 self.warnings.append(f'{self.path}:{up.line}: upstream "{name}" is not used by any server')
@@ -258,7 +255,6 @@ class Loader:
             groups=groups,
             warnings=self.warnings,
             main=SimpleNamespace(**main),
-            tls_sessions=getattr(self, "session_runtime", None),
         )
 
     def groups(self, servers: list[ServerConfig]) -> list[ListenGroup]:
@@ -290,62 +286,6 @@ class Loader:
                 for srv, _directive, message in sni.unhonoured(g):
                     self.error(_Line(srv.line), message)
         return list(by.values())
-
-    def tls_sessions(self, servers: list[ServerConfig]) -> None:
-        """Session cache, timeout and ticket keys: prepared once, before workers are forked.
-
-        ``check`` validates shared zones (one size per NAME, within bounds) without mapping them;
-        ``serve`` maps them here, in the master.
-        """
-        from tlsgw.tls import context as tlsctx
-        from tlsgw.tls import sessions
-
-        tls_servers = [srv for srv in servers if srv.ssl_context is not None]
-        if not tls_servers or self.errors:
-            return
-        zones: dict[str, tuple[int, int]] = {}  # NAME -> (size, line that declared it)
-        for srv in tls_servers:
-            spec = srv.s.ssl_session_cache
-            if spec.shared_name is None:
-                continue
-            line = srv.source.get("ssl_session_cache", srv.line)
-            size, first = zones.setdefault(spec.shared_name, (spec.shared_size, line))
-            if size != spec.shared_size:
-                self.error(_Line(line), f"the size {spec.shared_size} of shared memory zone "
-                           f'"{spec.shared_name}" conflicts with already declared size {size} '
-                           f"(at line {first})")
-        for srv in tls_servers:
-            for path in srv.s.ssl_session_ticket_key or ():
-                try:
-                    sessions.load_ticket_key_file(path)
-                except TlsgwError as exc:
-                    self.error(_Line(srv.source.get("ssl_session_ticket_key", srv.line)), str(exc))
-        if self.errors:
-            return
-        line = _Line(tls_servers[0].line)
-        try:
-            settings = {}
-            for srv in tls_servers:
-                s = srv.s
-                settings[srv.index] = sessions.SessionSettings.from_directives(
-                    ssl_session_cache=s.ssl_session_cache, ssl_session_timeout=s.ssl_session_timeout,
-                    ssl_session_tickets=s.ssl_session_tickets,
-                    ssl_session_ticket_key=s.ssl_session_ticket_key or (),
-                    # nginx sets SSL_MODE_RELEASE_BUFFERS on every context: idle connections
-                    # keep no record buffers (about 30 KiB less per idle TLS connection here)
-                    release_buffers=True)
-            runtime = sessions.prepare_in_master(settings.values(), allocate=self.allocate)
-            self.session_runtime = runtime
-            for srv in tls_servers:
-                line = _Line(srv.line)
-                sessions.apply(srv.ssl_context, settings[srv.index], runtime,
-                               tlsctx.session_id_context(srv.s))
-        except sessions.SharedZoneError as exc:
-            self.error(_Line(zones[exc.zone][1]), str(exc))
-        except OSError as exc:  # a certificate file that went away since it was checked
-            self.error(line, f'open() "{exc.filename}" failed ({exc.errno}: {exc.strerror})')
-        except TlsgwError as exc:
-            self.error(line, str(exc))
 
     # ---- log_format ---------------------------------------------------------------------------
     def log_formats(self, node: Node | None) -> dict[str, Template]:
@@ -584,7 +524,7 @@ class Loader:
         return srv
 
     def tls(self, srv: ServerConfig, nodes: dict[str, Node], node: Node) -> None:
-        """Build the server's TLS contexts now, so ``check`` reports what ``serve`` would."""
+        """The TLS rules of one server (its contexts are built by :mod:`tlsgw.runtime.generation`)."""
         from tlsgw.tls import context as tlsctx
 
         def where(directive: str) -> Node:
@@ -616,24 +556,6 @@ class Loader:
                     f'{self.path}:{line}: "{protocols}" enables {" and ".join(old)}, which '
                     "OpenSSL 3 refuses at its default security level (their handshakes sign with "
                     f'SHA-1): add "@SECLEVEL=0" to "{ciphers}", as nginx needs too')
-        try:
-            if any(ls.ssl for ls in srv.listens):
-                for warning in tlsctx.certificate_warnings(srv.s.ssl_certificate or ()):
-                    line = where("ssl_certificate").start_mark.line + 1
-                    self.warnings.append(f"{self.path}:{line}: {warning}")
-                srv.ssl_context = tlsctx.server_context(srv.s)
-            if srv.s.proxy_ssl:
-                srv.proxy_ssl_context = tlsctx.client_context(srv.s)
-                srv.proxy_ssl_name = tlsctx.proxy_name(srv.s, srv.proxy_pass)
-                srv.proxy_ssl_sni = tlsctx.sends_sni(srv.s, srv.proxy_ssl_name)
-        except tlsctx.TLSConfigError as exc:
-            line = where(exc.directive).start_mark.line + 1
-            paths = re.findall(r'"(/[^"]+)"', str(exc))
-            if not any(e.line == line and any(f'"{p}"' in e.message for p in paths)
-                       for e in self.errors):  # a missing file is said once, by check_paths
-                self.error(where(exc.directive), str(exc))
-        except Exception as exc:  # native layer unavailable and the like: say which directive
-            self.error(where("listen"), f"TLS settings cannot be honoured here: {exc}")
 
     def resolve(self, p: str) -> str:
         """Relative paths are relative to the configuration file's directory, as in nginx."""
@@ -814,9 +736,10 @@ def _keepalive(v: str) -> bool | tuple[int | None, int | None, int | None]:
     return (idle or None, intvl or None, cnt or None)
 
 
-def load_config(path: str, check_files: bool = True, allocate: bool = True) -> Config:
+def load_config(path: str, check_files: bool = True) -> Config:
     """Load and validate ``path``; raises :class:`ConfigErrors` listing every problem.
 
-    ``allocate=False`` is ``tlsgw check``: shared memory zones are validated, not made.
+    Nothing is built here (no SSL context, no shared memory): that is
+    :func:`tlsgw.runtime.generation.build`, which ``check`` and ``serve`` both run.
     """
-    return Loader(path, check_files, allocate).load()
+    return Loader(path, check_files).load()

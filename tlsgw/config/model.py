@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from types import SimpleNamespace
-from typing import Any
 
 from tlsgw.balancer import Method, PeerConfig
 from tlsgw.config.addresses import Address
@@ -100,10 +99,6 @@ class ServerConfig:
     s: SimpleNamespace
     line: int = 0
     server_names: tuple[str, ...] = ()
-    ssl_context: Any = None  # ssl.SSLContext for ``listen ... ssl``
-    proxy_ssl_context: Any = None  # ssl.SSLContext toward upstreams (``proxy_ssl on``)
-    proxy_ssl_name: str = ""
-    proxy_ssl_sni: bool = False
     source: dict[str, int] = field(default_factory=dict)
     """Directive → the line that set it (the server's own, or the top level's it inherits)."""
 
@@ -133,4 +128,3 @@ class Config:
     groups: list[ListenGroup] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     main: SimpleNamespace = field(default_factory=SimpleNamespace)
-    tls_sessions: Any = None  # SessionRuntime: shared caches and ticket keys made before fork

@@ -28,8 +28,9 @@ import sys
 import time
 
 from tlsgw import logs
-from tlsgw.config.model import Config, ListenGroup
+from tlsgw.config.model import ListenGroup
 from tlsgw.process import control, listeners, procctl
+from tlsgw.runtime.generation import Generation
 
 RESPAWN_DELAY = 1.0  # seconds before restarting a worker that died within 1 s of its start
 
@@ -60,8 +61,9 @@ class Master:
                                      *range(signal.SIGRTMIN, signal.SIGRTMAX + 1))},
     }
 
-    def __init__(self, cfg: Config):
-        self.cfg = cfg
+    def __init__(self, generation: Generation):
+        self.generation = generation
+        cfg = self.cfg = generation.cfg
         self.pid = os.getpid()
         self.log = logs.ErrorLog(logs.sink(cfg.error_log.target), cfg.error_log_level)
         logs.install(self.log)
@@ -98,7 +100,7 @@ class Master:
                     other.close()
                 from tlsgw.process.worker import run_worker
 
-                code = run_worker(self.cfg, self.slots[slot], slot, theirs, self.pid)
+                code = run_worker(self.generation, self.slots[slot], slot, theirs, self.pid)
             except BaseException as exc:  # report, never unwind into the master's code
                 try:
                     log = logs.current()
@@ -234,10 +236,10 @@ class Master:
         return 0
 
 
-def run_master(cfg: Config) -> int:
+def run_master(generation: Generation) -> int:
     # Block the signals before any thread exists (the log writers): a thread inherits its
     # creator's mask, and a signal left unblocked in one thread is delivered there instead of
     # to sigtimedwait() — a lost SIGCHLD leaves a worker unreaped, a SIGUSR1 kills outright.
     signal.pthread_sigmask(signal.SIG_BLOCK, Master.SIGNALS)
     procctl.set_name("tlsgw: master")
-    return Master(cfg).run()
+    return Master(generation).run()

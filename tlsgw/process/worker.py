@@ -29,44 +29,14 @@ from typing import Any
 
 from tlsgw import logs
 from tlsgw.balancer import Upstream
-from tlsgw.config.model import Config, ListenGroup, ServerConfig
+from tlsgw.config.model import ListenGroup
 from tlsgw.process import control, procctl
 from tlsgw.process.memory import MemoryReturn
 from tlsgw.proxy import phases
 from tlsgw.proxy.context import WorkerContext
 from tlsgw.proxy.pump import ENDED, Session
-from tlsgw.tls.transport import UpstreamTLS
-
-
-class ServerRuntime:
-    """Per-worker, per-server settings flattened for the data path (attribute reads only)."""
-
-    def __init__(self, worker: Worker, cfg: ServerConfig, upstream: Upstream):
-        s = cfg.s
-        self.worker = worker
-        self.cfg = cfg
-        self.upstream = upstream
-        self.key = cfg.upstream.key
-        # the common `hash $remote_addr ...` key, read directly rather than through the template
-        self.key_is_remote_addr = self.key is not None and self.key.text == "$remote_addr"
-        self.connect_timeout: float = s.proxy_connect_timeout
-        self.timeout: float = s.proxy_timeout
-        self.next_upstream: bool = s.proxy_next_upstream
-        self.next_upstream_tries: int = s.proxy_next_upstream_tries
-        self.next_upstream_timeout: float = s.proxy_next_upstream_timeout
-        self.buffer_size: int = s.proxy_buffer_size
-        self.half_close: bool = s.proxy_half_close
-        self.tcp_nodelay: int = 1 if s.tcp_nodelay else 0
-        self.access_log = logs.sink(cfg.access_log.target.target) if cfg.access_log else None
-        self.access_template = cfg.access_log.template if cfg.access_log else None
-        self.ssl_context = cfg.ssl_context
-        self.handshake_timeout: float = s.ssl_handshake_timeout
-        self.proxy_tls: UpstreamTLS | None = None
-        if cfg.proxy_ssl_context is not None:
-            self.proxy_tls = UpstreamTLS(cfg.proxy_ssl_context, cfg.proxy_ssl_name,
-                                         cfg.proxy_ssl_sni, s.proxy_ssl_session_reuse,
-                                         s.proxy_ssl_verify)
-
+from tlsgw.runtime.generation import Generation
+from tlsgw.runtime.server import ServerRuntime
 
 #: Signals an operator sends the master; a worker that gets one logs it and carries on.
 #: (SIGPIPE stays ignored, as Python sets it, without a line: a write to a closed peer raises it.)
@@ -81,9 +51,25 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
 PARENT_DEATH_SIGNAL = signal.SIGRTMIN
 
 
+class _Accept:
+    """The protocol factory of one listening socket, across generations. ``make`` is the
+    listener's factory in the worker's current generation (its phases, :mod:`tlsgw.proxy.phases`),
+    set by :meth:`Worker.adopt`; each connection reads it once, when it is accepted, and its
+    session keeps the runtime it started with."""
+
+    __slots__ = ("make",)
+
+    def __init__(self) -> None:
+        self.make: Callable[[], asyncio.Protocol] | None = None
+
+    def __call__(self) -> asyncio.Protocol:
+        return self.make()  # type: ignore[misc]
+
+
 class Worker:
-    def __init__(self, cfg: Config, listeners: list[tuple[ListenGroup, socket.socket]],
+    def __init__(self, generation: Generation, listeners: list[tuple[ListenGroup, socket.socket]],
                  number: int, channel: socket.socket | None = None, master_pid: int = 0):
+        cfg = generation.cfg
         self.cfg = cfg
         self.listeners = listeners
         self.number = number
@@ -98,10 +84,37 @@ class Worker:
         self.context = WorkerContext(self.loop, self.error_log, self.pid, self.hostname)
         self.stop_requested = asyncio.Event()
         self.immediate = False
-        upstreams = {id(u): Upstream(u.name, u.peer_configs(), u.method)
-                     for u in {id(s.upstream): s.upstream for s in cfg.servers}.values()}
-        self.runtimes = {s.index: ServerRuntime(self, s, upstreams[id(s.upstream)])
-                         for s in cfg.servers}
+        #: balancer state (conns, fails) by upstream name: per worker, bound to the runtimes of
+        #: each generation the worker adopts
+        self.upstreams: dict[str, Upstream] = {}
+        self.layouts: dict[str, tuple[Any, Any]] = {}
+        self.accepts: dict[str, _Accept] = {}
+        self.generation = generation
+        self.adopt(generation)
+
+    @property
+    def runtimes(self) -> dict[int, ServerRuntime]:
+        return self.generation.runtimes
+
+    def adopt(self, generation: Generation) -> None:
+        """Serve *generation* from the next accepted connection on: bind its runtimes to this
+        worker's balancer state (made for upstreams it did not know) and point every
+        listener's factory at its routes. Open sessions keep the runtimes they started with."""
+        for srv in generation.cfg.servers:
+            u = srv.upstream
+            layout = (u.method, u.peer_configs())
+            if self.layouts.get(u.name) != layout:  # new or changed (carrying the state of
+                # its unchanged peers over, by (upstream, peer) name, is the reload's to add)
+                self.upstreams[u.name] = Upstream(u.name, layout[1], u.method)
+                self.layouts[u.name] = layout
+        for srv in generation.cfg.servers:
+            generation.runtimes[srv.index].bind(self, self.upstreams[srv.upstream.name])
+        self.generation = generation
+        for key, route in generation.routes.items():
+            accept = self.accepts.get(key)
+            if accept is None:
+                accept = self.accepts[key] = _Accept()
+            accept.make = phases.protocol_factory(route.group, route.by_index, self.context)
 
     async def serve(self) -> None:
         loop = self.loop
@@ -148,9 +161,8 @@ class Worker:
         self.error_log.log("notice", "exiting")
 
     def factory(self, group: ListenGroup) -> Callable[[], asyncio.Protocol]:
-        """The protocol factory of one listening socket: its phases (tlsgw.proxy.phases)."""
-        return phases.protocol_factory(group, phases.servers_of(group, self.runtimes),
-                                       self.context)
+        """The protocol factory of one listening socket (its phases: :meth:`adopt`)."""
+        return self.accepts[Generation.route_key(group)]
 
     def ignore_signal(self, sig: int) -> None:
         self.error_log.log("notice", f"signal {sig} ({procctl.signal_name(sig)}) received, "
@@ -243,7 +255,7 @@ class Worker:
         self.stop_requested.set()
 
 
-def run_worker(cfg: Config, listeners: list[tuple[ListenGroup, socket.socket]],
+def run_worker(generation: Generation, listeners: list[tuple[ListenGroup, socket.socket]],
                number: int, channel: socket.socket | None = None, master_pid: int = 0) -> int:
     """Entry point in a forked child (signals still blocked, as in the master). Returns the
     exit status."""
@@ -267,7 +279,7 @@ def run_worker(cfg: Config, listeners: list[tuple[ListenGroup, socket.socket]],
     asyncio.set_event_loop(loop)
     worker: Any = None
     try:
-        worker = Worker(cfg, listeners, number, channel, master_pid)
+        worker = Worker(generation, listeners, number, channel, master_pid)
         loop.run_until_complete(worker.serve())
         return 0
     finally:

@@ -19,9 +19,8 @@ What exists today:
 * ``POST_ACCEPT``: :meth:`Session.accepted <tlsgw.proxy.pump.Session.accepted>` — the
   connection number, the client address, the open-sessions set, ``client connected`` (nginx's
   ``ngx_stream_init_connection``). Always; it is not a wrapper.
-* ``SSL``: :class:`~tlsgw.tls.transport.TLSAccept` around the session, for ``listen ... ssl``;
-  with SNI selection installed when several servers share the address or
-  ``$ssl_server_name`` is logged.
+* ``SSL``: :class:`~tlsgw.tls.transport.TLSAccept` around the session, for ``listen ... ssl``
+  (SNI selection, where needed, is installed on the context by the generation's build).
 * ``CONTENT``: the pump (:class:`~tlsgw.proxy.pump.Session`; connecting is
   :mod:`tlsgw.proxy.connect`).
 * ``LOG``: the access-log line, written by :meth:`Session.finalize
@@ -47,11 +46,10 @@ from typing import TYPE_CHECKING, Any
 from tlsgw.config.model import ListenGroup
 from tlsgw.proxy.context import WorkerContext
 from tlsgw.proxy.pump import Session
-from tlsgw.tls.sni import install_sni
 from tlsgw.tls.transport import TLSAccept
 
 if TYPE_CHECKING:
-    from tlsgw.process.worker import ServerRuntime
+    from tlsgw.runtime.server import ServerRuntime
 
 
 class Phase(enum.IntEnum):
@@ -95,11 +93,8 @@ def _ssl(listener: Listener, inner: Factory) -> Factory | None:
     group = listener.group
     if not group.ssl:
         return None
-    servers = listener.servers
-    logs_sni = any(s.access_log is not None and "ssl_server_name" in s.access_log.template.variables
-                   for s in group.servers)
-    if len(group.servers) > 1 or logs_sni:  # a Python call per handshake only when needed
-        install_sni(group, servers)
+    # SNI selection (several servers on the address, or $ssl_server_name logged) was installed
+    # on the default server's context when the generation was built (tlsgw.runtime.generation)
     default = listener.default
     ctx, timeout, loop = default.ssl_context, default.handshake_timeout, listener.context.loop
     return lambda: TLSAccept(loop, inner(), ctx, timeout)

@@ -16,6 +16,7 @@ import hashlib
 import ipaddress
 import os
 import ssl
+import weakref
 from collections.abc import Sequence
 from types import SimpleNamespace
 
@@ -40,39 +41,9 @@ class TLSConfigError(Exception):
 
 
 # ---- native helpers ------------------------------------------------------------------------------
-_bound = False
-
-
 def _lib() -> ctypes.CDLL:
-    global _bound
-    lib = native.load().ssl
-    if not _bound:
-        v = ctypes.c_void_p
-        lib.SSL_CTX_set_verify_depth.argtypes = [v, ctypes.c_int]
-        lib.SSL_CTX_set_verify_depth.restype = None
-        lib.SSL_CTX_set_verify.argtypes = [v, ctypes.c_int, v]
-        lib.SSL_CTX_set_verify.restype = None
-        lib.SSL_get_verify_result.argtypes = [v]
-        lib.SSL_get_verify_result.restype = ctypes.c_long
-        lib.X509_verify_cert_error_string.argtypes = [ctypes.c_long]
-        lib.X509_verify_cert_error_string.restype = ctypes.c_char_p
-        lib.X509_STORE_CTX_get_error.argtypes = [v]
-        lib.X509_STORE_CTX_get_error.restype = ctypes.c_int
-        lib.SSL_CTX_get_cert_store.argtypes = [v]
-        lib.SSL_CTX_get_cert_store.restype = v
-        lib.X509_STORE_set_flags.argtypes = [v, ctypes.c_ulong]
-        lib.X509_STORE_set_flags.restype = ctypes.c_int
-        lib.SSL_load_client_CA_file.argtypes = [ctypes.c_char_p]
-        lib.SSL_load_client_CA_file.restype = v
-        lib.SSL_CTX_set_client_CA_list.argtypes = [v, v]
-        lib.SSL_CTX_set_client_CA_list.restype = None
-        lib.SSL_CTX_set_alpn_select_cb.argtypes = [v, v, v]
-        lib.SSL_CTX_set_alpn_select_cb.restype = None
-        lib.SSL_select_next_proto.argtypes = [ctypes.POINTER(v), ctypes.POINTER(ctypes.c_ubyte),
-                                              v, ctypes.c_uint, v, ctypes.c_uint]
-        lib.SSL_select_next_proto.restype = ctypes.c_int
-        _bound = True
-    return lib
+    """The libssl binding (every prototype is declared in :mod:`tlsgw.tls.native`)."""
+    return native.load().ssl
 
 
 #: nginx's ngx_ssl_verify_error_optional(): the errors ``optional_no_ca`` lets through, all
@@ -94,7 +65,7 @@ def _no_ca_verify(ok: int, store: int | None) -> int:
 
 
 _NO_CA_VERIFY = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_void_p)(_no_ca_verify)
-native.keep_alive(_NO_CA_VERIFY)
+native.PROCESS.add(_NO_CA_VERIFY)
 
 
 def _set_verify_depth(ctx: ssl.SSLContext, depth: int) -> None:
@@ -122,7 +93,7 @@ SSL_TLSEXT_ERR_ALERT_FATAL = 2
 OPENSSL_NPN_NEGOTIATED = 1
 
 
-def _set_alpn(ctx: ssl.SSLContext, protocols: Sequence[str]) -> None:
+def _set_alpn(ctx: ssl.SSLContext, protocols: Sequence[str], pins: native.Pins) -> None:
     """``ssl_alpn``: choose the first of ours the client offers; none in common is a fatal
     ``no_application_protocol`` alert, as in nginx (CPython's own callback would go on without
     ALPN). A client that sends no ALPN extension is not affected."""
@@ -143,7 +114,7 @@ def _set_alpn(ctx: ssl.SSLContext, protocols: Sequence[str]) -> None:
         return SSL_TLSEXT_ERR_OK
 
     cb = _ALPN_CB(choose)
-    native.keep_alive(cb, ours)  # OpenSSL keeps both addresses for the context's lifetime
+    pins.add(cb, ours)  # OpenSSL keeps both addresses for the context's lifetime
     lib.SSL_CTX_set_alpn_select_cb(native.ctx_pointer(ctx), ctypes.cast(cb, ctypes.c_void_p), None)
 
 
@@ -161,7 +132,7 @@ def _ssl_pointer(sslobj: ssl.SSLObject) -> int:
     return ctypes.c_void_p.from_address(id(inner) + object.__basicsize__ + ctypes.sizeof(ctypes.c_void_p)).value or 0
 
 
-_raw_ctx: dict[int, int] = {}
+_raw_ctx: weakref.WeakKeyDictionary[ssl.SSLContext, int] = weakref.WeakKeyDictionary()
 
 
 def verify_result(sslobj: ssl.SSLObject) -> str:
@@ -171,9 +142,9 @@ def verify_result(sslobj: ssl.SSLObject) -> str:
     lib = _lib()
     ptr = _ssl_pointer(sslobj)
     ctx = sslobj.context
-    raw = _raw_ctx.get(id(ctx))
-    if raw is None:  # contexts live as long as the worker: check each one once
-        raw = _raw_ctx[id(ctx)] = native.ctx_pointer(ctx)
+    raw = _raw_ctx.get(ctx)
+    if raw is None:  # check each context once (by the context, not its id: ids are reused)
+        raw = _raw_ctx[ctx] = native.ctx_pointer(ctx)
     if not ptr or native.load().ssl.SSL_get_SSL_CTX(ptr) != raw:
         return "FAILED:unknown"
     code = lib.SSL_get_verify_result(ptr)
@@ -276,8 +247,11 @@ def has_suites_before_tls12(ciphers: str) -> bool:
 
 
 # ---- contexts ------------------------------------------------------------------------------------
-def server_context(s: SimpleNamespace) -> ssl.SSLContext:
-    """A server-side context from a server's settings (session settings are applied later)."""
+def server_context(s: SimpleNamespace, pins: native.Pins | None = None) -> ssl.SSLContext:
+    """A server-side context from a server's settings (session settings are applied later).
+
+    The callbacks it needs are held by *pins* (the generation's), or, without it, by the
+    context itself (``ctx.tlsgw_pins``)."""
     certs, keys = s.ssl_certificate or (), s.ssl_certificate_key or ()
     if not certs:
         raise TLSConfigError("listen", 'no "ssl_certificate" is defined for the "listen ... ssl" '
@@ -331,15 +305,17 @@ def server_context(s: SimpleNamespace) -> ssl.SSLContext:
             store = _lib().SSL_CTX_get_cert_store(native.ctx_pointer(ctx))
             _lib().X509_STORE_set_flags(store, ssl.VERIFY_CRL_CHECK_CHAIN)
     if s.ssl_alpn:
-        _set_alpn(ctx, s.ssl_alpn)
+        if pins is None:
+            pins = ctx.tlsgw_pins = native.Pins()  # type: ignore[attr-defined]
+        _set_alpn(ctx, s.ssl_alpn, pins)
     return ctx
 
 
 def session_id_context(s: SimpleNamespace) -> bytes:
     """The session-id context of a server: its certificates, its client CA names and, when it
     verifies client certificates, its whole verification policy (see
-    :func:`tlsgw.tls.sessions.session_id_context`)."""
-    from tlsgw.tls import sessions
+    :func:`tlsgw.tls.resumption.session_id_context`)."""
+    from tlsgw.tls import resumption
 
     policy = b""
     if s.ssl_verify_client != "off":
@@ -349,7 +325,7 @@ def session_id_context(s: SimpleNamespace) -> bytes:
             with open(path, "rb") if path else contextlib.nullcontext(None) as fh:
                 parts.append(b"" if fh is None else hashlib.sha256(fh.read()).digest())
         policy = b"\0".join(parts)
-    return sessions.session_id_context_from_files(s.ssl_certificate or (), s.ssl_client_certificate,
+    return resumption.session_id_context_from_files(s.ssl_certificate or (), s.ssl_client_certificate,
                                                   policy)
 
 

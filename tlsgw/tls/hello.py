@@ -94,12 +94,13 @@ def _plain(ssl_ptr, alert, _arg) -> int:  # type: ignore[no-untyped-def]
 
 
 _PLAIN = native.CLIENT_HELLO_CB(_plain)
-native.keep_alive(_PLAIN)
+native.PROCESS.add(_PLAIN)
 
 
-def install(raw: int, choose: Callable[[int], None]) -> None:
+def install(raw: int, choose: Callable[[int], None], pins: native.Pins) -> None:
     """Run ``choose(ssl_ptr)`` at every ClientHello on *raw* (it may switch the connection to
-    another ``SSL_CTX``), then set the session-id context of the context chosen."""
+    another ``SSL_CTX``), then set the session-id context of the context chosen. *pins* (the
+    generation's) holds the callback."""
 
     def on_hello(ssl_ptr, alert, _arg) -> int:  # type: ignore[no-untyped-def]
         try:
@@ -111,5 +112,5 @@ def install(raw: int, choose: Callable[[int], None]) -> None:
         return _fail(alert)
 
     cb = native.CLIENT_HELLO_CB(on_hello)
-    native.keep_alive(cb, choose)
+    pins.add(cb, choose)
     native.set_client_hello_cb(raw, cb)

@@ -30,9 +30,15 @@ Three things must hold, and each is checked before any call is made:
    ``HMAC_CTX`` flavour through ``SSL_CTX_callback_ctrl``.
 
 Callbacks handed to OpenSSL are ctypes ``CFUNCTYPE`` thunks. A thunk that is garbage collected
-while OpenSSL still holds its address crashes the process at the next handshake, so
-:func:`keep_alive` pins them in a module-level list for the life of the process (OpenSSL even
-calls the remove-session callback from ``SSL_CTX_free``, after Python has dropped the context).
+while OpenSSL still holds its address crashes the process at the next handshake, so each one is
+held by a :class:`Pins` that belongs to what the callback serves: a configuration generation
+(:mod:`tlsgw.runtime.generation`), a ticket key ring, a shared cache, or, for the few thunks
+made once per module, :data:`PROCESS`. Whoever drops a :class:`Pins` first takes the addresses
+back from OpenSSL (:func:`clear_callbacks`); and when a Python context is destroyed its
+remove-session callback is cleared before ``SSL_CTX_free`` flushes its cache
+(:func:`keep_sessions_on_abrupt_close`), so no callback runs after its owner is gone.
+
+Every ctypes prototype tlsgw uses is declared here, once, in :func:`_bind`.
 
 Failures raise :class:`NativeTLSUnavailable` (a :class:`~tlsgw.errors.StartupError`); callers name
 the configuration setting that could not be honoured.
@@ -40,10 +46,12 @@ the configuration setting that could not be honoured.
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import os
 import ssl
 import threading
+import weakref
 from ctypes import (
     CFUNCTYPE,
     POINTER,
@@ -128,14 +136,35 @@ class NativeTLSUnavailable(StartupError):
     """The running Python's libssl cannot be driven safely (not found, wrong copy, bad layout)."""
 
 
-_keepalive: list[object] = []
-_keepalive_lock = threading.Lock()
+class Pins:
+    """Objects whose addresses OpenSSL holds (ctypes thunks, the buffers they read), kept alive
+    for as long as their owner lives. The owner clears OpenSSL's references before it drops
+    its pins (:func:`clear_callbacks`)."""
+
+    __slots__ = ("_objs", "__weakref__")
+
+    def __init__(self) -> None:
+        self._objs: list[object] = []
+        _all_pins.add(self)
+
+    def add(self, *objs: object) -> None:
+        self._objs.extend(objs)
+
+    def clear(self) -> None:
+        self._objs.clear()
+
+    def __len__(self) -> int:
+        return len(self._objs)
 
 
-def keep_alive(*objs: object) -> None:
-    """Pin ctypes callbacks (and buffers they use) for the life of the process."""
-    with _keepalive_lock:
-        _keepalive.extend(objs)
+_all_pins: weakref.WeakSet[Pins] = weakref.WeakSet()
+#: thunks made once per process, at import (a constant number of them)
+PROCESS = Pins()
+
+
+def pinned() -> int:
+    """How many objects all live :class:`Pins` hold (the release test watches it)."""
+    return sum(len(p) for p in list(_all_pins))
 
 
 @dataclass
@@ -224,6 +253,27 @@ def _bind(lib: ctypes.CDLL) -> str:
     _declare(lib, "CRYPTO_free_ex_index", c_int, [c_int, c_int])
     _declare(lib, "SSL_version", c_int, [v])
     _declare(lib, "ERR_clear_error", None, [])
+    _declare(lib, "SSL_ctrl", c_long, [v, c_int, c_long, v])
+    # verification, client CA names, ALPN (tlsgw.tls.context)
+    _declare(lib, "SSL_CTX_set_verify_depth", None, [v, c_int])
+    _declare(lib, "SSL_CTX_set_verify", None, [v, c_int, v])
+    _declare(lib, "SSL_get_verify_result", c_long, [v])
+    _declare(lib, "X509_verify_cert_error_string", c_char_p, [c_long])
+    _declare(lib, "X509_STORE_CTX_get_error", c_int, [v])
+    _declare(lib, "SSL_CTX_get_cert_store", v, [v])
+    _declare(lib, "X509_STORE_set_flags", c_int, [v, c_ulong])
+    _declare(lib, "SSL_load_client_CA_file", v, [c_char_p])
+    _declare(lib, "SSL_CTX_set_client_CA_list", None, [v, v])
+    _declare(lib, "SSL_CTX_set_alpn_select_cb", None, [v, v, v])
+    _declare(lib, "SSL_select_next_proto", c_int, [POINTER(v), POINTER(ctypes.c_ubyte), v, c_uint,
+                                                   v, c_uint])
+    # what an SNI choice copies onto a connection (tlsgw.tls.sni)
+    _declare(lib, "SSL_set_verify", None, [v, c_int, v])
+    _declare(lib, "SSL_CTX_get_verify_callback", v, [v])
+    _declare(lib, "SSL_CTX_get_verify_depth", c_int, [v])
+    _declare(lib, "SSL_set_verify_depth", None, [v, c_int])
+    _declare(lib, "SSL_set_options", c_uint64, [v, c_uint64])
+    _declare(lib, "SSL_clear_options", c_uint64, [v, c_uint64])
     # libcrypto, resolved through libssl's own dependency chain
     _declare(lib, "EVP_aes_128_cbc", v, [])
     _declare(lib, "EVP_aes_256_cbc", v, [])
@@ -577,11 +627,18 @@ def mac_init(hctx: int, params: MacParams) -> bool:
     ) == 1
 
 
+def clear_callbacks(raw: int) -> None:
+    """Take back from a server context every callback address tlsgw gave it (session cache,
+    ticket keys, ClientHello, ALPN), so that the thunks' owner can drop them."""
+    lib = load().ssl
+    set_session_callbacks(raw, None, None, None)
+    set_ticket_key_cb(raw, None)
+    lib.SSL_CTX_set_client_hello_cb(raw, None, None)
+    lib.SSL_CTX_set_alpn_select_cb(raw, None, None)
+
+
 # --- keeping sessions of connections that end without close_notify ----------------------------
 _keep_ctxs: set[int] = set()
-#: SSL_CTX pointers whose Python context is being destroyed: SSL_CTX_free() then flushes the
-#: builtin cache through the remove callback, which must not empty a cache other workers share.
-closing_ctxs: set[int] = set()
 _ex_index: int | None = None
 _ex_lock = threading.Lock()
 
@@ -601,7 +658,7 @@ def _on_ssl_free(parent, _ptr, _ad, _idx, _argl, _argp) -> None:
 
 
 _EX_FREE = EX_FREE_CB(_on_ssl_free)
-keep_alive(_EX_FREE)
+PROCESS.add(_EX_FREE)
 
 
 def _unregister_ex_index() -> None:
@@ -622,9 +679,6 @@ def keep_sessions_on_abrupt_close(ctx: ssl.SSLContext, raw: int) -> None:
     ``SSL_free``), limited to the contexts registered here.
     """
     global _ex_index
-    import atexit
-    import weakref
-
     lib = load().ssl
     with _ex_lock:
         if _ex_index is None:
@@ -634,13 +688,15 @@ def keep_sessions_on_abrupt_close(ctx: ssl.SSLContext, raw: int) -> None:
                 raise NativeTLSUnavailable("CRYPTO_get_ex_new_index failed")
             _ex_index = idx
             atexit.register(_unregister_ex_index)
-        closing_ctxs.discard(raw)  # a new context at the address of a destroyed one
         if raw not in _keep_ctxs:
             _keep_ctxs.add(raw)
             weakref.finalize(ctx, _context_closing, raw)
 
 
 def _context_closing(raw: int) -> None:
-    # weakref callbacks run before the context's SSL_CTX_free()
+    # weakref callbacks run before the context's SSL_CTX_free(), which flushes the builtin
+    # cache through the remove callback: that must neither empty a cache other workers share
+    # nor reach a thunk whose owner may be gone by then
     _keep_ctxs.discard(raw)
-    closing_ctxs.add(raw)
+    if _native is not None:
+        _native.ssl.SSL_CTX_sess_set_remove_cb(raw, None)

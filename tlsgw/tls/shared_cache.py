@@ -2,9 +2,9 @@
 
 The master creates it before forking, so every worker maps the same pages; OpenSSL reaches it
 through the ``SSL_CTX_sess_set_new_cb/get_cb/remove_cb`` callbacks that
-:func:`tlsgw.tls.sessions.apply` installs. The layout, locking and eviction (expired first, then
+:func:`tlsgw.tls.resumption.apply` installs. The layout, locking and eviction (expired first, then
 the oldest, as nginx does) are described on :class:`SharedSessionStore`; the module
-:mod:`tlsgw.tls.sessions` explains how it fits with the other session directives.
+:mod:`tlsgw.tls.resumption` explains how it fits with the other session directives.
 """
 
 from __future__ import annotations
@@ -73,6 +73,7 @@ class SharedSessionStore:
         self.data_size = size - self.data_off
         self.lock = multiprocessing.get_context("fork").Lock()
         self._callbacks: tuple | None = None
+        self.pins = native.Pins()
         self._last_warning = 0.0
         self._busy_since: float | None = None
         self._wipe()
@@ -310,6 +311,8 @@ class SharedSessionStore:
                 self._wipe()
 
     def close(self) -> None:
+        """Unmap the store. Its callbacks stay valid (a lookup is then a miss) and go with the
+        store object, which every context using them holds."""
         with contextlib.suppress(Exception):
             self.mem.close()
 
@@ -326,14 +329,14 @@ class SharedSessionStore:
 
     # --- OpenSSL callbacks ---------------------------------------------------------------------
     def callbacks(self) -> tuple:
-        """``(new_cb, get_cb, remove_cb)`` thunks for this store (created once, pinned)."""
+        """``(new_cb, get_cb, remove_cb)`` thunks for this store (created once, held by it)."""
         if self._callbacks is None:
             self._callbacks = (
                 native.NEW_SESSION_CB(self._new_cb),
                 native.GET_SESSION_CB(self._get_cb),
                 native.REMOVE_SESSION_CB(self._remove_cb),
             )
-            native.keep_alive(self._callbacks, self)
+            self.pins.add(self._callbacks)
         return self._callbacks
 
     def _new_cb(self, ssl_ptr, sess) -> int:
@@ -366,8 +369,8 @@ class SharedSessionStore:
 
     def _remove_cb(self, ctx_ptr, sess) -> None:
         try:
-            if ctx_ptr in native.closing_ctxs:
-                return  # a context being freed flushes its builtin cache: keep the shared copies
+            # (a context being freed flushes its builtin cache: native clears this callback
+            # first, so the shared copies stay)
             sid = native.session_id(sess)
             if sid:
                 self.remove(sid)

@@ -19,37 +19,15 @@ from __future__ import annotations
 
 import ctypes
 import ssl
-import weakref
-from typing import Any
 
 from tlsgw.config.model import ListenGroup, ServerConfig
 from tlsgw.tls import hello, native
-from tlsgw.tls.context import _lib, _ssl_pointer
-
-_bound = False
+from tlsgw.tls.context import _ssl_pointer
 
 
 def _bind() -> ctypes.CDLL:
-    global _bound
-    lib = _lib()
-    if not _bound:
-        v = ctypes.c_void_p
-        lib.SSL_set_verify.argtypes = [v, ctypes.c_int, v]
-        lib.SSL_set_verify.restype = None
-        lib.SSL_CTX_get_verify_callback.argtypes = [v]
-        lib.SSL_CTX_get_verify_callback.restype = v
-        lib.SSL_CTX_get_verify_depth.argtypes = [v]
-        lib.SSL_CTX_get_verify_depth.restype = ctypes.c_int
-        lib.SSL_set_verify_depth.argtypes = [v, ctypes.c_int]
-        lib.SSL_set_verify_depth.restype = None
-        lib.SSL_set_options.argtypes = [v, ctypes.c_uint64]
-        lib.SSL_set_options.restype = ctypes.c_uint64
-        lib.SSL_clear_options.argtypes = [v, ctypes.c_uint64]
-        lib.SSL_clear_options.restype = ctypes.c_uint64
-        lib.SSL_ctrl.argtypes = [v, ctypes.c_int, ctypes.c_long, v]
-        lib.SSL_ctrl.restype = ctypes.c_long
-        _bound = True
-    return lib
+    """The libssl binding (every prototype is declared in :mod:`tlsgw.tls.native`)."""
+    return native.load().ssl
 
 
 SSL_CTRL_SET_GROUPS_LIST = 92
@@ -110,17 +88,16 @@ def match(names: dict[str, int], wild_front: list[tuple[str, int]], wild_back: l
     return None
 
 
-#: every SNI-capable server's context by its ``SSL_CTX *``: (context, server index)
-_servers: dict[int, tuple[ssl.SSLContext, int]] = {}
-
-
-def install_sni(group: ListenGroup, runtimes: dict[int, Any]) -> None:
+def install_sni(group: ListenGroup, contexts: dict[int, ssl.SSLContext],
+                pins: native.Pins) -> None:
     """Choose the server of each connection on this listen group by its SNI.
 
-    The choice is made in the ClientHello callback (:mod:`tlsgw.tls.hello`), before OpenSSL
-    looks for a session to resume, so the session-id context compared is the chosen server's.
-    Python's ``sni_callback`` runs later and only brings the ``SSLObject`` up to date (its
-    ``context``, the server index and the name for ``$ssl_server_name``)."""
+    *contexts* are the group's servers' contexts by server index; *pins* (the generation's)
+    holds the ClientHello callback. The choice is made in the ClientHello callback
+    (:mod:`tlsgw.tls.hello`), before OpenSSL looks for a session to resume, so the session-id
+    context compared is the chosen server's. Python's ``sni_callback`` runs later and only
+    brings the ``SSLObject`` up to date (its ``context``, the server index and the name for
+    ``$ssl_server_name``). :func:`uninstall` undoes it."""
     names: dict[str, int] = {}
     front: list[tuple[str, int]] = []
     back: list[tuple[str, int]] = []
@@ -134,15 +111,11 @@ def install_sni(group: ListenGroup, runtimes: dict[int, Any]) -> None:
                 names.setdefault(n, srv.index)
     front.sort(key=lambda t: -len(t[0]))
     back.sort(key=lambda t: -len(t[0]))
-    contexts = {i: rt.ssl_context for i, rt in runtimes.items()}
     raws = {i: native.ctx_pointer(ctx) for i, ctx in contexts.items()}  # checked once, here
     curves = {srv.index: srv.s.ssl_ecdh_curve for srv in group.servers}
     negotiation = {i: _Negotiation(raw, curves[i]) for i, raw in raws.items()}
-    for i, raw in raws.items():
-        if raw not in _servers:
-            weakref.finalize(contexts[i], _servers.pop, raw, None)
-        _servers[raw] = (contexts[i], i)
-    default_ctx = runtimes[group.servers[0].index].ssl_context
+    servers = {raw: (contexts[i], i) for i, raw in raws.items()}
+    default_ctx = contexts[group.servers[0].index]
     default_raw = native.ctx_pointer(default_ctx)
     lib = _bind()
     ssl_lib = native.load().ssl
@@ -168,16 +141,31 @@ def install_sni(group: ListenGroup, runtimes: dict[int, Any]) -> None:
         negotiation[idx].apply(lib, ptr)
 
     if len(group.servers) > 1:
-        hello.install(default_raw, choose)
-    default_ctx.sni_callback = _on_servername
+        hello.install(default_raw, choose, pins)
+    default_ctx.sni_callback = _Servername(servers)
 
 
-def _on_servername(sslobj: ssl.SSLObject, server_name: str | None, _ctx: ssl.SSLContext) -> None:
-    if server_name is not None:
-        sslobj.tlsgw_sni = server_name  # type: ignore[attr-defined]
-    ptr = _ssl_pointer(sslobj)
-    chosen = _servers.get(native.load().ssl.SSL_get_SSL_CTX(ptr)) if ptr else None
-    if chosen is not None and chosen[0] is not sslobj.context:
-        sslobj.context = chosen[0]  # the same SSL_CTX already: only Python's view changes
-        sslobj.tlsgw_server = chosen[1]  # type: ignore[attr-defined]
-    return None
+def uninstall(default_ctx: ssl.SSLContext) -> None:
+    """Drop what :func:`install_sni` set on a listener's default context (its ClientHello
+    callback goes back with :func:`tlsgw.tls.native.clear_callbacks`)."""
+    default_ctx.sni_callback = None
+
+
+class _Servername:
+    """Python's ``sni_callback`` of one listener: the group's contexts by ``SSL_CTX *``."""
+
+    __slots__ = ("servers",)
+
+    def __init__(self, servers: dict[int, tuple[ssl.SSLContext, int]]):
+        self.servers = servers
+
+    def __call__(self, sslobj: ssl.SSLObject, server_name: str | None,
+                 _ctx: ssl.SSLContext) -> None:
+        if server_name is not None:
+            sslobj.tlsgw_sni = server_name  # type: ignore[attr-defined]
+        ptr = _ssl_pointer(sslobj)
+        chosen = self.servers.get(native.load().ssl.SSL_get_SSL_CTX(ptr)) if ptr else None
+        if chosen is not None and chosen[0] is not sslobj.context:
+            sslobj.context = chosen[0]  # the same SSL_CTX already: only Python's view changes
+            sslobj.tlsgw_server = chosen[1]  # type: ignore[attr-defined]
+        return None

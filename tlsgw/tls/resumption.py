@@ -31,9 +31,11 @@ Two phases, because workers are created with ``os.fork()``:
 
    * checks that the native binding works (:mod:`tlsgw.tls.native`), so a Python whose libssl
      cannot be driven fails at startup, naming the directives;
-   * creates one :class:`SharedSessionStore` per ``shared`` NAME (servers using the same NAME share
-     it; different sizes for one NAME are an error, as in nginx) – anonymous ``MAP_SHARED``
-     memory plus a process-shared semaphore, both inherited by forked children;
+   * creates (or, through the ``zone`` argument, takes from the zone registry of
+     :mod:`tlsgw.runtime.zones`, which keeps it across generations) one
+     :class:`SharedSessionStore` per ``shared`` NAME (servers using the same NAME share it;
+     different sizes for one NAME are an error, as in nginx) – anonymous ``MAP_SHARED`` memory
+     plus a process-shared semaphore, both inherited by forked children;
    * reads and validates ``ssl_session_ticket_key`` files;
    * generates one random 80-byte ticket key for servers without key files. Because it is made
      before the fork, every worker encrypts and decrypts tickets with the same key and a ticket
@@ -44,16 +46,21 @@ Two phases, because workers are created with ``os.fork()``:
    ``num_tickets``, ``SSL_MODE_RELEASE_BUFFERS``). It may run before the fork (the context and the
    callbacks are inherited) or in each worker after it; both give the same result.
 
-Typical master code::
+Typical master code (:mod:`tlsgw.runtime.generation` does this for a whole configuration)::
 
-    runtime = sessions.prepare_in_master([srv.session for srv in servers])
+    runtime = resumption.prepare_in_master([srv.session for srv in servers])
     for srv in servers:
         ctx = build_ssl_context(srv)                      # certificates, ciphers, ...
-        sessions.apply(ctx, srv.session, runtime,
-                       sessions.session_id_context_from_files(srv.certificates))
+        resumption.apply(ctx, srv.session, runtime,
+                         resumption.session_id_context_from_files(srv.certificates))
     for _ in range(workers):
         if os.fork() == 0:
             run_worker(...)                               # loop.create_server(..., ssl=ctx)
+
+:func:`apply` makes each context hold the ticket key ring and the store its callbacks use, so
+they live as long as the context does; a generation that takes its callbacks back
+(:func:`tlsgw.tls.native.clear_callbacks`) drops its rings' thunks at once
+(:meth:`TicketKeyRing.close`).
 
 The shared store
 ----------------
@@ -83,7 +90,7 @@ import logging
 import os
 import re
 import ssl
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from tlsgw.config import schema, units
@@ -311,6 +318,7 @@ class TicketKeyRing:
             self._by_name.setdefault(k.name, i)
         self._cb = None
         self._native: list[tuple[int, native.MacParams]] = []
+        self.pins = native.Pins()
         self.stats = {"encrypted": 0, "decrypted": 0, "renewed": 0, "unknown": 0, "errors": 0}
 
     def _prepare(self) -> None:
@@ -321,12 +329,19 @@ class TicketKeyRing:
         ]
 
     def callback(self):
-        """The ``CFUNCTYPE`` thunk for this ring (created once, pinned for the process lifetime)."""
+        """The ``CFUNCTYPE`` thunk for this ring (created once, held until :meth:`close`)."""
         if self._cb is None:
             self._prepare()
             self._cb = native.TICKET_KEY_CB(self._ticket_key_cb)
-            native.keep_alive(self._cb, self)
+            self.pins.add(self._cb, self._native)
         return self._cb
+
+    def close(self) -> None:
+        """Drop the thunk, once no context has it any more
+        (:func:`tlsgw.tls.native.clear_callbacks`)."""
+        self._cb = None
+        self._native = []
+        self.pins.clear()
 
     def _ticket_key_cb(self, ssl_ptr, name_ptr, iv_ptr, cctx, hctx, enc) -> int:
         try:
@@ -379,11 +394,20 @@ class SessionRuntime:
     master_pid: int = field(default_factory=os.getpid)
     validate_only: bool = False
     """Made for ``tlsgw check``: shared zones were validated, not allocated."""
+    owns_stores: bool = True
+    """False when the stores came from a zone registry, which unmaps them itself."""
 
     def close(self) -> None:
-        """Unmap shared stores (only once no context using them will handshake again)."""
-        for store in self.stores.values():
-            store.close()
+        """Unmap the stores this runtime made (only once no context using them will handshake
+        again). The callbacks stay valid: each configured context holds the ring and the store
+        its callbacks use (see :func:`apply`), and they go with it."""
+        if self.owns_stores:
+            for store in self.stores.values():
+                store.close()
+        self.stores.clear()
+
+    def rings(self) -> list[TicketKeyRing]:
+        return [r for r in (self.auto_keys, *self.file_keys.values()) if r is not None]
 
 
 _DIRECTIVES = "ssl_session_cache/ssl_session_timeout/ssl_session_tickets"
@@ -408,13 +432,17 @@ class SharedZoneError(StartupError):
         self.zone = name
 
 
-def prepare_in_master(settings_list: Iterable[SessionSettings],
-                      allocate: bool = True) -> SessionRuntime:
+def prepare_in_master(settings_list: Iterable[SessionSettings], allocate: bool = True,
+                      zone: Callable[[str, int], SharedSessionStore] | None = None,
+                      ) -> SessionRuntime:
     """Allocate shared caches, load ticket key files and generate default ticket keys.
 
     Call once per configuration load in the master, *before* forking workers. With
     ``allocate=False`` (``tlsgw check``) everything is validated but no shared memory is made:
-    a check must not need the memory it checks.
+    a check must not need the memory it checks. *zone* ``(name, size)`` gives the store of a
+    shared cache (a generation passes its zone registry's, which keeps stores across
+    generations); without it each store is made here and unmapped by
+    :meth:`SessionRuntime.close`.
 
     Raises:
         SharedZoneError: the memory of a shared cache cannot be mapped.
@@ -422,7 +450,7 @@ def prepare_in_master(settings_list: Iterable[SessionSettings],
         StartupError: the running Python's libssl cannot be driven (the message names the settings).
     """
     settings_list = list(settings_list)
-    runtime = SessionRuntime()
+    runtime = SessionRuntime(owns_stores=zone is None)
     if not settings_list:
         return runtime
     _require_native(settings_list[0])
@@ -442,7 +470,7 @@ def prepare_in_master(settings_list: Iterable[SessionSettings],
     runtime.validate_only = not allocate
     for name, size in sizes.items() if allocate else ():
         try:
-            runtime.stores[name] = SharedSessionStore(name, size)
+            runtime.stores[name] = (zone or SharedSessionStore)(name, size)
         except OSError as exc:
             runtime.close()
             raise SharedZoneError(name, size, exc) from None
@@ -533,3 +561,6 @@ def apply(ctx: ssl.SSLContext, settings: SessionSettings, runtime: SessionRuntim
         native.set_num_tickets(raw, settings.num_tickets)
     native.set_mode(raw, native.SSL_MODE_RELEASE_BUFFERS, settings.release_buffers)
     native.keep_sessions_on_abrupt_close(ctx, raw)
+    # what the callbacks installed above call into lives as long as the context (a context
+    # that dies clears its remove callback before SSL_CTX_free, see tlsgw.tls.native)
+    ctx.tlsgw_resumption = (ring, store)  # type: ignore[attr-defined]

@@ -1,0 +1,264 @@
+"""A generation: everything built from one :class:`~tlsgw.config.model.Config`, in the master.
+
+:func:`build` turns the pure configuration into what serving needs and the configuration
+cannot hold: the SSL contexts of every server (``listen ... ssl`` and ``proxy_ssl``) with their
+callbacks, TLS resumption (timeouts, caches, ticket keys) applied to them, the SNI tables of
+listeners shared by several servers, the upstream TLS settings, one
+:class:`~tlsgw.runtime.server.ServerRuntime` per server, and the routes (listen address ->
+servers) the workers' protocol factories read. ``tlsgw check`` runs the same build with
+``allocate=False`` (no shared memory is mapped, nothing is bound), so it reports what ``serve``
+would, each problem as ``FILE:LINE: message`` at the directive it concerns.
+
+A generation owns everything it pins: the ctypes thunks OpenSSL holds (in :attr:`Generation.pins`,
+or in the ticket key rings of its resumption state), its share of the shared zones (kept across
+generations by :mod:`tlsgw.runtime.zones`), its contexts. :meth:`Generation.release` takes every
+callback address back from OpenSSL, then drops all of it; call it once no session of the
+generation is open (a context still referenced elsewhere then calls nothing that is gone).
+"""
+
+from __future__ import annotations
+
+import re
+import ssl
+from typing import Any
+
+from tlsgw.config.load import load_config
+from tlsgw.config.model import Config, ListenGroup, ServerConfig
+from tlsgw.errors import ConfigError, ConfigErrors, TlsgwError
+from tlsgw.runtime import zones as zones_
+from tlsgw.runtime.server import ServerRuntime
+from tlsgw.tls import context as tlsctx
+from tlsgw.tls import native, resumption, sni
+from tlsgw.tls.shared_cache import SharedSessionStore
+from tlsgw.tls.upstream import UpstreamTLS
+
+
+class Route:
+    """One listen address of a generation: its servers' runtimes, the default one first."""
+
+    __slots__ = ("by_index", "default", "group", "handshake_timeout", "name", "ssl_context")
+
+    def __init__(self, group: ListenGroup, runtimes: dict[int, ServerRuntime]):
+        self.group = group
+        self.name = group.listen.log_name
+        self.default = runtimes[group.servers[0].index]
+        self.by_index = {s.index: runtimes[s.index] for s in group.servers}
+        self.ssl_context = self.default.ssl_context
+        self.handshake_timeout = self.default.handshake_timeout
+
+
+class Generation:
+    """What one configuration built; see the module docstring for what it owns."""
+
+    def __init__(self, cfg: Config, number: int = 0,
+                 zones: zones_.ZoneRegistry = zones_.ZONES):
+        self.cfg = cfg
+        self.number = number
+        self.zones = zones
+        self.pins = native.Pins()
+        self.warnings: list[str] = []
+        self.server_contexts: dict[int, ssl.SSLContext] = {}
+        self.runtimes: dict[int, ServerRuntime] = {}
+        self.routes: dict[str, Route] = {}
+        self.resumption: resumption.SessionRuntime | None = None
+        self.zone_keys: list[zones_.ZoneKey] = []
+        self._sni_contexts: list[ssl.SSLContext] = []
+        self.released = False
+
+    @staticmethod
+    def route_key(group: ListenGroup) -> str:
+        """What names a listener across generations (its address)."""
+        return group.listen.address.name
+
+    def release(self) -> None:
+        """Free everything this generation owns (once no session of it is open)."""
+        if self.released:
+            return
+        self.released = True
+        for ctx in self.server_contexts.values():
+            try:
+                native.clear_callbacks(native.ctx_pointer(ctx))
+            except native.NativeTLSUnavailable:
+                pass  # a context the native layer never touched holds no callback of ours
+        for ctx in self._sni_contexts:
+            sni.uninstall(ctx)
+        self._sni_contexts.clear()
+        if self.resumption is not None:
+            for ring in self.resumption.rings():  # no context of ours calls them any more
+                ring.close()
+            self.resumption.close()
+            self.resumption = None
+        for key in self.zone_keys:
+            self.zones.release(key)
+        self.zone_keys.clear()
+        self.pins.clear()
+        self.routes.clear()
+        self.runtimes.clear()
+        self.server_contexts.clear()
+
+
+def _line(srv: ServerConfig, directive: str) -> int:
+    """The line of *directive* for *srv* (its own, or the top level's it inherits), else its
+    ``listen``, else the server's first line."""
+    return srv.source.get(directive) or srv.source.get("listen") or srv.line
+
+
+def build(cfg: Config, allocate: bool = True, number: int = 0,
+          zones: zones_.ZoneRegistry = zones_.ZONES) -> Generation:
+    """Build the generation of *cfg*. ``allocate=False`` is ``tlsgw check``: shared zones are
+    validated, not mapped.
+
+    Raises:
+        ConfigErrors: every problem, as ``FILE:LINE: message``; nothing is left allocated.
+    """
+    gen = Generation(cfg, number, zones)
+    errors: list[ConfigError] = []
+    try:
+        proxy_tls = _contexts(gen, errors)
+        if not errors:
+            _resumption(gen, errors, allocate)
+        if not errors:
+            for srv in cfg.servers:
+                gen.runtimes[srv.index] = ServerRuntime(srv, gen.server_contexts.get(srv.index),
+                                                        proxy_tls.get(srv.index))
+            for group in cfg.groups:
+                _route(gen, group, errors)
+    except BaseException:
+        gen.release()
+        raise
+    if errors:
+        gen.release()
+        raise ConfigErrors(errors)
+    return gen
+
+
+def build_file(path: str, allocate: bool = True, check_files: bool = True,
+               zones: zones_.ZoneRegistry = zones_.ZONES) -> Generation:
+    """Load *path* and build it: what ``check`` (``allocate=False``) and ``serve`` run.
+
+    When loading fails, the servers that did load still get their SSL contexts built (and
+    dropped), so that one run reports every problem, as when contexts were made while loading;
+    a missing file is reported once, by the loader.
+    """
+    try:
+        cfg = load_config(path, check_files)
+    except ConfigErrors as exc:
+        if not exc.servers:
+            raise
+        scratch = Generation(None, zones=zones)  # type: ignore[arg-type]
+        more: list[ConfigError] = []
+        try:
+            _contexts(scratch, more, exc.servers, path)
+        finally:
+            scratch.release()
+        for e in more:
+            paths = re.findall(r'"(/[^"]+)"', e.message)
+            if not any(old.line == e.line and any(f'"{p}"' in old.message for p in paths)
+                       for old in exc.errors):
+                exc.errors.append(e)
+        raise ConfigErrors(exc.errors) from None
+    return build(cfg, allocate, zones=zones)
+
+
+def _contexts(gen: Generation, errors: list[ConfigError], servers: list[ServerConfig] | None = None,
+              file: str = "") -> dict[int, UpstreamTLS]:
+    """Every server's SSL contexts, so that ``check`` reports what ``serve`` would."""
+    servers = gen.cfg.servers if servers is None else servers
+    file = file or gen.cfg.file
+    proxy_tls: dict[int, UpstreamTLS] = {}
+    for srv in servers:
+        s = srv.s
+        try:
+            if any(ls.ssl for ls in srv.listens):
+                for warning in tlsctx.certificate_warnings(s.ssl_certificate or ()):
+                    gen.warnings.append(f"{file}:{_line(srv, 'ssl_certificate')}: {warning}")
+                gen.server_contexts[srv.index] = tlsctx.server_context(s, gen.pins)
+            if s.proxy_ssl:
+                name = tlsctx.proxy_name(s, srv.proxy_pass)
+                proxy_tls[srv.index] = UpstreamTLS(tlsctx.client_context(s), name,
+                                                   tlsctx.sends_sni(s, name),
+                                                   s.proxy_ssl_session_reuse, s.proxy_ssl_verify)
+        except tlsctx.TLSConfigError as exc:
+            errors.append(ConfigError(str(exc), file, _line(srv, exc.directive)))
+        except Exception as exc:  # native layer unavailable and the like: say which directive
+            errors.append(ConfigError(f"TLS settings cannot be honoured here: {exc}", file,
+                                      _line(srv, "listen")))
+    return proxy_tls
+
+
+def _resumption(gen: Generation, errors: list[ConfigError], allocate: bool) -> None:
+    """TLS session cache, timeout and ticket keys of every TLS server, prepared before workers
+    are forked; shared caches come from the zone registry (mapped only when *allocate*)."""
+    cfg = gen.cfg
+    tls_servers = [srv for srv in cfg.servers if srv.index in gen.server_contexts]
+    if not tls_servers:
+        return
+    declared: dict[str, tuple[int, int]] = {}  # NAME -> (size, line that declared it)
+    for srv in tls_servers:
+        spec = srv.s.ssl_session_cache
+        if spec.shared_name is None:
+            continue
+        line = _line(srv, "ssl_session_cache")
+        size, first = declared.setdefault(spec.shared_name, (spec.shared_size, line))
+        if size != spec.shared_size:
+            errors.append(ConfigError(
+                f"the size {spec.shared_size} of shared memory zone \"{spec.shared_name}\" "
+                f"conflicts with already declared size {size} (at line {first})", cfg.file, line))
+    for srv in tls_servers:
+        for path in srv.s.ssl_session_ticket_key or ():
+            try:
+                resumption.load_ticket_key_file(path)
+            except TlsgwError as exc:
+                errors.append(ConfigError(str(exc), cfg.file,
+                                          _line(srv, "ssl_session_ticket_key")))
+    if errors:
+        return
+
+    def zone(name: str, size: int) -> Any:
+        store = gen.zones.acquire(zones_.TLS_SESSION_CACHE, name, size, SharedSessionStore)
+        gen.zone_keys.append((zones_.TLS_SESSION_CACHE, name, size))
+        return store
+
+    line = tls_servers[0].line
+    try:
+        settings = {}
+        for srv in tls_servers:
+            s = srv.s
+            settings[srv.index] = resumption.SessionSettings.from_directives(
+                ssl_session_cache=s.ssl_session_cache, ssl_session_timeout=s.ssl_session_timeout,
+                ssl_session_tickets=s.ssl_session_tickets,
+                ssl_session_ticket_key=s.ssl_session_ticket_key or (),
+                # nginx sets SSL_MODE_RELEASE_BUFFERS on every context: idle connections
+                # keep no record buffers (about 30 KiB less per idle TLS connection here)
+                release_buffers=True)
+        gen.resumption = resumption.prepare_in_master(settings.values(), allocate=allocate,
+                                                      zone=zone)
+        for srv in tls_servers:
+            line = srv.line
+            resumption.apply(gen.server_contexts[srv.index], settings[srv.index], gen.resumption,
+                             tlsctx.session_id_context(srv.s))
+    except resumption.SharedZoneError as exc:
+        errors.append(ConfigError(str(exc), cfg.file, declared[exc.zone][1]))
+    except OSError as exc:  # a certificate file that went away since it was checked
+        errors.append(ConfigError(f'open() "{exc.filename}" failed ({exc.errno}: '
+                                  f"{exc.strerror})", cfg.file, line))
+    except TlsgwError as exc:
+        errors.append(ConfigError(str(exc), cfg.file, line))
+
+
+def _route(gen: Generation, group: ListenGroup, errors: list[ConfigError]) -> None:
+    route = Route(group, gen.runtimes)
+    gen.routes[gen.route_key(group)] = route
+    if not group.ssl:
+        return
+    logs_sni = any(s.access_log is not None and "ssl_server_name" in s.access_log.template.variables
+                   for s in group.servers)
+    if len(group.servers) > 1 or logs_sni:  # a Python call per handshake only when needed
+        contexts = {i: rt.ssl_context for i, rt in route.by_index.items()}
+        try:
+            sni.install_sni(group, contexts, gen.pins)  # type: ignore[arg-type]
+        except (TlsgwError, RuntimeError) as exc:
+            errors.append(ConfigError(f"TLS settings cannot be honoured here: {exc}",
+                                      gen.cfg.file, group.listen.line))
+            return
+        gen._sni_contexts.append(route.ssl_context)  # type: ignore[arg-type]
