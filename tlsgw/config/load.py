@@ -133,7 +133,12 @@ class Loader:
             yield key, knode, vnode
 
     def unknown(self, key: str, context: str) -> str:
-        elsewhere = [c for c, ds in schema.BY_CONTEXT.items() if key in ds and c != context]
+        elsewhere = [c for c, ds in schema.BY_CONTEXT.items()
+                     if key in ds and c not in (context, "listen")]
+        if not elsewhere and key in schema.BY_CONTEXT["listen"]:
+            p = schema.BY_CONTEXT["listen"][key]
+            return (f'"{key}" is a parameter of "listen", not a directive (write: listen: '
+                    f"ADDRESS {p.syntax})")
         if elsewhere:
             where = " or ".join(_CONTEXT_NAMES[c] for c in elsewhere)
             return f'"{key}" directive is not allowed in {_CONTEXT_NAMES[context]} (it belongs in {where})'
@@ -404,22 +409,8 @@ class Loader:
         if len(methods) > 1:
             raise self.fail(methods[1][1], f'load balancing method redefined in upstream "{name}" '
                             f'("{methods[0][0]}" and "{methods[1][0]}")')
-        key_tpl = None
-        if not methods:
-            method = Method("round_robin")
-        else:
-            mname, mnode, mval = methods[0]
-            if mname == "hash":
-                key_text, consistent = mval
-                try:
-                    key_tpl = Template(key_text, escape="none")
-                except TemplateError as exc:
-                    raise self.fail(mnode, f'{exc} in "hash"')
-                method = Method("hash_consistent" if consistent else "hash")
-            elif mname == "least_conn":
-                method = Method("least_conn")
-            else:
-                method = Method(mval)
+        balancing = methods[0][2] if methods else schema.ROUND_ROBIN
+        method, key_tpl = balancing.method, balancing.key
         if servers_node is None or (not servers and isinstance(servers_node, yaml.SequenceNode)
                                     and not servers_node.value):
             raise self.fail(knode, f'no servers are inside upstream "{name}"')
@@ -696,42 +687,29 @@ class Loader:
         if len(addrs) > 1:
             self.warnings.append(f"{self.path}:{node.start_mark.line + 1}: listen \"{words[0]}\" "
                                  f"resolves to {len(addrs)} addresses; using {addrs[0].name}")
-        ls = Listen(address=addrs[0], text=words[0], line=node.start_mark.line + 1)
-        unsupported = {"udp", "proxy_protocol", "fastopen", "deferred", "accept_filter",
-                       "setfib", "multipath", "http2", "quic"}
+        listen = schema.BY_CONTEXT["server"]["listen"]
+        params = schema.BY_CONTEXT["listen"]
+        values: dict[str, Any] = {}
         for w in words[1:]:
             k, eq, v = w.partition("=")
+            p = params.get(k)
             try:
-                if k == "backlog" and eq:
-                    ls.backlog = _listen_param(w, units.parse_int, v, minimum=1,
-                                               maximum=units.INT_MAX)
-                elif k in ("rcvbuf", "sndbuf") and eq:
-                    setattr(ls, k, _listen_param(w, units.parse_size, v, maximum=units.INT_MAX))
-                elif k == "reuseport" and not eq:
-                    ls.reuseport = True
-                elif k == "ssl" and not eq:
-                    ls.ssl = True
-                elif k == "default_server" and not eq:
-                    ls.default_server = True
-                elif k == "bind" and not eq:
-                    pass  # every listen address is bound separately anyway (see the reference)
-                elif k == "ipv6only" and eq:
-                    ls.ipv6only = units.parse_flag(v)
-                    if ls.address.host != "::":
+                if p is not None and p.takes_value == bool(eq):
+                    value = p.parse(v) if p.parse is not None else True
+                    if k == "ipv6only" and addrs[0].host != "::":
                         raise UnitError(f'ipv6only applies only to the "[::]" wildcard, not "{words[0]}"')
-                elif k == "so_keepalive" and eq:
-                    ls.so_keepalive = _keepalive(v)
-                elif k in unsupported:
+                    if p.field is not None:
+                        values[p.field] = value
+                elif k in listen.unsupported:
                     self.error(node, f'the "{k}" parameter is not supported by tlsgw yet in "listen"')
                 else:
-                    known = ["backlog=", "rcvbuf=", "sndbuf=", "reuseport", "so_keepalive=",
-                             "ipv6only=", "bind", "ssl", "default_server"]
+                    known = [q.name + ("=" if q.takes_value else "") for q in listen.params]
                     close = difflib.get_close_matches(w, known, n=1, cutoff=0.5)
                     hint = f'; did you mean "{close[0]}"?' if close else ""
                     raise UnitError(f'invalid parameter "{w}"{hint}')
             except UnitError as exc:
                 self.error(node, f'{exc} of the "listen" directive')
-        return ls
+        return Listen(address=addrs[0], text=words[0], line=node.start_mark.line + 1, **values)
 
     def proxy_pass(self, target: str, node: Node, upstreams: dict[str, UpstreamConfig],
                    implicit: dict[str, UpstreamConfig]) -> UpstreamConfig:
@@ -780,38 +758,6 @@ class Loader:
             self.error(node, f'log file "{target}" is not writable')
         elif not os.path.exists(target) and not os.access(directory, os.W_OK):
             self.error(node, f'log directory "{directory}" is not writable (for "{target}")')
-
-
-def _listen_param(word: str, parse: Any, value: str, **bounds: int) -> Any:
-    """One ``name=value`` listen parameter; the message names it as nginx does."""
-    name = word.partition("=")[0]
-    try:
-        return parse(value, **bounds)
-    except UnitError as exc:
-        reason = str(exc).partition(" (")[2].rstrip(")")
-        raise UnitError(f'invalid {name} "{units.shown(word)}"' + (f" ({reason})" if reason else ""))
-
-
-def _keepalive(v: str) -> bool | tuple[int | None, int | None, int | None]:
-    """``so_keepalive=on|off|[IDLE][:[INTVL][:[CNT]]]`` as nginx splits it; 0 means unset.
-
-    Times are whole seconds and counts plain numbers, within Linux's limits for
-    TCP_KEEPIDLE/TCP_KEEPINTVL (32767 s) and TCP_KEEPCNT (127).
-    """
-    if v in ("on", "off"):
-        return v == "on"
-    parts = (v.split(":", 2) + ["", ""])[:3]
-    try:
-        idle, intvl = (units.parse_seconds(p, maximum=schema.MAX_KEEPALIVE_TIME) if p else 0
-                       for p in parts[:2])
-        cnt = (units.parse_int(parts[2], maximum=schema.MAX_KEEPALIVE_COUNT) if parts[2] else 0)
-    except UnitError as exc:
-        reason = str(exc).partition(" (")[2].rstrip(")") or "expected on, off or [IDLE]:[INTVL]:[CNT]"
-        raise UnitError(f'invalid so_keepalive value "{units.shown(v)}" ({reason})')
-    if not (idle or intvl or cnt):
-        raise UnitError(f'invalid so_keepalive value "{units.shown(v)}" (expected on, off or '
-                        "[IDLE]:[INTVL]:[CNT] with at least one of them)")
-    return (idle or None, intvl or None, cnt or None)
 
 
 def load_config(path: str, check_files: bool = True, allocate: bool = True) -> Config:
