@@ -29,7 +29,10 @@ from tlsgw.config.model import (
     Listen,
     ListenGroup,
     LogTarget,
+    MainSettings,
     ServerConfig,
+    ServerSettings,
+    SourceMap,
     UpstreamConfig,
     UpstreamServer,
 )
@@ -131,6 +134,9 @@ class Loader:
                 self.error(knode, self.unknown(key, context))
                 continue
             yield key, knode, vnode
+
+    def lines(self, nodes: dict[str, Node]) -> SourceMap:
+        return SourceMap(self.path, {k: n.start_mark.line + 1 for k, n in nodes.items()})
 
     def unknown(self, key: str, context: str) -> str:
         elsewhere = [c for c, ds in schema.BY_CONTEXT.items()
@@ -262,31 +268,33 @@ class Loader:
             servers=servers,
             groups=groups,
             warnings=self.warnings,
-            main=SimpleNamespace(**main),
+            main=MainSettings(**main),
+            source=self.lines(nodes),
             tls_sessions=getattr(self, "session_runtime", None),
         )
 
     def groups(self, servers: list[ServerConfig]) -> list[ListenGroup]:
-        by: dict[str, ListenGroup] = {}
+        by: dict[str, tuple[Listen, list[ServerConfig]]] = {}
         for srv in servers:
             for ls in srv.listens:
-                g = by.get(ls.address.name)
-                if g is None:
-                    by[ls.address.name] = ListenGroup(ls, [srv])
+                if ls.address.name not in by:
+                    by[ls.address.name] = (ls, [srv])
                     continue
-                if ls.ssl != g.listen.ssl:
+                first, members = by[ls.address.name]
+                if ls.ssl != first.ssl:
                     self.error(None if not ls.line else _Line(ls.line), f'listen "{ls.text}" has '
                                '"ssl" in one server and not in another')
                 if ls.default_server:
-                    if any(x.default_server for s2 in g.servers for x in s2.listens
+                    if any(x.default_server for s2 in members for x in s2.listens
                            if x.address == ls.address):
                         self.error(_Line(ls.line), f'a duplicate default server for "{ls.text}"')
-                    g.servers.insert(0, srv)
+                    members.insert(0, srv)
                 else:
-                    g.servers.append(srv)
+                    members.append(srv)
         from tlsgw.tls import sni
 
-        for g in by.values():
+        groups = [ListenGroup(first, tuple(members)) for first, members in by.values()]
+        for g in groups:
             if len(g.servers) > 1 and not g.ssl:
                 self.warnings.append(
                     f'{self.path}:{g.listen.line}: several servers listen on "{g.listen.text}" '
@@ -294,7 +302,7 @@ class Loader:
             elif g.ssl:
                 for srv, _directive, message in sni.unhonoured(g):
                     self.error(_Line(srv.line), message)
-        return list(by.values())
+        return groups
 
     def tls_sessions(self, servers: list[ServerConfig]) -> None:
         """Session cache, timeout and ticket keys: prepared once, before workers are forked.
@@ -397,7 +405,9 @@ class Loader:
         methods: list[tuple[str, Node, Any]] = []
         servers: list[UpstreamServer] = []
         servers_node = None
+        lines: dict[str, int] = {}
         for key, kn, vn in self.items(node, "upstream", f'upstream "{name}"'):
+            lines[key] = vn.start_mark.line + 1
             if key == "servers":
                 servers_node = vn
                 servers = self.upstream_servers(name, vn)
@@ -414,8 +424,8 @@ class Loader:
         if servers_node is None or (not servers and isinstance(servers_node, yaml.SequenceNode)
                                     and not servers_node.value):
             raise self.fail(knode, f'no servers are inside upstream "{name}"')
-        up = UpstreamConfig(name=name, method=method, servers=servers, key=key_tpl,
-                            line=knode.start_mark.line + 1)
+        up = UpstreamConfig(name=name, method=method, servers=tuple(servers), key=key_tpl,
+                            line=knode.start_mark.line + 1, source=SourceMap(self.path, lines))
         for problem in validate(method, up.peer_configs(), name):
             self.error(methods[0][1] if methods else knode, f'{problem} in upstream "{name}"')
         if method.kind == "hash_consistent":
@@ -468,7 +478,7 @@ class Loader:
             addresses = parse_upstream_server(address)
         except AddressError as exc:
             raise self.fail(node, str(exc))
-        srv = UpstreamServer(text=address, addresses=addresses, line=node.start_mark.line + 1)
+        values: dict[str, Any] = {}
         peer = schema.BY_CONTEXT["peer"]
         for key, val, pnode in params:
             d = peer.get(key)
@@ -480,16 +490,17 @@ class Loader:
             if d.parse is None:
                 if val is not None:
                     self.error(pnode, f'"{key}" takes no value in upstream server "{address}"')
-                setattr(srv, key, True)
+                values[key] = True
                 continue
             if val is None or val == "":
                 self.error(pnode, f'"{key}" needs a value ({d.syntax}) in upstream server "{address}"')
                 continue
             try:
-                setattr(srv, key, d.parse(val))
+                values[key] = d.parse(val)
             except UnitError as exc:
                 self.error(pnode, f'{exc} in "{key}" of upstream server "{address}"')
-        return srv
+        return UpstreamServer(text=address, addresses=tuple(addresses),
+                              line=node.start_mark.line + 1, **values)
 
     # ---- servers ------------------------------------------------------------------------------
     def servers(self, node: Node, main: dict[str, Any], main_nodes: dict[str, Node],
@@ -557,17 +568,14 @@ class Loader:
         self.resolve_paths(values)
         self.check_paths(values, nodes)
         self.secret_modes(values, nodes)
-        s = SimpleNamespace()
-        for d in schema.INHERITED:
-            setattr(s, d.name, values.get(d.name, main.get(d.name)))
+        s = ServerSettings(**{d.name: values.get(d.name, main.get(d.name)) for d in schema.INHERITED})
         access = main_access
         if "access_log" in values:
             access = None if values["access_log"] is None else self.access_log(
                 values["access_log"], nodes["access_log"], formats)
         upstream = self.proxy_pass(values["proxy_pass"], nodes["proxy_pass"], upstreams, implicit)
-        source = {k: n.start_mark.line + 1 for k, n in self.main_nodes.items()}
-        source.update((k, n.start_mark.line + 1) for k, n in nodes.items())
-        srv = ServerConfig(index=index, listens=listens, proxy_pass=values["proxy_pass"],
+        source = self.lines(nodes).over(self.lines(self.main_nodes))
+        srv = ServerConfig(index=index, listens=tuple(listens), proxy_pass=values["proxy_pass"],
                            upstream=upstream, access_log=access, s=s,
                            line=node.start_mark.line + 1, server_names=tuple(names),
                            source=source)
@@ -731,8 +739,8 @@ class Loader:
             addresses = parse_upstream_server(target)
         except AddressError as exc:
             raise self.fail(node, f'{exc} in "proxy_pass"')
-        srv = UpstreamServer(text=target, addresses=addresses, line=node.start_mark.line + 1)
-        up = UpstreamConfig(name=target, method=Method("round_robin"), servers=[srv],
+        srv = UpstreamServer(text=target, addresses=tuple(addresses), line=node.start_mark.line + 1)
+        up = UpstreamConfig(name=target, method=Method("round_robin"), servers=(srv,),
                             line=srv.line, implicit=True)
         implicit[target] = up
         return up
