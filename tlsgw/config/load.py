@@ -11,7 +11,6 @@ from __future__ import annotations
 import difflib
 import os
 import re
-import ssl
 import stat
 from collections.abc import Iterator
 from types import SimpleNamespace
@@ -19,9 +18,8 @@ from typing import Any
 
 import yaml
 
-from tlsgw.balancer import Method, validate
-from tlsgw.balancer import warnings as balancer_warnings
-from tlsgw.config import filemodes, schema, units
+from tlsgw.balancer import Method
+from tlsgw.config import checks, filemodes, schema, units
 from tlsgw.config.addresses import AddressError, parse_listen, parse_upstream_server
 from tlsgw.config.model import (
     AccessLog,
@@ -105,6 +103,14 @@ class Loader:
         self.warnings: list[str] = []
 
     # ---- error helpers ------------------------------------------------------------------------
+    def report(self, findings: list[checks.Finding]) -> None:
+        """Errors and warnings of :mod:`tlsgw.config.checks`, each at its directive's line."""
+        for f in findings:
+            if f.error:
+                self.errors.append(ConfigError(f.message, self.path, f.line))
+            else:
+                self.warnings.append(f"{self.path}:{f.line}: {f.message}")
+
     def error(self, node: Node | None, message: str) -> None:
         line = node.start_mark.line + 1 if node is not None else None
         self.errors.append(ConfigError(message, self.path, line))
@@ -254,9 +260,7 @@ class Loader:
         self.check_log_target(error_target, nodes.get("error_log"))
         if self.errors:
             raise ConfigErrors(self.errors)
-        for name, up in upstreams.items():
-            if not any(up is s.upstream for s in servers):
-                self.warnings.append(f'{self.path}:{up.line}: upstream "{name}" is not used by any server')
+        self.report(checks.unused_upstreams(upstreams, servers))
         return Config(
             file=self.path,
             worker_processes=main["worker_processes"],
@@ -291,17 +295,8 @@ class Loader:
                     members.insert(0, srv)
                 else:
                     members.append(srv)
-        from tlsgw.tls import sni
-
         groups = [ListenGroup(first, tuple(members)) for first, members in by.values()]
-        for g in groups:
-            if len(g.servers) > 1 and not g.ssl:
-                self.warnings.append(
-                    f'{self.path}:{g.listen.line}: several servers listen on "{g.listen.text}" '
-                    "without ssl: no SNI can select one, so only the default server is used")
-            elif g.ssl:
-                for srv, _directive, message in sni.unhonoured(g):
-                    self.error(_Line(srv.line), message)
+        self.report(checks.groups(groups))
         return groups
 
     def tls_sessions(self, servers: list[ServerConfig]) -> None:
@@ -426,16 +421,7 @@ class Loader:
             raise self.fail(knode, f'no servers are inside upstream "{name}"')
         up = UpstreamConfig(name=name, method=method, servers=tuple(servers), key=key_tpl,
                             line=knode.start_mark.line + 1, source=SourceMap(self.path, lines))
-        for problem in validate(method, up.peer_configs(), name):
-            self.error(methods[0][1] if methods else knode, f'{problem} in upstream "{name}"')
-        if method.kind == "hash_consistent":
-            total = sum(p.weight for p in up.peer_configs() if not p.backup)
-            if total > schema.MAX_CONSISTENT_WEIGHT:
-                self.error(methods[0][1], f'the weights of upstream "{name}" add up to {total}: '
-                           f'"hash ... consistent" allows at most {schema.MAX_CONSISTENT_WEIGHT} '
-                           f"(160 ring points per unit of weight)")
-        for warning in balancer_warnings(method, up.peer_configs()):
-            self.warnings.append(f'{self.path}:{up.line}: {warning} in upstream "{name}"')
+        self.report(checks.upstream(up))
         return up
 
     def upstream_servers(self, upstream: str, node: Node) -> list[UpstreamServer]:
@@ -579,42 +565,21 @@ class Loader:
                            upstream=upstream, access_log=access, s=s,
                            line=node.start_mark.line + 1, server_names=tuple(names),
                            source=source)
+        self.report(checks.server(srv))
         self.tls(srv, nodes, node)
         return srv
 
     def tls(self, srv: ServerConfig, nodes: dict[str, Node], node: Node) -> None:
         """Build the server's TLS contexts now, so ``check`` reports what ``serve`` would."""
+        import ssl
+
         from tlsgw.tls import context as tlsctx
 
         def where(directive: str) -> Node:
             return nodes.get(directive) or self.main_nodes.get(directive) or nodes.get("listen", node)
 
-        tls_sides = [what for what, on in (('"listen ... ssl"', any(ls.ssl for ls in srv.listens)),
-                                           ('"proxy_ssl on"', srv.s.proxy_ssl)) if on]
-        if srv.s.proxy_half_close and tls_sides:
-            # uvloop's TLS transport answers a close_notify by closing the whole connection
-            # and cannot shut down only its sending side, so nginx's half-close cannot be kept
-            self.error(where("proxy_half_close"), '"proxy_half_close on" cannot be honoured with '
-                       f"{' and '.join(tls_sides)}: tlsgw closes a TLS connection as a whole when "
-                       'either end closes it; set "proxy_half_close: off" for this server')
-        for protocols, ciphers, on in (
-                ("ssl_protocols", "ssl_ciphers", any(ls.ssl for ls in srv.listens)),
-                ("proxy_ssl_protocols", "proxy_ssl_ciphers", srv.s.proxy_ssl)):
-            old = [p for p in getattr(srv.s, protocols) if p in ("TLSv1", "TLSv1.1")]
-            if on and old and not tlsctx.has_suites_before_tls12(getattr(srv.s, ciphers)):
-                line = where(protocols).start_mark.line + 1
-                self.warnings.append(
-                    f'{self.path}:{line}: "{protocols}" enables {" and ".join(old)}, but no '
-                    f'cipher of "{ciphers}" works before TLS 1.2 (the default is Mozilla\'s '
-                    f'intermediate list): give one that does, e.g. "{ciphers}: '
-                    'HIGH:!aNULL:!MD5@SECLEVEL=0"')
-            elif (on and old and "@SECLEVEL=0" not in getattr(srv.s, ciphers)
-                    and ssl.OPENSSL_VERSION_INFO[0] >= 3):
-                line = where(protocols).start_mark.line + 1
-                self.warnings.append(
-                    f'{self.path}:{line}: "{protocols}" enables {" and ".join(old)}, which '
-                    "OpenSSL 3 refuses at its default security level (their handshakes sign with "
-                    f'SHA-1): add "@SECLEVEL=0" to "{ciphers}", as nginx needs too')
+        self.report(checks.old_protocols(srv, tlsctx.has_suites_before_tls12,
+                                         ssl.OPENSSL_VERSION_INFO[0]))
         try:
             if any(ls.ssl for ls in srv.listens):
                 for warning in tlsctx.certificate_warnings(srv.s.ssl_certificate or ()):
