@@ -107,3 +107,58 @@ def test_several_plain_servers_on_one_address(tmp_path, pki, ssl):
     else:
         assert warnings == ['FILE:2: several servers listen on "127.0.0.1:9000" without ssl: no '
                             "SNI can select one, so only the default server is used"]
+
+
+def test_certificate_without_listen_ssl_is_warned_about(tmp_path, pki):
+    server = (f"  - listen: 127.0.0.1:9000\n    proxy_pass: 127.0.0.1:9\n"
+              f"    ssl_certificate: {pki.server}\n    ssl_certificate_key: {pki.server_key}\n")
+    _, warnings = _load(tmp_path, "servers:\n" + server)
+    assert warnings == ['FILE:4: "ssl_certificate" is set, but no "listen" of this server has '
+                        '"ssl": it accepts plaintext connections (write "listen: ADDRESS ssl" '
+                        "to terminate TLS)"]
+    # inherited from the top level by a plain server, next to TLS ones: nothing to say
+    top = f"ssl_certificate: {pki.server}\nssl_certificate_key: {pki.server_key}\nservers:\n"
+    _, warnings = _load(tmp_path, top + "  - listen: 127.0.0.1:9000\n    proxy_pass: 127.0.0.1:9\n"
+                        "  - listen: 127.0.0.1:9443 ssl\n    proxy_pass: 127.0.0.1:9\n")
+    assert warnings == []
+
+
+def test_a_broken_upstream_is_reported_once(tmp_path):
+    """Its servers' error, not also an "unknown upstream" at every proxy_pass naming it."""
+    errors, _ = _load(tmp_path, UPSTREAM.format(servers="      - 127.0.0.1:1 backup", method="")
+                      .replace("    servers:\n      - 127.0.0.1:1 backup\n", "    servers: []\n"))
+    assert errors == ['FILE:2: no servers are inside upstream "backend"']
+
+
+def test_an_unknown_upstream_does_not_hide_the_rest_of_the_server(tmp_path):
+    errors, _ = _load(tmp_path, """\
+        servers:
+          - listen: 127.0.0.1:9000
+            proxy_pass: nowhere
+            proxy_half_close: on
+            proxy_ssl: on
+        """)
+    assert [e.split(":")[1] for e in errors] == ["3", "4"], errors
+    assert errors[0].startswith('FILE:3: unknown upstream "nowhere"')
+    assert errors[1].startswith('FILE:4: "proxy_half_close on" cannot be honoured')
+
+
+def test_a_protocol_error_does_not_hide_a_session_cache_error(tmp_path, pki):
+    errors, _ = _load(tmp_path, f"""\
+        servers:
+          - listen: 127.0.0.1:9443 ssl
+            ssl_certificate: {pki.server}
+            ssl_certificate_key: {pki.server_key}
+            proxy_pass: 127.0.0.1:9
+            ssl_protocols: TLSv1.4
+            ssl_session_cache: shared:SSL:1k
+        """)
+    assert [e.split(":")[1] for e in errors] == ["6", "7"], errors
+    assert "too small" in errors[1]
+
+
+def test_listen_parameter_hint_comes_after_the_directive(tmp_path):
+    errors, _ = _load(tmp_path, "servers:\n  - listen: 127.0.0.1:9000 sslx\n"
+                      "    proxy_pass: 127.0.0.1:9\n")
+    assert errors == ['FILE:2: invalid parameter "sslx" of the "listen" directive; did you mean '
+                      '"ssl"?']

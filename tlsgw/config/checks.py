@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from tlsgw.balancer import validate
 from tlsgw.balancer import warnings as balancer_warnings
-from tlsgw.config.model import ListenGroup, ServerConfig, UpstreamConfig
+from tlsgw.config.model import ListenGroup, ServerConfig, SourceMap, UpstreamConfig
 from tlsgw.config.schema import MAX_CONSISTENT_WEIGHT
 
 
@@ -65,9 +65,18 @@ def _tls_sides(srv: ServerConfig) -> list[str]:
                                   ('"proxy_ssl on"', srv.s.proxy_ssl)) if on]
 
 
-def server(srv: ServerConfig) -> list[Finding]:
+def server(srv: ServerConfig, top: SourceMap | None = None) -> list[Finding]:
+    """``top``: the top level's source map, to tell a server's own settings from inherited
+    ones."""
     out = []
     listen_line = srv.source.line("listen", srv.line)
+    own_cert = "ssl_certificate" in srv.source and (
+        top is None or srv.source.get("ssl_certificate") != top.get("ssl_certificate"))
+    if own_cert and not any(ls.ssl for ls in srv.listens):
+        # nginx too serves such a server in plaintext, silently
+        out.append(_warn(srv.source.line("ssl_certificate"), '"ssl_certificate" is set, but no '
+                         '"listen" of this server has "ssl": it accepts plaintext connections '
+                         '(write "listen: ADDRESS ssl" to terminate TLS)'))
     sides = _tls_sides(srv)
     if srv.s.proxy_half_close and sides:
         # uvloop's TLS transport answers a close_notify by closing the whole connection

@@ -34,6 +34,7 @@ from tlsgw.config.model import (
     UpstreamConfig,
     UpstreamServer,
 )
+from tlsgw.config.schema import nginx
 from tlsgw.config.units import UnitError
 from tlsgw.errors import ConfigError, ConfigErrors, TlsgwError
 from tlsgw.variables import Template, TemplateError
@@ -101,6 +102,7 @@ class Loader:
         self.allocate = allocate
         self.errors: list[ConfigError] = []
         self.warnings: list[str] = []
+        self.broken_upstreams: set[str] = set()  # reported already: proxy_pass says nothing more
 
     # ---- error helpers ------------------------------------------------------------------------
     def report(self, findings: list[checks.Finding]) -> None:
@@ -154,6 +156,9 @@ class Loader:
         if elsewhere:
             where = " or ".join(_CONTEXT_NAMES[c] for c in elsewhere)
             return f'"{key}" directive is not allowed in {_CONTEXT_NAMES[context]} (it belongs in {where})'
+        about_nginx = nginx.answer(key)
+        if about_nginx is not None:  # not a typo: no "did you mean"
+            return f"{about_nginx} (in {_CONTEXT_NAMES[context]})"
         known = list(schema.BY_CONTEXT.get(context, {}))
         close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
         if not close:
@@ -391,7 +396,7 @@ class Loader:
                 try:
                     out[name] = self.upstream(name, knode, vnode)
                 except _Stop:
-                    pass
+                    self.broken_upstreams.add(name)
         except _Stop:
             pass
         return out
@@ -565,7 +570,7 @@ class Loader:
                            upstream=upstream, access_log=access, s=s,
                            line=node.start_mark.line + 1, server_names=tuple(names),
                            source=source)
-        self.report(checks.server(srv))
+        self.report(checks.server(srv, self.lines(self.main_nodes)))
         self.tls(srv, nodes, node)
         return srv
 
@@ -679,7 +684,7 @@ class Loader:
                     known = [q.name + ("=" if q.takes_value else "") for q in listen.params]
                     close = difflib.get_close_matches(w, known, n=1, cutoff=0.5)
                     hint = f'; did you mean "{close[0]}"?' if close else ""
-                    raise UnitError(f'invalid parameter "{w}"{hint}')
+                    self.error(node, f'invalid parameter "{w}" of the "listen" directive{hint}')
             except UnitError as exc:
                 self.error(node, f'{exc} of the "listen" directive')
         return Listen(address=addrs[0], text=words[0], line=node.start_mark.line + 1, **values)
@@ -690,20 +695,25 @@ class Loader:
             return upstreams[target]
         if target in implicit:
             return implicit[target]
+        if target in self.broken_upstreams:  # its error is reported; check the rest of the server
+            return _unresolved(target)
         looks_like_address = target.startswith("unix:") or ":" in target
         if not looks_like_address:
             close = difflib.get_close_matches(target, list(upstreams), n=1, cutoff=0.6)
             hint = f'; did you mean "{close[0]}"?' if close else ""
             if upstreams:
                 known = ", ".join(f'"{n}"' for n in upstreams)
-                raise self.fail(node, f'unknown upstream "{target}" in "proxy_pass" (defined: '
-                                f"{known}){hint}")
-            raise self.fail(node, f'unknown upstream "{target}" in "proxy_pass": no upstreams are '
-                            "defined, and it is not HOST:PORT or unix:PATH")
+                self.error(node, f'unknown upstream "{target}" in "proxy_pass" (defined: '
+                           f"{known}){hint}")
+            else:
+                self.error(node, f'unknown upstream "{target}" in "proxy_pass": no upstreams are '
+                           "defined, and it is not HOST:PORT or unix:PATH")
+            return _unresolved(target)
         try:
             addresses = parse_upstream_server(target)
         except AddressError as exc:
-            raise self.fail(node, f'{exc} in "proxy_pass"')
+            self.error(node, f'{exc} in "proxy_pass"')
+            return _unresolved(target)
         srv = UpstreamServer(text=target, addresses=tuple(addresses), line=node.start_mark.line + 1)
         up = UpstreamConfig(name=target, method=Method("round_robin"), servers=(srv,),
                             line=srv.line, implicit=True)
@@ -731,6 +741,12 @@ class Loader:
             self.error(node, f'log file "{target}" is not writable')
         elif not os.path.exists(target) and not os.access(directory, os.W_OK):
             self.error(node, f'log directory "{directory}" is not writable (for "{target}")')
+
+
+def _unresolved(target: str) -> UpstreamConfig:
+    """Stands for a ``proxy_pass`` target whose error is recorded, so that the rest of its
+    server is still checked (one error must not hide another); never in a loaded Config."""
+    return UpstreamConfig(name=target, method=Method("round_robin"), servers=(), implicit=True)
 
 
 def load_config(path: str, check_files: bool = True, allocate: bool = True) -> Config:

@@ -12,12 +12,13 @@ entry), ``peer`` (a parameter of one upstream server) and ``listen`` (a paramete
 ``listen``, in :data:`LISTEN_PARAMS`, not in :data:`DIRECTIVES`: it is never a YAML key).
 
 One module per feature; :data:`FEATURES` lists them, in the order of the reference. Nothing is
-registered by importing a module: this tuple is the whole list.
+registered by importing a module: this tuple is the whole list. :mod:`.nginx` is not a feature:
+it holds what to say about nginx's directives that have no entry here.
 """
 
 from __future__ import annotations
 
-from tlsgw.config.schema import core, logging, proxy, tls, upstream
+from tlsgw.config.schema import core, logging, nginx, proxy, tls, upstream
 from tlsgw.config.schema.base import ARITIES, NGINX_CONTEXTS, NO_NGINX, Directive, Nginx
 from tlsgw.config.schema.core import (
     LISTEN_PARAMS,
@@ -50,7 +51,7 @@ __all__ = [
     "MAX_KEEPALIVE_TIME", "MAX_SESSION_TIMEOUT", "MAX_SHARED_CACHE", "MAX_WORKERS",
     "MIN_SHARED_CACHE", "NGINX_CONTEXTS", "NO_NGINX", "PEER_PARAMS", "PROTOCOLS", "ROUND_ROBIN",
     "Balancing", "Directive", "Nginx", "SessionCacheSpec", "method_from_nginx",
-    "parse_session_cache",
+    "nginx", "parse_session_cache",
 ]
 
 #: The feature modules, in the order of the reference; each has a ``DIRECTIVES`` list.
