@@ -90,3 +90,67 @@ def test_the_answers_name_no_directive_tlsgw_has():
 def test_every_nginx_directive_is_known_or_answered():
     known = {d.name for d in schema.DIRECTIVES}
     assert [n for n in NGINX_DIRECTIVES if n not in known and schema.nginx.answer(n) is None] == []
+
+
+def _check(tmp_path: Path, text: str, command: str = "check"):
+    from support import run_cli
+
+    path = tmp_path / "c.conf"
+    path.write_text(textwrap.dedent(text))
+    r = run_cli(command, "-c", str(path))
+    return r.returncode, r.stderr.replace(str(path), "FILE")
+
+
+NGINX_CONF = """\
+worker_processes 1;
+events {
+    worker_connections 1024;
+}
+stream {
+    server {
+        listen 9000;
+        proxy_pass 127.0.0.1:1;
+    }
+}
+"""
+
+
+def test_an_nginx_file_points_to_convert(tmp_path):
+    code, err = _check(tmp_path, NGINX_CONF)
+    assert code == 1
+    assert err.splitlines()[0] == (
+        'tlsgw: [emerg] FILE:1:1: this is nginx syntax ("worker_processes 1;"), not YAML: tlsgw '
+        "reads YAML with nginx's directive names; convert the file with \"tlsgw convert FILE > "
+        'tlsgw.yaml"'), err
+    # a stream block alone, which YAML cannot even read
+    code, err = _check(tmp_path, "stream {\n  server {\n    listen 1:9000;\n  }\n}\n")
+    assert code == 1 and 'FILE:1:1: this is nginx syntax ("stream {")' in err, err
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ('servers:\n  - listen: [::1]:9000\n    proxy_pass: 127.0.0.1:1\n',
+     "FILE:2:14: YAML syntax error: expected the node content, but found ':' (quote IPv6 "
+     'addresses: "[::1]:9000"; unquoted, YAML reads [...] as a list)'),
+    ('servers:\n  - listen 127.0.0.1:9000\n    proxy_pass: 127.0.0.1:1\n',
+     'FILE:2:5: no ":" after "listen" (YAML reads "listen 127.0.0.1:9000" as one value, so '
+     "line 3 fails: mapping values are not allowed here)"),
+    ('servers:\n  - listen: 9000\n\tproxy_pass: 127.0.0.1:1\n',
+     "FILE:3:1: YAML syntax error: found character '\\t' that cannot start any token (YAML "
+     "indents with spaces, not tabs)"),
+])
+def test_yaml_slips_get_a_hint_and_a_column(tmp_path, text, expected):
+    errs = errors_of(tmp_path, text)
+    assert errs == [expected]
+
+
+def test_a_trailing_semicolon_is_pointed_out(tmp_path):
+    errs = errors_of(tmp_path, BASE.format(upstream="", server="    proxy_timeout: 5s;", main=""))
+    assert errs == ['FILE:8: invalid time "5s;" (expected e.g. 500ms, 30s, 5m, 2h, 1d) in '
+                    '"proxy_timeout" (remove the trailing ";": YAML values need none)'], errs
+
+
+def test_serve_does_not_say_test_failed(tmp_path):
+    code, err = _check(tmp_path, "servers:\n  - listen: 127.0.0.1:9000\n", command="serve")
+    assert code == 1 and err == 'tlsgw: [emerg] FILE:2: no "proxy_pass" in servers[0]\n', err
+    code, err = _check(tmp_path, "servers:\n  - listen: 127.0.0.1:9000\n")
+    assert code == 1 and err.endswith("tlsgw: configuration file FILE test failed\n"), err

@@ -84,6 +84,52 @@ def yaml_shape_problem(text: str) -> tuple[int, str] | None:
     return None
 
 
+_NGINX_LINE = re.compile(r"^\s*(?:[A-Za-z_][\w.]*(?:\s+[^#]*?)?\s*[;{]|})\s*(?:#.*)?$")
+
+
+def nginx_syntax(text: str, path: str) -> ConfigError | None:
+    """An error pointing to ``tlsgw convert`` if the file is written in nginx's syntax
+    (directives ending in ``;``, blocks in braces), at its first such line; else None."""
+    hits = [i for i, line in enumerate(text.splitlines(), 1) if _NGINX_LINE.match(line)]
+    if len(hits) < 2:
+        return None
+    line = text.splitlines()[hits[0] - 1]
+    first = line.strip()
+    return ConfigError(f'this is nginx syntax ("{units.shown(first, 60)}"), not YAML: tlsgw reads '
+                       "YAML with nginx's directive names; convert the file with "
+                       f'"tlsgw convert {path} > tlsgw.yaml"', path, hits[0],
+                       len(line) - len(line.lstrip()) + 1)
+
+
+def yaml_error(text: str, exc: yaml.MarkedYAMLError, path: str) -> ConfigError:
+    """A YAML syntax error at FILE:LINE:COLUMN, with a hint for the usual slips."""
+    mark = exc.problem_mark
+    problem = f"YAML syntax error: {exc.problem}"
+    if mark is None:
+        return ConfigError(problem, path)
+    lines = text.splitlines()
+    here = lines[mark.line] if mark.line < len(lines) else ""
+    if "\t" in (exc.problem or "") or "\t" in here[: len(here) - len(here.lstrip())]:
+        return ConfigError(f"{problem} (YAML indents with spaces, not tabs)", path,
+                           mark.line + 1, mark.column + 1)
+    if exc.problem == "expected the node content, but found ':'" and "[" in here:
+        return ConfigError(f'{problem} (quote IPv6 addresses: "[::1]:9000"; unquoted, YAML '
+                           "reads [...] as a list)", path, mark.line + 1, mark.column + 1)
+    if exc.problem == "mapping values are not allowed here":
+        prev = mark.line - 1
+        while prev >= 0 and (not lines[prev].strip() or lines[prev].lstrip().startswith("#")):
+            prev -= 1
+        if prev >= 0:
+            content = lines[prev].strip().removeprefix("- ").strip()
+            if ": " not in content and not content.endswith(":") and " " in content:
+                key = content.split()[0]
+                column = lines[prev].index(key) + 1
+                return ConfigError(f'no ":" after "{key}" (YAML reads "{units.shown(content, 60)}" '
+                                   f"as one value, so line {mark.line + 1} fails: "
+                                   f"{exc.problem})", path, prev + 1, column)
+    return ConfigError(problem, path, mark.line + 1, mark.column + 1)
+
+
 class _Line:
     """A stand-in node for errors known only by line number."""
 
@@ -196,7 +242,9 @@ class Loader:
             try:
                 v = d.parse(text)
             except (UnitError, AddressError) as exc:
-                raise self.fail(n, f'{exc} in "{d.name}"')
+                semicolon = ' (remove the trailing ";": YAML values need none)' \
+                    if text.rstrip().endswith(";") else ""
+                raise self.fail(n, f'{exc} in "{d.name}"{semicolon}')
             if not d.repeatable:
                 return v
             out += v
@@ -220,13 +268,15 @@ class Loader:
                 raise ConfigErrors([ConfigError(problem[1], self.path, problem[0])])
             root = yaml.compose(text, Loader=yaml.SafeLoader)
         except yaml.MarkedYAMLError as exc:
-            mark = exc.problem_mark
-            line = mark.line + 1 if mark is not None else None
-            raise ConfigErrors([ConfigError(f"YAML syntax error: {exc.problem}", self.path, line)])
+            raise ConfigErrors([nginx_syntax(text, self.path) or yaml_error(text, exc, self.path)])
         except yaml.YAMLError as exc:
             raise ConfigErrors([ConfigError(f"YAML syntax error: {exc}", self.path)])
         if root is None:
             raise ConfigErrors([ConfigError("the file is empty (it needs at least servers:)", self.path)])
+        if not isinstance(root, yaml.MappingNode):
+            found = nginx_syntax(text, self.path)
+            if found is not None:
+                raise ConfigErrors([found])
 
         main: dict[str, Any] = {}
         nodes: dict[str, Node] = {}
@@ -661,7 +711,9 @@ class Loader:
         try:
             addrs = parse_listen(words[0])
         except AddressError as exc:
-            raise self.fail(node, f'{exc} of the "listen" directive')
+            semicolon = ' (remove the trailing ";": YAML values need none)' \
+                if words[0].endswith(";") else ""
+            raise self.fail(node, f'{exc} of the "listen" directive{semicolon}')
         if len(addrs) > 1:
             self.warnings.append(f"{self.path}:{node.start_mark.line + 1}: listen \"{words[0]}\" "
                                  f"resolves to {len(addrs)} addresses; using {addrs[0].name}")
