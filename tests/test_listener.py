@@ -109,3 +109,24 @@ def test_stale_unix_socket_is_replaced(tmp_path):
     sock = listener.bind(listen_of(tmp_path, f"unix:{path}"))
     listener.close(sock)
     assert not path.exists()
+
+
+def test_permission_denied_below_1024_says_why(tmp_path, monkeypatch):
+    """As a user without CAP_NET_BIND_SERVICE (simulated: the tests may run as root)."""
+    import errno
+
+    from tlsgw.errors import StartupError
+
+    class Unprivileged(socket.socket):
+        def bind(self, address):
+            raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(listener.socket, "socket", Unprivileged)
+    with pytest.raises(StartupError) as ei:
+        listener.bind(listen_of(tmp_path, "127.0.0.1:443"))
+    assert str(ei.value) == ("bind() to 127.0.0.1:443 failed (13: Permission denied): ports below "
+                             "1024 need root or CAP_NET_BIND_SERVICE (systemd: "
+                             "AmbientCapabilities=CAP_NET_BIND_SERVICE)")
+    with pytest.raises(StartupError) as ei:
+        listener.bind(listen_of(tmp_path, "127.0.0.1:8443"))
+    assert str(ei.value) == "bind() to 127.0.0.1:8443 failed (13: Permission denied)"
