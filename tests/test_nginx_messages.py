@@ -154,3 +154,10 @@ def test_serve_does_not_say_test_failed(tmp_path):
     assert code == 1 and err == 'tlsgw: [emerg] FILE:2: no "proxy_pass" in servers[0]\n', err
     code, err = _check(tmp_path, "servers:\n  - listen: 127.0.0.1:9000\n")
     assert code == 1 and err.endswith("tlsgw: configuration file FILE test failed\n"), err
+
+
+def test_nginx_only_upstream_server_parameters_are_named(tmp_path):
+    errs = errors_of(tmp_path, BASE.replace("servers: [127.0.0.1:1]", "servers: [127.0.0.1:1 resolve]")
+                     .format(upstream="", server="", main=""))
+    assert errs == ['FILE:3: the "resolve" parameter is not supported by tlsgw yet in upstream '
+                    'server "127.0.0.1:1"'], errs

@@ -47,7 +47,10 @@ servers:
 ```
 
 `tlsgw check -c FILE` validates a file like `nginx -t`; every problem is printed as
-`FILE:LINE: message`. An unknown key is always an error, with a suggestion when one is close.
+`FILE:LINE: message` (`FILE:LINE:COLUMN:` for YAML syntax errors). An unknown key is always an
+error, with a suggestion when one is close; an nginx directive that tlsgw does not have gets an
+answer instead (what tlsgw does in its place, or that it is not supported yet), and a file in
+nginx's own syntax is pointed to `tlsgw convert`.
 `check` makes nothing it validates: shared memory zones (`ssl_session_cache shared:...`) are
 checked against their bounds and made only by `serve`.
 

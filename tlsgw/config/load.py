@@ -523,6 +523,10 @@ class Loader:
         peer = schema.BY_CONTEXT["peer"]
         for key, val, pnode in params:
             d = peer.get(key)
+            if d is None and key in schema.BY_CONTEXT["upstream"]["servers"].unsupported:
+                self.error(pnode, f'the "{key}" parameter is not supported by tlsgw yet in '
+                           f'upstream server "{address}"')
+                continue
             if d is None:
                 close = difflib.get_close_matches(key, list(peer), n=1, cutoff=0.6)
                 hint = f'; did you mean "{close[0]}"?' if close else ""

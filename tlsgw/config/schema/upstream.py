@@ -121,7 +121,7 @@ DIRECTIVES: list[Directive] = [
       "`random`, smooth weighted round robin is used.",
       "servers:\n  - 127.0.0.1:7773 weight=5 max_fails=3 fail_timeout=30s\n"
       "  - unix:/run/b.sock backup\n  - address: \"[::1]:7775\"\n    weight: 2",
-      params=PEER_PARAMS,
+      params=PEER_PARAMS, unsupported=("resolve", "service", "slow_start"),
       nginx=Nginx("server", ("upstream",), "one or more",
                   note="each `server ADDRESS [PARAMETER ...];` line is one entry of `servers:`")),
     *PEER_PARAMS,
