@@ -162,3 +162,17 @@ def test_listen_parameter_hint_comes_after_the_directive(tmp_path):
                       "    proxy_pass: 127.0.0.1:9\n")
     assert errors == ['FILE:2: invalid parameter "sslx" of the "listen" directive; did you mean '
                       '"ssl"?']
+
+
+def test_a_repeated_listen_is_reported_at_its_entry(tmp_path):
+    errors, _ = _load(tmp_path, """\
+        servers:
+          - listen: 127.0.0.1:9000
+            proxy_pass: 127.0.0.1:9
+          - listen:
+              - 127.0.0.1:9001
+              - 127.0.0.1:9000
+            proxy_pass: 127.0.0.1:9
+        """)
+    assert errors == ['FILE:6: duplicate listen "127.0.0.1:9000" (also at line 2); servers '
+                      "sharing a listen address need distinct server_name values"]

@@ -119,6 +119,26 @@ def old_protocols(srv: ServerConfig, suites_before_tls12: Callable[[str], bool],
 
 
 # ---- servers sharing an address ----------------------------------------------------------------
+def listen_conflicts(servers: Sequence[ServerConfig]) -> list[Finding]:
+    """Servers on one address need distinct ``server_name`` values (a server without one has
+    the empty name), reported at the ``listen`` entry that repeats the address."""
+    seen: dict[str, tuple[int, set[str]]] = {}  # address -> (first line, names so far)
+    out = []
+    for srv in servers:
+        mine = set(srv.server_names) or {""}
+        for ls in srv.listens:
+            first, names = seen.get(ls.address.name, (ls.line, set()))
+            clash = mine & names
+            if clash:
+                name = sorted(clash)[0]
+                what = f'conflicting server name "{name}" on' if name else "duplicate listen"
+                out.append(Finding(ls.line, f'{what} "{ls.text}" (also at line {first}); servers '
+                                   "sharing a listen address need distinct server_name values"))
+            else:
+                seen[ls.address.name] = (first, names | mine)
+    return out
+
+
 def groups(groups: Iterable[ListenGroup]) -> list[Finding]:
     out = []
     for g in groups:

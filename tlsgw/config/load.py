@@ -333,6 +333,7 @@ class Loader:
         )
 
     def groups(self, servers: list[ServerConfig]) -> list[ListenGroup]:
+        self.report(checks.listen_conflicts(servers))
         by: dict[str, tuple[Listen, list[ServerConfig]]] = {}
         for srv in servers:
             for ls in srv.listens:
@@ -556,7 +557,6 @@ class Loader:
             self.error(raise_at, '"servers" must be a non-empty list of servers')
             return []
         out: list[ServerConfig] = []
-        seen_listen: dict[str, tuple[int, tuple[str, ...]]] = {}
         implicit: dict[str, UpstreamConfig] = {}
         main_access = None
         if main.get("access_log") is not None:
@@ -567,15 +567,14 @@ class Loader:
         for index, snode in enumerate(node.value):
             try:
                 out.append(self.server(index, snode, main, main_access, formats, upstreams,
-                                       implicit, seen_listen))
+                                       implicit))
             except _Stop:
                 pass
         return out
 
     def server(self, index: int, node: Node, main: dict[str, Any], main_access: AccessLog | None,
                formats: dict[str, Template], upstreams: dict[str, UpstreamConfig],
-               implicit: dict[str, UpstreamConfig],
-               seen_listen: dict[str, tuple[int, tuple[str, ...]]]) -> ServerConfig:
+               implicit: dict[str, UpstreamConfig]) -> ServerConfig:
         values: dict[str, Any] = {}
         nodes: dict[str, Node] = {}
         listens: list[Listen] = []
@@ -598,18 +597,6 @@ class Loader:
         if "proxy_pass" not in values:
             raise _Stop()  # its error is recorded already
         names = values.get("server_name", ())
-        for ls in listens:
-            key = ls.address.name
-            prev = seen_listen.get(key)
-            mine = set(names) or {""}  # a server without server_name has the empty name
-            if prev is not None and mine & set(prev[1]):
-                clash = sorted(mine & set(prev[1]))[0]
-                what = f'conflicting server name "{clash}" on' if clash else "duplicate listen"
-                self.error(nodes["listen"], f'{what} "{ls.text}" (also at line {prev[0]}); '
-                           "servers sharing a listen address need distinct server_name values")
-            else:
-                first = prev[0] if prev else ls.line
-                seen_listen[key] = (first, (prev[1] if prev else ()) + tuple(mine))
         self.resolve_paths(values)
         self.check_paths(values, nodes)
         self.secret_modes(values, nodes)
