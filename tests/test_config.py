@@ -160,7 +160,7 @@ def test_on_off_spellings(tmp_path):
     ("upstreams:\n  b:\n    servers: [127.0.0.1:1]\n", 'FILE: no "servers" defined: nothing to listen on'),
     ("servers:\n  - proxy_pass: 127.0.0.1:1\n", 'FILE:2: no "listen" in servers[0]'),
     (GOOD + "    proxy_timeout: 1s\n    proxy_timeout: 2s\n", 'FILE:9: "proxy_timeout" directive is duplicate (first at line 8)'),
-    ("servers: [\n", "FILE:2: YAML syntax error: expected the node content, but found '<stream end>'"),
+    ("servers: [\n", "FILE:2:1: YAML syntax error: expected the node content, but found '<stream end>'"),
 ])
 def test_each_error_class(tmp_path, text, expected):
     errs = errors_of(tmp_path, text)

@@ -171,3 +171,56 @@ def test_no_imports_inside_data_path_functions():
     _, lazy = _graph()
     offenders = {m: deps for m, deps in lazy.items() if m.startswith("tlsgw.proxy") and deps}
     assert offenders == {}
+
+
+#: what a pure configuration must not reach: tlsgw's upper layers and the system's TLS,
+#: memory mappings, sockets and event loops
+_IMPURE_TLSGW = ("tlsgw.tls", "tlsgw.runtime", "tlsgw.proxy", "tlsgw.process", "tlsgw.logs")
+_IMPURE_STDLIB = ("ssl", "mmap", "socket", "asyncio", "uvloop", "ctypes", "selectors")
+#: the TLS contexts are built by tlsgw/runtime/; load.py's ``tls()`` still asks the TLS library
+#: two facts for a rule of checks.py (which suites work before TLS 1.2, OpenSSL's major
+#: version), at call time: the one method allowed to
+_BUILDING = {"tls"}
+
+
+def _all_imports(path: Path) -> list[tuple[str, str | None]]:
+    """(module, enclosing function or None) of every import in the file, stdlib ones too."""
+    out: list[tuple[str, str | None]] = []
+
+    def visit(node: ast.AST, function: str | None) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.Import):
+                out.extend((a.name, function) for a in child.names)
+            elif isinstance(child, ast.ImportFrom) and child.module and not child.level:
+                out.extend([(child.module, function)]
+                           + [(f"{child.module}.{a.name}", function) for a in child.names])
+            else:
+                inner = child.name if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)) \
+                    else function
+                visit(child, inner)
+
+    visit(ast.parse(path.read_text()), None)
+    return out
+
+
+def _impure(name: str) -> bool:
+    return (name.split(".")[0] in _IMPURE_STDLIB
+            or any(name == m or name.startswith(m + ".") for m in _IMPURE_TLSGW))
+
+
+def test_config_is_pure():
+    """tlsgw.config turns text into a model and touches no ssl, mmap, socket or event loop
+    (issue 8); addresses.py may use socket's constants and resolve host names, as nginx
+    resolves them when it reads its configuration."""
+    offenders = []
+    for path in sorted((PACKAGE / "config").rglob("*.py")):
+        module = _module(path)
+        for name, function in _all_imports(path):
+            if not _impure(name):
+                continue
+            if module == "tlsgw.config.addresses" and name == "socket":
+                continue
+            if module == "tlsgw.config.load" and function in _BUILDING:
+                continue
+            offenders.append((module, function, name))
+    assert offenders == []

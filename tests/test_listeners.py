@@ -262,3 +262,22 @@ def test_changed_socket_options_retune_the_bound_socket(tmp_path):
         assert list(reg.sockets) == [(listeners.listen_key(after), None)] and sock.fileno() != -1
     finally:
         reg.close_all()
+def test_permission_denied_below_1024_says_why(tmp_path, monkeypatch):
+    """As a user without CAP_NET_BIND_SERVICE (simulated: the tests may run as root)."""
+    import errno
+
+    from tlsgw.errors import StartupError
+
+    class Unprivileged(socket.socket):
+        def bind(self, address):
+            raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(listeners.socket, "socket", Unprivileged)
+    with pytest.raises(StartupError) as ei:
+        listeners.bind(listen_of(tmp_path, "127.0.0.1:443"))
+    assert str(ei.value) == ("bind() to 127.0.0.1:443 failed (13: Permission denied): ports below "
+                             "1024 need root or CAP_NET_BIND_SERVICE (systemd: "
+                             "AmbientCapabilities=CAP_NET_BIND_SERVICE)")
+    with pytest.raises(StartupError) as ei:
+        listeners.bind(listen_of(tmp_path, "127.0.0.1:8443"))
+    assert str(ei.value) == "bind() to 127.0.0.1:8443 failed (13: Permission denied)"

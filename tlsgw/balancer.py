@@ -181,40 +181,6 @@ class Method:
     def uses_key(self) -> bool:
         return self.kind in ("hash", "hash_consistent")
 
-    @classmethod
-    def from_directive(cls, words: Sequence[str]) -> tuple[Method, str | None]:
-        """Parse nginx directive words, e.g. ``["hash", "$remote_addr", "consistent"]``.
-
-        Returns the method and the key template text (``None`` unless a hash method).
-        Raises ``ValueError`` worded like nginx (``invalid parameter "x"``).
-        """
-        if not words:
-            raise ValueError("empty balancing method")
-        head, args = words[0], list(words[1:])
-        if head == "round_robin" and not args:
-            return cls("round_robin"), None
-        if head == "least_conn":
-            if args:
-                raise ValueError(f'invalid number of arguments in "{head}" directive')
-            return cls("least_conn"), None
-        if head == "hash":
-            if len(args) not in (1, 2):
-                raise ValueError(f'invalid number of arguments in "{head}" directive')
-            if len(args) == 2 and args[1] != "consistent":
-                raise ValueError(f'invalid parameter "{args[1]}"')
-            return cls("hash_consistent" if len(args) == 2 else "hash"), args[0]
-        if head == "random":
-            if len(args) > 2:
-                raise ValueError(f'invalid number of arguments in "{head}" directive')
-            if not args:
-                return cls("random"), None
-            if args[0] != "two":
-                raise ValueError(f'invalid parameter "{args[0]}"')
-            if len(args) == 2 and args[1] != "least_conn":
-                raise ValueError(f'invalid parameter "{args[1]}"')
-            return cls("random_two"), None
-        raise ValueError(f'unknown directive "{head}"')
-
 
 def validate(method: Method, peers: Sequence[PeerConfig], upstream_name: str = "") -> list[str]:
     """Problems nginx would reject this upstream for, worded as nginx words them.

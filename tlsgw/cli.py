@@ -126,7 +126,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigErrors as exc:
         for err in exc.errors:
             print(f"tlsgw: [emerg] {err}", file=sys.stderr)
-        print(f"tlsgw: configuration file {getattr(args, 'config', '')} test failed", file=sys.stderr)
+        if args.func is _cmd_check:  # nginx -t's closing line; serve just stops, as nginx does
+            print(f"tlsgw: configuration file {args.config} test failed", file=sys.stderr)
         return EXIT_CONFIG
     except ConfigError as exc:
         print(f"tlsgw: [emerg] {exc}", file=sys.stderr)

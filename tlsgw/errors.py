@@ -10,13 +10,17 @@ class TlsgwError(Exception):
 class ConfigError(TlsgwError):
     """One problem in a configuration file, located by file and line when known."""
 
-    def __init__(self, message: str, file: str | None = None, line: int | None = None):
+    def __init__(self, message: str, file: str | None = None, line: int | None = None,
+                 column: int | None = None):
         super().__init__(message)
         self.message = message
         self.file = file
         self.line = line
+        self.column = column
 
     def __str__(self) -> str:
+        if self.file and self.line and self.column:
+            return f"{self.file}:{self.line}:{self.column}: {self.message}"
         if self.file and self.line:
             return f"{self.file}:{self.line}: {self.message}"
         if self.file:

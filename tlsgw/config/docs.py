@@ -19,7 +19,7 @@ _CONTEXT_TITLES = {
 _INTRO = """\
 # tlsgw configuration reference
 
-<!-- Generated from tlsgw/config/schema.py by `make docs`; do not edit by hand. -->
+<!-- Generated from tlsgw/config/schema/ by `make docs`; do not edit by hand. -->
 
 tlsgw reads one YAML file. Its keys are nginx `stream {}` directives with nginx's value syntax
 and semantics; the YAML structure replaces nginx's blocks:
@@ -47,7 +47,10 @@ servers:
 ```
 
 `tlsgw check -c FILE` validates a file like `nginx -t`; every problem is printed as
-`FILE:LINE: message`. An unknown key is always an error, with a suggestion when one is close.
+`FILE:LINE: message` (`FILE:LINE:COLUMN:` for YAML syntax errors). An unknown key is always an
+error, with a suggestion when one is close; an nginx directive that tlsgw does not have gets an
+answer instead (what tlsgw does in its place, or that it is not supported yet), and a file in
+nginx's own syntax is pointed to `tlsgw convert`.
 `check` makes nothing it validates: shared memory zones (`ssl_session_cache shared:...`) are
 checked against their bounds and made only by `serve`.
 
@@ -102,10 +105,25 @@ def _entry(d: schema.Directive, anchor_suffix: str = "") -> str:
            f"**Syntax:** `{d.syntax}`  ",
            f"**Default:** {'`' + d.default + '`' if d.default is not None else '—'}  ",
            f"**Context:** {ctx}", "", d.doc, ""]
+    if d.params:
+        out += _params(d)
     if d.differs:
         out += [f"*Difference from nginx:* {d.differs}", ""]
     out += ["```yaml", d.example, "```", ""]
     return "\n".join(out)
+
+
+def _params(d: schema.Directive) -> list[str]:
+    """A directive's parameters: a table of their own, or links to their entries."""
+    if all(p in schema.DIRECTIVES for p in d.params):
+        return ["**Parameters:** " + ", ".join(f"[`{p.name}`](#{p.name})" for p in d.params), ""]
+    rows = ["| parameter | default | |", "|---|---|---|"]
+    for p in d.params:
+        default = f"`{p.default}`" if p.default is not None else "—"
+        text = p.doc + (f" *Difference from nginx:* {p.differs}" if p.differs else "")
+        syntax = p.syntax.replace("|", "\\|")  # a bare | would end the cell
+        rows.append(f"| `{syntax}` | {default} | {text} |")
+    return rows + [""]
 
 
 def generate() -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import difflib
 import os
-import ssl
+import re
 import stat
 from collections.abc import Iterator
 from types import SimpleNamespace
@@ -18,9 +18,8 @@ from typing import Any
 
 import yaml
 
-from tlsgw.balancer import Method, validate
-from tlsgw.balancer import warnings as balancer_warnings
-from tlsgw.config import filemodes, schema, units
+from tlsgw.balancer import Method
+from tlsgw.config import checks, filemodes, schema, units
 from tlsgw.config.addresses import AddressError, parse_listen, parse_upstream_server
 from tlsgw.config.model import (
     AccessLog,
@@ -28,10 +27,14 @@ from tlsgw.config.model import (
     Listen,
     ListenGroup,
     LogTarget,
+    MainSettings,
     ServerConfig,
+    ServerSettings,
+    SourceMap,
     UpstreamConfig,
     UpstreamServer,
 )
+from tlsgw.config.schema import nginx
 from tlsgw.config.units import UnitError
 from tlsgw.errors import ConfigError, ConfigErrors
 from tlsgw.variables import Template, TemplateError
@@ -81,6 +84,52 @@ def yaml_shape_problem(text: str) -> tuple[int, str] | None:
     return None
 
 
+_NGINX_LINE = re.compile(r"^\s*(?:[A-Za-z_][\w.]*(?:\s+[^#]*?)?\s*[;{]|})\s*(?:#.*)?$")
+
+
+def nginx_syntax(text: str, path: str) -> ConfigError | None:
+    """An error pointing to ``tlsgw convert`` if the file is written in nginx's syntax
+    (directives ending in ``;``, blocks in braces), at its first such line; else None."""
+    hits = [i for i, line in enumerate(text.splitlines(), 1) if _NGINX_LINE.match(line)]
+    if len(hits) < 2:
+        return None
+    line = text.splitlines()[hits[0] - 1]
+    first = line.strip()
+    return ConfigError(f'this is nginx syntax ("{units.shown(first, 60)}"), not YAML: tlsgw reads '
+                       "YAML with nginx's directive names; convert the file with "
+                       f'"tlsgw convert {path} > tlsgw.yaml"', path, hits[0],
+                       len(line) - len(line.lstrip()) + 1)
+
+
+def yaml_error(text: str, exc: yaml.MarkedYAMLError, path: str) -> ConfigError:
+    """A YAML syntax error at FILE:LINE:COLUMN, with a hint for the usual slips."""
+    mark = exc.problem_mark
+    problem = f"YAML syntax error: {exc.problem}"
+    if mark is None:
+        return ConfigError(problem, path)
+    lines = text.splitlines()
+    here = lines[mark.line] if mark.line < len(lines) else ""
+    if "\t" in (exc.problem or "") or "\t" in here[: len(here) - len(here.lstrip())]:
+        return ConfigError(f"{problem} (YAML indents with spaces, not tabs)", path,
+                           mark.line + 1, mark.column + 1)
+    if exc.problem == "expected the node content, but found ':'" and "[" in here:
+        return ConfigError(f'{problem} (quote IPv6 addresses: "[::1]:9000"; unquoted, YAML '
+                           "reads [...] as a list)", path, mark.line + 1, mark.column + 1)
+    if exc.problem == "mapping values are not allowed here":
+        prev = mark.line - 1
+        while prev >= 0 and (not lines[prev].strip() or lines[prev].lstrip().startswith("#")):
+            prev -= 1
+        if prev >= 0:
+            content = lines[prev].strip().removeprefix("- ").strip()
+            if ": " not in content and not content.endswith(":") and " " in content:
+                key = content.split()[0]
+                column = lines[prev].index(key) + 1
+                return ConfigError(f'no ":" after "{key}" (YAML reads "{units.shown(content, 60)}" '
+                                   f"as one value, so line {mark.line + 1} fails: "
+                                   f"{exc.problem})", path, prev + 1, column)
+    return ConfigError(problem, path, mark.line + 1, mark.column + 1)
+
+
 class _Line:
     """A stand-in node for errors known only by line number."""
 
@@ -98,8 +147,17 @@ class Loader:
         self.check_files = check_files
         self.errors: list[ConfigError] = []
         self.warnings: list[str] = []
+        self.broken_upstreams: set[str] = set()  # reported already: proxy_pass says nothing more
 
     # ---- error helpers ------------------------------------------------------------------------
+    def report(self, findings: list[checks.Finding]) -> None:
+        """Errors and warnings of :mod:`tlsgw.config.checks`, each at its directive's line."""
+        for f in findings:
+            if f.error:
+                self.errors.append(ConfigError(f.message, self.path, f.line))
+            else:
+                self.warnings.append(f"{self.path}:{f.line}: {f.message}")
+
     def error(self, node: Node | None, message: str) -> None:
         line = node.start_mark.line + 1 if node is not None else None
         self.errors.append(ConfigError(message, self.path, line))
@@ -130,11 +188,22 @@ class Loader:
                 continue
             yield key, knode, vnode
 
+    def lines(self, nodes: dict[str, Node]) -> SourceMap:
+        return SourceMap(self.path, {k: n.start_mark.line + 1 for k, n in nodes.items()})
+
     def unknown(self, key: str, context: str) -> str:
-        elsewhere = [c for c, ds in schema.BY_CONTEXT.items() if key in ds and c != context]
+        elsewhere = [c for c, ds in schema.BY_CONTEXT.items()
+                     if key in ds and c not in (context, "listen")]
+        if not elsewhere and key in schema.BY_CONTEXT["listen"]:
+            p = schema.BY_CONTEXT["listen"][key]
+            return (f'"{key}" is a parameter of "listen", not a directive (write: listen: '
+                    f"ADDRESS {p.syntax})")
         if elsewhere:
             where = " or ".join(_CONTEXT_NAMES[c] for c in elsewhere)
             return f'"{key}" directive is not allowed in {_CONTEXT_NAMES[context]} (it belongs in {where})'
+        about_nginx = nginx.answer(key)
+        if about_nginx is not None:  # not a typo: no "did you mean"
+            return f"{about_nginx} (in {_CONTEXT_NAMES[context]})"
         known = list(schema.BY_CONTEXT.get(context, {}))
         close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
         if not close:
@@ -172,7 +241,9 @@ class Loader:
             try:
                 v = d.parse(text)
             except (UnitError, AddressError) as exc:
-                raise self.fail(n, f'{exc} in "{d.name}"')
+                semicolon = ' (remove the trailing ";": YAML values need none)' \
+                    if text.rstrip().endswith(";") else ""
+                raise self.fail(n, f'{exc} in "{d.name}"{semicolon}')
             if not d.repeatable:
                 return v
             out += v
@@ -196,13 +267,15 @@ class Loader:
                 raise ConfigErrors([ConfigError(problem[1], self.path, problem[0])])
             root = yaml.compose(text, Loader=yaml.SafeLoader)
         except yaml.MarkedYAMLError as exc:
-            mark = exc.problem_mark
-            line = mark.line + 1 if mark is not None else None
-            raise ConfigErrors([ConfigError(f"YAML syntax error: {exc.problem}", self.path, line)])
+            raise ConfigErrors([nginx_syntax(text, self.path) or yaml_error(text, exc, self.path)])
         except yaml.YAMLError as exc:
             raise ConfigErrors([ConfigError(f"YAML syntax error: {exc}", self.path)])
         if root is None:
             raise ConfigErrors([ConfigError("the file is empty (it needs at least servers:)", self.path)])
+        if not isinstance(root, yaml.MappingNode):
+            found = nginx_syntax(text, self.path)
+            if found is not None:
+                raise ConfigErrors([found])
 
         main: dict[str, Any] = {}
         nodes: dict[str, Node] = {}
@@ -240,9 +313,7 @@ class Loader:
         self.check_log_target(error_target, nodes.get("error_log"))
         if self.errors:
             raise ConfigErrors(self.errors, servers)
-        for name, up in upstreams.items():
-            if not any(up is s.upstream for s in servers):
-                self.warnings.append(f'{self.path}:{up.line}: upstream "{name}" is not used by any server')
+        self.report(checks.unused_upstreams(upstreams, servers))
         return Config(
             file=self.path,
             worker_processes=main["worker_processes"],
@@ -254,38 +325,32 @@ class Loader:
             servers=servers,
             groups=groups,
             warnings=self.warnings,
-            main=SimpleNamespace(**main),
+            main=MainSettings(**main),
+            source=self.lines(nodes),
         )
 
     def groups(self, servers: list[ServerConfig]) -> list[ListenGroup]:
-        by: dict[str, ListenGroup] = {}
+        self.report(checks.listen_conflicts(servers))
+        by: dict[str, tuple[Listen, list[ServerConfig]]] = {}
         for srv in servers:
             for ls in srv.listens:
-                g = by.get(ls.address.name)
-                if g is None:
-                    by[ls.address.name] = ListenGroup(ls, [srv])
+                if ls.address.name not in by:
+                    by[ls.address.name] = (ls, [srv])
                     continue
-                if ls.ssl != g.listen.ssl:
+                first, members = by[ls.address.name]
+                if ls.ssl != first.ssl:
                     self.error(None if not ls.line else _Line(ls.line), f'listen "{ls.text}" has '
                                '"ssl" in one server and not in another')
                 if ls.default_server:
-                    if any(x.default_server for s2 in g.servers for x in s2.listens
+                    if any(x.default_server for s2 in members for x in s2.listens
                            if x.address == ls.address):
                         self.error(_Line(ls.line), f'a duplicate default server for "{ls.text}"')
-                    g.servers.insert(0, srv)
+                    members.insert(0, srv)
                 else:
-                    g.servers.append(srv)
-        from tlsgw.tls import sni
-
-        for g in by.values():
-            if len(g.servers) > 1 and not g.ssl:
-                self.warnings.append(
-                    f'{self.path}:{g.listen.line}: several servers listen on "{g.listen.text}" '
-                    "without ssl: no SNI can select one, so only the default server is used")
-            elif g.ssl:
-                for srv, _directive, message in sni.unhonoured(g):
-                    self.error(_Line(srv.line), message)
-        return list(by.values())
+                    members.append(srv)
+        groups = [ListenGroup(first, tuple(members)) for first, members in by.values()]
+        self.report(checks.groups(groups))
+        return groups
 
     # ---- log_format ---------------------------------------------------------------------------
     def log_formats(self, node: Node | None) -> dict[str, Template]:
@@ -323,7 +388,7 @@ class Loader:
                 try:
                     out[name] = self.upstream(name, knode, vnode)
                 except _Stop:
-                    pass
+                    self.broken_upstreams.add(name)
         except _Stop:
             pass
         return out
@@ -332,7 +397,9 @@ class Loader:
         methods: list[tuple[str, Node, Any]] = []
         servers: list[UpstreamServer] = []
         servers_node = None
+        lines: dict[str, int] = {}
         for key, kn, vn in self.items(node, "upstream", f'upstream "{name}"'):
+            lines[key] = vn.start_mark.line + 1
             if key == "servers":
                 servers_node = vn
                 servers = self.upstream_servers(name, vn)
@@ -344,37 +411,14 @@ class Loader:
         if len(methods) > 1:
             raise self.fail(methods[1][1], f'load balancing method redefined in upstream "{name}" '
                             f'("{methods[0][0]}" and "{methods[1][0]}")')
-        key_tpl = None
-        if not methods:
-            method = Method("round_robin")
-        else:
-            mname, mnode, mval = methods[0]
-            if mname == "hash":
-                key_text, consistent = mval
-                try:
-                    key_tpl = Template(key_text, escape="none")
-                except TemplateError as exc:
-                    raise self.fail(mnode, f'{exc} in "hash"')
-                method = Method("hash_consistent" if consistent else "hash")
-            elif mname == "least_conn":
-                method = Method("least_conn")
-            else:
-                method = Method(mval)
+        balancing = methods[0][2] if methods else schema.ROUND_ROBIN
+        method, key_tpl = balancing.method, balancing.key
         if servers_node is None or (not servers and isinstance(servers_node, yaml.SequenceNode)
                                     and not servers_node.value):
             raise self.fail(knode, f'no servers are inside upstream "{name}"')
-        up = UpstreamConfig(name=name, method=method, servers=servers, key=key_tpl,
-                            line=knode.start_mark.line + 1)
-        for problem in validate(method, up.peer_configs(), name):
-            self.error(methods[0][1] if methods else knode, f'{problem} in upstream "{name}"')
-        if method.kind == "hash_consistent":
-            total = sum(p.weight for p in up.peer_configs() if not p.backup)
-            if total > schema.MAX_CONSISTENT_WEIGHT:
-                self.error(methods[0][1], f'the weights of upstream "{name}" add up to {total}: '
-                           f'"hash ... consistent" allows at most {schema.MAX_CONSISTENT_WEIGHT} '
-                           f"(160 ring points per unit of weight)")
-        for warning in balancer_warnings(method, up.peer_configs()):
-            self.warnings.append(f'{self.path}:{up.line}: {warning} in upstream "{name}"')
+        up = UpstreamConfig(name=name, method=method, servers=tuple(servers), key=key_tpl,
+                            line=knode.start_mark.line + 1, source=SourceMap(self.path, lines))
+        self.report(checks.upstream(up))
         return up
 
     def upstream_servers(self, upstream: str, node: Node) -> list[UpstreamServer]:
@@ -417,10 +461,14 @@ class Loader:
             addresses = parse_upstream_server(address)
         except AddressError as exc:
             raise self.fail(node, str(exc))
-        srv = UpstreamServer(text=address, addresses=addresses, line=node.start_mark.line + 1)
+        values: dict[str, Any] = {}
         peer = schema.BY_CONTEXT["peer"]
         for key, val, pnode in params:
             d = peer.get(key)
+            if d is None and key in schema.BY_CONTEXT["upstream"]["servers"].unsupported:
+                self.error(pnode, f'the "{key}" parameter is not supported by tlsgw yet in '
+                           f'upstream server "{address}"')
+                continue
             if d is None:
                 close = difflib.get_close_matches(key, list(peer), n=1, cutoff=0.6)
                 hint = f'; did you mean "{close[0]}"?' if close else ""
@@ -429,16 +477,17 @@ class Loader:
             if d.parse is None:
                 if val is not None:
                     self.error(pnode, f'"{key}" takes no value in upstream server "{address}"')
-                setattr(srv, key, True)
+                values[key] = True
                 continue
             if val is None or val == "":
                 self.error(pnode, f'"{key}" needs a value ({d.syntax}) in upstream server "{address}"')
                 continue
             try:
-                setattr(srv, key, d.parse(val))
+                values[key] = d.parse(val)
             except UnitError as exc:
                 self.error(pnode, f'{exc} in "{key}" of upstream server "{address}"')
-        return srv
+        return UpstreamServer(text=address, addresses=tuple(addresses),
+                              line=node.start_mark.line + 1, **values)
 
     # ---- servers ------------------------------------------------------------------------------
     def servers(self, node: Node, main: dict[str, Any], main_nodes: dict[str, Node],
@@ -449,7 +498,6 @@ class Loader:
             self.error(raise_at, '"servers" must be a non-empty list of servers')
             return []
         out: list[ServerConfig] = []
-        seen_listen: dict[str, tuple[int, tuple[str, ...]]] = {}
         implicit: dict[str, UpstreamConfig] = {}
         main_access = None
         if main.get("access_log") is not None:
@@ -460,15 +508,14 @@ class Loader:
         for index, snode in enumerate(node.value):
             try:
                 out.append(self.server(index, snode, main, main_access, formats, upstreams,
-                                       implicit, seen_listen))
+                                       implicit))
             except _Stop:
                 pass
         return out
 
     def server(self, index: int, node: Node, main: dict[str, Any], main_access: AccessLog | None,
                formats: dict[str, Template], upstreams: dict[str, UpstreamConfig],
-               implicit: dict[str, UpstreamConfig],
-               seen_listen: dict[str, tuple[int, tuple[str, ...]]]) -> ServerConfig:
+               implicit: dict[str, UpstreamConfig]) -> ServerConfig:
         values: dict[str, Any] = {}
         nodes: dict[str, Node] = {}
         listens: list[Listen] = []
@@ -491,71 +538,33 @@ class Loader:
         if "proxy_pass" not in values:
             raise _Stop()  # its error is recorded already
         names = values.get("server_name", ())
-        for ls in listens:
-            key = ls.address.name
-            prev = seen_listen.get(key)
-            mine = set(names) or {""}  # a server without server_name has the empty name
-            if prev is not None and mine & set(prev[1]):
-                clash = sorted(mine & set(prev[1]))[0]
-                what = f'conflicting server name "{clash}" on' if clash else "duplicate listen"
-                self.error(nodes["listen"], f'{what} "{ls.text}" (also at line {prev[0]}); '
-                           "servers sharing a listen address need distinct server_name values")
-            else:
-                first = prev[0] if prev else ls.line
-                seen_listen[key] = (first, (prev[1] if prev else ()) + tuple(mine))
         self.resolve_paths(values)
         self.check_paths(values, nodes)
         self.secret_modes(values, nodes)
-        s = SimpleNamespace()
-        for d in schema.INHERITED:
-            setattr(s, d.name, values.get(d.name, main.get(d.name)))
+        s = ServerSettings(**{d.name: values.get(d.name, main.get(d.name)) for d in schema.INHERITED})
         access = main_access
         if "access_log" in values:
             access = None if values["access_log"] is None else self.access_log(
                 values["access_log"], nodes["access_log"], formats)
         upstream = self.proxy_pass(values["proxy_pass"], nodes["proxy_pass"], upstreams, implicit)
-        source = {k: n.start_mark.line + 1 for k, n in self.main_nodes.items()}
-        source.update((k, n.start_mark.line + 1) for k, n in nodes.items())
-        srv = ServerConfig(index=index, listens=listens, proxy_pass=values["proxy_pass"],
+        source = self.lines(nodes).over(self.lines(self.main_nodes))
+        srv = ServerConfig(index=index, listens=tuple(listens), proxy_pass=values["proxy_pass"],
                            upstream=upstream, access_log=access, s=s,
                            line=node.start_mark.line + 1, server_names=tuple(names),
                            source=source)
+        self.report(checks.server(srv, self.lines(self.main_nodes)))
         self.tls(srv, nodes, node)
         return srv
 
     def tls(self, srv: ServerConfig, nodes: dict[str, Node], node: Node) -> None:
-        """The TLS rules of one server (its contexts are built by :mod:`tlsgw.runtime.generation`)."""
+        """The TLS rules of one server that need facts of the TLS library (its contexts are
+        built by :mod:`tlsgw.runtime.generation`)."""
+        import ssl
+
         from tlsgw.tls import context as tlsctx
 
-        def where(directive: str) -> Node:
-            return nodes.get(directive) or self.main_nodes.get(directive) or nodes.get("listen", node)
-
-        tls_sides = [what for what, on in (('"listen ... ssl"', any(ls.ssl for ls in srv.listens)),
-                                           ('"proxy_ssl on"', srv.s.proxy_ssl)) if on]
-        if srv.s.proxy_half_close and tls_sides:
-            # uvloop's TLS transport answers a close_notify by closing the whole connection
-            # and cannot shut down only its sending side, so nginx's half-close cannot be kept
-            self.error(where("proxy_half_close"), '"proxy_half_close on" cannot be honoured with '
-                       f"{' and '.join(tls_sides)}: tlsgw closes a TLS connection as a whole when "
-                       'either end closes it; set "proxy_half_close: off" for this server')
-        for protocols, ciphers, on in (
-                ("ssl_protocols", "ssl_ciphers", any(ls.ssl for ls in srv.listens)),
-                ("proxy_ssl_protocols", "proxy_ssl_ciphers", srv.s.proxy_ssl)):
-            old = [p for p in getattr(srv.s, protocols) if p in ("TLSv1", "TLSv1.1")]
-            if on and old and not tlsctx.has_suites_before_tls12(getattr(srv.s, ciphers)):
-                line = where(protocols).start_mark.line + 1
-                self.warnings.append(
-                    f'{self.path}:{line}: "{protocols}" enables {" and ".join(old)}, but no '
-                    f'cipher of "{ciphers}" works before TLS 1.2 (the default is Mozilla\'s '
-                    f'intermediate list): give one that does, e.g. "{ciphers}: '
-                    'HIGH:!aNULL:!MD5@SECLEVEL=0"')
-            elif (on and old and "@SECLEVEL=0" not in getattr(srv.s, ciphers)
-                    and ssl.OPENSSL_VERSION_INFO[0] >= 3):
-                line = where(protocols).start_mark.line + 1
-                self.warnings.append(
-                    f'{self.path}:{line}: "{protocols}" enables {" and ".join(old)}, which '
-                    "OpenSSL 3 refuses at its default security level (their handshakes sign with "
-                    f'SHA-1): add "@SECLEVEL=0" to "{ciphers}", as nginx needs too')
+        self.report(checks.old_protocols(srv, tlsctx.has_suites_before_tls12,
+                                         ssl.OPENSSL_VERSION_INFO[0]))
 
     def resolve(self, p: str) -> str:
         """Relative paths are relative to the configuration file's directory, as in nginx."""
@@ -614,46 +623,35 @@ class Loader:
         try:
             addrs = parse_listen(words[0])
         except AddressError as exc:
-            raise self.fail(node, f'{exc} of the "listen" directive')
+            semicolon = ' (remove the trailing ";": YAML values need none)' \
+                if words[0].endswith(";") else ""
+            raise self.fail(node, f'{exc} of the "listen" directive{semicolon}')
         if len(addrs) > 1:
             self.warnings.append(f"{self.path}:{node.start_mark.line + 1}: listen \"{words[0]}\" "
                                  f"resolves to {len(addrs)} addresses; using {addrs[0].name}")
-        ls = Listen(address=addrs[0], text=words[0], line=node.start_mark.line + 1)
-        unsupported = {"udp", "proxy_protocol", "fastopen", "deferred", "accept_filter",
-                       "setfib", "multipath", "http2", "quic"}
+        listen = schema.BY_CONTEXT["server"]["listen"]
+        params = schema.BY_CONTEXT["listen"]
+        values: dict[str, Any] = {}
         for w in words[1:]:
             k, eq, v = w.partition("=")
+            p = params.get(k)
             try:
-                if k == "backlog" and eq:
-                    ls.backlog = _listen_param(w, units.parse_int, v, minimum=1,
-                                               maximum=units.INT_MAX)
-                elif k in ("rcvbuf", "sndbuf") and eq:
-                    setattr(ls, k, _listen_param(w, units.parse_size, v, maximum=units.INT_MAX))
-                elif k == "reuseport" and not eq:
-                    ls.reuseport = True
-                elif k == "ssl" and not eq:
-                    ls.ssl = True
-                elif k == "default_server" and not eq:
-                    ls.default_server = True
-                elif k == "bind" and not eq:
-                    pass  # every listen address is bound separately anyway (see the reference)
-                elif k == "ipv6only" and eq:
-                    ls.ipv6only = units.parse_flag(v)
-                    if ls.address.host != "::":
+                if p is not None and p.takes_value == bool(eq):
+                    value = p.parse(v) if p.parse is not None else True
+                    if k == "ipv6only" and addrs[0].host != "::":
                         raise UnitError(f'ipv6only applies only to the "[::]" wildcard, not "{words[0]}"')
-                elif k == "so_keepalive" and eq:
-                    ls.so_keepalive = _keepalive(v)
-                elif k in unsupported:
+                    if p.field is not None:
+                        values[p.field] = value
+                elif k in listen.unsupported:
                     self.error(node, f'the "{k}" parameter is not supported by tlsgw yet in "listen"')
                 else:
-                    known = ["backlog=", "rcvbuf=", "sndbuf=", "reuseport", "so_keepalive=",
-                             "ipv6only=", "bind", "ssl", "default_server"]
+                    known = [q.name + ("=" if q.takes_value else "") for q in listen.params]
                     close = difflib.get_close_matches(w, known, n=1, cutoff=0.5)
                     hint = f'; did you mean "{close[0]}"?' if close else ""
-                    raise UnitError(f'invalid parameter "{w}"{hint}')
+                    self.error(node, f'invalid parameter "{w}" of the "listen" directive{hint}')
             except UnitError as exc:
                 self.error(node, f'{exc} of the "listen" directive')
-        return ls
+        return Listen(address=addrs[0], text=words[0], line=node.start_mark.line + 1, **values)
 
     def proxy_pass(self, target: str, node: Node, upstreams: dict[str, UpstreamConfig],
                    implicit: dict[str, UpstreamConfig]) -> UpstreamConfig:
@@ -661,22 +659,27 @@ class Loader:
             return upstreams[target]
         if target in implicit:
             return implicit[target]
+        if target in self.broken_upstreams:  # its error is reported; check the rest of the server
+            return _unresolved(target)
         looks_like_address = target.startswith("unix:") or ":" in target
         if not looks_like_address:
             close = difflib.get_close_matches(target, list(upstreams), n=1, cutoff=0.6)
             hint = f'; did you mean "{close[0]}"?' if close else ""
             if upstreams:
                 known = ", ".join(f'"{n}"' for n in upstreams)
-                raise self.fail(node, f'unknown upstream "{target}" in "proxy_pass" (defined: '
-                                f"{known}){hint}")
-            raise self.fail(node, f'unknown upstream "{target}" in "proxy_pass": no upstreams are '
-                            "defined, and it is not HOST:PORT or unix:PATH")
+                self.error(node, f'unknown upstream "{target}" in "proxy_pass" (defined: '
+                           f"{known}){hint}")
+            else:
+                self.error(node, f'unknown upstream "{target}" in "proxy_pass": no upstreams are '
+                           "defined, and it is not HOST:PORT or unix:PATH")
+            return _unresolved(target)
         try:
             addresses = parse_upstream_server(target)
         except AddressError as exc:
-            raise self.fail(node, f'{exc} in "proxy_pass"')
-        srv = UpstreamServer(text=target, addresses=addresses, line=node.start_mark.line + 1)
-        up = UpstreamConfig(name=target, method=Method("round_robin"), servers=[srv],
+            self.error(node, f'{exc} in "proxy_pass"')
+            return _unresolved(target)
+        srv = UpstreamServer(text=target, addresses=tuple(addresses), line=node.start_mark.line + 1)
+        up = UpstreamConfig(name=target, method=Method("round_robin"), servers=(srv,),
                             line=srv.line, implicit=True)
         implicit[target] = up
         return up
@@ -704,36 +707,10 @@ class Loader:
             self.error(node, f'log directory "{directory}" is not writable (for "{target}")')
 
 
-def _listen_param(word: str, parse: Any, value: str, **bounds: int) -> Any:
-    """One ``name=value`` listen parameter; the message names it as nginx does."""
-    name = word.partition("=")[0]
-    try:
-        return parse(value, **bounds)
-    except UnitError as exc:
-        reason = str(exc).partition(" (")[2].rstrip(")")
-        raise UnitError(f'invalid {name} "{units.shown(word)}"' + (f" ({reason})" if reason else ""))
-
-
-def _keepalive(v: str) -> bool | tuple[int | None, int | None, int | None]:
-    """``so_keepalive=on|off|[IDLE][:[INTVL][:[CNT]]]`` as nginx splits it; 0 means unset.
-
-    Times are whole seconds and counts plain numbers, within Linux's limits for
-    TCP_KEEPIDLE/TCP_KEEPINTVL (32767 s) and TCP_KEEPCNT (127).
-    """
-    if v in ("on", "off"):
-        return v == "on"
-    parts = (v.split(":", 2) + ["", ""])[:3]
-    try:
-        idle, intvl = (units.parse_seconds(p, maximum=schema.MAX_KEEPALIVE_TIME) if p else 0
-                       for p in parts[:2])
-        cnt = (units.parse_int(parts[2], maximum=schema.MAX_KEEPALIVE_COUNT) if parts[2] else 0)
-    except UnitError as exc:
-        reason = str(exc).partition(" (")[2].rstrip(")") or "expected on, off or [IDLE]:[INTVL]:[CNT]"
-        raise UnitError(f'invalid so_keepalive value "{units.shown(v)}" ({reason})')
-    if not (idle or intvl or cnt):
-        raise UnitError(f'invalid so_keepalive value "{units.shown(v)}" (expected on, off or '
-                        "[IDLE]:[INTVL]:[CNT] with at least one of them)")
-    return (idle or None, intvl or None, cnt or None)
+def _unresolved(target: str) -> UpstreamConfig:
+    """Stands for a ``proxy_pass`` target whose error is recorded, so that the rest of its
+    server is still checked (one error must not hide another); never in a loaded Config."""
+    return UpstreamConfig(name=target, method=Method("round_robin"), servers=(), implicit=True)
 
 
 def load_config(path: str, check_files: bool = True) -> Config:

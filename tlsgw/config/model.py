@@ -1,22 +1,73 @@
-"""The validated configuration, as plain dataclasses built by :mod:`tlsgw.config.load`."""
+"""The validated configuration: frozen dataclasses built by :mod:`tlsgw.config.load`.
+
+Pure data: no ssl, mmap, socket or event loop. :class:`ServerConfig` and :class:`Config` are not
+frozen yet: they still carry the TLS contexts that ``load`` builds (they move to
+``tlsgw.runtime``); everything they hold is.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from types import SimpleNamespace
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, fields
+from types import MappingProxyType
 
 from tlsgw.balancer import Method, PeerConfig
 from tlsgw.config.addresses import Address
+from tlsgw.config.schema import SessionCacheSpec
 from tlsgw.variables import Template
 
 
-@dataclass
-class Listen:
-    """One ``listen`` entry. ``text`` is the address as written, shown as ``server:`` in logs."""
+@dataclass(frozen=True, slots=True, eq=False)
+class SourceMap:
+    """Directive → the line that set it, in :attr:`file`; for a server, the top level's lines
+    for what it inherits. Errors and checks report at :meth:`line` of the directive they
+    concern."""
+
+    file: str
+    lines: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "lines", MappingProxyType(dict(self.lines)))
+
+    def get(self, directive: str, default: int | None = None) -> int | None:
+        return self.lines.get(directive, default)
+
+    def line(self, directive: str, default: int = 0) -> int:
+        """The directive's line, or ``default`` (the block's own line) where it is not set."""
+        return self.lines.get(directive, default)
+
+    def where(self, directive: str, default: int = 0) -> str:
+        """``FILE:LINE`` of the directive, as messages begin."""
+        return f"{self.file}:{self.line(directive, default)}"
+
+    def __contains__(self, directive: object) -> bool:
+        return directive in self.lines
+
+    def __getitem__(self, directive: str) -> int:
+        return self.lines[directive]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.lines)
+
+    def __len__(self) -> int:
+        return len(self.lines)
+
+    def over(self, base: SourceMap) -> SourceMap:
+        """These lines, falling back to ``base``'s (a server's over the top level's)."""
+        return SourceMap(self.file, {**base.lines, **self.lines})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ListenSpec:
+    """What a listening socket is: the address and the socket options ``listen`` sets.
+
+    Two equal specs can share one socket as it is. For a reload, :attr:`socket_key` is what
+    makes a socket "the same": address, ``ipv6only`` (set before bind) and ``reuseport`` (one
+    socket per worker, or one for all). The others (``backlog``, ``rcvbuf``, ``sndbuf``,
+    ``so_keepalive``) can be applied again to a socket that is kept, as nginx does on reload.
+    """
 
     address: Address
-    text: str
-    line: int = 0
     backlog: int = 511
     rcvbuf: int | None = None
     sndbuf: int | None = None
@@ -25,8 +76,26 @@ class Listen:
     # tuple: (idle, interval, count), each None when not given.
     so_keepalive: bool | tuple[int | None, int | None, int | None] | None = None
     ipv6only: bool = True
+
+    @property
+    def socket_key(self) -> tuple[Address, bool, bool]:
+        return (self.address, self.ipv6only, self.reuseport)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Listen(ListenSpec):
+    """One ``listen`` entry: its socket (the :class:`ListenSpec` part), where it was written
+    (``text`` is the address as written, shown as ``server:`` in logs) and what rides on the
+    socket (``ssl``, ``default_server``)."""
+
+    text: str
+    line: int = 0
     ssl: bool = False
     default_server: bool = False
+
+    @property
+    def spec(self) -> ListenSpec:
+        return ListenSpec(**{f.name: getattr(self, f.name) for f in fields(ListenSpec)})
 
     @property
     def log_name(self) -> str:
@@ -34,12 +103,12 @@ class Listen:
         return self.address.name
 
 
-@dataclass
+@dataclass(frozen=True, slots=True)
 class UpstreamServer:
     """One ``server`` line of an upstream, possibly resolving to several addresses."""
 
     text: str
-    addresses: list[Address]
+    addresses: tuple[Address, ...]
     line: int = 0
     weight: int = 1
     max_fails: int = 1
@@ -59,20 +128,21 @@ class UpstreamServer:
         ]
 
 
-@dataclass
+@dataclass(frozen=True, slots=True)
 class UpstreamConfig:
     name: str
     method: Method
-    servers: list[UpstreamServer]
+    servers: tuple[UpstreamServer, ...]
     key: Template | None = None
     line: int = 0
     implicit: bool = False  # made from ``proxy_pass host:port`` rather than ``upstreams:``
+    source: SourceMap | None = None  # the method directive and ``servers``
 
     def peer_configs(self) -> list[PeerConfig]:
         return [p for s in self.servers for p in s.peer_configs()]
 
 
-@dataclass
+@dataclass(frozen=True, slots=True)
 class LogTarget:
     """``access_log``/``error_log`` destination: ``stdout``, ``stderr`` or a file path."""
 
@@ -80,11 +150,67 @@ class LogTarget:
     line: int = 0
 
 
-@dataclass
+@dataclass(frozen=True, slots=True)
 class AccessLog:
     target: LogTarget
     format_name: str
     template: Template
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    """Every directive a server inherits from the top level, resolved (``srv.s.<directive>``).
+
+    One field per inherited directive of the schema, typed as its parser returns (``| None``
+    where the directive has no default); tests/test_model.py holds the two together."""
+
+    access_log: tuple[str, str] | None
+    proxy_connect_timeout: float
+    proxy_timeout: float
+    proxy_next_upstream: bool
+    proxy_next_upstream_tries: int
+    proxy_next_upstream_timeout: float
+    proxy_buffer_size: int
+    proxy_half_close: bool
+    tcp_nodelay: bool
+    ssl_certificate: tuple[str, ...] | None
+    ssl_certificate_key: tuple[str, ...] | None
+    ssl_password_file: str | None
+    ssl_protocols: tuple[str, ...]
+    ssl_ciphers: str
+    ssl_prefer_server_ciphers: bool
+    ssl_ecdh_curve: str
+    ssl_handshake_timeout: float
+    ssl_session_cache: SessionCacheSpec
+    ssl_session_timeout: int
+    ssl_session_tickets: bool
+    ssl_session_ticket_key: tuple[str, ...] | None
+    ssl_verify_client: str
+    ssl_client_certificate: str | None
+    ssl_trusted_certificate: str | None
+    ssl_verify_depth: int
+    ssl_crl: str | None
+    ssl_alpn: tuple[str, ...] | None
+    proxy_ssl: bool
+    proxy_ssl_protocols: tuple[str, ...]
+    proxy_ssl_ciphers: str
+    proxy_ssl_verify: bool
+    proxy_ssl_trusted_certificate: str | None
+    proxy_ssl_verify_depth: int
+    proxy_ssl_name: str | None
+    proxy_ssl_server_name: bool | None
+    proxy_ssl_certificate: str | None
+    proxy_ssl_certificate_key: str | None
+    proxy_ssl_password_file: str | None
+    proxy_ssl_session_reuse: bool
+
+@dataclass(frozen=True, slots=True)
+class MainSettings(ServerSettings):
+    """The top level's settings: the inherited ones and those of the top level only."""
+
+    worker_processes: int
+    worker_shutdown_timeout: float
+    error_log: tuple[str, str]
 
 
 @dataclass
@@ -92,23 +218,23 @@ class ServerConfig:
     """A ``servers:`` entry. ``s`` holds every directive value, inherited ones resolved."""
 
     index: int
-    listens: list[Listen]
+    listens: tuple[Listen, ...]
     proxy_pass: str
     upstream: UpstreamConfig
     access_log: AccessLog | None
-    s: SimpleNamespace
+    s: ServerSettings
     line: int = 0
     server_names: tuple[str, ...] = ()
-    source: dict[str, int] = field(default_factory=dict)
+    source: SourceMap = field(default_factory=lambda: SourceMap(""))
     """Directive → the line that set it (the server's own, or the top level's it inherits)."""
 
 
-@dataclass
+@dataclass(frozen=True, slots=True, eq=False)
 class ListenGroup:
     """Servers sharing one listen address; one socket, the server chosen by TLS SNI."""
 
     listen: Listen  # the first listen entry for the address (its socket options apply)
-    servers: list[ServerConfig]  # the default server first
+    servers: tuple[ServerConfig, ...]  # the default server first
 
     @property
     def ssl(self) -> bool:
@@ -127,4 +253,6 @@ class Config:
     servers: list[ServerConfig]
     groups: list[ListenGroup] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
-    main: SimpleNamespace = field(default_factory=SimpleNamespace)
+    main: MainSettings | None = None
+    source: SourceMap = field(default_factory=lambda: SourceMap(""))
+    """Top-level directive → its line."""

@@ -102,7 +102,11 @@ def bind(listen: Listen, address: Address | None = None) -> socket.socket:
         code = exc.errno or errno.EINVAL
         raise StartupError(f"bind() to {addr.name} failed ({code}: {os.strerror(code)})"
                            + (" — is another tlsgw or nginx listening there?"
-                              if code == errno.EADDRINUSE else ""))
+                              if code == errno.EADDRINUSE else "")
+                           + (": ports below 1024 need root or CAP_NET_BIND_SERVICE (systemd: "
+                              "AmbientCapabilities=CAP_NET_BIND_SERVICE)"
+                              if code == errno.EACCES and addr.family != socket.AF_UNIX
+                              and 0 < addr.port < 1024 else ""))
     return sock
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import ctypes
 import ssl
 
-from tlsgw.config.model import ListenGroup, ServerConfig
+from tlsgw.config.model import ListenGroup
 from tlsgw.tls import hello, native
 from tlsgw.tls.context import _ssl_pointer
 
@@ -48,7 +48,7 @@ class _Negotiation:
         self.max_version = lib.SSL_CTX_ctrl(raw, SSL_CTRL_GET_MAX_PROTO_VERSION, 0, None)
         # OpenSSL cannot say which groups a context has, nor reset a connection to its
         # built-in list: "auto" here is only allowed where the default server has it too
-        # (see unhonoured), and then the connection already has that list
+        # (tlsgw.config.checks.sni_unhonoured says so), and then the connection already has that list
         self.groups = None if curves == "auto" else curves.encode()
 
     def apply(self, lib: ctypes.CDLL, ptr: int) -> None:
@@ -58,20 +58,6 @@ class _Negotiation:
             ok = lib.SSL_ctrl(ptr, SSL_CTRL_SET_GROUPS_LIST, 0, self.groups)
         if not ok:
             raise RuntimeError("cannot set the protocol range or groups of the chosen server")
-
-
-def unhonoured(group: ListenGroup) -> list[tuple[ServerConfig, str, str]]:
-    """Settings of a server chosen by SNI that could not take effect: (server, directive,
-    message). Only ``ssl_ecdh_curve: auto`` under a default server with a list of its own."""
-    default = group.servers[0]
-    out = []
-    for srv in group.servers[1:]:
-        if srv.s.ssl_ecdh_curve == "auto" != default.s.ssl_ecdh_curve:
-            out.append((srv, "ssl_ecdh_curve", '"ssl_ecdh_curve: auto" cannot be honoured on a '
-                        f'server chosen by SNI when the default server of "{group.listen.text}" '
-                        "has a list of its own (OpenSSL cannot give a connection its built-in "
-                        "list back): give the list"))
-    return out
 
 
 def match(names: dict[str, int], wild_front: list[tuple[str, int]], wild_back: list[tuple[str, int]],

@@ -1,0 +1,167 @@
+"""Cross-directive rules: what no single value's parser can see.
+
+Each rule reads the model (:mod:`tlsgw.config.model`) and says what is wrong as a
+:class:`Finding`, at the line of the directive it concerns (from the server's, upstream's or
+top level's :class:`~tlsgw.config.model.SourceMap`), never at the line of the block around it.
+The loader turns findings into errors and warnings. Pure: the one rule that depends on the TLS
+library (:func:`old_protocols`) is given what it needs to know about it by its caller.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+from tlsgw.balancer import validate
+from tlsgw.balancer import warnings as balancer_warnings
+from tlsgw.config.model import ListenGroup, ServerConfig, SourceMap, UpstreamConfig
+from tlsgw.config.schema import MAX_CONSISTENT_WEIGHT
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    line: int | None
+    message: str
+    error: bool = True  # False: a warning (an error with --strict)
+
+
+def _warn(line: int | None, message: str) -> Finding:
+    return Finding(line, message, error=False)
+
+
+# ---- upstreams ---------------------------------------------------------------------------------
+def upstream(up: UpstreamConfig) -> list[Finding]:
+    """The group as a whole: nginx's own refusals, the ketama ring's bound, surprises."""
+    src = up.source
+    method_line = up.line
+    if src is not None:
+        for name in ("hash", "least_conn", "random"):
+            if name in src:
+                method_line = src[name]
+    out = []
+    for problem in validate(up.method, up.peer_configs(), up.name):
+        suffix = "" if f'upstream "{up.name}"' in problem else f' in upstream "{up.name}"'
+        out.append(Finding(method_line, problem + suffix))
+    if up.method.kind == "hash_consistent":
+        total = sum(p.weight for p in up.peer_configs() if not p.backup)
+        if total > MAX_CONSISTENT_WEIGHT:
+            out.append(Finding(method_line, f'the weights of upstream "{up.name}" add up to '
+                               f'{total}: "hash ... consistent" allows at most '
+                               f"{MAX_CONSISTENT_WEIGHT} (160 ring points per unit of weight)"))
+    for warning in balancer_warnings(up.method, up.peer_configs()):
+        out.append(_warn(method_line, f'{warning} in upstream "{up.name}"'))
+    return out
+
+
+def unused_upstreams(upstreams: dict[str, UpstreamConfig],
+                     servers: Sequence[ServerConfig]) -> list[Finding]:
+    return [_warn(up.line, f'upstream "{name}" is not used by any server')
+            for name, up in upstreams.items() if not any(up is s.upstream for s in servers)]
+
+
+# ---- one server --------------------------------------------------------------------------------
+def _tls_sides(srv: ServerConfig) -> list[str]:
+    return [what for what, on in (('"listen ... ssl"', any(ls.ssl for ls in srv.listens)),
+                                  ('"proxy_ssl on"', srv.s.proxy_ssl)) if on]
+
+
+def server(srv: ServerConfig, top: SourceMap | None = None) -> list[Finding]:
+    """``top``: the top level's source map, to tell a server's own settings from inherited
+    ones."""
+    out = []
+    listen_line = srv.source.line("listen", srv.line)
+    own_cert = "ssl_certificate" in srv.source and (
+        top is None or srv.source.get("ssl_certificate") != top.get("ssl_certificate"))
+    if own_cert and not any(ls.ssl for ls in srv.listens):
+        # nginx too serves such a server in plaintext, silently
+        out.append(_warn(srv.source.line("ssl_certificate"), '"ssl_certificate" is set, but no '
+                         '"listen" of this server has "ssl": it accepts plaintext connections '
+                         '(write "listen: ADDRESS ssl" to terminate TLS)'))
+    sides = _tls_sides(srv)
+    if srv.s.proxy_half_close and sides:
+        # uvloop's TLS transport answers a close_notify by closing the whole connection
+        # and cannot shut down only its sending side, so nginx's half-close cannot be kept
+        out.append(Finding(srv.source.line("proxy_half_close", listen_line),
+                           '"proxy_half_close on" cannot be honoured with '
+                           f"{' and '.join(sides)}: tlsgw closes a TLS connection as a whole "
+                           'when either end closes it; set "proxy_half_close: off" for this '
+                           "server"))
+    return out
+
+
+def old_protocols(srv: ServerConfig, suites_before_tls12: Callable[[str], bool],
+                  openssl_major: int) -> list[Finding]:
+    """TLSv1/TLSv1.1 enabled where the ciphers (or OpenSSL 3's security level) forbid them.
+
+    ``suites_before_tls12(ciphers)``: whether the list has a suite TLS 1.1 and older can use
+    (the TLS library answers it); ``openssl_major``: the version of the library."""
+    out = []
+    listen_line = srv.source.line("listen", srv.line)
+    for protocols, ciphers, on in (
+            ("ssl_protocols", "ssl_ciphers", any(ls.ssl for ls in srv.listens)),
+            ("proxy_ssl_protocols", "proxy_ssl_ciphers", srv.s.proxy_ssl)):
+        old = [p for p in getattr(srv.s, protocols) if p in ("TLSv1", "TLSv1.1")]
+        if not (on and old):
+            continue
+        line = srv.source.line(protocols, listen_line)
+        cipher_list = getattr(srv.s, ciphers)
+        if not suites_before_tls12(cipher_list):
+            out.append(_warn(line, f'"{protocols}" enables {" and ".join(old)}, but no '
+                             f'cipher of "{ciphers}" works before TLS 1.2 (the default is '
+                             f"Mozilla's intermediate list): give one that does, e.g. "
+                             f'"{ciphers}: HIGH:!aNULL:!MD5@SECLEVEL=0"'))
+        elif "@SECLEVEL=0" not in cipher_list and openssl_major >= 3:
+            out.append(_warn(line, f'"{protocols}" enables {" and ".join(old)}, which OpenSSL 3 '
+                             "refuses at its default security level (their handshakes sign "
+                             f'with SHA-1): add "@SECLEVEL=0" to "{ciphers}", as nginx needs '
+                             "too"))
+    return out
+
+
+# ---- servers sharing an address ----------------------------------------------------------------
+def listen_conflicts(servers: Sequence[ServerConfig]) -> list[Finding]:
+    """Servers on one address need distinct ``server_name`` values (a server without one has
+    the empty name), reported at the ``listen`` entry that repeats the address."""
+    seen: dict[str, tuple[int, set[str]]] = {}  # address -> (first line, names so far)
+    out = []
+    for srv in servers:
+        mine = set(srv.server_names) or {""}
+        for ls in srv.listens:
+            first, names = seen.get(ls.address.name, (ls.line, set()))
+            clash = mine & names
+            if clash:
+                name = sorted(clash)[0]
+                what = f'conflicting server name "{name}" on' if name else "duplicate listen"
+                out.append(Finding(ls.line, f'{what} "{ls.text}" (also at line {first}); servers '
+                                   "sharing a listen address need distinct server_name values"))
+            else:
+                seen[ls.address.name] = (first, names | mine)
+    return out
+
+
+def groups(groups: Iterable[ListenGroup]) -> list[Finding]:
+    out = []
+    for g in groups:
+        if len(g.servers) > 1 and not g.ssl:
+            out.append(_warn(g.listen.line, f'several servers listen on "{g.listen.text}" '
+                             "without ssl: no SNI can select one, so only the default server "
+                             "is used"))
+        elif g.ssl:
+            out += sni_unhonoured(g)
+    return out
+
+
+def sni_unhonoured(group: ListenGroup) -> list[Finding]:
+    """Settings of a server chosen by SNI that could not take effect. Only
+    ``ssl_ecdh_curve: auto`` under a default server with a list of its own: OpenSSL cannot give
+    a connection its built-in list back (see :mod:`tlsgw.tls.sni`)."""
+    default = group.servers[0]
+    out = []
+    for srv in group.servers[1:]:
+        if srv.s.ssl_ecdh_curve == "auto" != default.s.ssl_ecdh_curve:
+            out.append(Finding(srv.source.line("ssl_ecdh_curve", srv.line),
+                               '"ssl_ecdh_curve: auto" cannot be honoured on a server chosen by '
+                               f'SNI when the default server of "{group.listen.text}" has a '
+                               "list of its own (OpenSSL cannot give a connection its built-in "
+                               "list back): give the list"))
+    return out
