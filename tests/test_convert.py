@@ -86,9 +86,10 @@ def test_stream_sample():
     assert ("  # server {}: \"listen\" parameter \"udp\" is not supported by tlsgw yet "
             f"({path}:37):\n  #     server {{\n  #         listen 127.0.0.1:53 udp reuseport;\n"
             "  #         proxy_responses 1;\n") in result.text
-    assert result.warnings == [
+    assert result.skipped == [
         f'"events" skipped (tlsgw\'s workers each run one event loop, without a connection '
-        f"cap) in {path}:7",
+        f"cap) in {path}:7"]
+    assert result.warnings == [
         f'"proxy_responses" not supported by tlsgw yet, written as a comment in {path}:39',
         f'server {{ }} written as a comment: "listen" parameter "udp" is not supported by tlsgw '
         f"yet in {path}:37"]
@@ -138,8 +139,9 @@ def test_includes_with_globs():
     assert cfg["upstreams"]["backend"]["hash"] == "$remote_addr"
     assert [s["listen"] for s in cfg["servers"]] == ["127.0.0.1:9000", "127.0.0.1:9001"]
     inc = os.path.join(os.path.dirname(path), "main.d", "workers.conf")
-    assert result.warnings == [f'"events" skipped (tlsgw\'s workers each run one event loop, '
-                               f"without a connection cap) in {inc}:3"]
+    assert result.skipped == [f'"events" skipped (tlsgw\'s workers each run one event loop, '
+                              f"without a connection cap) in {inc}:3"]
+    assert result.warnings == []
     stmts = read(path)
     server = next(s for s in stmts if s.name == "stream").block[2]
     assert (server.file, server.line) == (os.path.join(os.path.dirname(path), "conf.d",
@@ -180,7 +182,7 @@ def test_unsupported_become_comments():
                        ("error_log", 45), ("listen", 42)]:
         assert warned[name].endswith(f" in {path}:{line}"), name
         assert f"# {name}: " in result.text and f"({path}:{line}):" in result.text
-    assert warned["http"] == f'"http" skipped (tlsgw proxies TCP streams only) in {path}:8'
+    assert result.skipped[1] == f'"http" skipped (tlsgw proxies TCP streams only) in {path}:8'
     assert "\n#     map $ssl_preread_server_name $name {\n" in result.text
     assert "\n#         api.example.com api;\n" in result.text
 
@@ -222,7 +224,7 @@ def test_supported_output_passes_check(tmp_path, pki, name):
     r = run_cli("convert", str(d / name), "-o", str(out))
     assert r.returncode == 0, r.stderr
     assert r.stdout == ""
-    assert "written as a comment" not in r.stderr
+    assert "[warn]" not in r.stderr
     r = run_cli("check", "-c", str(out))
     assert r.returncode == 0, r.stderr
     assert "test is successful" in r.stdout
@@ -352,7 +354,8 @@ def test_cli_usage_and_unreadable(tmp_path):
     assert r.returncode == 0 and "Read an nginx configuration" in r.stdout
     r = run_cli("convert", str(CORPUS / "stream-sample.conf"))
     assert r.returncode == 0 and r.stdout == convert(str(CORPUS / "stream-sample.conf")).text
-    assert r.stderr.count("tlsgw: [warn] ") == 3
+    assert r.stderr.count("tlsgw: [warn] ") == 2
+    assert r.stderr.startswith('tlsgw: [notice] "events" skipped ')
 
 
 # ---- placement: nginx and the converted configuration, side by side ------------------------------
@@ -422,3 +425,53 @@ stream {{
     assert by_tlsgw == by_nginx
     assert len(set(by_nginx.values())) == 3, by_nginx  # the test says something about weights
     assert gw.proc is not None and gw.proc.poll() is None
+
+
+def test_values_tlsgw_cannot_hold_become_comments(tmp_path):
+    conf = tmp_path / "nginx.conf"
+    conf.write_text("stream {\n  ssl_session_cache shared:BIG:2g;\n  proxy_buffer_size 2g;\n"
+                    '  access_log "/tmp/a b.log" basic;\n  log_format basic $remote_addr;\n'
+                    "  server {\n    listen 9000;\n    access_log /dev/stdout basic buffer=32k "
+                    "flush=1s;\n    access_log /dev/stderr basic;\n    proxy_pass 127.0.0.1:1;\n"
+                    "  }\n}\n")
+    result = convert(str(conf))
+    cfg = _yaml(result.text)
+    assert "ssl_session_cache" not in cfg and "proxy_buffer_size" not in cfg
+    assert "access_log" not in cfg
+    assert cfg["servers"][0]["access_log"] == "/dev/stdout basic"
+    assert result.warnings == [
+        f'"ssl_session_cache" cannot be converted (session cache "shared:BIG:2g" is too large '
+        f"(at most 1g)), written as a comment in {conf}:2",
+        f'"proxy_buffer_size" cannot be converted (invalid size "2g" (at most 1g)), written as '
+        f"a comment in {conf}:3",
+        f'"access_log" has a value with white space, which tlsgw\'s syntax cannot hold, written '
+        f"as a comment in {conf}:4",
+        f'"access_log" parameters buffer=32k flush=1s dropped (tlsgw always writes access-log '
+        f"lines from a writer thread) in {conf}:8",
+        f'"access_log" is a second log; tlsgw writes one, written as a comment in {conf}:9']
+
+
+def test_log_files_relative_to_the_nginx_prefix(tmp_path):
+    conf = tmp_path / "nginx.conf"
+    conf.write_text("error_log logs/error.log info;\nstream {\n  log_format b $remote_addr;\n"
+                    "  access_log logs/stream.log b;\n"
+                    "  server { listen 9000; ssl_certificate ../c.pem; proxy_pass 127.0.0.1:1; }\n}\n")
+    result = convert(str(conf))
+    cfg = _yaml(result.text)
+    assert cfg["error_log"] == "logs/error.log info" and cfg["access_log"] == "logs/stream.log b"
+    assert len(result.warnings) == 2 and all("(pass -p PREFIX)" in w for w in result.warnings)
+    assert cfg["servers"][0]["ssl_certificate"] == str(tmp_path.parent / "c.pem")
+    result = convert(str(conf), nginx_prefix="/usr/share/nginx")
+    cfg = _yaml(result.text)
+    assert cfg["error_log"] == "/usr/share/nginx/logs/error.log info"
+    assert cfg["access_log"] == "/usr/share/nginx/logs/stream.log b"
+    assert result.warnings == []
+
+
+def test_cli_writes_output_file(tmp_path):
+    out = tmp_path / "out.yaml"
+    r = run_cli("convert", "-o", str(out), str(CORPUS / "failover.conf"))
+    assert r.returncode == 0 and r.stdout == "" and "[warn]" not in r.stderr
+    assert out.read_text() == convert(str(CORPUS / "failover.conf")).text
+    r = run_cli("convert", str(CORPUS / "failover.conf"), "-o", str(tmp_path / "no" / "x.yaml"))
+    assert r.returncode == 1 and "cannot write" in r.stderr

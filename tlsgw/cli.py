@@ -50,6 +50,8 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     from tlsgw.convert import convert
 
     result = convert(args.file, nginx_prefix=args.prefix)
+    for skipped in result.skipped:
+        print(f"tlsgw: [notice] {skipped}", file=sys.stderr)
     for warning in result.warnings:
         print(f"tlsgw: [warn] {warning}", file=sys.stderr)
     if args.output in (None, "-"):

@@ -17,7 +17,7 @@ import yaml
 from tlsgw import __version__
 from tlsgw.config import schema
 from tlsgw.convert.nginxconf import read
-from tlsgw.convert.stream import Converted, Converter, Section
+from tlsgw.convert.stream import SKIPPED, Converted, Converter, Section
 
 __all__ = ["Result", "convert", "scalar"]
 
@@ -25,7 +25,8 @@ __all__ = ["Result", "convert", "scalar"]
 @dataclass(frozen=True, slots=True)
 class Result:
     text: str
-    warnings: list[str]
+    warnings: list[str]  # what was written as a comment or changed, each "... in FILE:LINE"
+    skipped: list[str]  # the main level's blocks of other modules: "http" skipped (...) in F:L
 
 
 def convert(path: str, nginx_prefix: str | None = None) -> Result:
@@ -35,7 +36,8 @@ def convert(path: str, nginx_prefix: str | None = None) -> Result:
     """
     stmts = read(path)
     done = Converter(os.path.dirname(os.path.abspath(path)), nginx_prefix).convert(stmts)
-    return Result(_write(path, done), done.warnings)
+    skipped = [f'"{s.name}" skipped ({SKIPPED[s.name]}) in {s.where}' for s in done.skipped]
+    return Result(_write(path, done), done.warnings, skipped)
 
 
 # ---- YAML text ---------------------------------------------------------------------------------
@@ -103,7 +105,7 @@ def _write(path: str, done: Converted) -> str:
            "file and line."]
     if done.skipped:
         out.append("# Skipped (not part of stream {}):")
-        out += [f"#   {s}" for s in done.skipped]
+        out += [f"#   {s.text()} ({s.where}): {SKIPPED[s.name]}" for s in done.skipped]
     out.append("")
     main = done.main
     keys = _order(main, "main", ("worker_processes", "worker_shutdown_timeout", "error_log"))

@@ -224,7 +224,7 @@ class Reader:
                     raise lex.error("too deeply nested blocks")
                 stmt.block = self.parse_block(lex, depth + 1, top=False)
                 out.append(stmt)
-            elif stmt.name == "include" and not stmt.quoted[0]:
+            elif stmt.name == "include":
                 out.extend(self.include(stmt, lex, depth))
             else:
                 out.append(stmt)

@@ -43,7 +43,7 @@ def _facts(d: Directive) -> Nginx:
     return d.nginx
 
 
-def _table(nginx_context: str) -> dict[str, Directive]:
+def _by_nginx_name(nginx_context: str) -> dict[str, Directive]:
     """nginx name → tlsgw directive, for directives nginx allows in ``nginx_context``."""
     out: dict[str, Directive] = {}
     for d in schema.DIRECTIVES:
@@ -51,6 +51,9 @@ def _table(nginx_context: str) -> dict[str, Directive]:
         if facts.name and nginx_context in facts.contexts:
             out[facts.name] = d
     return out
+
+
+_TABLES = {context: _by_nginx_name(context) for context in _TLSGW_CONTEXT}
 
 
 #: every nginx name the table knows, in any context
@@ -65,7 +68,6 @@ class Section:
     """One YAML mapping being built: keys in the order they are written, and its comments."""
 
     values: dict[str, Any] = field(default_factory=dict)
-    where: dict[str, str] = field(default_factory=dict)  # key → nginx FILE:LINE
     comments: list[str] = field(default_factory=list)
 
 
@@ -75,7 +77,7 @@ class Converted:
     log_format: dict[str, str]
     upstreams: dict[str, Section]
     servers: list[Section | list[str]]  # a list of comment lines: a server not converted
-    skipped: list[str]
+    skipped: list[Stmt]
     warnings: list[str]
 
 
@@ -100,7 +102,7 @@ class Converter:
         self.conf_prefix = prefix  # where nginx resolves certificates: the main file's directory
         self.nginx_prefix = nginx_prefix  # where nginx resolves log files (-p), if known
         self.warnings: list[str] = []
-        self.skipped: list[str] = []
+        self.skipped: list[Stmt] = []  # SKIPPED statements of the main level
 
     # ---- reporting ----------------------------------------------------------------------------
     def warn(self, stmt: Stmt, message: str) -> None:
@@ -128,8 +130,7 @@ class Converter:
                     raise self.error(stmt, '"stream" directive is duplicate')
                 stream = stmt
             elif stmt.name in SKIPPED:
-                self.skipped.append(f"{stmt.text()} ({stmt.where}): {SKIPPED[stmt.name]}")
-                self.warn(stmt, f'"{stmt.name}" skipped ({SKIPPED[stmt.name]})')
+                self.skipped.append(stmt)
             elif stmt.name == "error_log" and stmt.block is None:
                 main_error_log = stmt
             else:
@@ -142,7 +143,7 @@ class Converter:
         servers: list[Section | list[str]] = []
         stream_error_log = False
         for stmt in stream.block:
-            d = _table("stream").get(stmt.name)
+            d = _TABLES["stream"].get(stmt.name)
             if d is not None and d.name == "upstreams" and stmt.block is not None:
                 self.upstream(stmt, upstreams)
             elif d is not None and d.name == "servers" and stmt.block is not None:
@@ -163,7 +164,7 @@ class Converter:
     def directive(self, section: Section, context: str, stmt: Stmt) -> None:
         """A directive that becomes one YAML key of ``section`` (or a comment)."""
         tlsgw_context = _TLSGW_CONTEXT[context]
-        d = _table(context).get(stmt.name)
+        d = _TABLES[context].get(stmt.name)
         if d is None or tlsgw_context not in d.contexts:
             if d is not None:
                 self.comment(section, stmt, "is not allowed here by tlsgw"
@@ -182,6 +183,10 @@ class Converter:
         if facts.arity == "flag" and args[0] not in ("on", "off"):
             raise self.error(stmt, f'invalid value "{args[0]}" in "{stmt.name}" directive, it '
                              'must be "on" or "off"')
+        if any(c.isspace() for a in args for c in a):
+            self.comment(section, stmt, "has a value with white space, which tlsgw's syntax "
+                         "cannot hold")
+            return
         if d.name == "access_log":
             args = self.access_log_args(section, stmt, args)
             if args is None:
@@ -211,7 +216,6 @@ class Converter:
             section.values[d.name].append(value)
         else:
             section.values[d.name] = [value] if d.repeatable else value
-            section.where[d.name] = stmt.where
 
     def access_log_args(self, section: Section, stmt: Stmt, args: list[str]) -> list[str] | None:
         if args == ["off"]:
@@ -271,7 +275,7 @@ class Converter:
             raise self.error(stmt, f'duplicate upstream "{name}"')
         up = Section()
         servers: list[str] = []
-        table = _table("upstream")
+        table = _TABLES["upstream"]
         assert stmt.block is not None
         for child in stmt.block:
             d = table.get(child.name)
@@ -293,13 +297,11 @@ class Converter:
                     self.warn(child, f'load balancing method redefined ("{other}" replaced)')
                     del up.values[other]
                 up.values[d.name] = " ".join(args) if args else facts.no_args
-                up.where[d.name] = child.where
             else:
                 self.directive(up, "upstream", child)
         if not servers:
             raise self.error(stmt, f'no servers are inside upstream "{name}"')
         up.values["servers"] = servers
-        up.where["servers"] = stmt.where
         out[name] = up
 
     def peer(self, up: Section, stmt: Stmt) -> str | None:
@@ -369,5 +371,4 @@ class Converter:
                 except UnitError as exc:
                     raise self.error(stmt, str(exc)) from None
         srv.values.setdefault("listen", []).append(" ".join(args))
-        srv.where.setdefault("listen", stmt.where)
         return ""
