@@ -383,9 +383,10 @@ def _accepts(port: int) -> bool:
 
 
 @needs_nginx
-def test_hash_placement_matches_nginx(tmp_path, backends, gateway):
-    """A weighted ``hash $remote_addr consistent`` upstream run by nginx and by tlsgw from the
-    converted file: every client address lands on the same backend."""
+@pytest.mark.parametrize("method", ["hash $remote_addr consistent", "hash $remote_addr"])
+def test_hash_placement_matches_nginx(tmp_path, backends, gateway, method):
+    """A weighted hash upstream run by nginx and by tlsgw from the converted file: every
+    client address lands on the same backend."""
     bs = [backends("identify", name=f"backend {i}") for i in (1, 2, 3)]
     nginx_port, tlsgw_port = free_port(), free_port()
     conf = tmp_path / "nginx.conf"
@@ -394,7 +395,7 @@ def test_hash_placement_matches_nginx(tmp_path, backends, gateway):
 events {{ }}
 stream {{
     upstream backend {{
-        hash $remote_addr consistent;
+        {method};
         server {bs[0].address} weight=5;
         server {bs[1].address};
         server {bs[2].address} weight=2;
@@ -423,7 +424,9 @@ stream {{
         os.killpg(proc.pid, signal.SIGQUIT)
         proc.wait(10)
     assert by_tlsgw == by_nginx
-    assert len(set(by_nginx.values())) == 3, by_nginx  # the test says something about weights
+    # more than one backend is used (with random ports, a weight-1 backend of 8 may get none
+    # of 20 addresses)
+    assert len(set(by_nginx.values())) >= 2, by_nginx
     assert gw.proc is not None and gw.proc.poll() is None
 
 
