@@ -35,7 +35,7 @@ def convert(path: str, nginx_prefix: str | None = None) -> Result:
     Raises :class:`~tlsgw.errors.ConfigError` when the file cannot be read or parsed.
     """
     stmts = read(path)
-    done = Converter(os.path.dirname(os.path.abspath(path)), nginx_prefix).convert(stmts)
+    done = Converter(os.path.dirname(os.path.abspath(path)), nginx_prefix).convert(path, stmts)
     skipped = [f'"{s.name}" skipped ({SKIPPED[s.name]}) in {s.where}' for s in done.skipped]
     return Result(_write(path, done), done.warnings, skipped)
 

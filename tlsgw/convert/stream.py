@@ -120,7 +120,7 @@ class Converter:
         return ConfigError(f"{message} in {stmt.where}")
 
     # ---- the whole file -----------------------------------------------------------------------
-    def convert(self, stmts: list[Stmt]) -> Converted:
+    def convert(self, path: str, stmts: list[Stmt]) -> Converted:
         main = Section()
         stream: Stmt | None = None
         main_error_log: Stmt | None = None
@@ -136,7 +136,7 @@ class Converter:
             else:
                 self.directive(main, "main", stmt)
         if stream is None:
-            raise ConfigError("no stream {} block to convert in the configuration")
+            raise ConfigError(f"no stream {{}} block to convert in {path}")
         assert stream.block is not None
         log_format: dict[str, str] = {}
         upstreams: dict[str, Section] = {}
@@ -183,7 +183,8 @@ class Converter:
         if facts.arity == "flag" and args[0] not in ("on", "off"):
             raise self.error(stmt, f'invalid value "{args[0]}" in "{stmt.name}" directive, it '
                              'must be "on" or "off"')
-        if any(c.isspace() for a in args for c in a):
+        # one word with white space is one value ("1h 30m"); among several it would be split
+        if facts.arity not in ("one", "flag") and any(c.isspace() for a in args for c in a):
             self.comment(section, stmt, "has a value with white space, which tlsgw's syntax "
                          "cannot hold")
             return
