@@ -495,3 +495,17 @@ def test_sample_remainder_passes_check(tmp_path):
     r = run_cli("check", "-c", str(out))
     assert r.returncode == 0, r.stderr
     assert 'upstream "dns" is not used by any server' in r.stderr  # its UDP server is a comment
+
+
+def test_several_error_logs_at_the_main_level(tmp_path):
+    conf = tmp_path / "nginx.conf"
+    conf.write_text("error_log /var/log/a.log;\nerror_log /var/log/b.log debug;\n"
+                    "stream {\n  log_format b $remote_addr;\n  access_log stdout b;\n"
+                    "  server { listen 9000; proxy_pass 127.0.0.1:1; }\n}\n")
+    result = convert(str(conf))
+    cfg = _yaml(result.text)
+    assert cfg["error_log"] == "/var/log/a.log"
+    # for nginx "stdout" is a file under its prefix, not tlsgw's standard output
+    assert cfg["access_log"] == "./stdout b"
+    assert result.warnings[1] == (f'"error_log" is a second log; tlsgw writes one, written as a '
+                                  f"comment in {conf}:2")

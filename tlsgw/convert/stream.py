@@ -19,6 +19,7 @@ from typing import Any
 from tlsgw.config import schema
 from tlsgw.config.addresses import AddressError, parse_listen
 from tlsgw.config.schema import Directive, Nginx
+from tlsgw.config.schema.upstream import METHODS
 from tlsgw.config.units import UnitError
 from tlsgw.convert.nginxconf import Stmt
 from tlsgw.errors import ConfigError
@@ -123,7 +124,7 @@ class Converter:
     def convert(self, path: str, stmts: list[Stmt]) -> Converted:
         main = Section()
         stream: Stmt | None = None
-        main_error_log: Stmt | None = None
+        main_error_logs: list[Stmt] = []
         for stmt in stmts:
             if stmt.name == "stream" and stmt.block is not None:
                 if stream is not None:
@@ -132,7 +133,7 @@ class Converter:
             elif stmt.name in SKIPPED:
                 self.skipped.append(stmt)
             elif stmt.name == "error_log" and stmt.block is None:
-                main_error_log = stmt
+                main_error_logs.append(stmt)
             else:
                 self.directive(main, "main", stmt)
         if stream is None:
@@ -153,11 +154,11 @@ class Converter:
             else:
                 stream_error_log |= stmt.name == "error_log"
                 self.directive(main, "stream", stmt)
-        if main_error_log is not None:
+        for stmt in main_error_logs:
             if stream_error_log:  # stream {}'s own error log is the one its sessions use
-                self.comment(main, main_error_log, "is superseded by the error_log of stream {}")
+                self.comment(main, stmt, "is superseded by the error_log of stream {}")
             else:
-                self.directive(main, "main", main_error_log)
+                self.directive(main, "main", stmt)
         return Converted(main, log_format, upstreams, servers, self.skipped, self.warnings)
 
     # ---- one directive ------------------------------------------------------------------------
@@ -199,7 +200,7 @@ class Converter:
             args = [self.path(d, stmt, args[0])] + args[1:]
         value = " ".join(args) if args else facts.no_args
         assert value is not None
-        if "$" in value and d.name not in ("log_format",):
+        if "$" in value:
             self.comment(section, stmt, f"with variables is {_NOT_YET}")
             return
         try:
@@ -237,13 +238,15 @@ class Converter:
 
     def path(self, d: Directive, stmt: Stmt, value: str) -> str:
         """A relative file name made absolute the way nginx resolves it."""
-        if os.path.isabs(value) or value in ("stderr", "stdout", "off") or ":" in value:
+        if os.path.isabs(value) or ":" in value or (d.name, value) in (
+                ("error_log", "stderr"), ("access_log", "off")):
             return value
         if d.name in ("error_log", "access_log"):  # nginx: relative to its prefix (-p)
             if self.nginx_prefix is None:
                 self.warn(stmt, f'relative log file "{value}" is relative to nginx\'s prefix '
                           "(pass -p PREFIX); written as is, relative to the YAML file")
-                return value
+                # for nginx, access_log stdout is a file named stdout; for tlsgw, the stream
+                return f"./{value}" if value in ("stdout", "stderr") else value
             return os.path.normpath(os.path.join(self.nginx_prefix, value))
         return os.path.normpath(os.path.join(self.conf_prefix, value))
 
@@ -281,10 +284,8 @@ class Converter:
         for child in stmt.block:
             d = table.get(child.name)
             if d is not None and d.name == "servers":
-                line = self.peer(up, child)
-                if line is not None:
-                    servers.append(line)
-            elif d is not None and child.block is None:
+                servers.append(self.peer(up, child))
+            elif d is not None and d.name in METHODS and child.block is None:
                 facts = _facts(d)
                 args = child.args[1:]
                 if not _arity_ok(facts.arity, len(args)):
@@ -305,7 +306,7 @@ class Converter:
         up.values["servers"] = servers
         out[name] = up
 
-    def peer(self, up: Section, stmt: Stmt) -> str | None:
+    def peer(self, up: Section, stmt: Stmt) -> str:
         """An upstream ``server ADDRESS [PARAMETER ...];`` line as a ``servers:`` entry."""
         if len(stmt.args) < 2 or stmt.block is not None:
             raise self.error(stmt, 'invalid number of arguments in "server" directive')
