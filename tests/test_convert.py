@@ -509,3 +509,33 @@ def test_several_error_logs_at_the_main_level(tmp_path):
     assert cfg["access_log"] == "./stdout b"
     assert result.warnings[1] == (f'"error_log" is a second log; tlsgw writes one, written as a '
                                   f"comment in {conf}:2")
+
+
+NGINX_ERRORS = [
+    'stream { proxy_timeout "5s"x; }\n',
+    "stream {\n}\n;\n",
+    "stream {\n server {\n  listen 80\n }\n}\n",
+    'stream { }\n"abc',
+    "stream { log_format a 'x\\'\ny'; }\n}\n",
+    "{\n",
+    "stream { include nothere/*.conf; include missing.conf; }\n",
+    "stream { a b\n",
+    'stream { "a"#c\n; }\n',
+    "stream { log_format x \"a\" \"b\"; }\n}",
+]
+
+
+@needs_nginx
+@pytest.mark.parametrize("text", NGINX_ERRORS)
+def test_read_errors_are_nginx_errors(tmp_path, text):
+    """The reader fails where nginx -t fails, with nginx's message and line."""
+    conf = tmp_path / "nginx.conf"
+    load = f"load_module {STREAM_MODULE};\n" if os.path.exists(STREAM_MODULE) else ""
+    conf.write_text(f"{load}events {{}}\n{text}")
+    r = subprocess.run([NGINX, "-t", "-q", "-e", "stderr", "-p", str(tmp_path), "-c", str(conf)],
+                       capture_output=True, text=True, timeout=30)
+    found = re.search(r"\[emerg\] \d+#\d+: (.*)", r.stderr)
+    assert found, r.stderr
+    with pytest.raises(ConfigError) as exc:
+        read(str(conf))
+    assert str(exc.value) == found.group(1)
