@@ -274,7 +274,7 @@ def test_errors_name_file_and_line(tmp_path, pki, name):
                                     '"on" or "off" in F:1'),
     ("stream { proxy_timeout 1s; proxy_timeout 2s; }", '"proxy_timeout" directive is duplicate in F:1'),
     ("stream { upstream u { } }", 'no servers are inside upstream "u" in F:1'),
-    ("stream { server { listen 80 sslx; } }", 'invalid parameter "sslx" in F:1'),
+    ("stream { server { listen 80 sslx; } }", 'the invalid "sslx" parameter in F:1'),
     ("stream {}\nstream {}", '"stream" directive is duplicate in F:2'),
     ("events {}", "no stream {} block to convert in F"),
 ])
@@ -523,12 +523,25 @@ NGINX_ERRORS = [
     'stream { "a"#c\n; }\n',
     "stream { log_format x \"a\" \"b\"; }\n}",
 ]
+#: errors of the directives themselves, found by the converter as nginx finds them
+NGINX_DIRECTIVE_ERRORS = [
+    "stream {\n upstream u { server 127.0.0.1:1; }\n listen 80;\n}",
+    "stream { proxy_timeout 1s 2s; }",
+    "stream { tcp_nodelay yes; }",
+    "stream { proxy_timeout 1s; proxy_timeout 2s; }",
+    "stream { server { listen 80 sslx; } }",
+    "stream {}\nstream {}",
+    "stream { upstream u { server 127.0.0.1:1; } upstream u { server 127.0.0.1:1; } }",
+    "stream { log_format a x; log_format a y; }",
+    "stream { server { listen 80; proxy_pass 127.0.0.1:1; worker_processes 2; } }",
+    "stream { upstream u { least_conn 1; server 127.0.0.1:1; } }",
+]
 
 
 @needs_nginx
-@pytest.mark.parametrize("text", NGINX_ERRORS)
-def test_read_errors_are_nginx_errors(tmp_path, text):
-    """The reader fails where nginx -t fails, with nginx's message and line."""
+@pytest.mark.parametrize("text", NGINX_ERRORS + NGINX_DIRECTIVE_ERRORS)
+def test_errors_are_nginx_errors(tmp_path, text):
+    """The converter fails where nginx -t fails, with nginx's message and line."""
     conf = tmp_path / "nginx.conf"
     load = f"load_module {STREAM_MODULE};\n" if os.path.exists(STREAM_MODULE) else ""
     conf.write_text(f"{load}events {{}}\n{text}")
@@ -537,5 +550,5 @@ def test_read_errors_are_nginx_errors(tmp_path, text):
     found = re.search(r"\[emerg\] \d+#\d+: (.*)", r.stderr)
     assert found, r.stderr
     with pytest.raises(ConfigError) as exc:
-        read(str(conf))
+        convert(str(conf))
     assert str(exc.value) == found.group(1)

@@ -366,7 +366,7 @@ class Converter:
             if key in _LISTEN_DIRECTIVE.unsupported:
                 return f'parameter "{key}" is {_NOT_YET}'
             if p is None or p.takes_value != bool(eq):
-                raise self.error(stmt, f'invalid parameter "{word}"')
+                raise self.error(stmt, f'the invalid "{word}" parameter')
             if p.parse is not None:
                 try:
                     p.parse(value)
