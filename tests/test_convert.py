@@ -552,3 +552,18 @@ def test_errors_are_nginx_errors(tmp_path, text):
     with pytest.raises(ConfigError) as exc:
         convert(str(conf))
     assert str(exc.value) == found.group(1)
+
+
+@pytest.mark.parametrize("line, key, value", [
+    ("hash $remote_addr;", "hash", "$remote_addr"),
+    ("hash $remote_addr$server_port consistent;", "hash", "$remote_addr$server_port consistent"),
+    ("least_conn;", "least_conn", "on"),
+    ("random;", "random", "on"),
+    ("random two;", "random", "two"),
+    ("random two least_conn;", "random", "two least_conn"),
+])
+def test_balancing_methods(tmp_path, line, key, value):
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(f"stream {{ upstream u {{ {line} server 127.0.0.1:1; }} }}")
+    up = yaml.compose(convert(str(conf)).text, Loader=yaml.SafeLoader).value[0][1].value[0][1]
+    assert [(k.value, getattr(v, "value", None)) for k, v in up.value][0] == (key, value)
