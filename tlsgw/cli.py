@@ -1,4 +1,4 @@
-"""Command line: ``tlsgw serve|check|gencert|lab|probe``.
+"""Command line: ``tlsgw serve|check|convert|gencert|lab|probe``.
 
 This is the only module that maps exceptions to exit codes:
 0 success, 1 invalid configuration (or bad command input), 3 start-up failure.
@@ -47,6 +47,33 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return run_master(generation)
 
 
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from tlsgw.convert import convert
+
+    result = convert(args.file, nginx_prefix=args.prefix)
+    for skipped in result.skipped:
+        print(f"tlsgw: [notice] {skipped}", file=sys.stderr)
+    for warning in result.warnings:
+        print(f"tlsgw: [warn] {warning}", file=sys.stderr)
+    if args.output in (None, "-"):
+        sys.stdout.write(result.text)
+        return EXIT_OK
+    try:
+        with open(args.output, "w", encoding="utf-8") as f:
+            f.write(result.text)
+    except OSError as exc:
+        raise TlsgwError(f'cannot write "{args.output}": {exc.strerror}') from None
+    return EXIT_OK
+
+
+_CONVERT_DESCRIPTION = (
+    "Read an nginx configuration (with its includes) and write the stream {} block as tlsgw "
+    "YAML. What tlsgw does not support yet is written as YAML comments and reported on stderr "
+    "with the nginx file and line; the main level's events, http, mail and load_module are "
+    "skipped. Exit status: 0 converted (warnings or not), 1 the file cannot be read or parsed, "
+    "2 usage. See docs/convert.md.")
+
+
 def _cmd_gencert(args: argparse.Namespace) -> int:
     from tlsgw import gencert
 
@@ -93,6 +120,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-c", "--config", required=True, metavar="FILE", help="YAML configuration file")
     p.add_argument("--strict", action="store_true", help=_STRICT_HELP)
     p.set_defaults(func=_cmd_check)
+
+    p = sub.add_parser("convert", help="convert an nginx.conf stream {} block to tlsgw YAML",
+                       description=_CONVERT_DESCRIPTION)
+    p.add_argument("file", metavar="FILE", help="nginx configuration file (nginx.conf)")
+    p.add_argument("-o", "--output", metavar="OUT", help="write the YAML to OUT (default: stdout)")
+    p.add_argument("-p", "--prefix", metavar="PREFIX",
+                   help="nginx's prefix (nginx -p), against which nginx resolves relative log "
+                   "file names; relative certificate names are resolved against FILE's "
+                   "directory, as nginx -c FILE does")
+    p.set_defaults(func=_cmd_convert)
 
     from tlsgw import gencert
 
