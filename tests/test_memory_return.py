@@ -39,11 +39,14 @@ def test_trims_once_when_a_burst_is_over(monkeypatch):
         assert not m.look()
     sessions[:] = range(250)  # half of the peak of 500
     assert m.look() and len(trims) == 1
+    for _ in range(memory.AFTERWARDS):  # the closed connections' memory is freed a bit later
+        assert m.look()
+    assert len(trims) == 1 + memory.AFTERWARDS
     for n in (250, 200, 130, 250):  # the new peak is 250: 130 > 125 is above half of it
         sessions[:] = range(n)
         assert not m.look()
     sessions.clear()
-    assert m.look() and len(trims) == 2
+    assert m.look() and len(trims) == 2 + memory.AFTERWARDS
     assert m.peak == 0
 
 
@@ -124,14 +127,18 @@ servers:
     grown_open = peak[0] - before
     assert grown_open > 20 * 1024, f"{IDLE} open TLS connections grew the worker by only " \
         f"{grown_open} KiB: the test would prove nothing"
-    # the worker sees the count fall within a second or two and trims
+    # The worker sees the count fall within a second or two and trims. How much comes back
+    # varies with what else stays allocated among the freed pages: measured here, what stays is
+    # 7-10 % of the growth with the trims in most runs and up to about half in some (what else
+    # stays allocated among the freed pages varies), 120-125 % without them (closing allocates
+    # too), so the bound sits between the two.
     left = []
 
     def returned() -> bool:
         left.append(_rss_kib(pid) - before)
-        return left[-1] < grown_open // 4
+        return left[-1] < grown_open * 3 // 4
 
     try:
-        wait_until(returned, timeout=8, what="the worker's memory to come back")
+        wait_until(returned, timeout=12, what="the worker's memory to come back")
     finally:
         print(f"{IDLE} idle TLS connections: +{grown_open} KiB open, +{left[-1]} KiB closed")
