@@ -30,6 +30,7 @@ from typing import Any
 from tlsgw import control, logs, procctl
 from tlsgw.balancer import Upstream
 from tlsgw.config.model import Config, ListenGroup, ServerConfig
+from tlsgw.proxy import realip
 from tlsgw.session import Session
 from tlsgw.tls.protocols import TLSAccept, UpstreamTLS
 from tlsgw.tls.sni import install_sni
@@ -54,6 +55,9 @@ class ServerRuntime:
         self.buffer_size: int = s.proxy_buffer_size
         self.half_close: bool = s.proxy_half_close
         self.tcp_nodelay: int = 1 if s.tcp_nodelay else 0
+        self.proxy_protocol_timeout: float = s.proxy_protocol_timeout
+        self.set_real_ip_from = s.set_real_ip_from
+        self.proxy_protocol: int = s.proxy_protocol  # send: 0 off, 1 v1, 2 v2
         self.access_log = logs.sink(cfg.access_log.target.target) if cfg.access_log else None
         self.access_template = cfg.access_log.template if cfg.access_log else None
         self.ssl_context = cfg.ssl_context
@@ -147,14 +151,21 @@ class Worker:
         """The protocol factory of one listening socket."""
         name = group.listen.log_name
         default = self.runtimes[group.servers[0].index]
+        pp = group.listen.proxy_protocol  # post-accept: read the PROXY protocol header first
         if not group.ssl:
+            if pp:
+                return realip.factory(default, name, None, lambda session: session)
             return lambda: Session(default, name)
         by_index = {s.index: self.runtimes[s.index] for s in group.servers}
         logs_sni = any(s.access_log is not None and "ssl_server_name" in s.access_log.template.variables
                        for s in group.servers)
-        if len(group.servers) > 1 or logs_sni:  # a Python call per handshake only when needed
+        sends_sni = any(s.s.proxy_protocol == 2 for s in group.servers)  # PROXY v2 AUTHORITY
+        if len(group.servers) > 1 or logs_sni or sends_sni:  # a Python call per handshake only when needed
             install_sni(group, by_index)
         ctx, timeout, loop = default.ssl_context, default.handshake_timeout, self.loop
+        if pp:
+            return realip.factory(default, name, by_index,
+                                  lambda session: TLSAccept(loop, session, ctx, timeout))
         return lambda: TLSAccept(loop, Session(default, name, by_index), ctx, timeout)
 
     def ignore_signal(self, sig: int) -> None:

@@ -164,10 +164,8 @@ def _ssl_pointer(sslobj: ssl.SSLObject) -> int:
 _raw_ctx: dict[int, int] = {}
 
 
-def verify_result(sslobj: ssl.SSLObject) -> str:
-    """``$ssl_client_verify`` for ``optional_no_ca``: SUCCESS, FAILED:reason or NONE."""
-    if sslobj.getpeercert(binary_form=True) is None:
-        return "NONE"
+def verify_code(sslobj: ssl.SSLObject) -> int | None:
+    """OpenSSL's ``SSL_get_verify_result`` of the connection (0: verified), None if unknown."""
     lib = _lib()
     ptr = _ssl_pointer(sslobj)
     ctx = sslobj.context
@@ -175,11 +173,20 @@ def verify_result(sslobj: ssl.SSLObject) -> str:
     if raw is None:  # contexts live as long as the worker: check each one once
         raw = _raw_ctx[id(ctx)] = native.ctx_pointer(ctx)
     if not ptr or native.load().ssl.SSL_get_SSL_CTX(ptr) != raw:
+        return None
+    return int(lib.SSL_get_verify_result(ptr))
+
+
+def verify_result(sslobj: ssl.SSLObject) -> str:
+    """``$ssl_client_verify`` for ``optional_no_ca``: SUCCESS, FAILED:reason or NONE."""
+    if sslobj.getpeercert(binary_form=True) is None:
+        return "NONE"
+    code = verify_code(sslobj)
+    if code is None:
         return "FAILED:unknown"
-    code = lib.SSL_get_verify_result(ptr)
     if code == 0:
         return "SUCCESS"
-    return "FAILED:" + (lib.X509_verify_cert_error_string(code) or b"?").decode()
+    return "FAILED:" + (_lib().X509_verify_cert_error_string(code) or b"?").decode()
 
 
 # ---- files ---------------------------------------------------------------------------------------
