@@ -254,3 +254,42 @@ def test_check_accepts_proxy_protocol_and_rejects_a_mixed_address(tmp_path):
     assert r.returncode != 0
     assert 'listen "127.0.0.1:9" has "proxy_protocol" in one server and not in another' in r.stderr
     assert '"nowhere" is not an address, a CIDR block or "unix:" in "set_real_ip_from"' in r.stderr
+
+
+def test_send_v2_with_a_verified_client_certificate(gateway, backends, pki):
+    b = backends("echo")
+    port = free_port()
+    gateway(cfg(port, b.address, listen="ssl",
+                extra=f"    ssl_certificate: {pki.server}\n    ssl_certificate_key: {pki.server_key}\n"
+                      f"    ssl_verify_client: \"on\"\n    ssl_client_certificate: {pki.ca}\n"
+                      "    proxy_protocol: v2"))
+    ctx = ssl.create_default_context(cafile=pki.ca)
+    ctx.load_cert_chain(pki.client, pki.client_key)
+    s = ctx.wrap_socket(connect(port), server_hostname="localhost")
+    s.sendall(b"c")
+    head = recv_exactly(s, 16)
+    data = head + recv_exactly(s, struct.unpack("!H", head[14:16])[0] + 1)
+    s.close()
+    h = proxyproto.parse(data)
+    assert proxyproto.tlv_variable(h, "ssl_cn") == "alice"
+    assert proxyproto.tlv_variable(h, "ssl_verify") == "0"
+    ssl_tlv = proxyproto.lookup(h.tlvs, proxyproto.TLV_SSL)
+    assert ssl_tlv[0] == proxyproto.CLIENT_SSL | proxyproto.CLIENT_CERT_CONN | proxyproto.CLIENT_CERT_SESS
+    assert proxyproto.tlv_variable(h, "alpn") is None  # no ssl_alpn: nothing negotiated
+
+
+def test_unix_listener_trusts_unix_peers_and_sends_v1_as_nginx_does(gateway, backends, tmp_path):
+    b = backends("echo")
+    path = tmp_path / "gw.sock"
+    gw = gateway(cfg(0, b.address, extra="    set_real_ip_from: \"unix:\"\n    proxy_protocol: on")
+                 .replace("127.0.0.1:0 proxy_protocol", f"unix:{path} proxy_protocol"))
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(str(path))
+    s.sendall(V1 + b"u")
+    # nginx's v1 writer: the family is the client's (after realip); the destination is the
+    # listening socket's address as nginx prints it, port 0
+    want = b"PROXY TCP4 203.0.113.7 unix:" + f"{path} 5555 0\r\nu".encode()
+    got = recv_exactly(s, len(want))
+    s.close()
+    assert gw.access_lines(1)[0].startswith("203.0.113.7 5555 unix: 203.0.113.7 5555 ")
+    assert got == want

@@ -63,6 +63,10 @@ DIRECTIVES: list[Directive] = [
       "`$status` 200), as in nginx. For several servers sharing the address, the default "
       "server's value applies (the header comes before TLS SNI).",
       "proxy_protocol_timeout: 5s",
+      differs="tlsgw reads a header that arrives in several TCP segments within this time; "
+      "nginx needs all of it in its first read (`header is too large` for v2). A v1 line must "
+      "end within 107 bytes, as the specification says, and a v2 header within 4096 (nginx's "
+      "read buffer).",
       nginx=stream("one")),
     D("set_real_ip_from", ("main", "server"), "set_real_ip_from: ADDRESS | CIDR | unix:", None,
       trusted, "Sources trusted to tell the client's address: when a connection from one of "
