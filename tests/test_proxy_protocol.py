@@ -293,3 +293,40 @@ def test_unix_listener_trusts_unix_peers_and_sends_v1_as_nginx_does(gateway, bac
     s.close()
     assert gw.access_lines(1)[0].startswith("203.0.113.7 5555 unix: 203.0.113.7 5555 ")
     assert got == want
+
+
+def test_header_and_client_hello_in_one_segment(gateway, backends, pki):
+    """The bytes after the header (here the whole ClientHello) are replayed to the TLS layer."""
+    b = backends("echo")
+    port = free_port()
+    gw = gateway(cfg(port, b.address, listen="ssl proxy_protocol",
+                     extra=f"    ssl_certificate: {pki.server}\n    ssl_certificate_key: {pki.server_key}\n"
+                           "    set_real_ip_from: 127.0.0.1"))
+    ctx = ssl.create_default_context(cafile=pki.ca)
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = ctx.wrap_bio(incoming, outgoing, server_hostname="localhost")
+    raw = connect(port)
+    first = True
+    while True:
+        try:
+            tls.do_handshake()
+            break
+        except ssl.SSLWantReadError:
+            pending = outgoing.read()
+            raw.sendall((V1 if first else b"") + pending)
+            first = False
+            data = raw.recv(65536)
+            assert data, "the gateway closed during the handshake"
+            incoming.write(data)
+    raw.sendall(outgoing.read())
+    tls.write(b"one segment")
+    raw.sendall(outgoing.read())
+    got = b""
+    while len(got) < 11:
+        try:
+            got += tls.read(64)
+        except ssl.SSLWantReadError:
+            incoming.write(raw.recv(65536))
+    assert got == b"one segment"
+    raw.close()
+    assert gw.access_lines(1)[0].startswith("203.0.113.7 5555 127.0.0.1 ")
