@@ -154,7 +154,7 @@ class Worker:
         pp = group.listen.proxy_protocol  # post-accept: read the PROXY protocol header first
         if not group.ssl:
             if pp:
-                return realip.factory(default, name, None, lambda session: session)
+                return realip.wrap(lambda: realip.ProxyProtocolSession(default, name), default)
             return lambda: Session(default, name)
         by_index = {s.index: self.runtimes[s.index] for s in group.servers}
         logs_sni = any(s.access_log is not None and "ssl_server_name" in s.access_log.template.variables
@@ -164,8 +164,9 @@ class Worker:
             install_sni(group, by_index)
         ctx, timeout, loop = default.ssl_context, default.handshake_timeout, self.loop
         if pp:
-            return realip.factory(default, name, by_index,
-                                  lambda session: TLSAccept(loop, session, ctx, timeout))
+            pps = realip.ProxyProtocolSession
+            return realip.wrap(lambda: TLSAccept(loop, pps(default, name, by_index), ctx, timeout),
+                               default)
         return lambda: TLSAccept(loop, Session(default, name, by_index), ctx, timeout)
 
     def ignore_signal(self, sig: int) -> None:

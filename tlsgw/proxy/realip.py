@@ -163,15 +163,15 @@ def replay(protocol: Any, data: bytes) -> None:
         view = view[n:]
 
 
-def factory(rt: ServerRuntime, listen_name: str, group: list[ServerRuntime] | None,
-            next_phase: Callable[[ProxyProtocolSession], Any]) -> Callable[[], HeaderReader]:
-    """The protocol factory of a ``proxy_protocol`` listener: the reader in front of
-    ``next_phase(session)`` (the TLS handshake, or the session itself). The timeout and the
-    trusted sources are the default server's: the header comes before SNI."""
+def wrap(inner: Callable[[], Any], rt: ServerRuntime) -> Callable[[], HeaderReader]:
+    """The post-accept phase in front of ``inner``, the factory of the phases after it (the TLS
+    handshake around a :class:`ProxyProtocolSession`, or the session itself). The timeout and
+    the trusted sources are ``rt``'s, the default server's: the header comes before SNI."""
     timeout, trusted = rt.proxy_protocol_timeout, rt.set_real_ip_from
 
     def make() -> HeaderReader:
-        session = ProxyProtocolSession(rt, listen_name, group)
-        return HeaderReader(next_phase(session), session, timeout, trusted)
+        protocol = inner()
+        session = protocol if isinstance(protocol, Session) else protocol.session
+        return HeaderReader(protocol, session, timeout, trusted)
 
     return make
