@@ -99,7 +99,10 @@ def _realip(attr: str, current: str) -> Getter:
 
 
 #: ``$proxy_protocol_tlv_NAME`` (nginx 1.23.2): NAME is one of nginx's TLV names or 0xHH
+#: (tests/test_variables_tlv.py holds this to the codec's tables in tlsgw.proxy.proxyproto)
 TLV_PREFIX = "proxy_protocol_tlv_"
+TLV_NAME = re.compile(r"alpn|authority|unique_id|netns|ssl|ssl_(?:version|cn|cipher|sig_alg|key_alg"
+                      r"|verify)|(?:ssl_)?0x[0-9a-fA-F]{1,2}")
 
 
 def _tlv(name: str) -> Getter:
@@ -204,7 +207,9 @@ class Template:
             if m.start() > pos:
                 parts.append(text[pos : m.start()])
             name = m.group(1) or m.group(2)
-            if name.startswith(TLV_PREFIX) and len(name) > len(TLV_PREFIX):
+            if name.startswith(TLV_PREFIX):
+                if not TLV_NAME.fullmatch(name[len(TLV_PREFIX):]):
+                    raise TemplateError(f'unknown PROXY protocol TLV "{name[len(TLV_PREFIX):]}"')
                 getter, needs_escape = _tlv(name[len(TLV_PREFIX):]), True
             elif name not in VARIABLES:
                 raise TemplateError(f'unknown "{name}" variable')
