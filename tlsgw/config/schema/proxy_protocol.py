@@ -88,7 +88,9 @@ DIRECTIVES: list[Directive] = [
       "The source is the client (after `set_real_ip_from`), the destination the address it "
       "connected to.",
       "proxy_protocol: v2",
-      differs="`v2` is in nginx from 1.31.4 on (older nginx sends v1 only); tlsgw's v2 TLS "
-      "TLVs leave out nginx's SIG_ALG and KEY_ALG sub-TLVs (our own certificate's algorithms).",
+      differs="`v2` is a tlsgw extension for the nginx versions tlsgw follows (they send v1 "
+      "only; nginx 1.31.4 added the same value). What it sends follows nginx 1.31.4's writer "
+      "(family promotion, LOCAL for non-IP ends, AUTHORITY, ALPN, SSL, CRC32C last) except "
+      "the SSL sub-TLVs SIG_ALG and KEY_ALG (our own certificate's algorithms), left out.",
       nginx=Nginx("proxy_protocol", ("stream", "server"), "one")),
 ]
