@@ -14,7 +14,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "tlsgw"
 LEAVES = ("tlsgw.proxy.flow", "tlsgw.proxy.messages", "tlsgw.proxy.record",
-          "tlsgw.proxy.context")
+          "tlsgw.proxy.context", "tlsgw.proxy.proxyproto")
 
 # The layers, top first; a module belongs to the layer of its longest matching prefix. Modules
 # of no layer (certs, gencert, lab, probe, remap: tools beside the gateway) are not checked.
