@@ -224,3 +224,10 @@ def test_config_is_pure():
                 continue
             offenders.append((module, function, name))
     assert offenders == []
+
+
+def test_proxy_protocol_codec_is_pure():
+    """tlsgw/proxy/proxyproto.py parses and builds headers without I/O: nothing of tlsgw (it is
+    a leaf), no TLS, event loop or mapping; ``socket`` only for its address conversions."""
+    path = PACKAGE / "proxy" / "proxyproto.py"
+    assert [name for name, _ in _all_imports(path) if _impure(name) and name != "socket"] == []
