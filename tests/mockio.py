@@ -187,6 +187,9 @@ class MockTransport:
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return self.extra.get(name, default)
 
+    def set_protocol(self, protocol: Any) -> None:
+        self.protocol = protocol
+
     def can_write_eof(self) -> bool:
         return True
 

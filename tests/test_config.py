@@ -112,6 +112,23 @@ def test_nginx_defaults(tmp_path):
     assert (p.weight, p.max_fails, p.fail_timeout, p.max_conns) == (1, 1, 10.0, 0)
 
 
+def test_proxy_protocol_settings(tmp_path):
+    cfg = load_config(write(tmp_path, GOOD.replace("127.0.0.1:9000", "127.0.0.1:9000 proxy_protocol")
+                            + "    set_real_ip_from: [192.168.1.7/24, \"2001:db8::/32\", \"unix:\"]\n"
+                            + "    proxy_protocol: v2\n"))
+    srv = cfg.servers[0]
+    assert srv.listens[0].proxy_protocol and not srv.listens[0].ssl
+    assert srv.s.proxy_protocol == 2 and srv.s.proxy_protocol_timeout == 30
+    trusted = srv.s.set_real_ip_from
+    assert [str(t.network) for t in trusted] == ["192.168.1.0/24", "2001:db8::/32", "None"]
+    assert trusted[0].matches("192.168.1.200") and not trusted[0].matches("192.168.2.1")
+    assert trusted[1].matches("2001:db8::99") and not trusted[1].matches("unix:")
+    assert trusted[2].matches("unix:") and not trusted[2].matches("127.0.0.1")
+    defaults = load_config(write(tmp_path, GOOD)).servers[0]
+    assert not defaults.listens[0].proxy_protocol
+    assert (defaults.s.proxy_protocol, defaults.s.set_real_ip_from) == (0, None)
+
+
 def test_worker_processes_auto_counts_usable_cpus(tmp_path):
     import os
 
@@ -151,6 +168,10 @@ def test_on_off_spellings(tmp_path):
     (GOOD.replace("127.0.0.1:7001", "127.0.0.1:7001 weight=0"), 'FILE:4: invalid number "0" (must be at least 1) in "weight" of upstream server "127.0.0.1:7001"'),
     # unsupported listen parameter is rejected, not ignored
     (GOOD.replace("127.0.0.1:9000", "127.0.0.1:9000 udp"), 'FILE:6: the "udp" parameter is not supported by tlsgw yet in "listen"'),
+    # PROXY protocol values
+    (GOOD + "    proxy_protocol: v3\n", 'FILE:8: invalid value "v3", it must be "off", "on" or "v2" in "proxy_protocol"'),
+    (GOOD + "    set_real_ip_from: [10.0.0.0/8, 10.0.0.0/33]\n", 'FILE:8: "10.0.0.0/33" is not an address, a CIDR block or "unix:" in "set_real_ip_from"'),
+    (GOOD + "    proxy_protocol_timeout: 0s\n", 'FILE:8: invalid time "0s" (must be greater than 0) in "proxy_protocol_timeout"'),
     # access log with a format that does not exist
     ("access_log: stdout nope\n" + GOOD, 'FILE:1: unknown log format "nope" in "access_log"'),
     ("log_format:\n  x: '$remote_adr'\n" + GOOD, 'FILE:2: unknown "remote_adr" variable in log_format "x"'),

@@ -224,6 +224,38 @@ def test_runtimes_read_the_typed_settings(tmp_path, pki):
         gen.release()
 
 
+def test_proxy_protocol_settings_and_sni_capture_for_v2(tmp_path, pki):
+    """A lone TLS server needs no SNI callback, unless it sends PROXY protocol v2, whose
+    AUTHORITY is the client's SNI; the runtime reads the PROXY protocol settings."""
+    def built(extra: str):
+        path = tmp_path / "pp.yaml"
+        path.write_text(textwrap.dedent(f"""\
+            servers:
+              - listen: 127.0.0.1:9443 ssl proxy_protocol
+                ssl_certificate: {pki.server}
+                ssl_certificate_key: {pki.server_key}
+                proxy_pass: 127.0.0.1:1
+                set_real_ip_from: 127.0.0.1
+            """) + textwrap.indent(extra, "    "))
+        return build(load_config(str(path)), allocate=False)
+
+    gen = built("")
+    try:
+        rt = gen.runtimes[0]
+        assert (rt.proxy_protocol, rt.proxy_protocol_timeout) == (0, 30)
+        assert [t.text for t in rt.set_real_ip_from] == ["127.0.0.1"]
+        assert gen._sni_contexts == []
+    finally:
+        gen.release()
+    for extra, sni in (("proxy_protocol: on\n", False), ("proxy_protocol: v2\n", True)):
+        gen = built(extra)
+        try:
+            assert gen.runtimes[0].proxy_protocol == (2 if sni else 1)
+            assert gen._sni_contexts == ([gen.routes["127.0.0.1:9443"].ssl_context] if sni else [])
+        finally:
+            gen.release()
+
+
 def _plain_config(tmp_path: Path, name: str, peers: str, timeout: str = "10m") -> str:
     path = tmp_path / f"{name}.yaml"
     path.write_text(textwrap.dedent(f"""\

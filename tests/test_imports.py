@@ -14,7 +14,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "tlsgw"
 LEAVES = ("tlsgw.proxy.flow", "tlsgw.proxy.messages", "tlsgw.proxy.record",
-          "tlsgw.proxy.context")
+          "tlsgw.proxy.context", "tlsgw.proxy.proxyproto")
 
 # The layers, top first; a module belongs to the layer of its longest matching prefix. Modules
 # of no layer (certs, gencert, lab, probe, remap: tools beside the gateway) are not checked.
@@ -224,3 +224,10 @@ def test_config_is_pure():
                 continue
             offenders.append((module, function, name))
     assert offenders == []
+
+
+def test_proxy_protocol_codec_is_pure():
+    """tlsgw/proxy/proxyproto.py parses and builds headers without I/O: nothing of tlsgw (it is
+    a leaf), no TLS, event loop or mapping; ``socket`` only for its address conversions."""
+    path = PACKAGE / "proxy" / "proxyproto.py"
+    assert [name for name, _ in _all_imports(path) if _impure(name) and name != "socket"] == []

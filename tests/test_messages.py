@@ -52,3 +52,10 @@ def test_client_handshake_causes():
         "than a TLS handshake) while SSL handshaking")
     timed_out = ConnectionAbortedError("SSL handshake is taking longer than 1.0 seconds")
     assert messages.handshake_cause(timed_out) == "handshake timed out (ssl_handshake_timeout)"
+
+
+def test_proxy_protocol_lines():
+    assert messages.reading_proxy_protocol('broken header: ""') == (
+        'broken header: "" while reading PROXY protocol')
+    assert messages.reading_proxy_protocol("client timed out (110: Connection timed out)") == (
+        "client timed out (110: Connection timed out) while reading PROXY protocol")

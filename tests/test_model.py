@@ -38,7 +38,7 @@ def test_main_settings_add_the_top_level_only_directives():
 
 
 def test_listen_and_upstream_server_fields_are_their_parameters():
-    listen = {f.name for f in dataclasses.fields(model.ListenSpec)} - {"address"} | {"ssl", "default_server"}
+    listen = {f.name for f in dataclasses.fields(model.ListenSpec)} - {"address"} | {"ssl", "proxy_protocol", "default_server"}
     assert listen == {p.field for p in schema.LISTEN_PARAMS if p.field}
     peer = {f.name for f in dataclasses.fields(model.UpstreamServer)} - {"text", "addresses", "line"}
     assert peer == {p.name for p in schema.PEER_PARAMS}

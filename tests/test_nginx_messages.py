@@ -63,7 +63,7 @@ def test_no_nginx_directive_gets_a_misleading_suggestion(tmp_path, context):
     ("user", "start it as the user it should run as"),
     ("zone", "peer state per worker"),
     ("proxy_responses", "does not support yet"),
-    ("proxy_protocol", "does not support yet"),
+    ("proxy_requests", "does not support yet"),
 ])
 def test_nginx_only_directives_get_an_answer(tmp_path, name, said):
     errs = errors_of(tmp_path, BASE.format(upstream="", server="", main=f"{name}: 1"))

@@ -20,6 +20,7 @@ from tlsgw.proxy import phases
 from tlsgw.proxy.context import WorkerContext
 from tlsgw.proxy.phases import Phase
 from tlsgw.proxy.pump import Session, State
+from tlsgw.proxy.realip import HeaderReader, ProxyProtocolSession
 from tlsgw.runtime.generation import build
 from tlsgw.tls.transport import TLSAccept
 
@@ -75,6 +76,38 @@ def test_a_tls_listener_runs_the_ssl_phase_before_content(tmp_path, pki):
         session = proto.session
         assert type(session) is Session and session.state is State.NEW
         assert session.group == listener.servers  # SNI may choose among the listener's servers
+    finally:
+        loop.close()
+
+
+def test_a_proxy_protocol_listener_reads_the_header_first(tmp_path):
+    listener, _ = _listener(tmp_path, "127.0.0.1:8000 proxy_protocol",
+                            "    proxy_protocol_timeout: 7s\n    set_real_ip_from: 10.0.0.0/8\n")
+    factory, used = phases.build(listener)
+    assert used == (Phase.POST_ACCEPT,)
+    reader = factory()
+    assert isinstance(reader, HeaderReader) and reader.inner is reader.session
+    session = reader.session
+    assert type(session) is ProxyProtocolSession and session.state is State.NEW
+    assert session.ctx is listener.context and session.rt is listener.default
+    assert session.group is None
+    assert reader.timeout == 7 and [t.text for t in reader.trusted] == ["10.0.0.0/8"]
+
+
+def test_a_tls_proxy_protocol_listener_reads_the_header_before_the_handshake(tmp_path, pki):
+    listener, _ = _listener(tmp_path, "127.0.0.1:8443 ssl proxy_protocol",
+                            f"    ssl_certificate: {pki.server}\n"
+                            f"    ssl_certificate_key: {pki.server_key}\n")
+    loop = uvloop.new_event_loop()  # uvloop's SSLProtocol takes nothing else; never run
+    listener = dataclasses.replace(listener, context=WorkerContext(loop, RecordingLog()))
+    try:
+        factory, used = phases.build(listener)
+        assert used == (Phase.POST_ACCEPT, Phase.SSL)
+        reader = factory()
+        assert isinstance(reader, HeaderReader) and isinstance(reader.inner, TLSAccept)
+        assert reader.inner.session is reader.session
+        assert type(reader.session) is ProxyProtocolSession
+        assert reader.session.group == listener.servers
     finally:
         loop.close()
 

@@ -31,13 +31,15 @@ import uvloop
 from tlsgw.config.load import load_config
 from tlsgw.process import listeners
 from tlsgw.process.worker import Worker
+from tlsgw.proxy.proxy_header import SendFirst
 from tlsgw.proxy.pump import Session, UpstreamSide
+from tlsgw.proxy.realip import HeaderReader
 from tlsgw.runtime.generation import build
 from tlsgw.tls.transport import ServerSSLObject, TLSAccept
 
 pytestmark = pytest.mark.timeout(60)
 
-TRACKED = (Session, UpstreamSide, TLSAccept, ServerSSLObject)
+TRACKED = (Session, UpstreamSide, TLSAccept, ServerSSLObject, HeaderReader, SendFirst)
 
 
 def alive() -> dict[str, int]:
@@ -105,7 +107,7 @@ class InProcess:
         self.closers.append(raw.close)
         return f"127.0.0.1:{port}"
 
-    async def gateway(self, server: str, tls: bool = False) -> tuple[Worker, int]:
+    async def gateway(self, server: str, tls: bool = False, params: str = "") -> tuple[Worker, int]:
         """Serve one ``servers:`` entry (YAML lines after ``listen``) on a free port."""
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))
@@ -113,7 +115,7 @@ class InProcess:
         sock.close()
         path = self.tmp / "gw.yaml"
         path.write_text(f"error_log: stderr crit\nservers:\n"
-                        f"  - listen: 127.0.0.1:{port}{' ssl' if tls else ''}\n"
+                        f"  - listen: 127.0.0.1:{port}{' ssl' if tls else ''}{params}\n"
                         + textwrap.indent(server, "    "))
         cfg = load_config(str(path))
         worker = Worker(build(cfg), [], 0)
@@ -191,9 +193,10 @@ N = 20  # sessions per case: a leak leaves N of each object behind
 
 
 def check_freed(inproc: InProcess, server: Callable[[], Awaitable[str]],
-                client: Callable[[int], Awaitable[None]], tls: bool = False) -> None:
+                client: Callable[[int], Awaitable[None]], tls: bool = False,
+                params: str = "") -> None:
     async def go() -> dict[str, int]:
-        worker, port = await inproc.gateway(await server(), tls)
+        worker, port = await inproc.gateway(await server(), tls, params)
         baseline = alive()
         for _ in range(N):
             await client(port)
@@ -336,3 +339,65 @@ def test_upstream_tls_handshake_times_out(inproc, pki):
                 + f"proxy_pass: 127.0.0.1:{s.getsockname()[1]}\n")
 
     check_freed(inproc, server, lambda port: raw_session(port, b"x"))
+
+
+# ---- PROXY protocol: the header reader in front, the header sender toward the upstream --------
+PP_V1 = b"PROXY TCP4 192.0.2.1 192.0.2.2 1000 443\r\n"
+
+
+def test_proxy_protocol_tls_session_and_v2_out(inproc, pki):
+    async def server() -> str:
+        return (cert_lines(pki) + "set_real_ip_from: 127.0.0.1\n"
+                + "proxy_protocol: v2\n" + f"proxy_pass: {await inproc.backend()}\n")
+
+    ctx = client_tls(pki)
+
+    async def client(port: int) -> None:
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        w.write(PP_V1)
+        await w.start_tls(ctx, server_hostname="localhost")
+        w.write(b"ping")
+        got = await r.readexactly(len(b"ping") + 16)  # the echoed v2 header begins it
+        assert got.startswith(b"\r\n\r\n\x00\r\nQUIT\n")
+        w.close()
+        with contextlib.suppress(OSError, ssl.SSLError):
+            await w.wait_closed()
+
+    check_freed(inproc, server, client, tls=True, params=" proxy_protocol")
+
+
+@pytest.mark.parametrize("send", [b"GET / HTTP/1.0\r\n\r\n", b"PROXY TCP4 1.2", b""],
+                         ids=["broken", "eof-in-header", "timeout"])
+def test_proxy_protocol_header_fails(inproc, send):
+    async def server() -> str:
+        return f"proxy_protocol_timeout: 10ms\nproxy_pass: {await inproc.backend()}\n"
+
+    async def client(port: int) -> None:
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        if send:
+            w.write(send)
+            if not send.endswith(b"\n"):
+                w.write_eof()
+        with contextlib.suppress(OSError):
+            await asyncio.wait_for(r.read(), 10)
+        w.close()
+        with contextlib.suppress(OSError):
+            await w.wait_closed()
+
+    check_freed(inproc, server, client, params=" proxy_protocol")
+
+
+def test_proxy_protocol_v1_out_plain(inproc):
+    async def server() -> str:
+        return f"proxy_protocol: on\nproxy_pass: {await inproc.backend()}\n"
+
+    async def client(port: int) -> None:
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        w.write(PP_V1 + b"ping")
+        assert (await r.readline()).startswith(b"PROXY TCP4 127.0.0.1 127.0.0.1 ")
+        assert await r.readexactly(len(PP_V1) + 4) == PP_V1 + b"ping"
+        w.close()
+        with contextlib.suppress(OSError):
+            await w.wait_closed()
+
+    check_freed(inproc, server, client)

@@ -80,6 +80,39 @@ def _opt(attr: str) -> Getter:
     return get
 
 
+def _pp(field: str) -> Getter:
+    """``$proxy_protocol_*``: not found without a header that gave addresses."""
+    def get(s: Any) -> str | None:
+        h = getattr(s, "proxy_protocol", None)
+        return None if h is None else str(getattr(h, field))
+
+    return get
+
+
+def _realip(attr: str, current: str) -> Getter:
+    """``$realip_remote_*``: the connection's own address, also when realip replaced it."""
+    def get(s: Any) -> str:
+        v = getattr(s, attr, None)
+        return str(getattr(s, current) if v is None else v)
+
+    return get
+
+
+#: ``$proxy_protocol_tlv_NAME`` (nginx 1.23.2): NAME is one of nginx's TLV names or 0xHH
+#: (tests/test_variables_tlv.py holds this to the codec's tables in tlsgw.proxy.proxyproto)
+TLV_PREFIX = "proxy_protocol_tlv_"
+TLV_NAME = re.compile(r"alpn|authority|unique_id|netns|ssl|ssl_(?:version|cn|cipher|sig_alg|key_alg"
+                      r"|verify)|(?:ssl_)?0x[0-9a-fA-F]{1,2}")
+
+
+def _tlv(name: str) -> Getter:
+    def get(s: Any) -> str | None:
+        lookup = getattr(s, "proxy_protocol_tlv", None)
+        return None if lookup is None else lookup(name)
+
+    return get
+
+
 # name -> (getter, needs_escaping). Values of "safe" variables never contain bytes that nginx's
 # default log escaping would rewrite, so escaping is skipped for them. A getter returns None for
 # a variable that is "not found" (logged as "-", or "" with escape=json|none, as nginx does).
@@ -111,6 +144,12 @@ VARIABLES: dict[str, tuple[Getter, bool]] = {
     "ssl_session_reused": (_opt("ssl_session_reused"), False),
     "ssl_client_s_dn": (_opt("ssl_client_s_dn"), True),
     "ssl_client_verify": (_opt("ssl_client_verify"), False),
+    "proxy_protocol_addr": (_pp("src_addr"), True),
+    "proxy_protocol_port": (_pp("src_port"), False),
+    "proxy_protocol_server_addr": (_pp("dst_addr"), True),
+    "proxy_protocol_server_port": (_pp("dst_port"), False),
+    "realip_remote_addr": (_realip("realip_remote_addr", "remote_addr"), False),
+    "realip_remote_port": (_realip("realip_remote_port", "remote_port"), False),
 }
 
 _SAFE = re.compile(r'[\x20-\x7e]*')
@@ -168,9 +207,14 @@ class Template:
             if m.start() > pos:
                 parts.append(text[pos : m.start()])
             name = m.group(1) or m.group(2)
-            if name not in VARIABLES:
+            if name.startswith(TLV_PREFIX):
+                if not TLV_NAME.fullmatch(name[len(TLV_PREFIX):]):
+                    raise TemplateError(f'unknown PROXY protocol TLV "{name[len(TLV_PREFIX):]}"')
+                getter, needs_escape = _tlv(name[len(TLV_PREFIX):]), True
+            elif name not in VARIABLES:
                 raise TemplateError(f'unknown "{name}" variable')
-            getter, needs_escape = VARIABLES[name]
+            else:
+                getter, needs_escape = VARIABLES[name]
             parts.append(_wrap(getter, esc if (needs_escape or escape != "default") else None,
                                "-" if escape == "default" else ""))
             self.variables.append(name)

@@ -135,7 +135,10 @@ def generate() -> str:
         parts.append(_entry(d, suffix))
     parts.append("## Variables\n\nUsable in `log_format` and in `hash` keys, with nginx's "
                  "formats. A value that does not exist for a session is logged as `-`.\n")
-    parts.append(", ".join(f"`${name}`" for name in VARIABLES) + "\n")
+    parts.append(", ".join(f"`${name}`" for name in VARIABLES)
+                 + ", and `$proxy_protocol_tlv_NAME` (NAME: `alpn`, `authority`, `unique_id`, "
+                 "`netns`, `ssl`, `ssl_version`, `ssl_cn`, `ssl_cipher`, `ssl_sig_alg`, "
+                 "`ssl_key_alg`, `ssl_verify`, or a type `0xHH`; `ssl_0xHH` for an SSL sub-TLV)\n")
     parts.append("\n## Differences from nginx\n\nEverything else follows nginx 1.22–1.27 "
                  "semantics and defaults.\n")
     for d in schema.DIRECTIVES:

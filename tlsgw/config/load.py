@@ -341,6 +341,9 @@ class Loader:
                 if ls.ssl != first.ssl:
                     self.error(None if not ls.line else _Line(ls.line), f'listen "{ls.text}" has '
                                '"ssl" in one server and not in another')
+                if ls.proxy_protocol != first.proxy_protocol:
+                    self.error(None if not ls.line else _Line(ls.line), f'listen "{ls.text}" has '
+                               '"proxy_protocol" in one server and not in another')
                 if ls.default_server:
                     if any(x.default_server for s2 in members for x in s2.listens
                            if x.address == ls.address):

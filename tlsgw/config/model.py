@@ -13,7 +13,7 @@ from types import MappingProxyType
 
 from tlsgw.balancer import Method, PeerConfig
 from tlsgw.config.addresses import Address
-from tlsgw.config.schema import SessionCacheSpec
+from tlsgw.config.schema import SessionCacheSpec, TrustedSource
 from tlsgw.variables import Template
 
 
@@ -91,6 +91,7 @@ class Listen(ListenSpec):
     text: str
     line: int = 0
     ssl: bool = False
+    proxy_protocol: bool = False
     default_server: bool = False
 
     @property
@@ -173,6 +174,9 @@ class ServerSettings:
     proxy_buffer_size: int
     proxy_half_close: bool
     tcp_nodelay: bool
+    proxy_protocol_timeout: float
+    set_real_ip_from: tuple[TrustedSource, ...] | None
+    proxy_protocol: int
     ssl_certificate: tuple[str, ...] | None
     ssl_certificate_key: tuple[str, ...] | None
     ssl_password_file: str | None

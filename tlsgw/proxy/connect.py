@@ -20,7 +20,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from tlsgw.balancer import Peer
-from tlsgw.proxy import messages
+from tlsgw.proxy import messages, proxy_header
 from tlsgw.proxy.record import Attempt, Status
 
 if TYPE_CHECKING:
@@ -52,6 +52,8 @@ async def attempts(session: Session) -> tuple[Peer, Attempt, UpstreamSide, Any] 
         handshake: Any = None
         if tls is not None:
             proto, handshake = tls.protocol(loop, up, peer.name, rt.connect_timeout)
+        if rt.proxy_protocol:  # the PROXY protocol header goes first, ahead of TLS too
+            proto = proxy_header.SendFirst(proto, proxy_header.header_for(session, rt.proxy_protocol))
         factory = functools.partial(_same, proto)
         raw: Any = None
         try:

@@ -85,6 +85,11 @@ def unexpected(exc: BaseException) -> str:  # crit: a bug, which ends only this 
     return f"unexpected error while connecting to upstream: {exc!r}"
 
 
+def reading_proxy_protocol(reason: str) -> str:
+    """A PROXY protocol header that is broken (error), late or cut by a reset (info)."""
+    return f"{reason} while reading PROXY protocol"
+
+
 def client_handshake_failed(exc: BaseException) -> str:  # info
     reason = getattr(exc, "reason", None) or type(exc).__name__
     return (f"SSL_do_handshake() failed (SSL: {reason}: {handshake_cause(exc)}) "

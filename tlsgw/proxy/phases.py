@@ -18,7 +18,10 @@ What exists today:
 
 * ``POST_ACCEPT``: :meth:`Session.accepted <tlsgw.proxy.pump.Session.accepted>` — the
   connection number, the client address, the open-sessions set, ``client connected`` (nginx's
-  ``ngx_stream_init_connection``). Always; it is not a wrapper.
+  ``ngx_stream_init_connection``). Always; that part is not a wrapper. For ``listen ...
+  proxy_protocol``, :func:`tlsgw.proxy.realip.post_accept` is: it owns the raw transport
+  until the PROXY protocol header is read and ``set_real_ip_from`` applied, and the content
+  phase's session is a :class:`~tlsgw.proxy.realip.ProxyProtocolSession`.
 * ``SSL``: :class:`~tlsgw.tls.transport.TLSAccept` around the session, for ``listen ... ssl``
   (SNI selection, where needed, is installed on the context by the generation's build).
 * ``CONTENT``: the pump (:class:`~tlsgw.proxy.pump.Session`; connecting is
@@ -44,6 +47,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from tlsgw.config.model import ListenGroup
+from tlsgw.proxy import realip
 from tlsgw.proxy.context import WorkerContext
 from tlsgw.proxy.pump import Session
 from tlsgw.tls.transport import TLSAccept
@@ -101,18 +105,23 @@ def _ssl(listener: Listener, inner: Factory) -> Factory | None:
 
 
 #: The pre-content phases that have a module, in nginx's order. POST_ACCEPT is the session's
-#: own ``accepted`` and LOG its ``finalize``; PREACCESS, ACCESS and PREREAD come with their
+#: own ``accepted`` (and, for ``listen ... proxy_protocol``, the PROXY protocol reader in front
+#: of everything) and LOG its ``finalize``; PREACCESS, ACCESS and PREREAD come with their
 #: features.
 BEFORE_CONTENT: tuple[tuple[Phase, Wrap], ...] = (
+    (Phase.POST_ACCEPT, realip.post_accept),
     (Phase.SSL, _ssl),
 )
 
 
 def content(listener: Listener) -> Factory:
     """The content phase's factory: a :class:`Session` of the listener's default server (for
-    TLS listeners SNI may choose another of ``servers`` once the handshake is done)."""
+    TLS listeners SNI may choose another of ``servers`` once the handshake is done); a
+    :class:`~tlsgw.proxy.realip.ProxyProtocolSession` on a ``proxy_protocol`` address."""
     group = listener.servers if listener.group.ssl else None
-    return functools.partial(Session, listener.context, listener.default, listener.name, group)
+    # listen ... proxy_protocol: the session also keeps what the header said (realip)
+    cls = realip.ProxyProtocolSession if listener.group.listen.proxy_protocol else Session
+    return functools.partial(cls, listener.context, listener.default, listener.name, group)
 
 
 def protocol_factory(group: ListenGroup, servers: dict[int, ServerRuntime],

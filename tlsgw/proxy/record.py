@@ -18,6 +18,7 @@ class Status(enum.IntEnum):
     """``$status``: how the session ended, with nginx's stream codes."""
 
     OK = 200  # proxied, then one side closed, or timed out while proxying
+    BAD_REQUEST = 400  # a broken PROXY protocol header
     INTERNAL_SERVER_ERROR = 500  # a failed client TLS handshake; a bug while connecting
     BAD_GATEWAY = 502  # no upstream could be connected
 

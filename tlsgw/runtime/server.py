@@ -15,6 +15,7 @@ from typing import Any
 from tlsgw import logs
 from tlsgw.balancer import Upstream
 from tlsgw.config.model import ServerConfig
+from tlsgw.config.schema import TrustedSource
 
 #: Directives the data path reads as ``rt.<name without "proxy_">``, straight from the typed
 #: settings (``srv.s``): ``proxy_connect_timeout`` is ``rt.connect_timeout``, and so on.
@@ -45,6 +46,11 @@ class ServerRuntime:
         # the common `hash $remote_addr ...` key, read directly rather than through the template
         self.key_is_remote_addr = self.key is not None and self.key.text == "$remote_addr"
         self.tcp_nodelay: int = 1 if s.tcp_nodelay else 0
+        # PROXY protocol: reading it (listen ... proxy_protocol; the default server's values
+        # apply, tlsgw.proxy.realip) and sending it (0 off, 1 v1, 2 v2; tlsgw.proxy.connect)
+        self.proxy_protocol_timeout: float = s.proxy_protocol_timeout
+        self.set_real_ip_from: tuple[TrustedSource, ...] | None = s.set_real_ip_from
+        self.proxy_protocol: int = s.proxy_protocol
         self.handshake_timeout: float = s.ssl_handshake_timeout
         self.ssl_context = ssl_context
         self.proxy_tls = proxy_tls  # tlsgw.tls.upstream.UpstreamTLS, or None

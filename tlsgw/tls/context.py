@@ -135,10 +135,8 @@ def _ssl_pointer(sslobj: ssl.SSLObject) -> int:
 _raw_ctx: weakref.WeakKeyDictionary[ssl.SSLContext, int] = weakref.WeakKeyDictionary()
 
 
-def verify_result(sslobj: ssl.SSLObject) -> str:
-    """``$ssl_client_verify`` for ``optional_no_ca``: SUCCESS, FAILED:reason or NONE."""
-    if sslobj.getpeercert(binary_form=True) is None:
-        return "NONE"
+def verify_code(sslobj: ssl.SSLObject) -> int | None:
+    """OpenSSL's ``SSL_get_verify_result`` of the connection (0: verified), None if unknown."""
     lib = _lib()
     ptr = _ssl_pointer(sslobj)
     ctx = sslobj.context
@@ -146,11 +144,20 @@ def verify_result(sslobj: ssl.SSLObject) -> str:
     if raw is None:  # check each context once (by the context, not its id: ids are reused)
         raw = _raw_ctx[ctx] = native.ctx_pointer(ctx)
     if not ptr or native.load().ssl.SSL_get_SSL_CTX(ptr) != raw:
+        return None
+    return int(lib.SSL_get_verify_result(ptr))
+
+
+def verify_result(sslobj: ssl.SSLObject) -> str:
+    """``$ssl_client_verify`` for ``optional_no_ca``: SUCCESS, FAILED:reason or NONE."""
+    if sslobj.getpeercert(binary_form=True) is None:
+        return "NONE"
+    code = verify_code(sslobj)
+    if code is None:
         return "FAILED:unknown"
-    code = lib.SSL_get_verify_result(ptr)
     if code == 0:
         return "SUCCESS"
-    return "FAILED:" + (lib.X509_verify_cert_error_string(code) or b"?").decode()
+    return "FAILED:" + (_lib().X509_verify_cert_error_string(code) or b"?").decode()
 
 
 # ---- files ---------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ it holds what to say about nginx's directives that have no entry here.
 
 from __future__ import annotations
 
-from tlsgw.config.schema import core, logging, nginx, proxy, tls, upstream
+from tlsgw.config.schema import core, logging, nginx, proxy, proxy_protocol, tls, upstream
 from tlsgw.config.schema.base import ARITIES, NGINX_CONTEXTS, NO_NGINX, Directive, Nginx
 from tlsgw.config.schema.core import (
     LISTEN_PARAMS,
@@ -29,6 +29,7 @@ from tlsgw.config.schema.core import (
 )
 from tlsgw.config.schema.logging import LEVELS
 from tlsgw.config.schema.proxy import MAX_BUFFER_SIZE
+from tlsgw.config.schema.proxy_protocol import TrustedSource
 from tlsgw.config.schema.tls import (
     MAX_SESSION_TIMEOUT,
     MAX_SHARED_CACHE,
@@ -50,12 +51,12 @@ __all__ = [
     "LISTEN_UNSUPPORTED", "MAX_BUFFER_SIZE", "MAX_CONSISTENT_WEIGHT", "MAX_KEEPALIVE_COUNT",
     "MAX_KEEPALIVE_TIME", "MAX_SESSION_TIMEOUT", "MAX_SHARED_CACHE", "MAX_WORKERS",
     "MIN_SHARED_CACHE", "NGINX_CONTEXTS", "NO_NGINX", "PEER_PARAMS", "PROTOCOLS", "ROUND_ROBIN",
-    "Balancing", "Directive", "Nginx", "SessionCacheSpec", "method_from_nginx",
+    "Balancing", "Directive", "Nginx", "SessionCacheSpec", "TrustedSource", "method_from_nginx",
     "nginx", "parse_session_cache",
 ]
 
 #: The feature modules, in the order of the reference; each has a ``DIRECTIVES`` list.
-FEATURES = (core, logging, proxy, tls, upstream)
+FEATURES = (core, logging, proxy, proxy_protocol, tls, upstream)
 
 DIRECTIVES: list[Directive] = [d for feature in FEATURES for d in feature.DIRECTIVES]
 

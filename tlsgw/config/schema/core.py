@@ -92,13 +92,22 @@ LISTEN_PARAMS = (
                                "address separately."),
     _param("ssl", "ssl", None, None, "Terminates TLS (see `ssl_certificate`).",
            "127.0.0.1:9443 ssl"),
+    _param("proxy_protocol", "proxy_protocol", None, None,
+           "Every connection must begin with a PROXY protocol header (version 1 or 2, also ahead "
+           "of a TLS ClientHello with `ssl`), read within `proxy_protocol_timeout`; "
+           "`$proxy_protocol_addr` and the others hold what it says, and `set_real_ip_from` "
+           "decides whether it becomes `$remote_addr`. A connection without a valid header is "
+           "closed (`broken header: ...`, `$status` 400).",
+           "127.0.0.1:9000 proxy_protocol",
+           differs="a header split across TCP segments is read whole (nginx needs it in its first "
+           "read); a v1 line must end within 107 bytes, as the specification says."),
     _param("default_server", "default_server", None, None,
            "Makes this server the one for clients whose SNI matches no `server_name` on that "
            "address.", "127.0.0.1:9443 ssl default_server"),
 )
 
 #: nginx's stream ``listen`` parameters that tlsgw rejects (not supported yet).
-LISTEN_UNSUPPORTED = ("udp", "proxy_protocol", "fastopen", "deferred", "accept_filter",
+LISTEN_UNSUPPORTED = ("udp", "fastopen", "deferred", "accept_filter",
                       "setfib", "multipath", "http2", "quic")
 
 D = Directive
@@ -132,7 +141,7 @@ DIRECTIVES: list[Directive] = [
       "Address to accept connections on; a YAML list gives several. A bare port means "
       "0.0.0.0:PORT. The parameters (below) follow the address, as in nginx.",
       "listen:\n  - 127.0.0.1:9000 backlog=4096\n  - \"[::1]:9000\"",
-      differs="`udp`, `proxy_protocol`, `fastopen`, `deferred`, "
+      differs="`udp`, `fastopen`, `deferred`, "
       "`accept_filter`, `setfib` and port ranges are not supported yet and are rejected.",
       repeatable=True, params=LISTEN_PARAMS, unsupported=LISTEN_UNSUPPORTED,
       nginx=Nginx("listen", ("server",), "one or more",
