@@ -17,6 +17,10 @@ logged and ignored. The table, its handlers and the README's "Signals" section s
 
 Each worker gets one end of a socket pair (:mod:`tlsgw.process.control`): commands go down it, and
 the worker reads EOF when the master is gone however it died.
+
+With ``pid``, the master writes its pid file before binding and removes it at exit
+(:func:`write_pid_file`). Under systemd (``$NOTIFY_SOCKET``) it tells the manager
+(:mod:`tlsgw.process.notify`): READY=1 once every worker serves, STOPPING=1 when a stop starts.
 """
 
 from __future__ import annotations
