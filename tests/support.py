@@ -232,9 +232,10 @@ class Gateway:
         self.err = directory / "stderr.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.error_file: Path | None = None  # where the error log goes, when not to stderr
+        self.env: dict[str, str] = {}  # added to the environment of tlsgw serve
 
     def start(self, wait: bool = True) -> Gateway:
-        env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=str(ROOT))
+        env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=str(ROOT), **self.env)
         with open(self.out, "wb") as out, open(self.err, "wb") as err:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "tlsgw", "serve", "-c", str(self.config)],

@@ -1,4 +1,5 @@
-"""Command line: ``tlsgw serve|check|convert|gencert|lab|probe``.
+"""Command line: ``tlsgw serve|check|reopen|stop|quit|convert|gencert|lab|probe`` (and
+nginx's ``tlsgw -s reopen|stop|quit -c FILE`` spelling of the control commands).
 
 This is the only module that maps exceptions to exit codes:
 0 success, 1 invalid configuration (or bad command input), 3 start-up failure.
@@ -7,6 +8,8 @@ This is the only module that maps exceptions to exit codes:
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 from collections.abc import Sequence
 
@@ -74,6 +77,97 @@ _CONVERT_DESCRIPTION = (
     "2 usage. See docs/convert.md.")
 
 
+#: control command -> (signal, what the master does); tlsgw's meanings (README "Signals"):
+#: note that nginx's ``stop`` is its fast stop and ``quit`` its graceful one.
+CONTROL = {
+    "reopen": (signal.SIGUSR1, "reopen every log file"),
+    "stop": (signal.SIGTERM, "stop gracefully (open sessions drain up to worker_shutdown_timeout)"),
+    "quit": (signal.SIGQUIT, "stop at once (every session is closed)"),
+}
+
+
+def _pid_path(config: str) -> str:
+    """The ``pid`` file the configuration names. Read from the whole file when it loads; when
+    it does not (being edited, say), from its top-level ``pid`` key alone, so that a broken
+    file on disk never keeps an operator from reopening the logs or stopping the gateway."""
+    from tlsgw.config.load import load_config
+
+    try:
+        path = load_config(config, check_files=False).pid
+    except ConfigErrors as exc:
+        path = _pid_key(config)
+        if path is False:
+            raise exc from None
+    if not path:
+        raise TlsgwError(f'no pid file configured in {config} (add "pid: PATH" to it; '
+                         "the running master must have been started with it)")
+    return path
+
+
+def _pid_key(config: str) -> str | None | bool:
+    """The top-level ``pid`` value of a file that does not load: its YAML key, else its
+    ``pid:`` line (a file with broken YAML). False: found neither way."""
+    import re
+
+    import yaml
+
+    try:
+        with open(config) as f:
+            text = f.read()
+    except OSError:
+        return False
+    value: object = None
+    try:
+        doc = yaml.safe_load(text)
+        if isinstance(doc, dict):
+            value = doc.get("pid")
+    except yaml.YAMLError:
+        m = re.search(r"^pid:[ \t]*(\S[^#\n]*?)[ \t]*(?:#.*)?$", text, re.MULTILINE)
+        value = m.group(1).strip("'\"") if m else None
+    if not isinstance(value, str) or not value.strip():
+        return False
+    if value.strip() == "off":
+        return None
+    return os.path.join(os.path.dirname(os.path.abspath(config)), value.strip())
+
+
+def read_pid(path: str) -> int:
+    """The live process the pid file names; clear errors for a missing, broken or stale file."""
+    try:
+        with open(path) as f:
+            text = f.read().strip()
+    except FileNotFoundError:
+        raise TlsgwError(f'pid file "{path}" does not exist: is tlsgw running?') from None
+    except OSError as exc:
+        raise TlsgwError(f'cannot read pid file "{path}" ({exc.strerror})') from None
+    if not text.isdigit() or int(text) <= 0:
+        raise TlsgwError(f'invalid pid "{text[:20]}" in "{path}"')
+    pid = int(text)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        raise TlsgwError(f'no such process {pid} (pid file "{path}" is stale: tlsgw is not '
+                         "running)") from None
+    except PermissionError:
+        pass  # it exists; the real kill says whether we may signal it
+    return pid
+
+
+def _cmd_control(args: argparse.Namespace) -> int:
+    sig, meaning = CONTROL[args.command]
+    path = _pid_path(args.config)
+    pid = read_pid(path)
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        raise TlsgwError(f"no such process {pid} (it exited meanwhile)") from None
+    except PermissionError:
+        raise TlsgwError(f"kill({pid}, {signal.Signals(sig).name}) failed: operation not "
+                         "permitted (run as the user tlsgw runs as)") from None
+    print(f"tlsgw: sent {signal.Signals(sig).name} to the master process {pid}: {meaning}")
+    return EXIT_OK
+
+
 def _cmd_gencert(args: argparse.Namespace) -> int:
     from tlsgw import gencert
 
@@ -130,6 +224,15 @@ def build_parser() -> argparse.ArgumentParser:
                    "file names; relative certificate names are resolved against FILE's "
                    "directory, as nginx -c FILE does")
     p.set_defaults(func=_cmd_convert)
+    for name, (sig, meaning) in CONTROL.items():
+        p = sub.add_parser(name, help=f"tell the running gateway to {meaning.split(' (')[0]} "
+                           f"({signal.Signals(sig).name})",
+                           description=f"Send {signal.Signals(sig).name} to the master process "
+                           "named by the pid file of FILE (its pid directive): "
+                           f"{meaning}. Also spelt tlsgw -s {name} -c FILE, as with nginx.")
+        p.add_argument("-c", "--config", required=True, metavar="FILE",
+                       help="the configuration the gateway runs with (for its pid file)")
+        p.set_defaults(func=_cmd_control)
 
     from tlsgw import gencert
 
@@ -155,9 +258,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _nginx_spelling(argv: list[str]) -> list[str]:
+    """``-s SIGNAL ...`` (nginx's) -> ``SIGNAL ...``."""
+    if argv[:1] == ["-s"] and len(argv) > 1:
+        return argv[1:]
+    if argv[:1] and argv[0].startswith("-s") and len(argv[0]) > 2 and not argv[0].startswith("--"):
+        return [argv[0][2:], *argv[1:]]
+    return argv
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_nginx_spelling(list(sys.argv[1:] if argv is None else argv)))
     try:
         return int(args.func(args) or 0)
     except ConfigErrors as exc:

@@ -320,6 +320,7 @@ class Loader:
             error_log=LogTarget(error_target, error_line),
             error_log_level=level,
             worker_shutdown_timeout=main["worker_shutdown_timeout"],
+            pid=main["pid"],
             log_formats=formats,
             upstreams=upstreams,
             servers=servers,

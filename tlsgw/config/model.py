@@ -214,6 +214,7 @@ class MainSettings(ServerSettings):
 
     worker_processes: int
     worker_shutdown_timeout: float
+    pid: str | None
     error_log: tuple[str, str]
 
 
@@ -258,5 +259,7 @@ class Config:
     groups: list[ListenGroup] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     main: MainSettings | None = None
+    pid: str | None = None
+    """The pid file's path (``pid``), or None."""
     source: SourceMap = field(default_factory=lambda: SourceMap(""))
     """Top-level directive → its line."""

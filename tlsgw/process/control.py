@@ -3,7 +3,8 @@
 The master keeps one end (non-blocking: a stuck worker never stalls it), the worker the other,
 and the worker's event loop watches its end. Two things travel on it:
 
-* commands, one byte each, from the master (:data:`REOPEN`: reopen every log file). Signals
+* commands, one byte each, from the master (:data:`REOPEN`: reopen every log file), and one
+  byte the other way, :data:`SERVING`, once the worker serves its listeners. Signals
   meant for the master are ignored by workers, so an operator's stray ``kill -USR1 <worker>``
   or a terminal's SIGHUP to the whole process group does nothing there;
 * the master's death: when the master exits in any way (even ``kill -9``) the kernel closes its
@@ -19,6 +20,9 @@ import socket
 
 REOPEN = b"r"
 COMMANDS = {REOPEN: "reopen logs"}
+#: from a worker to the master, once: it serves its listening sockets (systemd's READY=1 waits
+#: for every worker's)
+SERVING = b"s"
 
 
 def pair() -> tuple[socket.socket, socket.socket]:

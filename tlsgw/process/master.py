@@ -9,19 +9,25 @@ logged and ignored. The table, its handlers and the README's "Signals" section s
 * SIGTERM, SIGINT — graceful stop: workers stop accepting and drain (``worker_shutdown_timeout``).
 * SIGQUIT — immediate stop.
 * SIGUSR1 — reopen every log file, here and (through the control channel) in every worker.
-* SIGHUP — reload is not implemented yet; logged.
+* SIGHUP — reload is not implemented yet; logged. (The reload calls :meth:`Master.on_reload_started`
+  and :meth:`Master.on_reload_done` around each attempt: systemd's notify protocol.)
 * SIGCHLD — reap; a worker that exits while the master is running is logged and restarted.
 * SIGUSR2, SIGWINCH, SIGPIPE, SIGTTIN, SIGTTOU, SIGALRM, the real-time signals, ... —
   logged and ignored.
 
 Each worker gets one end of a socket pair (:mod:`tlsgw.process.control`): commands go down it, and
 the worker reads EOF when the master is gone however it died.
+
+With ``pid``, the master writes its pid file before binding and removes it at exit
+(:func:`write_pid_file`). Under systemd (``$NOTIFY_SOCKET``) it tells the manager
+(:mod:`tlsgw.process.notify`): READY=1 once every worker serves, STOPPING=1 when a stop starts.
 """
 
 from __future__ import annotations
 
 import os
 import resource
+import select
 import signal
 import socket
 import sys
@@ -29,10 +35,60 @@ import time
 
 from tlsgw import logs
 from tlsgw.config.model import ListenGroup
-from tlsgw.process import control, listeners, procctl
+from tlsgw.errors import StartupError
+from tlsgw.process import control, listeners, notify, procctl
 from tlsgw.runtime.generation import Generation
 
 RESPAWN_DELAY = 1.0  # seconds before restarting a worker that died within 1 s of its start
+SERVING_WAIT = 10.0  # seconds the master waits for its workers to serve before READY=1
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def write_pid_file(path: str) -> None:
+    """Write this process's pid to *path* atomically (a temporary file renamed into place);
+    refuse while a live process other than this one holds it, replace a stale one."""
+    try:
+        with open(path) as f:
+            text = f.read().strip()
+    except FileNotFoundError:
+        text = ""
+    except OSError as exc:
+        raise StartupError(f'open() "{path}" failed ({exc.errno}: {exc.strerror})') from None
+    if text.isdigit() and int(text) != os.getpid() and _pid_alive(int(text)):
+        raise StartupError(f'pid file "{path}" names process {text}, which is running: '
+                           "is tlsgw already running? (stop it, or remove the file if it is "
+                           "not tlsgw)")
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "w") as f:
+            f.write(f"{os.getpid()}\n")
+        os.replace(tmp, path)
+    except OSError as exc:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise StartupError(f'cannot write pid file "{path}" ({exc.errno}: {exc.strerror})') from None
+
+
+def remove_pid_file(path: str) -> None:
+    """Remove *path* if it still names this process (a successor may have replaced it)."""
+    try:
+        with open(path) as f:
+            if f.read().strip() != str(os.getpid()):
+                return
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 def raise_nofile_limit() -> int:
@@ -174,6 +230,7 @@ class Master:
             self.stopping = "graceful"
             self.stop_deadline = time.monotonic() + self.cfg.worker_shutdown_timeout + 5
             self.received(sig, sender, "shutting down gracefully")
+            notify.stopping("stopping: draining open sessions")
             self.close_listeners()
         self.signal_workers(signal.SIGTERM)
 
@@ -181,6 +238,7 @@ class Master:
         self.stopping = "immediate"
         self.stop_deadline = time.monotonic() + 5
         self.received(sig, sender, "exiting at once")
+        notify.stopping("stopping at once")
         self.close_listeners()
         self.signal_workers(signal.SIGQUIT)
 
@@ -193,6 +251,42 @@ class Master:
         self.received(sig, sender, "configuration reload is not supported yet; restart tlsgw "
                       "to apply changes", "warn")
 
+    # ---- reload hooks: the reload calls these around each attempt ------------------------------
+    def on_reload_started(self) -> None:
+        notify.reloading("reloading the configuration")
+
+    def on_reload_done(self, ok: bool, text: str) -> None:
+        """*text*: the outcome as the notice/warn line says it (a rejected reload too: systemd
+        has no "reload failed", so the status line carries it)."""
+        notify.ready(("reloaded: " if ok else "reload failed: ") + text)
+
+    def await_serving(self, timeout: float = SERVING_WAIT) -> int:
+        """Wait until every worker has said it serves (a :data:`control.SERVING` byte on its
+        channel) or exited, at most *timeout* seconds; how many serve."""
+        waiting = dict(self.controls)
+        serving = 0
+        deadline = time.monotonic() + timeout
+        while waiting:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            readable, _, _ = select.select(list(waiting.values()), [], [], left)
+            for channel in readable:
+                pid = next(p for p, c in waiting.items() if c is channel)
+                try:
+                    data = channel.recv(16)
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    data = b""
+                del waiting[pid]
+                serving += control.SERVING in data
+        return serving
+
+    def listening_status(self) -> str:
+        names = ", ".join(self.listeners.bound(g.listen).name for g in self.cfg.groups)
+        return f"listening on {names}; {len(self.pids)} workers"
+
     def child_exited(self, sig: int, sender: int) -> None:
         self.reap()
 
@@ -200,6 +294,15 @@ class Master:
         self.received(sig, sender, "ignored")
 
     def run(self) -> int:
+        if self.cfg.pid:
+            write_pid_file(self.cfg.pid)
+        try:
+            return self.serve()
+        finally:
+            if self.cfg.pid:
+                remove_pid_file(self.cfg.pid)
+
+    def serve(self) -> int:
         self.bind()
         nofile = raise_nofile_limit()
         names = ", ".join(g.listen.text + (" ssl" if g.ssl else "") for g in self.cfg.groups)
@@ -210,6 +313,12 @@ class Master:
                          f'(listen "{g.listen.text}")')
         for slot in range(len(self.slots)):
             self.spawn(slot)
+        if notify.enabled():
+            serving = self.await_serving()
+            if serving < len(self.slots):
+                self.log.log("warn", f"{len(self.slots) - serving} of {len(self.slots)} workers "
+                             "not serving yet; telling systemd we are ready anyway")
+            notify.ready(self.listening_status())
         while True:
             now = time.monotonic()
             for slot, when in list(self.respawn_at.items()):
@@ -242,4 +351,8 @@ def run_master(generation: Generation) -> int:
     # to sigtimedwait() — a lost SIGCHLD leaves a worker unreaped, a SIGUSR1 kills outright.
     signal.pthread_sigmask(signal.SIG_BLOCK, Master.SIGNALS)
     procctl.set_name("tlsgw: master")
-    return Master(generation).run()
+    notify.setup()
+    try:
+        return Master(generation).run()
+    finally:
+        notify.close()

@@ -135,6 +135,10 @@ class Worker:
         loop.set_exception_handler(self.loop_exception)
         if self.channel is not None:
             loop.add_reader(self.channel.fileno(), self.read_channel)
+            try:
+                self.channel.send(control.SERVING)
+            except OSError:
+                pass  # the master is gone: read_channel will see EOF
         memory = MemoryReturn(loop, self.context.sessions)
         memory.start()
         self.error_log.log("notice", f"worker process {self.pid} started")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from tlsgw.config import units
-from tlsgw.config.schema.base import Directive, Nginx
+from tlsgw.config.schema.base import Directive, Nginx, names_paths
 from tlsgw.config.units import UnitError
 
 #: NGX_MAX_PROCESSES: nginx's process table holds at most this many processes.
@@ -19,6 +19,15 @@ def _workers(v: str) -> int:
     if str(v).strip() == "auto":  # like nginx: the CPUs this process may run on
         return min(len(os.sched_getaffinity(0)) or 1, MAX_WORKERS)
     return units.parse_int(v, minimum=1, maximum=MAX_WORKERS)
+
+
+@names_paths
+def pid_file(v: str) -> str | None:
+    """``pid: PATH | off``; ``off`` (the default) writes none."""
+    v = str(v).strip()
+    if not v:
+        raise UnitError('invalid "pid": expected a file path or off')
+    return None if v == "off" else v
 
 
 def _bounded(name: str, parse, **bounds: int):
@@ -125,6 +134,16 @@ DIRECTIVES: list[Directive] = [
       differs="nginx has no default (waits for sessions forever) and uses SIGQUIT for graceful "
       "stop; tlsgw stops gracefully on SIGTERM/SIGINT within this time, and SIGQUIT is immediate.",
       nginx=Nginx("worker_shutdown_timeout", ("main",), "one")),
+    D("pid", ("main",), "pid: PATH | off", "off", pid_file,
+      "The master writes its process id to PATH at start-up (atomically: a temporary file "
+      "renamed into place) and removes it at exit; a relative PATH is relative to the "
+      "configuration file. The control commands (`tlsgw reopen|stop|quit -c FILE`, or "
+      "`tlsgw -s SIGNAL -c FILE`) find the master through it. tlsgw refuses to start while a "
+      "live process holds the file; a stale file (no such process) is replaced.",
+      "pid: /run/tlsgw/tlsgw.pid",
+      differs="nginx's default is `logs/nginx.pid` under its prefix; tlsgw writes none unless "
+      "told to (under systemd's `Type=notify` the manager knows the pid).",
+      nginx=Nginx("pid", ("main",), "one")),
     D("upstreams", ("main",), "upstreams: {NAME: {servers: [...], hash|least_conn|random: ...}}",
       None, None, "Named groups of backend servers that `proxy_pass` can name.",
       "upstreams:\n  backend:\n    hash: $remote_addr consistent\n    servers:\n"
