@@ -176,9 +176,11 @@ def test_unsupported_become_comments():
     assert cfg["servers"] == [{"listen": "127.0.0.1:9443"},
                               {"listen": "127.0.0.1:9501", "proxy_pass": "backend"}]
     warned = {re.match(r'"?([^" ]+)', w).group(1): w for w in result.warnings}
-    for name, line in [("user", 2), ("pid", 3), ("limit_conn_zone", 15), ("resolver", 16),
+    assert cfg["pid"] == "/tmp/tlsgw-convert-test.pid"  # supported since: converted, no warning
+    assert not any(w.startswith('"pid"') for w in result.warnings)
+    for name, line in [("user", 2), ("limit_conn_zone", 15), ("resolver", 16),
                        ("map", 18), ("zone", 24), ("ssl_preread", 34), ("limit_conn", 35),
-                       ("allow", 36), ("deny", 37), ("proxy_pass", 38), ("proxy_protocol", 44),
+                       ("allow", 36), ("deny", 37), ("proxy_pass", 38), ("proxy_requests", 44),
                        ("error_log", 45), ("listen", 42)]:
         assert warned[name].endswith(f" in {path}:{line}"), name
         assert f"# {name}: " in result.text and f"({path}:{line}):" in result.text
