@@ -138,7 +138,8 @@ def parse_target(text: str) -> Target:
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     elif ":" in host:
-        raise ValueError(f"put an IPv6 address in brackets: [{host}]:{port}")
+        bare = host.strip("[]")
+        raise ValueError(f"put an IPv6 address in brackets: [{bare}]:{port}")
     return Target(host, int(port))
 
 

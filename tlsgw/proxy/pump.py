@@ -327,6 +327,7 @@ class Session(asyncio.Protocol):
         self.connect_task = None
         if self.state is ENDED:  # the client went away while we were connecting
             transport.close()
+            picker.free(peer, failed=False)  # taken by the attempt, never used: not a failure
             return
         picker.connected(peer)
         if tls is not None:  # TLS 1.2 sessions are complete now; TLS 1.3 ones at the first data

@@ -254,8 +254,10 @@ def _route(gen: Generation, group: ListenGroup, errors: list[ConfigError]) -> No
     logs_sni = any(s.access_log is not None and "ssl_server_name" in s.access_log.template.variables
                    for s in group.servers)
     sends_sni = any(s.s.proxy_protocol == 2 for s in group.servers)  # PROXY v2's AUTHORITY
+    hashes_sni = any(s.upstream.key is not None and "ssl_server_name" in s.upstream.key.variables
+                     for s in group.servers)  # hash $ssl_server_name ...
     # a Python call per handshake only when needed
-    if len(group.servers) > 1 or logs_sni or sends_sni:
+    if len(group.servers) > 1 or logs_sni or sends_sni or hashes_sni:
         contexts = {i: rt.ssl_context for i, rt in route.by_index.items()}
         try:
             sni.install_sni(group, contexts, gen.pins)  # type: ignore[arg-type]
