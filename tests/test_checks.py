@@ -176,3 +176,31 @@ def test_a_repeated_listen_is_reported_at_its_entry(tmp_path):
         """)
     assert errors == ['FILE:6: duplicate listen "127.0.0.1:9000" (also at line 2); servers '
                       "sharing a listen address need distinct server_name values"]
+
+
+def test_listen_rules_refuse_what_serve_could_not_bind(tmp_path):
+    """A wildcard and a specific address on one port, and socket options a unix socket lacks,
+    pass no check (they used to pass check and fail serve's bind)."""
+    import subprocess
+    import sys
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        "servers:\n"
+        "  - listen: 0.0.0.0:39123\n    proxy_pass: 127.0.0.1:1\n"
+        "  - listen: 127.0.0.1:39123\n    proxy_pass: 127.0.0.1:1\n"
+        f'  - listen: "unix:{tmp_path}/x.sock reuseport"\n    proxy_pass: 127.0.0.1:1\n'
+        f'  - listen: "unix:{tmp_path}/y.sock so_keepalive=on"\n    proxy_pass: 127.0.0.1:1\n'
+        '  - listen: "127.0.0.2:39125"\n    proxy_pass: 127.0.0.1:1\n'
+        '  - listen: "[::]:39125 ipv6only=off"\n    proxy_pass: 127.0.0.1:1\n'
+        '  - listen: "127.0.0.3:39126"\n    proxy_pass: 127.0.0.1:1\n'
+        '  - listen: "[::]:39126"\n    proxy_pass: 127.0.0.1:1\n')
+    out = subprocess.run([sys.executable, "-m", "tlsgw", "check", "-c", str(cfg)],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 1
+    err = out.stderr
+    assert f'{cfg}:4: listen "127.0.0.1:39123" overlaps "0.0.0.0:39123" (line 2)' in err
+    assert f'{cfg}:6: the "reuseport" parameter does not apply to the unix socket' in err
+    assert f'{cfg}:8: the "so_keepalive" parameter does not apply to the unix socket' in err
+    assert f'{cfg}:10: listen "127.0.0.2:39125" overlaps "[::]:39125" (line 12)' in err
+    assert "39126" not in err  # [::] with ipv6only on (the default) leaves IPv4 alone

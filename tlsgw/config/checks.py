@@ -139,6 +139,49 @@ def listen_conflicts(servers: Sequence[ServerConfig]) -> list[Finding]:
     return out
 
 
+_WILDCARDS = {"0.0.0.0", "::"}
+
+
+def listen_sockets(servers: Sequence[ServerConfig]) -> list[Finding]:
+    """What would pass ``check`` and then fail to bind in ``serve``: a wildcard and a specific
+    address on one port (tlsgw binds every listen address on a socket of its own, and the
+    kernel refuses the second; nginx without ``bind`` opens only the wildcard and picks the
+    server by local address), and socket options a unix socket does not have."""
+    out = []
+    # port -> [(host, line, takes IPv4 connections, is an IPv6 address)]
+    ports: dict[int, list[tuple[str, int, bool, bool]]] = {}
+    for srv in servers:
+        for ls in srv.listens:
+            addr = ls.address
+            if addr.name.startswith("unix:"):
+                for name, on in (("reuseport", ls.reuseport), ("so_keepalive", ls.so_keepalive)):
+                    if on is not None and on is not False:
+                        out.append(Finding(ls.line, f'the "{name}" parameter does not apply to '
+                                           f'the unix socket "{ls.text}" of the "listen" '
+                                           "directive"))
+                continue
+            if addr.port == 0:
+                continue
+            ipv6 = ":" in addr.host
+            v4 = not ipv6 or (addr.host == "::" and not ls.ipv6only)
+            ports.setdefault(addr.port, []).append((addr.host, ls.line, v4, ipv6))
+    for port, entries in ports.items():
+        for host, line, v4, family in entries:
+            if host in _WILDCARDS:
+                continue
+            for other, oline, ov4, ofamily in entries:
+                if other in _WILDCARDS and (ofamily == family or (v4 and ov4)):
+                    wild = f"[{other}]:{port}" if ":" in other else f"{other}:{port}"
+                    mine = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+                    out.append(Finding(line, f'listen "{mine}" overlaps "{wild}" (line '
+                                       f"{oline}): tlsgw binds every listen address on a socket "
+                                       "of its own, and a port the wildcard holds cannot be "
+                                       "bound again; listen on the wildcard or on specific "
+                                       "addresses, not both"))
+                    break
+    return out
+
+
 def groups(groups: Iterable[ListenGroup]) -> list[Finding]:
     out = []
     for g in groups:

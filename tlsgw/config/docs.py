@@ -149,6 +149,10 @@ def generate() -> str:
 
 
 _GENERAL_DIFFERENCES = [
+    "* **A wildcard and a specific address on one port** (`0.0.0.0:9000` in one server, "
+    "`127.0.0.1:9000` in another): nginx opens only the wildcard socket (unless `bind` is given) "
+    "and picks the server by the connection's local address; tlsgw binds every listen address "
+    "on a socket of its own, so `check` refuses the combination at the specific address's line.",
     "* **Signals**: SIGTERM/SIGINT stop gracefully and SIGQUIT stops at once (nginx: QUIT is "
     "graceful, TERM/INT fast). SIGUSR1 reopens the log files, as in nginx. SIGHUP (reload) is "
     "not implemented yet and is logged and ignored, as are SIGUSR2 (nginx: binary upgrade) and "

@@ -332,6 +332,7 @@ class Loader:
 
     def groups(self, servers: list[ServerConfig]) -> list[ListenGroup]:
         self.report(checks.listen_conflicts(servers))
+        self.report(checks.listen_sockets(servers))
         by: dict[str, tuple[Listen, list[ServerConfig]]] = {}
         for srv in servers:
             for ls in srv.listens:
