@@ -289,6 +289,9 @@ class Peer:
         self.current_weight = 0
         self.effective_weight = config.weight
 
+    #: passes its active health check (always, without one; see :class:`CheckedPeer`)
+    healthy = True
+
     def usable(self, now: int) -> bool:
         """Not ``down``, not failed (inside its fail window) and not at ``max_conns``."""
         if self.down:
@@ -325,7 +328,7 @@ class CheckedPeer(Peer):
     def usable(self, now: int) -> bool:
         return bool(self.health[self.slot]) and Peer.usable(self, now)
 
-    @property
+    @property  # type: ignore[override]
     def healthy(self) -> bool:
         return bool(self.health[self.slot])
 
@@ -541,7 +544,7 @@ class Picker:
             if lst.single:
                 peer = lst.peers[0]
                 if (not peer.down and not (peer.max_conns and peer.conns >= peer.max_conns)
-                        and (type(peer) is Peer or peer.healthy)):  # type: ignore[attr-defined]
+                        and peer.healthy):
                     # nginx neither marks it tried nor restamps ``checked`` here.
                     peer.conns += 1
                     self._current = peer

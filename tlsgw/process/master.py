@@ -33,6 +33,7 @@ from tlsgw.process import control, listeners, procctl
 from tlsgw.runtime.generation import Generation
 
 RESPAWN_DELAY = 1.0  # seconds before restarting a worker that died within 1 s of its start
+HELPER = -1  # the slot of the health-check helper (tlsgw.health.helper), when there is one
 
 
 def raise_nofile_limit() -> int:
@@ -98,9 +99,14 @@ class Master:
                 mine.close()  # hold no master end, or EOF would never come
                 for other in self.controls.values():
                     other.close()
-                from tlsgw.process.worker import run_worker
+                if slot == HELPER:
+                    from tlsgw.health.helper import run_helper
 
-                code = run_worker(self.generation, self.slots[slot], slot, theirs, self.pid)
+                    code = run_helper(self.generation, theirs, self.pid)
+                else:
+                    from tlsgw.process.worker import run_worker
+
+                    code = run_worker(self.generation, self.slots[slot], slot, theirs, self.pid)
             except BaseException as exc:  # report, never unwind into the master's code
                 try:
                     log = logs.current()
@@ -118,7 +124,11 @@ class Master:
         self.controls[pid] = mine
         self.pids[pid] = slot
         self.started[slot] = time.monotonic()
-        self.log.log("notice", f"start worker process {pid}")
+        self.log.log("notice", f"start {self.what(slot)} {pid}")
+
+    @staticmethod
+    def what(slot: int) -> str:
+        return "health check helper process" if slot == HELPER else "worker process"
 
     def reap(self) -> None:
         while True:
@@ -141,7 +151,7 @@ class Master:
                 why, level = f"exited with code {code}", "alert" if code else "notice"
             if self.stopping:
                 level = "notice"
-            self.log.log(level, f"worker process {pid} {why}")
+            self.log.log(level, f"{self.what(slot)} {pid} {why}")
             if not self.stopping:
                 quick = time.monotonic() - self.started.get(slot, 0) < 1.0
                 self.respawn_at[slot] = time.monotonic() + (RESPAWN_DELAY if quick else 0.0)
@@ -210,6 +220,8 @@ class Master:
                          f'(listen "{g.listen.text}")')
         for slot in range(len(self.slots)):
             self.spawn(slot)
+        if self.generation.health_targets:  # probes once per server, beside the workers
+            self.spawn(HELPER)
         while True:
             now = time.monotonic()
             for slot, when in list(self.respawn_at.items()):
