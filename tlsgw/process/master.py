@@ -10,7 +10,9 @@ logged and ignored. The table, its handlers and the README's "Signals" section s
 * SIGQUIT — immediate stop.
 * SIGUSR1 — reopen every log file, here and (through the control channel) in every worker.
 * SIGHUP — reload is not implemented yet; logged.
-* SIGCHLD — reap; a worker that exits while the master is running is logged and restarted.
+* SIGCHLD — reap; a worker that exits while the master is running is logged and restarted,
+  and so is the health check helper (:mod:`tlsgw.health.helper`, forked beside the workers
+  when a server has ``health_check``).
 * SIGUSR2, SIGWINCH, SIGPIPE, SIGTTIN, SIGTTOU, SIGALRM, the real-time signals, ... —
   logged and ignored.
 
