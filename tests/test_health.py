@@ -6,6 +6,7 @@ count), never a fixed sleep.
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 from pathlib import Path
@@ -20,6 +21,16 @@ def _who(port: int) -> str:
     with connect(port, timeout=5) as s:
         s.sendall(b"PING\r\n")
         return s.recv(100).decode().splitlines()[0]
+
+
+def _listens(link: str, port: int) -> bool:
+    """Whether the socket ``socket:[INODE]`` is the gateway's listener on *port*."""
+    inode = link[len("socket:["):-1]
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        f = line.split()
+        if f[9] == inode and f[3] == "0A" and int(f[1].split(":")[1], 16) == port:
+            return True
+    return False
 
 
 def _config(servers: list[str], hc: str, extra: str = "", workers: int = 2,
@@ -42,7 +53,16 @@ def test_hung_server_is_taken_out_and_returns_after_passes(backends, gateway):
     assert "start health check helper process" in gw.stderr()
     assert {_who(port) for _ in range(6)} == {"PONG a", "PONG b"}
 
-    b.mode = "stall"  # accepts, never answers
+    # an open session to b, to be left alone
+    old = connect(port, timeout=5)
+    for _ in range(4):
+        if old.recv(100).startswith(b"PONG b"):
+            break
+        old.close()
+        old = connect(port, timeout=5)
+    else:
+        raise AssertionError("no session reached b")
+    b.mode = "stall"  # accepts, never answers (new connections only)
     gw.wait_log(f'upstream server {b.address} of "chat" is down (timed out reading the '
                 f"response; 1 up, 1 down)")
     line = next(x for x in gw.stderr().splitlines() if "is down" in x)
@@ -50,6 +70,18 @@ def test_hung_server_is_taken_out_and_returns_after_passes(backends, gateway):
     assert [_who(port) for _ in range(10)] == ["PONG a"] * 10  # both workers skip it
     # one prober, not one per worker: a single transition line
     assert gw.stderr().count(f'{b.address} of "chat" is down') == 1
+    received = b.received  # the open session to b still carries bytes to it
+    old.sendall(b"still here")
+    wait_until(lambda: b.received >= received + 10, what="the open session's bytes at b")
+    old.close()
+    helper = int(re.findall(r"start health check helper process (\d+)", gw.stderr())[0])
+
+    def holds_listener(pid: int) -> bool:
+        links = [os.readlink(f) for f in Path(f"/proc/{pid}/fd").iterdir()]
+        return any(x.startswith("socket:") and _listens(x, port) for x in links)
+
+    assert not holds_listener(helper)  # it accepts nothing, so it keeps no port open
+    assert all(holds_listener(pid) for pid in gw.worker_pids() if pid != helper)
 
     b.mode = "identify"
     gw.wait_log(f'upstream server {b.address} of "chat" is up (the response matched; '

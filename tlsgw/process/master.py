@@ -104,6 +104,9 @@ class Master:
                 if slot == HELPER:
                     from tlsgw.health.helper import run_helper
 
+                    for sock in self.listeners.sockets.values():  # it accepts nothing: hold no
+                        sock.close()  # port open (not listeners.close: no unix file removed)
+
                     code = run_helper(self.generation, theirs, self.pid)
                 else:
                     from tlsgw.process.worker import run_worker
