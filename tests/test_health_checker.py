@@ -132,3 +132,22 @@ def test_health_and_max_fails_both_apply():
 def test_upstream_without_health_has_plain_peers():
     u = Upstream("u", [PeerConfig(server="a:1", name="a:1")], Method("round_robin"))
     assert type(u.peers[0]).__name__ == "Peer"
+
+
+def test_checked_peer_is_usable_exactly_as_a_peer_while_healthy():
+    import itertools
+
+    from tlsgw.balancer import Peer
+
+    zone = bytearray(b"\x01")
+    for down, fails, checked, conns in itertools.product(
+            (False, True), (0, 1, 3), (990, 1000), (0, 2)):
+        cfg = PeerConfig(server="a:1", name="a:1", max_fails=2, fail_timeout=5, max_conns=2,
+                         down=down)
+        plain, checked_peer = Peer(cfg, 0), CheckedPeer(cfg, 0, zone, 0)
+        for p in (plain, checked_peer):
+            p.fails, p.checked, p.conns = fails, checked, conns
+        zone[0] = 1
+        assert checked_peer.usable(1000) == plain.usable(1000)
+        zone[0] = 0
+        assert not checked_peer.usable(1000)
