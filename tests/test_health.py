@@ -164,3 +164,13 @@ def test_check_rejects_unknown_match_and_udp(tmp_path):
     assert r.returncode == 1
     assert f'{f}:7: match "nope" not found in "health_check"' in r.stderr
     assert f'{f}:10: the "udp" parameter is not supported yet' in r.stderr
+
+
+def test_unix_socket_server_is_checked_too(backends, gateway, tmp_path):
+    a = backends("identify", name="PONG a")
+    u = backends("stall", unix=str(tmp_path / "u.sock"))
+    gw = gateway(_config([a.address, u.address], "interval=200ms match=pong", workers=1),
+                 workers=1)
+    gw.wait_log(f'upstream server {u.address} of "chat" is down (timed out reading the '
+                "response; 1 up, 1 down)")
+    assert {_who(gw.port()) for _ in range(4)} == {"PONG a"}
