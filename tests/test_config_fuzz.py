@@ -302,7 +302,9 @@ def test_every_directive_is_reached(lab):
                "proxy_ssl_certificate": "../certs/client.pem",
                "proxy_ssl_certificate_key": "../certs/client.key", "proxy_ssl_password_file":
                "../certs/ca.pem", "ssl_session_ticket_key": None, "hash": "$remote_addr",
-               "least_conn": "on", "random": "two", "ssl_alpn": "h2", "proxy_ssl_name": "x"}
+               "least_conn": "on", "random": "two", "ssl_alpn": "h2", "proxy_ssl_name": "x",
+               "match": "{m: {send: PING, expect: '~ ^PONG'}}",
+               "health_check": "interval=1s fails=2"}
     for d in _DIRECTIVES:
         if d.name in ("listen", "proxy_pass"):
             continue  # every server of the base configuration has them

@@ -20,12 +20,12 @@ LEAVES = ("tlsgw.proxy.flow", "tlsgw.proxy.messages", "tlsgw.proxy.record",
 # of no layer (certs, gencert, lab, probe, remap: tools beside the gateway) are not checked.
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("cli", ("tlsgw.cli", "tlsgw.__main__")),
-    ("process", ("tlsgw.process",)),
-    ("data path", ("tlsgw.proxy", "tlsgw.tls.transport")),
+    ("process", ("tlsgw.process", "tlsgw.health.helper")),
+    ("data path", ("tlsgw.proxy", "tlsgw.tls.transport", "tlsgw.health")),
     ("runtime", ("tlsgw.runtime",)),
     ("tls", ("tlsgw.tls", "tlsgw.logs")),
     ("config", ("tlsgw.config",)),
-    ("pure", ("tlsgw.balancer", "tlsgw.variables", "tlsgw.errors")),
+    ("pure", ("tlsgw.balancer", "tlsgw.variables", "tlsgw.errors", "tlsgw.health.checker")),
 )
 
 

@@ -106,6 +106,7 @@ import time
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 __all__ = [
     "KETAMA_POINTS_PER_WEIGHT",
@@ -288,6 +289,9 @@ class Peer:
         self.current_weight = 0
         self.effective_weight = config.weight
 
+    #: passes its active health check (always, without one; see :class:`CheckedPeer`)
+    healthy = True
+
     def usable(self, now: int) -> bool:
         """Not ``down``, not failed (inside its fail window) and not at ``max_conns``."""
         if self.down:
@@ -302,9 +306,40 @@ class Peer:
 
     def __repr__(self) -> str:
         return (
-            f"<Peer {self.name} w={self.weight} eff={self.effective_weight} "
+            f"<{type(self).__name__} {self.name} w={self.weight} eff={self.effective_weight} "
             f"cur={self.current_weight} conns={self.conns} fails={self.fails}>"
         )
+
+
+class CheckedPeer(Peer):
+    """A peer under an active health check: usable only while its byte in ``health`` (the
+    shared zone the health-check helper writes) is non-zero, and as :class:`Peer` says.
+
+    Only peers of upstreams with ``health_check`` are of this class, so a plain peer's
+    :meth:`usable` costs what it always did; this one reads one byte more."""
+
+    __slots__ = ("health", "slot")
+
+    def __init__(self, config: PeerConfig, index: int, health: Any, slot: int):
+        super().__init__(config, index)
+        self.health = health
+        self.slot = slot
+
+    def usable(self, now: int) -> bool:
+        # Peer.usable's body after the byte, inlined: one read more, no call more
+        if self.down or not self.health[self.slot]:
+            return False
+        if (
+            self.max_fails
+            and self.fails >= self.max_fails
+            and now - self.checked <= self.fail_timeout
+        ):
+            return False
+        return not (self.max_conns and self.conns >= self.max_conns)
+
+    @property  # type: ignore[override]
+    def healthy(self) -> bool:
+        return bool(self.health[self.slot])
 
 
 def _default_rng() -> Callable[[], int]:
@@ -342,12 +377,15 @@ class Upstream:
         method: Method,
         clock: Callable[[], float] = time.monotonic,
         rng: Callable[[], int] | None = None,
+        health: tuple[Any, dict[str, int]] | None = None,
     ):
         """Build the peer lists (and the ketama ring once, for ``hash_consistent``).
 
         Args:
             clock: seconds; only whole seconds are used, as nginx does.
             rng: returns a non-negative int per draw for ``random``; tests inject a seeded one.
+            health: ``(buffer, {peer name: slot})`` for an upstream under ``health_check``:
+                those peers are :class:`CheckedPeer`, down while their byte is 0.
 
         Raises:
             ValueError: the group is invalid (see :func:`validate`).
@@ -363,10 +401,16 @@ class Upstream:
         self._rng = rng
         primary = [p for p in peers if not p.backup]
         backup = [p for p in peers if p.backup]
-        self.primary = _PeerList([Peer(c, i) for i, c in enumerate(primary)])
+
+        def make(c: PeerConfig, i: int) -> Peer:
+            if health is not None and c.name in health[1]:
+                return CheckedPeer(c, i, health[0], health[1][c.name])
+            return Peer(c, i)
+
+        self.primary = _PeerList([make(c, i) for i, c in enumerate(primary)])
         self.backup: _PeerList | None = None
         if backup:
-            self.backup = _PeerList([Peer(c, i) for i, c in enumerate(backup)])
+            self.backup = _PeerList([make(c, i) for i, c in enumerate(backup)])
             self.primary.single = False
             self.primary.next = self.backup
         self.tries = self.primary.tries + (self.backup.tries if self.backup else 0)
@@ -508,7 +552,8 @@ class Picker:
             lst = self._list
             if lst.single:
                 peer = lst.peers[0]
-                if not peer.down and not (peer.max_conns and peer.conns >= peer.max_conns):
+                if (not peer.down and not (peer.max_conns and peer.conns >= peer.max_conns)
+                        and peer.healthy):
                     # nginx neither marks it tried nor restamps ``checked`` here.
                     peer.conns += 1
                     self._current = peer

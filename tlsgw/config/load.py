@@ -34,7 +34,8 @@ from tlsgw.config.model import (
     UpstreamConfig,
     UpstreamServer,
 )
-from tlsgw.config.schema import nginx
+from tlsgw.config.schema import health, nginx
+from tlsgw.config.schema.health import Match
 from tlsgw.config.units import UnitError
 from tlsgw.errors import ConfigError, ConfigErrors
 from tlsgw.variables import Template, TemplateError
@@ -301,12 +302,18 @@ class Loader:
         self.secret_modes(main, nodes)
 
         formats = self.log_formats(nodes.get("log_format"))
+        matches = self.matches(nodes.get("match"))
         upstreams = self.upstreams(nodes.get("upstreams"))
         servers: list[ServerConfig] = []
         if "servers" not in nodes:
             self.error(None, 'no "servers" defined: nothing to listen on')
         else:
             servers = self.servers(nodes["servers"], main, nodes, formats, upstreams)
+        for srv in servers:
+            hc = srv.health_check
+            if hc is not None and hc.match is not None and hc.match not in matches:
+                self.error(_Line(srv.source.get("health_check") or srv.line),
+                           f'match "{hc.match}" not found in "health_check"')
         groups = self.groups(servers)
         error_target, level = main["error_log"]
         error_line = nodes["error_log"].start_mark.line + 1 if "error_log" in nodes else 0
@@ -326,6 +333,7 @@ class Loader:
             servers=servers,
             groups=groups,
             warnings=self.warnings,
+            matches=matches,
             main=MainSettings(**main),
             source=self.lines(nodes),
         )
@@ -379,6 +387,34 @@ class Loader:
                     out[name] = Template(text, escape)
                 except TemplateError as exc:
                     self.error(vnode, f'{exc} in log_format "{name}"')
+        except _Stop:
+            pass
+        return out
+
+    # ---- match --------------------------------------------------------------------------------
+    def matches(self, node: Node | None) -> dict[str, Match]:
+        out: dict[str, Match] = {}
+        if node is None:
+            return out
+        try:
+            for name, _knode, vnode in self.items(node, "free", '"match"'):
+                kw: dict[str, Any] = {}
+                try:
+                    for key, kn, vn in self.items(vnode, "free", f'match "{name}"'):
+                        text = self.scalar(vn, key)
+                        if key == "send":
+                            kw["send"] = text.encode()
+                        elif key == "expect":
+                            try:
+                                kw["expect"], kw["regex"] = health.expect(text)
+                            except UnitError as exc:
+                                self.error(vn, f'{exc} in match "{name}"')
+                        else:
+                            self.error(kn, f'unknown key "{key}" in match "{name}" (send or '
+                                           "expect)")
+                except _Stop:
+                    continue
+                out[name] = Match(name, line=vnode.start_mark.line + 1, **kw)
         except _Stop:
             pass
         return out
@@ -556,7 +592,7 @@ class Loader:
         srv = ServerConfig(index=index, listens=tuple(listens), proxy_pass=values["proxy_pass"],
                            upstream=upstream, access_log=access, s=s,
                            line=node.start_mark.line + 1, server_names=tuple(names),
-                           source=source)
+                           health_check=values.get("health_check"), source=source)
         self.report(checks.server(srv, self.lines(self.main_nodes)))
         self.tls(srv, nodes, node)
         return srv

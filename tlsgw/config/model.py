@@ -14,6 +14,7 @@ from types import MappingProxyType
 from tlsgw.balancer import Method, PeerConfig
 from tlsgw.config.addresses import Address
 from tlsgw.config.schema import SessionCacheSpec, TrustedSource
+from tlsgw.config.schema.health import HealthCheck, Match
 from tlsgw.variables import Template
 
 
@@ -207,6 +208,7 @@ class ServerSettings:
     proxy_ssl_certificate_key: str | None
     proxy_ssl_password_file: str | None
     proxy_ssl_session_reuse: bool
+    health_check_timeout: float
 
 @dataclass(frozen=True, slots=True)
 class MainSettings(ServerSettings):
@@ -230,6 +232,7 @@ class ServerConfig:
     s: ServerSettings
     line: int = 0
     server_names: tuple[str, ...] = ()
+    health_check: HealthCheck | None = None
     source: SourceMap = field(default_factory=lambda: SourceMap(""))
     """Directive → the line that set it (the server's own, or the top level's it inherits)."""
 
@@ -263,3 +266,5 @@ class Config:
     """The pid file's path (``pid``), or None."""
     source: SourceMap = field(default_factory=lambda: SourceMap(""))
     """Top-level directive → its line."""
+    matches: dict[str, Match] = field(default_factory=dict)
+    """``match`` entries by name (for ``health_check match=NAME``)."""

@@ -11,7 +11,9 @@ logged and ignored. The table, its handlers and the README's "Signals" section s
 * SIGUSR1 — reopen every log file, here and (through the control channel) in every worker.
 * SIGHUP — reload is not implemented yet; logged. (The reload calls :meth:`Master.on_reload_started`
   and :meth:`Master.on_reload_done` around each attempt: systemd's notify protocol.)
-* SIGCHLD — reap; a worker that exits while the master is running is logged and restarted.
+* SIGCHLD — reap; a worker that exits while the master is running is logged and restarted,
+  and so is the health check helper (:mod:`tlsgw.health.helper`, forked beside the workers
+  when a server has ``health_check``).
 * SIGUSR2, SIGWINCH, SIGPIPE, SIGTTIN, SIGTTOU, SIGALRM, the real-time signals, ... —
   logged and ignored.
 
@@ -40,6 +42,7 @@ from tlsgw.process import control, listeners, notify, procctl
 from tlsgw.runtime.generation import Generation
 
 RESPAWN_DELAY = 1.0  # seconds before restarting a worker that died within 1 s of its start
+HELPER = -1  # the slot of the health-check helper (tlsgw.health.helper), when there is one
 SERVING_WAIT = 10.0  # seconds the master waits for its workers to serve before READY=1
 
 
@@ -154,9 +157,17 @@ class Master:
                 mine.close()  # hold no master end, or EOF would never come
                 for other in self.controls.values():
                     other.close()
-                from tlsgw.process.worker import run_worker
+                if slot == HELPER:
+                    from tlsgw.health.helper import run_helper
 
-                code = run_worker(self.generation, self.slots[slot], slot, theirs, self.pid)
+                    for sock in self.listeners.sockets.values():  # it accepts nothing: hold no
+                        sock.close()  # port open (not listeners.close: no unix file removed)
+
+                    code = run_helper(self.generation, theirs, self.pid)
+                else:
+                    from tlsgw.process.worker import run_worker
+
+                    code = run_worker(self.generation, self.slots[slot], slot, theirs, self.pid)
             except BaseException as exc:  # report, never unwind into the master's code
                 try:
                     log = logs.current()
@@ -174,7 +185,11 @@ class Master:
         self.controls[pid] = mine
         self.pids[pid] = slot
         self.started[slot] = time.monotonic()
-        self.log.log("notice", f"start worker process {pid}")
+        self.log.log("notice", f"start {self.what(slot)} {pid}")
+
+    @staticmethod
+    def what(slot: int) -> str:
+        return "health check helper process" if slot == HELPER else "worker process"
 
     def reap(self) -> None:
         while True:
@@ -197,7 +212,7 @@ class Master:
                 why, level = f"exited with code {code}", "alert" if code else "notice"
             if self.stopping:
                 level = "notice"
-            self.log.log(level, f"worker process {pid} {why}")
+            self.log.log(level, f"{self.what(slot)} {pid} {why}")
             if not self.stopping:
                 quick = time.monotonic() - self.started.get(slot, 0) < 1.0
                 self.respawn_at[slot] = time.monotonic() + (RESPAWN_DELAY if quick else 0.0)
@@ -319,6 +334,8 @@ class Master:
                 self.log.log("warn", f"{len(self.slots) - serving} of {len(self.slots)} workers "
                              "not serving yet; telling systemd we are ready anyway")
             notify.ready(self.listening_status())
+        if self.generation.health_targets:  # probes once per server, beside the workers
+            self.spawn(HELPER)
         while True:
             now = time.monotonic()
             for slot, when in list(self.respawn_at.items()):

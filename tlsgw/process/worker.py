@@ -87,7 +87,7 @@ class Worker:
         #: balancer state (conns, fails) by upstream name: per worker, bound to the runtimes of
         #: each generation the worker adopts
         self.upstreams: dict[str, Upstream] = {}
-        self.layouts: dict[str, tuple[Any, Any]] = {}
+        self.layouts: dict[str, tuple[Any, Any, Any]] = {}
         self.accepts: dict[str, _Accept] = {}
         self.generation = generation
         self.adopt(generation)
@@ -102,10 +102,11 @@ class Worker:
         listener's factory at its routes. Open sessions keep the runtimes they started with."""
         for srv in generation.cfg.servers:
             u = srv.upstream
-            layout = (u.method, u.peer_configs())
+            health = generation.health(u.name)
+            layout = (u.method, u.peer_configs(), health)
             if self.layouts.get(u.name) != layout:  # new or changed (carrying the state of
                 # its unchanged peers over, by (upstream, peer) name, is the reload's to add)
-                self.upstreams[u.name] = Upstream(u.name, layout[1], u.method)
+                self.upstreams[u.name] = Upstream(u.name, layout[1], u.method, health=health)
                 self.layouts[u.name] = layout
         for srv in generation.cfg.servers:
             generation.runtimes[srv.index].bind(self, self.upstreams[srv.upstream.name])

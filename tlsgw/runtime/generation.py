@@ -47,6 +47,19 @@ class Route:
         self.handshake_timeout = self.default.handshake_timeout
 
 
+class HealthTarget:
+    """One server to probe: an address of an upstream under ``health_check``, its slot in the
+    health zone and what its probe does (the checking server's timeout, match and upstream
+    TLS). Named by ``(upstream, peer)`` across generations."""
+
+    __slots__ = ("upstream", "peer", "address", "check", "timeout", "match", "tls", "slot")
+
+    def __init__(self, upstream: str, peer: str, address: Any, check: Any, timeout: float,
+                 match: Any, tls: UpstreamTLS | None, slot: int):
+        self.upstream, self.peer, self.address, self.check = upstream, peer, address, check
+        self.timeout, self.match, self.tls, self.slot = timeout, match, tls, slot
+
+
 class Generation:
     """What one configuration built; see the module docstring for what it owns."""
 
@@ -62,8 +75,21 @@ class Generation:
         self.routes: dict[str, Route] = {}
         self.resumption: resumption.SessionRuntime | None = None
         self.zone_keys: list[zones_.ZoneKey] = []
+        #: active health checks: what the helper probes, and each checked upstream's
+        #: ``{peer name: slot}`` in :attr:`health_zone` (made only when allocating)
+        self.health_targets: list[HealthTarget] = []
+        self.health_slots: dict[str, dict[str, int]] = {}
+        self.health_zone: zones_.HealthZone | None = None
         self._sni_contexts: list[ssl.SSLContext] = []
         self.released = False
+
+    def health(self, upstream: str) -> tuple[Any, dict[str, int]] | None:
+        """What a worker's ``balancer.Upstream`` reads of the health zone: ``(buffer,
+        {peer name: slot})``, or None for an upstream without ``health_check``."""
+        slots = self.health_slots.get(upstream)
+        if slots is None or self.health_zone is None:
+            return None
+        return self.health_zone.buf, slots
 
     @staticmethod
     def route_key(group: ListenGroup) -> str:
@@ -91,6 +117,8 @@ class Generation:
         for key in self.zone_keys:
             self.zones.release(key)
         self.zone_keys.clear()
+        self.health_zone = None
+        self.health_targets.clear()
         self.pins.clear()
         self.routes.clear()
         self.runtimes.clear()
@@ -123,6 +151,7 @@ def build(cfg: Config, allocate: bool = True, number: int = 0,
                                                         proxy_tls.get(srv.index))
             for group in cfg.groups:
                 _route(gen, group, errors)
+            _health(gen, allocate)
     except BaseException:
         gen.release()
         raise
@@ -266,3 +295,26 @@ def _route(gen: Generation, group: ListenGroup, errors: list[ConfigError]) -> No
                                       gen.cfg.file, group.listen.line))
             return
         gen._sni_contexts.append(route.ssl_context)  # type: ignore[arg-type]
+
+
+def _health(gen: Generation, allocate: bool) -> None:
+    """The health plan: one target per address of every upstream a server checks (the first
+    checking server's settings), a slot each, and the zone (when allocating)."""
+    for srv in gen.cfg.servers:
+        hc = srv.health_check
+        u = srv.upstream
+        if hc is None or u.name in gen.health_slots:
+            continue
+        match = gen.cfg.matches.get(hc.match) if hc.match else None
+        slots = gen.health_slots[u.name] = {}
+        for pc in u.peer_configs():
+            if pc.down or pc.name in slots:
+                continue
+            slots[pc.name] = len(gen.health_targets)
+            gen.health_targets.append(HealthTarget(
+                u.name, pc.name, pc.address, hc, srv.s.health_check_timeout, match,
+                gen.runtimes[srv.index].proxy_tls, slots[pc.name]))
+    if allocate and gen.health_targets:
+        size = len(gen.health_targets)
+        gen.health_zone = gen.zones.acquire(zones_.HEALTH, "health", size, zones_.HealthZone)
+        gen.zone_keys.append((zones_.HEALTH, "health", size))

@@ -9,12 +9,16 @@ when the last generation holding it is released.
 
 from __future__ import annotations
 
+import mmap
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 #: the kind of the TLS session cache's zones
 TLS_SESSION_CACHE = "tls_session_cache"
+#: the kind of the health-check zone: one byte per checked (upstream, peer) slot, 1 up, 0 down,
+#: written by the health-check helper, read by the workers
+HEALTH = "health"
 
 ZoneKey = tuple[str, str, int]
 
@@ -62,6 +66,17 @@ class ZoneRegistry:
 
     def __contains__(self, key: object) -> bool:
         return key in self._zones
+
+
+class HealthZone:
+    """Anonymous shared memory of one byte per slot, every server up to begin with."""
+
+    def __init__(self, name: str, size: int):
+        self.buf = mmap.mmap(-1, max(size, 1))
+        self.buf.write(b"\x01" * max(size, 1))
+
+    def close(self) -> None:
+        self.buf.close()
 
 
 #: the process's registry (the master's; workers inherit the mappings by fork)

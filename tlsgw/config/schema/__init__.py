@@ -18,7 +18,7 @@ it holds what to say about nginx's directives that have no entry here.
 
 from __future__ import annotations
 
-from tlsgw.config.schema import core, logging, nginx, proxy, proxy_protocol, tls, upstream
+from tlsgw.config.schema import core, health, logging, nginx, proxy, proxy_protocol, tls, upstream
 from tlsgw.config.schema.base import ARITIES, NGINX_CONTEXTS, NO_NGINX, Directive, Nginx
 from tlsgw.config.schema.core import (
     LISTEN_PARAMS,
@@ -56,7 +56,7 @@ __all__ = [
 ]
 
 #: The feature modules, in the order of the reference; each has a ``DIRECTIVES`` list.
-FEATURES = (core, logging, proxy, proxy_protocol, tls, upstream)
+FEATURES = (core, logging, proxy, proxy_protocol, tls, upstream, health)
 
 DIRECTIVES: list[Directive] = [d for feature in FEATURES for d in feature.DIRECTIVES]
 

@@ -26,9 +26,10 @@ NGINX_CONTEXTS = ("main", "stream", "server", "upstream", "upstream server param
 #: "none": NGX_CONF_NOARGS; "one": TAKE1; "one or two": TAKE12; "two or more": 2MORE;
 #: "one or more": 1MORE; "flag": NGX_CONF_FLAG (on | off); "block": NGX_CONF_BLOCK without
 #: arguments; "block with one": NGX_CONF_BLOCK|TAKE1; "none, one or two": NOARGS|TAKE12;
+#: "any": NGX_CONF_ANY (nginx Plus's ``health_check [PARAMETERS]``);
 #: for parameters, "value" (``name=value``) and "none" (a bare word).
 ARITIES = ("none", "one", "one or two", "two or more", "one or more", "flag", "block",
-           "block with one", "none, one or two", "value")
+           "block with one", "none, one or two", "any", "value")
 
 
 @dataclass(frozen=True, slots=True)

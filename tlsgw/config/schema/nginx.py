@@ -42,10 +42,9 @@ ANSWERS: dict[str, str] = {
 
 #: nginx stream directives tlsgw does not have yet (they may come)
 NOT_YET = frozenset({
-    "allow", "deny", "geo", "geoip_city", "geoip_country", "geoip_org", "health_check",
-    "health_check_timeout", "js_access", "js_filter", "js_import", "js_path", "js_preread",
+    "allow", "deny", "geo", "geoip_city", "geoip_country", "geoip_org", "js_access", "js_filter", "js_import", "js_path", "js_preread",
     "js_set", "js_var", "limit_conn", "limit_conn_dry_run", "limit_conn_log_level",
-    "limit_conn_zone", "map", "map_hash_bucket_size", "map_hash_max_size", "match",
+    "limit_conn_zone", "map", "map_hash_bucket_size", "map_hash_max_size",
     "open_log_file_cache", "pass", "preread_buffer_size", "preread_timeout", "proxy_bind",
     "proxy_download_rate", "proxy_requests",
     "proxy_responses", "proxy_socket_keepalive", "proxy_ssl_conf_command", "proxy_ssl_crl",

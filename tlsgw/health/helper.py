@@ -1,0 +1,122 @@
+"""The health-check helper: a process forked by the master, beside the workers, that probes
+every checked server once per interval (not once per worker) on its own event loop and
+writes each server's state into the health zone, one byte per ``(upstream, peer)`` slot, that
+every worker reads when it picks a peer. Transitions are logged in the error log.
+
+Like a worker it watches the master's control channel (``reopen``; EOF: the master is gone, so
+it exits) and has the parent-death signal set; the master restarts it if it dies. Its state
+(:class:`~tlsgw.health.checker.Check` per target) is keyed by ``(upstream name, peer name)``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import socket
+import time
+from typing import Any
+
+from tlsgw import logs
+from tlsgw.health import probes
+from tlsgw.health.checker import Check, transition_line
+from tlsgw.process import control, procctl
+
+# signals meant for the master that a stray kill must not act on here
+_IGNORED = (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH, signal.SIGTTIN,
+            signal.SIGTTOU, signal.SIGPIPE, signal.SIGALRM, signal.SIGINT)
+
+
+class Helper:
+    def __init__(self, generation: Any, channel: socket.socket | None, master_pid: int):
+        cfg = generation.cfg
+        self.generation = generation
+        self.channel = channel
+        self.master_pid = master_pid
+        self.log = logs.ErrorLog(logs.sink(cfg.error_log.target), cfg.error_log_level)
+        logs.install(self.log)
+        self.zone = generation.health_zone.buf
+        now = time.monotonic()
+        rng = random.Random()
+        self.checks: dict[tuple[str, str], Check] = {}
+        for t in generation.health_targets:
+            hc = t.check
+            self.checks[(t.upstream, t.peer)] = Check(hc.fails, hc.passes, hc.interval,
+                                                      hc.jitter, now, up=bool(self.zone[t.slot]),
+                                                      rand=rng.random)
+        self.done = asyncio.Event()
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGQUIT):
+            loop.add_signal_handler(sig, self.done.set)
+        if self.channel is not None:
+            loop.add_reader(self.channel.fileno(), self.from_master)
+        tasks = [asyncio.create_task(self.watch(t)) for t in self.generation.health_targets]
+        await self.done.wait()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def from_master(self) -> None:
+        assert self.channel is not None
+        try:
+            data = self.channel.recv(256)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:  # the master is gone
+            self.done.set()
+            return
+        if control.REOPEN in data:
+            logs.reopen_all()
+            self.log.log("notice", "reopening logs")
+
+    async def watch(self, target: Any) -> None:
+        check = self.checks[(target.upstream, target.peer)]
+        while True:
+            delay = check.due - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            try:
+                ok, reason = await probes.probe(target)
+            except Exception as exc:  # a probe must never stop the checks
+                ok, reason = False, logs.describe_exception(exc)
+            t = check.record(ok, time.monotonic(), reason)
+            if t is None:
+                continue
+            self.zone[target.slot] = 1 if t.up else 0
+            up = down = 0
+            for (u, _), c in self.checks.items():
+                if u == target.upstream:
+                    up, down = (up + 1, down) if c.up else (up, down + 1)
+            self.log.log("notice" if t.up else "warn",
+                         transition_line(target.peer, target.upstream, t, up, down))
+
+
+def run_helper(generation: Any, channel: socket.socket | None = None, master_pid: int = 0) -> int:
+    """Entry point in the forked child (the master's signals still blocked). Returns the exit
+    status."""
+    import uvloop
+
+    logs.reset_after_fork()
+    procctl.set_name("tlsgw: health check helper")
+    for sig in _IGNORED:
+        signal.signal(sig, signal.SIG_IGN)
+    for sig in (signal.SIGTERM, signal.SIGQUIT, signal.SIGCHLD):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.signal(signal.SIGRTMIN, signal.SIG_DFL)  # the parent-death signal: exit
+    procctl.set_parent_death_signal(signal.SIGRTMIN)
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())
+    if master_pid and os.getppid() != master_pid:
+        return 1
+    loop = uvloop.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        loop.run_until_complete(Helper(generation, channel, master_pid).run())
+        return 0
+    finally:
+        logs.flush_all()
+        loop.close()
