@@ -189,20 +189,25 @@ def test_unsupported_become_comments():
     assert "\n#         api.example.com api;\n" in result.text
 
 
-def test_nginx_plus_directives_become_comments(tmp_path):
-    """match {} and health_check (nginx Plus) are not supported by tlsgw yet."""
+def test_nginx_plus_health_checks_convert(tmp_path):
+    """nginx Plus's match {} and health_check map to tlsgw's; zone and slow_start do not."""
     conf = tmp_path / "plus.conf"
-    conf.write_text("stream {\n  match ok { send \"PING\\r\\n\"; expect ~ \"PONG\"; }\n"
+    conf.write_text("stream {\n  match ok { send \"PING\\r\\n\"; expect ~ \"^PONG\"; }\n"
                     "  upstream u { zone u 64k; server 127.0.0.1:7001 slow_start=30s; }\n"
                     "  server { listen 9000; health_check match=ok interval=5s; proxy_pass u; }\n"
                     "}\n")
     result = convert(str(conf))
     cfg = _yaml(result.text)
+    assert cfg["match"] == {"ok": {"send": "PING\r\n", "expect": "~ ^PONG"}}
     assert cfg["upstreams"]["u"] == {"servers": ["127.0.0.1:7001"]}
-    assert cfg["servers"] == [{"listen": 9000, "proxy_pass": "u"}]
-    assert [w.split('"')[1] for w in result.warnings] == ["match", "zone", "server", "health_check"]
-    assert 'parameter "slow_start=30s" is not supported by tlsgw yet' in result.warnings[2]
-    assert '#     match ok {\n#         send "PING\\r\\n";\n' in result.text
+    assert cfg["servers"] == [{"listen": 9000, "health_check": "match=ok interval=5s",
+                               "proxy_pass": "u"}]
+    assert [w.split('"')[1] for w in result.warnings] == ["zone", "server"]
+    assert 'parameter "slow_start=30s" is not supported by tlsgw yet' in result.warnings[1]
+    out = tmp_path / "tlsgw.yaml"
+    out.write_text(result.text)
+    r = run_cli("check", "-c", str(out))
+    assert r.returncode == 0, r.stderr
 
 
 def test_output_is_stable_and_readable():
@@ -321,7 +326,8 @@ def _example_values(d) -> list[str]:
 SIMPLE = [d for d in schema.DIRECTIVES
           if d.nginx.name and ("server" in d.contexts or "main" in d.contexts)
           and ({"stream", "server"} & set(d.nginx.contexts))
-          and d.name not in ("listen", "proxy_pass", "servers", "upstreams", "log_format")]
+          and d.name not in ("listen", "proxy_pass", "servers", "upstreams", "log_format",
+                             "match")]
 
 
 @pytest.mark.parametrize("d", SIMPLE, ids=lambda d: d.name)

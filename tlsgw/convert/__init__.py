@@ -116,6 +116,11 @@ def _write(path: str, done: Converted) -> str:
         out += [f"  {scalar(name)}: {scalar(fmt)}" for name, fmt in done.log_format.items()]
     if "access_log" in main.values:
         out.append(f"access_log: {scalar(main.values['access_log'])}")
+    if done.matches:
+        out.append("match:")
+        for name, entry in done.matches.items():
+            out.append(f"  {scalar(name)}:")
+            out += [f"    {k}: {scalar(v)}" for k, v in entry.items()]
     _comments(main.comments, "", out)
     if done.upstreams:
         out += ["", "upstreams:"] if out[-1] else ["upstreams:"]

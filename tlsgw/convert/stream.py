@@ -80,6 +80,7 @@ class Converted:
     servers: list[Section | list[str]]  # a list of comment lines: a server not converted
     skipped: list[Stmt]
     warnings: list[str]
+    matches: dict[str, dict[str, str]] = field(default_factory=dict)  # match NAME {...}
 
 
 def _arity_ok(arity: str, n: int) -> bool:
@@ -140,6 +141,7 @@ class Converter:
             raise ConfigError(f"no stream {{}} block to convert in {path}")
         assert stream.block is not None
         log_format: dict[str, str] = {}
+        matches: dict[str, dict[str, str]] = {}
         upstreams: dict[str, Section] = {}
         servers: list[Section | list[str]] = []
         stream_error_log = False
@@ -151,6 +153,8 @@ class Converter:
                 servers.append(self.server(stmt))
             elif d is not None and d.name == "log_format" and stmt.block is None:
                 self.log_format(main, stmt, log_format)
+            elif d is not None and d.name == "match" and stmt.block is not None:
+                self.match(main, stmt, matches)
             else:
                 stream_error_log |= stmt.name == "error_log"
                 self.directive(main, "stream", stmt)
@@ -159,7 +163,8 @@ class Converter:
                 self.comment(main, stmt, "is superseded by the error_log of stream {}")
             else:
                 self.directive(main, "main", stmt)
-        return Converted(main, log_format, upstreams, servers, self.skipped, self.warnings)
+        return Converted(main, log_format, upstreams, servers, self.skipped, self.warnings,
+                         matches)
 
     # ---- one directive ------------------------------------------------------------------------
     def directive(self, section: Section, context: str, stmt: Stmt) -> None:
@@ -269,6 +274,31 @@ class Converter:
             self.comment(main, stmt, f"cannot be converted ({exc})")
             return
         out[name] = (f"escape={escape} " if escape != "default" else "") + text
+
+    def match(self, main: Section, stmt: Stmt, out: dict[str, dict[str, str]]) -> None:
+        """nginx Plus's ``match NAME { send ...; expect [~] ...; }``: a ``match`` entry."""
+        if len(stmt.args) != 2:
+            raise self.error(stmt, 'invalid number of arguments in "match" directive')
+        name = stmt.args[1]
+        if name in out:
+            raise self.error(stmt, f'duplicate match "{name}"')
+        entry: dict[str, str] = {}
+        assert stmt.block is not None
+        for s in stmt.block:
+            args = s.args[1:]
+            if s.name == "send" and len(args) == 1 and s.block is None:
+                entry["send"] = args[0]
+            elif s.name == "expect" and s.block is None and (
+                    len(args) == 1 or (len(args) == 2 and args[0] in ("~", "~*"))):
+                if len(args) == 1:
+                    entry["expect"] = args[0]
+                elif args[0] == "~*":
+                    entry["expect"] = f"~ (?i){args[1]}"
+                else:
+                    entry["expect"] = f"~ {args[1]}"
+            else:
+                self.comment(main, s, f'in match "{name}" is {_NOT_YET}')
+        out[name] = entry
 
     # ---- upstream {} --------------------------------------------------------------------------
     def upstream(self, stmt: Stmt, out: dict[str, Section]) -> None:
