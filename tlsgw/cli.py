@@ -1,4 +1,4 @@
-"""Command line: ``tlsgw serve|check|gencert|lab|probe``.
+"""Command line: ``tlsgw serve|check|reload|gencert|lab|probe`` (``-s reload`` too, as nginx).
 
 This is the only module that maps exceptions to exit codes:
 0 success, 1 invalid configuration (or bad command input), 3 start-up failure.
@@ -45,6 +45,47 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     generation = build_file(args.config)
     _warn(generation.cfg.warnings + generation.warnings, args)
     return run_master(generation)
+
+
+def _cmd_reload(args: argparse.Namespace) -> int:
+    import os
+    import signal
+    import time
+
+    from tlsgw.process import pidfile
+    from tlsgw.runtime.generation import build_file
+
+    # nginx -t first: a file that cannot load is reported here, and the master is not bothered
+    generation = build_file(args.config, allocate=False)
+    generation.release()
+    _warn(generation.cfg.warnings + generation.warnings, args)
+    path = generation.cfg.pid
+    pid = pidfile.read_pid(path, args.config)
+    assert path is not None
+    before = pidfile.read_result(path)[0]
+    try:
+        os.kill(pid, signal.SIGHUP)
+    except PermissionError:
+        raise TlsgwError(f"kill({pid}, SIGHUP) failed (1: Operation not permitted): run "
+                         "tlsgw reload as the user tlsgw runs as") from None
+    except ProcessLookupError:
+        raise TlsgwError(f'no process {pid} (from "{path}"): tlsgw is not running') from None
+    deadline = time.monotonic() + args.timeout
+    while True:
+        attempt, ok, lines = pidfile.read_result(path)
+        if attempt != before:
+            break
+        if time.monotonic() > deadline:
+            raise TlsgwError(f"the master {pid} gave no outcome in {args.timeout:g}s (nothing "
+                             f'in "{pidfile.result_path(path)}"); see its error log')
+        time.sleep(0.05)
+    if ok:
+        for line in lines:
+            print(f"tlsgw: {line}")
+        return EXIT_OK
+    for line in lines:
+        print(f"tlsgw: [emerg] {line}", file=sys.stderr)
+    return EXIT_CONFIG
 
 
 def _cmd_gencert(args: argparse.Namespace) -> int:
@@ -94,6 +135,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strict", action="store_true", help=_STRICT_HELP)
     p.set_defaults(func=_cmd_check)
 
+    p = sub.add_parser("reload", help="reload the running gateway's configuration (nginx -s reload)",
+                       description="Validate FILE as check does, then signal the master named by "
+                       "the pid file of FILE (the pid directive) to reload it, wait for the outcome "
+                       "and print it. Exits 0 when the new configuration serves, 1 when it was "
+                       "rejected (every problem as FILE:LINE: message; the running configuration "
+                       "is unchanged) or no master could be found. Also: tlsgw -s reload -c FILE.")
+    p.add_argument("-c", "--config", required=True, metavar="FILE", help="YAML configuration file")
+    p.add_argument("--strict", action="store_true", help=_STRICT_HELP)
+    p.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
+                   help="how long to wait for the master's outcome (default 60)")
+    p.set_defaults(func=_cmd_reload)
+
     from tlsgw import gencert
 
     p = sub.add_parser("gencert", help="create lab certificates (CA, server, client)",
@@ -120,6 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if len(argv) >= 2 and argv[0] == "-s":  # nginx's spelling: tlsgw -s reload -c FILE
+        argv = [argv[1], *argv[2:]]
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)

@@ -326,6 +326,8 @@ class Loader:
             groups=groups,
             warnings=self.warnings,
             main=MainSettings(**main),
+            pid=None if main["pid"] is None else os.path.join(
+                os.path.dirname(os.path.abspath(self.path)), main["pid"]),
             source=self.lines(nodes),
         )
 

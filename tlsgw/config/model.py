@@ -211,6 +211,7 @@ class MainSettings(ServerSettings):
     worker_processes: int
     worker_shutdown_timeout: float
     error_log: tuple[str, str]
+    pid: str | None
 
 
 @dataclass
@@ -254,5 +255,7 @@ class Config:
     groups: list[ListenGroup] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     main: MainSettings | None = None
+    #: the pid file (``pid``), absolute; None: none is written
+    pid: str | None = None
     source: SourceMap = field(default_factory=lambda: SourceMap(""))
     """Top-level directive → its line."""

@@ -9,7 +9,8 @@ logged and ignored. The table, its handlers and the README's "Signals" section s
 * SIGTERM, SIGINT — graceful stop: workers stop accepting and drain (``worker_shutdown_timeout``).
 * SIGQUIT — immediate stop.
 * SIGUSR1 — reopen every log file, here and (through the control channel) in every worker.
-* SIGHUP — reload is not implemented yet; logged.
+* SIGHUP — reload: validate, build and bind the file's new configuration, then hand it to the
+  running workers (:meth:`Master.reload`); open sessions are never touched.
 * SIGCHLD — reap; a worker that exits while the master is running is logged and restarted.
 * SIGUSR2, SIGWINCH, SIGPIPE, SIGTTIN, SIGTTOU, SIGALRM, the real-time signals, ... —
   logged and ignored.
@@ -20,8 +21,10 @@ the worker reads EOF when the master is gone however it died.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import resource
+import select
 import signal
 import socket
 import sys
@@ -29,8 +32,9 @@ import time
 
 from tlsgw import logs
 from tlsgw.config.model import ListenGroup
-from tlsgw.process import control, listeners, procctl
-from tlsgw.runtime.generation import Generation
+from tlsgw.errors import ConfigErrors, TlsgwError
+from tlsgw.process import control, listeners, pidfile, procctl
+from tlsgw.runtime.generation import Generation, build_file
 
 RESPAWN_DELAY = 1.0  # seconds before restarting a worker that died within 1 s of its start
 
@@ -77,6 +81,8 @@ class Master:
         self.respawn_at: dict[int, float] = {}  # slot -> when
         self.stopping: str | None = None  # None, "graceful", "immediate"
         self.stop_deadline = 0.0
+        self.reloads = 0  # reload attempts, numbered in the pid file's reload result
+        self.pidfile: str | None = None  # the pid file written (``pid``)
 
     def bind(self) -> None:
         """Bind every listener, all or nothing; each worker slot's (group, socket) pairs."""
@@ -189,9 +195,161 @@ class Master:
         self.received(sig, sender, "reopening logs")
         self.tell_workers(control.REOPEN)
 
+    # ---- reload --------------------------------------------------------------------------
+    def on_reload_started(self) -> None:
+        """Hook: a reload begins (systemd: ``RELOADING=1``)."""
+
+    def on_reload_done(self, ok: bool, text: str) -> None:
+        """Hook: a reload ended, applied (*ok*) or rejected; *text* is its outcome line."""
+
     def reload(self, sig: int, sender: int) -> None:
-        self.received(sig, sender, "configuration reload is not supported yet; restart tlsgw "
-                      "to apply changes", "warn")
+        self.received(sig, sender, "reconfiguring")
+        self.on_reload_started()
+        self.reloads += 1
+        lines: list[str] = []
+        try:
+            ok = self.reconfigure(lines)
+        except Exception as exc:  # a bug: the running configuration stays, the master lives
+            lines.append(f"reload failed: {logs.describe_exception(exc)}")
+            self.log.log("alert", lines[-1])
+            ok = False
+        if not ok:
+            lines.append(f"reload of {self.cfg.file} rejected, the running configuration "
+                         f"(generation {self.generation.number}) is unchanged")
+            self.log.log("warn", lines[-1])
+        self.write_pidfile()
+        if self.pidfile is not None:
+            try:
+                pidfile.write_result(self.pidfile, self.reloads, ok, lines)
+            except OSError as exc:
+                self.log.log("alert", f'cannot write "{pidfile.result_path(self.pidfile)}" '
+                             f"({exc.errno}: {exc.strerror})")
+        self.on_reload_done(ok, lines[-1])
+
+    def reconfigure(self, lines: list[str]) -> bool:
+        """Build, check and bind the file's configuration, then hand it to every worker; False
+        (every problem logged and added to *lines*) if anything fails before the swap."""
+        path = self.cfg.file
+        old = self.generation
+
+        def reject(message: str) -> bool:
+            lines.append(message)
+            self.log.log("emerg", message)
+            return False
+
+        digest = _digest(path)
+        try:
+            gen = build_file(path, zones=old.zones)
+        except ConfigErrors as exc:
+            for err in exc.errors:
+                reject(str(err))
+            return False
+        except (TlsgwError, OSError) as exc:
+            return reject(f"{path}: {exc}")
+        cfg = gen.cfg
+        plan = None
+        try:
+            if _digest(path) != digest:
+                return reject(f"{path}: the file changed while it was read; reload again")
+            for key in gen.zone_keys:
+                if gen.zones.holders(key) == 1:  # made for this generation: workers lack it
+                    kind, name, size = key
+                    srv = next(s for s in cfg.servers
+                               if s.s.ssl_session_cache.shared_name == name)
+                    line = srv.source.get("ssl_session_cache") or srv.line
+                    return reject(f'{path}:{line}: ssl_session_cache "shared:{name}:{size}" is a '
+                                  "new shared zone (a new name or size); it takes a restart of "
+                                  "tlsgw to be shared by running workers")
+            if cfg.worker_processes != self.cfg.worker_processes:
+                line = cfg.source.get("worker_processes") or 1
+                return reject(f"{path}:{line}: worker_processes cannot change on reload "
+                              f"({self.cfg.worker_processes} running, {cfg.worker_processes} "
+                              "asked); restart tlsgw to apply")
+            try:
+                plan = self.listeners.plan(g.listen for g in cfg.groups)
+            except TlsgwError as exc:
+                line = next((g.listen.line for g in cfg.groups
+                             if g.listen.address.name in str(exc)), 0)
+                return reject(f"{path}:{line}: {exc}" if line else f"{path}: {exc}")
+        finally:
+            if plan is None:
+                gen.release()
+        # ---- nothing has changed until here; from here on the new configuration is applied
+        self.listeners.commit(plan)
+        gen.number = old.number + 1
+        added = [g for g in cfg.groups if Generation.route_key(g) not in old.routes]
+        self.slots = [[(g, self.listeners.socket(g.listen, slot)) for g in cfg.groups]
+                      for slot in range(cfg.worker_processes)]
+        keys = [Generation.route_key(g) for g in added]
+        message = control.reload_message(gen.number, path, digest, keys)
+        for pid, channel in list(self.controls.items()):
+            slot = self.pids.get(pid)
+            if slot is None:
+                continue
+            fds = [self.listeners.socket(g.listen, slot).fileno() for g in added]
+            try:
+                socket.send_fds(channel, [message], fds)
+            except BlockingIOError:
+                self.log.log("alert", f"worker process {pid} does not read its control channel, "
+                             "reload not passed on")
+            except OSError:
+                pass  # it is exiting; reap() says so, and its successor gets the new generation
+        self.generation, self.cfg = gen, cfg
+        self.await_workers(gen.number)
+        old.release()  # the master's copy; each worker releases its own once its sessions end
+        lines.append(describe_changes(old, gen))
+        self.log.log("notice", lines[-1])
+        for warning in cfg.warnings + gen.warnings:
+            self.log.log("warn", warning)
+        if (cfg.error_log.target, cfg.error_log_level) != (old.cfg.error_log.target,
+                                                           old.cfg.error_log_level):
+            self.log.log("warn", "error_log changes take effect when tlsgw restarts")
+        return True
+
+    def await_workers(self, number: int, timeout: float = 10.0) -> None:
+        """Wait until every worker answered RELOAD *number* (it serves the new generation
+        before ``tlsgw reload`` returns); log the ones that failed or are late."""
+        waiting = {channel: pid for pid, channel in self.controls.items()}
+        deadline = time.monotonic() + timeout
+        while waiting and (left := deadline - time.monotonic()) > 0:
+            readable, _, _ = select.select(list(waiting), [], [], left)
+            for channel in readable:
+                try:
+                    data = channel.recv(4096)
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    data = b""
+                if not data:  # exiting; reap() says so, its successor forks with the new one
+                    waiting.pop(channel)
+                    continue
+                for i in range(0, len(data) - control.ANSWER.size + 1, control.ANSWER.size):
+                    what, n = control.ANSWER.unpack_from(data, i)
+                    if n == number:
+                        pid = waiting.pop(channel)
+                        if what != control.ADOPTED:
+                            self.log.log("alert", f"worker process {pid} could not build "
+                                         f"generation {number} (see its error line) and "
+                                         "serves the one before; reload again")
+        for pid in waiting.values():
+            self.log.log("alert", f"worker process {pid} did not confirm generation {number} "
+                         f"in {timeout:g}s")
+
+    def write_pidfile(self) -> None:
+        """Write the configuration's pid file (``pid``), moving it if the path changed."""
+        want = self.cfg.pid
+        if want == self.pidfile:
+            return
+        if want is not None:
+            try:
+                pidfile.write(want, self.pid)
+            except OSError as exc:
+                self.log.log("alert", f'cannot write the pid file "{want}" ({exc.errno}: '
+                             f"{exc.strerror})")
+                want = None
+        if self.pidfile is not None:
+            pidfile.remove(self.pidfile, self.pid)
+        self.pidfile = want
 
     def child_exited(self, sig: int, sender: int) -> None:
         self.reap()
@@ -201,6 +359,7 @@ class Master:
 
     def run(self) -> int:
         self.bind()
+        self.write_pidfile()
         nofile = raise_nofile_limit()
         names = ", ".join(g.listen.text + (" ssl" if g.ssl else "") for g in self.cfg.groups)
         self.log.log("notice", f"tlsgw master {os.getpid()} listening on {names}; "
@@ -231,9 +390,40 @@ class Master:
         self.close_listeners()
         for channel in self.controls.values():
             channel.close()
+        if self.pidfile is not None:
+            pidfile.remove(self.pidfile, self.pid)
         self.log.log("notice", "exit")
         logs.flush_all()
         return 0
+
+
+def _digest(path: str) -> str:
+    try:
+        with open(path, "rb") as f:
+            return hashlib.sha256(f.read()).hexdigest()
+    except OSError:
+        return ""
+
+
+def describe_changes(old: Generation, new: Generation) -> str:
+    """The reload's notice line: the generation number and what changed."""
+    def listens(gen: Generation) -> dict[str, str]:
+        return {Generation.route_key(g): g.listen.text for g in gen.cfg.groups}
+
+    def peers(gen: Generation) -> set[tuple[str, str]]:
+        return {(u.name, p.name) for u in gen.cfg.upstreams.values() for p in u.peer_configs()}
+
+    a, b = listens(old), listens(new)
+    pa, pb = peers(old), peers(new)
+    parts = []
+    for what, items in (("listeners added", [b[k] for k in b if k not in a]),
+                        ("listeners removed", [a[k] for k in a if k not in b]),
+                        ("upstream servers added", sorted(f"{u}/{p}" for u, p in pb - pa)),
+                        ("upstream servers removed", sorted(f"{u}/{p}" for u, p in pa - pb))):
+        if items:
+            parts.append(f"{what}: {', '.join(items)}")
+    return (f"reconfigured: generation {new.number} of {new.cfg.file}; "
+            + ("; ".join(parts) or "no listener or upstream server added or removed"))
 
 
 def run_master(generation: Generation) -> int:

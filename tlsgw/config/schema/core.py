@@ -21,6 +21,13 @@ def _workers(v: str) -> int:
     return units.parse_int(v, minimum=1, maximum=MAX_WORKERS)
 
 
+def _pid(v: str) -> str | None:
+    v = str(v).strip()
+    if not v:
+        raise units.UnitError('invalid "pid": expected a file path or "off"')
+    return None if v == "off" else v
+
+
 def _bounded(name: str, parse, **bounds: int):
     """A ``name=value`` listen parameter's parser; the message names it as nginx does."""
 
@@ -116,6 +123,16 @@ DIRECTIVES: list[Directive] = [
       differs="nginx has no default (waits for sessions forever) and uses SIGQUIT for graceful "
       "stop; tlsgw stops gracefully on SIGTERM/SIGINT within this time, and SIGQUIT is immediate.",
       nginx=Nginx("worker_shutdown_timeout", ("main",), "one")),
+    D("pid", ("main",), "pid: PATH | off", "off", _pid,
+      "The file the master writes its process id to when it starts (removed when it exits): "
+      "what `tlsgw reload|reopen|stop|quit -c FILE` read to find the master. Next to it the "
+      "master writes `PATH.reload`, the outcome of each reload, which `tlsgw reload` waits for. "
+      "A relative path is relative to the configuration file's directory.",
+      "pid: /run/tlsgw.pid",
+      differs="nginx writes logs/nginx.pid unless told otherwise; tlsgw writes no pid file unless "
+      "`pid` is set (several gateways on one machine never share one by accident), and `pid: "
+      "off` says so explicitly.",
+      nginx=Nginx("pid", ("main",), "one")),
     D("upstreams", ("main",), "upstreams: {NAME: {servers: [...], hash|least_conn|random: ...}}",
       None, None, "Named groups of backend servers that `proxy_pass` can name.",
       "upstreams:\n  backend:\n    hash: $remote_addr consistent\n    servers:\n"

@@ -24,7 +24,6 @@ ANSWERS: dict[str, str] = {
     "user": "tlsgw does not change user: start it as the user it should run as (systemd: "
             "User=), with CAP_NET_BIND_SERVICE for ports below 1024",
     "group": "tlsgw does not change group: start it as the group it should run as",
-    "pid": "tlsgw writes no pid file: it runs in the foreground under a service manager",
     "include": "tlsgw reads one YAML file (YAML anchors and aliases can share settings)",
     "load_module": "tlsgw has no dynamic modules",
     "http": "tlsgw proxies TCP streams only (nginx's stream {} block); an http {} block has no "
