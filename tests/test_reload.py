@@ -3,10 +3,15 @@ running workers; open sessions untouched, process count constant, the old genera
 
 from __future__ import annotations
 
+import os
 import random
 import re
+import shutil
 import signal
 import socket
+import ssl
+import threading
+from pathlib import Path
 
 from support import Gateway, connect, free_port, recv_exactly, run_cli, wait_until
 
@@ -43,9 +48,12 @@ def reload(gw: Gateway, text: str | None = None, *flags: str):
     return run_cli(*flags, "reload", "-c", str(gw.config), cwd=gw.dir)
 
 
-def session(port: int, size: int = 2000) -> str:
+def session(port: int, size: int = 2000, ctx: ssl.SSLContext | None = None) -> str:
     """One checksummed short session through an identify backend: its name."""
-    with connect(port) as s:
+    s = connect(port)
+    if ctx is not None:
+        s = ctx.wrap_socket(s, server_hostname="localhost")
+    with s:
         name = b""
         while not name.endswith(b"\n"):
             chunk = s.recv(1)
@@ -62,6 +70,13 @@ def long_lived(port: int) -> socket.socket:
     wait_until(lambda: s.recv(64, socket.MSG_PEEK).endswith(b"\n"), what="backend name")
     s.recv(64)
     return s
+
+
+def holder(gw: Gateway, s: socket.socket) -> int:
+    """The worker that serves client socket ``s`` (from its info-level "connected" line)."""
+    pattern = re.compile(rf"(\d+)#\d+: \*\d+ client 127\.0\.0\.1:{s.getsockname()[1]} connected")
+    m = wait_until(lambda: pattern.search(gw.stderr()), what="the session's connected line")
+    return int(m.group(1))  # type: ignore[union-attr]
 
 
 def echo(s: socket.socket, data: bytes = b"ping") -> None:
@@ -159,3 +174,164 @@ def test_a_broken_file_or_a_taken_port_is_rejected_and_nothing_changes(gateway, 
     (gw.dir / "gone.pid").unlink()
     r = run_cli("reload", "-c", str(gone), cwd=gw.dir)
     assert r.returncode == 1 and "No such file or directory" in r.stderr, r.stderr
+
+
+class Load:
+    """Steady checksummed short sessions (plain and TLS) from threads until stopped."""
+
+    def __init__(self, port: int, tls_port: int, ca: str, threads: int = 2):
+        self.ok = 0
+        self.failed: list[str] = []
+        self.stopping = threading.Event()
+        self.ctx = ssl.create_default_context(cafile=ca)
+        self.ctx.check_hostname = False
+        self.threads = [threading.Thread(target=self.run, args=(port, None), daemon=True)
+                        for _ in range(threads)]
+        self.threads.append(threading.Thread(target=self.run, args=(tls_port, self.ctx),
+                                             daemon=True))
+        for t in self.threads:
+            t.start()
+
+    def run(self, port: int, ctx: ssl.SSLContext | None) -> None:
+        while not self.stopping.is_set():
+            try:
+                session(port, random.randint(1, 20000), ctx)
+                self.ok += 1
+            except Exception as exc:  # every failure counts
+                self.failed.append(repr(exc))
+
+    def stop(self) -> None:
+        self.stopping.set()
+        for t in self.threads:
+            t.join(30)
+
+
+def served_cert(port: int, ca: str) -> bytes:
+    ctx = ssl.create_default_context(cafile=ca)
+    ctx.check_hostname = False
+    with ctx.wrap_socket(connect(port), server_hostname="localhost") as s:
+        return s.getpeercert(binary_form=True)
+
+
+def leaf_der(pem: str) -> bytes:
+    return ssl.PEM_cert_to_DER_cert(Path(pem).read_text().split("-----END CERTIFICATE-----")[0]
+                                    + "-----END CERTIFICATE-----\n")
+
+
+def test_twenty_reloads_under_load_lose_nothing(gateway, backends, pki, tmp_path):
+    a, b, c = (backends("identify", name=n) for n in "abc")
+    port = free_port()
+    while True:  # the TLS listener takes port + 1
+        try:
+            socket.create_server(("127.0.0.1", port + 1)).close()
+            break
+        except OSError:
+            port = free_port()
+    cert, key = tmp_path / "cert.pem", tmp_path / "cert.key"
+
+    def use(pem: str, pem_key: str) -> None:  # a renewed certificate at the same path
+        shutil.copy(pem, cert)
+        shutil.copy(pem_key, key)
+        os.chmod(key, 0o600)
+
+    use(pki.server, pki.server_key)
+    phases = [  # (servers, certificate): added, weight changed, removed + certificate replaced
+        ([a.address, b.address], (pki.server, pki.server_key)),
+        ([a.address, b.address, c.address], (pki.server, pki.server_key)),
+        ([f"{a.address} weight=3", b.address, c.address], (pki.server, pki.server_key)),
+        ([f"{a.address} weight=3", b.address], (pki.server_rsa, pki.server_rsa_key)),
+    ]
+    names = {a.address: "a", b.address: "b", c.address: "c"}
+    gw = start(gateway, config(port, phases[0][0], cert=(str(cert), str(key))))
+    pids = sorted(gw.pids())
+    held = [long_lived(port) for _ in range(6)]
+    load = Load(port, port + 1, pki.ca)
+    try:
+        for i in range(1, 21):
+            servers, (pem, pem_key) = phases[i % 4]
+            use(pem, pem_key)
+            r = reload(gw, config(port, servers, cert=(str(cert), str(key))))
+            assert r.returncode == 0, r.stderr
+            assert f"reconfigured: generation {i}" in r.stdout
+            # new sessions see the new configuration at once, in every worker
+            # (the load's sessions share the balancer: take sessions until every server showed)
+            want, seen = {names[s.split()[0]] for s in servers}, set()
+            for _ in range(300):
+                seen.add(session(port))
+                assert seen <= want, (i, servers, seen)  # a removed server gets none
+                if seen == want:
+                    break
+            assert seen == want, (i, servers)  # an added one gets new sessions
+            assert served_cert(port + 1, pki.ca) == leaf_der(pem)
+            for s in held:
+                echo(s, f"reload {i}".encode())
+            assert sorted(gw.pids()) == pids
+    finally:
+        load.stop()
+    assert load.failed == [] and load.ok > 100, (load.ok, load.failed[:5])
+    for s in held:
+        echo(s)
+        s.close()
+    for pid in gw.worker_pids():  # each worker freed every generation it retired
+        wait_until(lambda pid=pid: len(re.findall(rf"{pid}#\d+: generation \d+ released",
+                                                  gw.stderr())) == 20,
+                   what=f"worker {pid} to release 20 generations")
+
+
+def test_process_count_is_constant_over_100_reloads_with_long_sessions(gateway, backends):
+    a, b = backends("identify", name="a"), backends("identify", name="b")
+    port = free_port()
+    texts = [config(port, [a.address]), config(port, [a.address, b.address])]
+    gw = start(gateway, texts[0])
+    pids = sorted(gw.pids())
+    held = [long_lived(port) for _ in range(4)]
+    for i in range(1, 101):
+        gw.config.write_text(texts[i % 2])
+        gw.send(signal.SIGHUP)
+        gw.wait_log(f"reconfigured: generation {i} ")
+        assert sorted(gw.pids()) == pids
+        if i % 25 == 0:
+            for s in held:
+                echo(s)
+    for s in held:
+        echo(s)
+    # generation 0 holds the long sessions where they are; the others were freed when replaced
+    holders = {holder(gw, s) for s in held}
+
+    def released(pid: int) -> list[str]:
+        return re.findall(rf"{pid}#\d+: generation (\d+) released", gw.stderr())
+
+    for pid in gw.worker_pids():
+        want = 99 if pid in holders else 100
+        wait_until(lambda pid=pid, want=want: len(released(pid)) == want,
+                   what=f"worker {pid} to release {want} generations")
+        assert ("0" in released(pid)) == (pid not in holders), (pid, holders)
+    for s in held:
+        s.close()
+    for pid in gw.worker_pids():
+        wait_until(lambda pid=pid: len(released(pid)) == 100,
+                   what=f"worker {pid} to release 100 generations")
+    assert sorted(gw.pids()) == pids
+
+
+def test_failure_state_of_remaining_peers_carries_over(gateway, backends):
+    a = backends("identify", name="a")
+    dead = f"127.0.0.1:{free_port()}"
+    port = free_port()
+    servers = [f"{dead} max_fails=1 fail_timeout=60s", a.address]
+    gw = gateway(config(port, servers, workers=1), workers=1)
+    for _ in range(4):
+        assert session(port) == "a"
+    gw.wait_log("connect() failed")
+    assert gw.stderr().count("connect() failed") == 1
+    # a.address's weight changes: the upstream's balancer state is rebuilt, the dead peer's
+    # failure window is carried over, so it is not tried again
+    r = reload(gw, config(port, [servers[0], f"{a.address} weight=2"], workers=1))
+    assert r.returncode == 0, r.stderr
+    for _ in range(6):
+        assert session(port) == "a"
+    # the sessions' access is logged after their connect lines would be: flush by a marker
+    gw.send(signal.SIGUSR1)
+    worker = gw.worker_pids()[0]
+    gw.wait_log(f"{worker}#{worker}: reopening logs")
+    assert gw.stderr().count("connect() failed") == 1, gw.stderr()
