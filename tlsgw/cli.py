@@ -121,7 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="run the gateway", description="Run the gateway in the foreground. "
                        "SIGTERM/SIGINT stop gracefully (drain up to worker_shutdown_timeout), "
-                       "SIGQUIT stops at once, SIGUSR1 reopens the log files; other signals are "
+                       "SIGQUIT stops at once, SIGUSR1 reopens the log files, SIGHUP reloads the "
+                       "configuration in place (tlsgw reload); other signals are "
                        "logged and ignored.")
     p.add_argument("-c", "--config", required=True, metavar="FILE", help="YAML configuration file")
     p.add_argument("--strict", action="store_true", help=_STRICT_HELP)

@@ -203,6 +203,9 @@ class Master:
         """Hook: a reload ended, applied (*ok*) or rejected; *text* is its outcome line."""
 
     def reload(self, sig: int, sender: int) -> None:
+        if self.stopping:
+            self.received(sig, sender, "ignored: shutting down", "warn")
+            return
         self.received(sig, sender, "reconfiguring")
         self.on_reload_started()
         self.reloads += 1
