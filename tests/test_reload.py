@@ -335,3 +335,58 @@ def test_failure_state_of_remaining_peers_carries_over(gateway, backends):
     worker = gw.worker_pids()[0]
     gw.wait_log(f"{worker}#{worker}: reopening logs")
     assert gw.stderr().count("connect() failed") == 1, gw.stderr()
+
+
+def tls_config(port: int, servers: list[str], pki, resumption: str) -> str:
+    lines = "\n".join(f"      - {s}" for s in servers)
+    return f"""
+worker_processes: 2
+error_log: stderr info
+pid: tlsgw.pid
+upstreams:
+  u:
+    servers:
+{lines}
+servers:
+  - listen: 127.0.0.1:{port} ssl
+    proxy_pass: u
+    ssl_certificate: {pki.server}
+    ssl_certificate_key: {pki.server_key}
+{resumption}
+"""
+
+
+def resumes(port: int, ctx: ssl.SSLContext, saved: ssl.SSLSession | None):
+    with ctx.wrap_socket(connect(port), server_hostname="localhost", session=saved) as s:
+        s.recv(64)  # the backend's name (and, with TLS 1.3, the tickets before it)
+        return s.session_reused, s.session
+
+
+def test_tls_sessions_resume_across_reloads_and_a_new_zone_is_refused(gateway, backends, pki):
+    a, b = backends("identify", name="a"), backends("identify", name="b")
+    port = free_port()
+    for resumption in ("    ssl_session_tickets: on",  # generated ticket key, per process
+                       "    ssl_session_tickets: off\n    ssl_session_cache: shared:c:1m"):
+        ctx = ssl.create_default_context(cafile=pki.ca)
+        ctx.check_hostname = False
+        if "cache" in resumption:
+            ctx.maximum_version = ssl.TLSVersion.TLSv1_2  # session IDs: TLS 1.2
+        gw = gateway(tls_config(port, [a.address], pki, resumption), workers=2)
+        saved = [resumes(port, ctx, None)[1] for _ in range(4)]
+        r = reload(gw, tls_config(port, [a.address, b.address], pki, resumption))
+        assert r.returncode == 0, r.stderr
+        # in either worker (the second connection of a pair usually lands on the other one)
+        assert all(resumes(port, ctx, s)[0] for s in saved), resumption
+        gw.stop()
+    # a resized zone cannot reach the running workers: refused, at the directive's line
+    bigger = tls_config(port, [a.address], pki, resumption.replace(":1m", ":2m"))
+    r = reload(gw, bigger)
+    assert r.returncode == 1  # (no master any more: told so)
+    gw = gateway(tls_config(port, [a.address], pki, resumption), workers=2)
+    saved = [resumes(port, ctx, None)[1]]
+    r = reload(gw, bigger)
+    assert r.returncode == 1, r.stdout
+    line = bigger.splitlines().index("    ssl_session_cache: shared:c:2m") + 1
+    assert f"{gw.config}:{line}: ssl_session_cache \"shared:c:2097152\"" in r.stderr, r.stderr
+    assert "rejected" in r.stderr
+    assert resumes(port, ctx, saved[0])[0]  # the old cache still serves
