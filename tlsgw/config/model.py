@@ -210,8 +210,8 @@ class MainSettings(ServerSettings):
 
     worker_processes: int
     worker_shutdown_timeout: float
-    error_log: tuple[str, str]
     pid: str | None
+    error_log: tuple[str, str]
 
 
 @dataclass

@@ -130,6 +130,7 @@ class Worker:
         for srv in generation.cfg.servers:
             generation.runtimes[srv.index].bind(self, self.upstreams[srv.upstream.name])
         self.generation = generation
+        self.cfg = generation.cfg  # worker_shutdown_timeout of the next stop, among others
         for key, route in generation.routes.items():
             accept = self.accepts.get(key)
             if accept is None:
@@ -192,6 +193,11 @@ class Worker:
         ``listeners``), stop accepting on removed ones. Open sessions are left alone."""
         socks = [socket.socket(fileno=fd) for fd in fds]
         number, path = message["generation"], message["file"]
+        if self.stop_requested.is_set():  # stopping: serve nothing new
+            for sock in socks:
+                sock.close()
+            self.answer(control.FAILED, number)
+            return
         try:
             with open(path, "rb") as f:
                 if hashlib.sha256(f.read()).hexdigest() != message["sha256"]:
