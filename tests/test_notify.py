@@ -79,6 +79,29 @@ def test_ready_once_every_worker_serves_then_stopping(gateway, backends, manager
     assert gw.proc.wait(15) == 0
 
 
+def test_a_reload_sends_reloading_then_ready_with_its_outcome(gateway, backends, manager):
+    gw = gateway(cfg(backends("echo").address), workers=2, start=False)
+    gw.env["NOTIFY_SOCKET"] = manager.env
+    gw.start(wait=False)
+    assert manager.next()["READY"] == "1"
+    gw.send(signal.SIGHUP)  # the same file: applied as generation 1
+    msg = manager.next()
+    assert msg["RELOADING"] == "1" and int(msg["MONOTONIC_USEC"]) > 0
+    msg = manager.next()
+    assert msg["READY"] == "1"
+    assert msg["STATUS"].startswith("reloaded: reconfigured: generation 1 of "), msg
+    gw.config.write_text(gw.config.read_text().replace("proxy_pass: u", "proxy_pass: nowhere"))
+    gw.send(signal.SIGHUP)  # a broken file: rejected, and systemd is told so in the status
+    assert manager.next()["RELOADING"] == "1"
+    msg = manager.next()
+    assert msg["READY"] == "1"
+    assert msg["STATUS"].startswith("reload failed: reload of "), msg
+    assert "(generation 1) is unchanged" in msg["STATUS"]
+    gw.send(signal.SIGTERM)
+    assert manager.next()["STOPPING"] == "1"
+    assert gw.proc.wait(15) == 0
+
+
 def test_nothing_is_sent_without_notify_socket():
     env = {"PATH": "/bin"}
     assert not notify.setup(env)

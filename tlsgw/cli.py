@@ -1,5 +1,5 @@
-"""Command line: ``tlsgw serve|check|reopen|stop|quit|convert|gencert|lab|probe`` (and
-nginx's ``tlsgw -s reopen|stop|quit -c FILE`` spelling of the control commands).
+"""Command line: ``tlsgw serve|check|reload|reopen|stop|quit|convert|gencert|lab|probe`` (and
+nginx's ``tlsgw -s reload|reopen|stop|quit -c FILE`` spelling of the control commands).
 
 This is the only module that maps exceptions to exit codes:
 0 success, 1 invalid configuration (or bad command input), 3 start-up failure.
@@ -86,7 +86,7 @@ CONTROL = {
 }
 
 
-def _pid_path(config: str) -> str:
+def _pid_path(config: str) -> str | None:
     """The ``pid`` file the configuration names. Read from the whole file when it loads; when
     it does not (being edited, say), from its top-level ``pid`` key alone, so that a broken
     file on disk never keeps an operator from reopening the logs or stopping the gateway."""
@@ -98,10 +98,7 @@ def _pid_path(config: str) -> str:
         path = _pid_key(config)
         if path is False:
             raise exc from None
-    if not path:
-        raise TlsgwError(f'no pid file configured in {config} (add "pid: PATH" to it; '
-                         "the running master must have been started with it)")
-    return path
+    return path or None
 
 
 def _pid_key(config: str) -> str | None | bool:
@@ -131,32 +128,11 @@ def _pid_key(config: str) -> str | None | bool:
     return os.path.join(os.path.dirname(os.path.abspath(config)), value.strip())
 
 
-def read_pid(path: str) -> int:
-    """The live process the pid file names; clear errors for a missing, broken or stale file."""
-    try:
-        with open(path) as f:
-            text = f.read().strip()
-    except FileNotFoundError:
-        raise TlsgwError(f'pid file "{path}" does not exist: is tlsgw running?') from None
-    except OSError as exc:
-        raise TlsgwError(f'cannot read pid file "{path}" ({exc.strerror})') from None
-    if not text.isdigit() or int(text) <= 0:
-        raise TlsgwError(f'invalid pid "{text[:20]}" in "{path}"')
-    pid = int(text)
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        raise TlsgwError(f'no such process {pid} (pid file "{path}" is stale: tlsgw is not '
-                         "running)") from None
-    except PermissionError:
-        pass  # it exists; the real kill says whether we may signal it
-    return pid
-
-
 def _cmd_control(args: argparse.Namespace) -> int:
     sig, meaning = CONTROL[args.command]
-    path = _pid_path(args.config)
-    pid = read_pid(path)
+    from tlsgw.process import pidfile
+
+    pid = pidfile.read_pid(_pid_path(args.config), args.config)
     try:
         os.kill(pid, sig)
     except ProcessLookupError:
@@ -166,6 +142,45 @@ def _cmd_control(args: argparse.Namespace) -> int:
                          "permitted (run as the user tlsgw runs as)") from None
     print(f"tlsgw: sent {signal.Signals(sig).name} to the master process {pid}: {meaning}")
     return EXIT_OK
+
+
+def _cmd_reload(args: argparse.Namespace) -> int:
+    import time
+
+    from tlsgw.process import pidfile
+    from tlsgw.runtime.generation import build_file
+
+    # nginx -t first: a file that cannot load is reported here, and the master is not bothered
+    generation = build_file(args.config, allocate=False)
+    generation.release()
+    _warn(generation.cfg.warnings + generation.warnings, args)
+    path = generation.cfg.pid
+    pid = pidfile.read_pid(path, args.config)
+    assert path is not None
+    before = pidfile.read_result(path)[0]
+    try:
+        os.kill(pid, signal.SIGHUP)
+    except PermissionError:
+        raise TlsgwError(f"kill({pid}, SIGHUP) failed (1: Operation not permitted): run "
+                         "tlsgw reload as the user tlsgw runs as") from None
+    except ProcessLookupError:
+        raise TlsgwError(f'no process {pid} (from "{path}"): tlsgw is not running') from None
+    deadline = time.monotonic() + args.timeout
+    while True:
+        attempt, ok, lines = pidfile.read_result(path)
+        if attempt != before:
+            break
+        if time.monotonic() > deadline:
+            raise TlsgwError(f"the master {pid} gave no outcome in {args.timeout:g}s (nothing "
+                             f'in "{pidfile.result_path(path)}"); see its error log')
+        time.sleep(0.05)
+    if ok:
+        for line in lines:
+            print(f"tlsgw: {line}")
+        return EXIT_OK
+    for line in lines:
+        print(f"tlsgw: [emerg] {line}", file=sys.stderr)
+    return EXIT_CONFIG
 
 
 def _cmd_gencert(args: argparse.Namespace) -> int:
@@ -201,7 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="run the gateway", description="Run the gateway in the foreground. "
                        "SIGTERM/SIGINT stop gracefully (drain up to worker_shutdown_timeout), "
-                       "SIGQUIT stops at once, SIGUSR1 reopens the log files; other signals are "
+                       "SIGQUIT stops at once, SIGUSR1 reopens the log files, SIGHUP reloads the "
+                       "configuration in place (tlsgw reload); other signals are "
                        "logged and ignored.")
     p.add_argument("-c", "--config", required=True, metavar="FILE", help="YAML configuration file")
     p.add_argument("--strict", action="store_true", help=_STRICT_HELP)
@@ -215,6 +231,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strict", action="store_true", help=_STRICT_HELP)
     p.set_defaults(func=_cmd_check)
 
+    p = sub.add_parser("reload", help="reload the running gateway's configuration (nginx -s reload)",
+                       description="Validate FILE as check does, then signal the master named by "
+                       "the pid file of FILE (the pid directive) to reload it, wait for the outcome "
+                       "and print it. Exits 0 when the new configuration serves, 1 when it was "
+                       "rejected (every problem as FILE:LINE: message; the running configuration "
+                       "is unchanged) or no master could be found. Also: tlsgw -s reload -c FILE.")
+    p.add_argument("-c", "--config", required=True, metavar="FILE", help="YAML configuration file")
+    p.add_argument("--strict", action="store_true", help=_STRICT_HELP)
+    p.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
+                   help="how long to wait for the master's outcome (default 60)")
+    p.set_defaults(func=_cmd_reload)
     p = sub.add_parser("convert", help="convert an nginx.conf stream {} block to tlsgw YAML",
                        description=_CONVERT_DESCRIPTION)
     p.add_argument("file", metavar="FILE", help="nginx configuration file (nginx.conf)")

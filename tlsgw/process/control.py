@@ -3,26 +3,90 @@
 The master keeps one end (non-blocking: a stuck worker never stalls it), the worker the other,
 and the worker's event loop watches its end. Two things travel on it:
 
-* commands, one byte each, from the master (:data:`REOPEN`: reopen every log file), and one
-  byte the other way, :data:`SERVING`, once the worker serves its listeners. Signals
+* commands from the master: one byte each (:data:`REOPEN`: reopen every log file), or a
+  framed message (:data:`RELOAD`: serve a new generation, :func:`reload_message`) whose new
+  listening sockets travel with it as ``SCM_RIGHTS`` descriptors; and from the worker, one
+  byte :data:`SERVING` once it serves its listeners, and a reload's answer (:data:`ANSWER`:
+  :data:`ADOPTED` or :data:`FAILED` with the generation number). Signals
   meant for the master are ignored by workers, so an operator's stray ``kill -USR1 <worker>``
   or a terminal's SIGHUP to the whole process group does nothing there;
 * the master's death: when the master exits in any way (even ``kill -9``) the kernel closes its
   end and the worker reads EOF, stops accepting and exits at once, so no orphan keeps the ports.
 
-A socket pair rather than a pipe so that descriptors (``SCM_RIGHTS``) can travel the same way
-when in-process reload needs to hand new listening sockets to running workers.
+A socket pair rather than a pipe so that descriptors (``SCM_RIGHTS``) can travel with the
+messages: a reload hands its new listening sockets to running workers this way.
 """
 
 from __future__ import annotations
 
+import json
 import socket
+import struct
 
 REOPEN = b"r"
-COMMANDS = {REOPEN: "reopen logs"}
+RELOAD = b"g"
+COMMANDS = {REOPEN: "reopen logs", RELOAD: "reload"}
 #: from a worker to the master, once: it serves its listening sockets (systemd's READY=1 waits
 #: for every worker's)
 SERVING = b"s"
+#: after RELOAD: the length of the JSON body that follows
+_LENGTH = struct.Struct("!I")
+HEADER = 1 + _LENGTH.size
+
+
+def reload_message(number: int, file: str, digest: str, listeners: list[str]) -> bytes:
+    """RELOAD and its body: generation *number* is built from *file* (whose SHA-256 the master
+    validated is *digest*); *listeners* are the route keys of the descriptors sent with it, in
+    their order."""
+    body = json.dumps({"generation": number, "file": file, "sha256": digest,
+                       "listeners": listeners}).encode()
+    return RELOAD + _LENGTH.pack(len(body)) + body
+
+
+#: a worker's answer to RELOAD: ADOPTED or FAILED, then the generation number (4 bytes)
+ADOPTED = b"A"
+FAILED = b"F"
+ANSWER = struct.Struct("!cI")
+
+
+def from_worker(buffer: bytes) -> tuple[list[bytes | tuple[bytes, int]], bytes]:
+    """The complete messages from a worker at the start of *buffer* (:data:`SERVING`, or an
+    answer as ``(ADOPTED | FAILED, generation)``) and what is left over (an answer not fully
+    received yet). A worker says SERVING when it starts, whenever that is: the bytes of
+    both kinds can be on the channel when the master reads it."""
+    out: list[bytes | tuple[bytes, int]] = []
+    i = 0
+    while i < len(buffer):
+        if buffer[i:i + 1] == SERVING:
+            out.append(SERVING)
+            i += 1
+            continue
+        if len(buffer) - i < ANSWER.size:
+            break
+        out.append(ANSWER.unpack_from(buffer, i))
+        i += ANSWER.size
+    return out, buffer[i:]
+
+
+def split(buffer: bytes) -> tuple[list[bytes | dict], bytes]:
+    """The complete commands at the start of *buffer* (a byte command, or a RELOAD body as a
+    dict) and what is left over (a message not fully received yet)."""
+    out: list[bytes | dict] = []
+    i = 0
+    while i < len(buffer):
+        command = buffer[i:i + 1]
+        if command != RELOAD:
+            out.append(command)
+            i += 1
+            continue
+        if len(buffer) - i < HEADER:
+            break
+        (length,) = _LENGTH.unpack_from(buffer, i + 1)
+        if len(buffer) - i - HEADER < length:
+            break
+        out.append(json.loads(buffer[i + HEADER:i + HEADER + length]))
+        i += HEADER + length
+    return out, buffer[i:]
 
 
 def pair() -> tuple[socket.socket, socket.socket]:

@@ -9,8 +9,10 @@ logged and ignored. The table, its handlers and the README's "Signals" section s
 * SIGTERM, SIGINT — graceful stop: workers stop accepting and drain (``worker_shutdown_timeout``).
 * SIGQUIT — immediate stop.
 * SIGUSR1 — reopen every log file, here and (through the control channel) in every worker.
-* SIGHUP — reload is not implemented yet; logged. (The reload calls :meth:`Master.on_reload_started`
-  and :meth:`Master.on_reload_done` around each attempt: systemd's notify protocol.)
+* SIGHUP — reload: validate, build and bind the file's new configuration, then hand it to the
+  running workers (:meth:`Master.reload`); open sessions are never touched. Each attempt is
+  framed by :meth:`Master.on_reload_started` and :meth:`Master.on_reload_done` (systemd's
+  notify protocol: RELOADING=1, then READY=1 with the outcome).
 * SIGCHLD — reap; a worker that exits while the master is running is logged and restarted,
   and so is the health check helper (:mod:`tlsgw.health.helper`, forked beside the workers
   when a server has ``health_check``).
@@ -20,13 +22,14 @@ logged and ignored. The table, its handlers and the README's "Signals" section s
 Each worker gets one end of a socket pair (:mod:`tlsgw.process.control`): commands go down it, and
 the worker reads EOF when the master is gone however it died.
 
-With ``pid``, the master writes its pid file before binding and removes it at exit
-(:func:`write_pid_file`). Under systemd (``$NOTIFY_SOCKET``) it tells the manager
+With ``pid``, the master writes its pid file before binding, moves it when a reload changes
+the path, and removes it at exit (:mod:`tlsgw.process.pidfile`). Under systemd (``$NOTIFY_SOCKET``) it tells the manager
 (:mod:`tlsgw.process.notify`): READY=1 once every worker serves, STOPPING=1 when a stop starts.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import resource
 import select
@@ -37,61 +40,13 @@ import time
 
 from tlsgw import logs
 from tlsgw.config.model import ListenGroup
-from tlsgw.errors import StartupError
-from tlsgw.process import control, listeners, notify, procctl
-from tlsgw.runtime.generation import Generation
+from tlsgw.errors import ConfigErrors, StartupError, TlsgwError
+from tlsgw.process import control, listeners, notify, pidfile, procctl
+from tlsgw.runtime.generation import Generation, build_file
 
 RESPAWN_DELAY = 1.0  # seconds before restarting a worker that died within 1 s of its start
 HELPER = -1  # the slot of the health-check helper (tlsgw.health.helper), when there is one
 SERVING_WAIT = 10.0  # seconds the master waits for its workers to serve before READY=1
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
-
-
-def write_pid_file(path: str) -> None:
-    """Write this process's pid to *path* atomically (a temporary file renamed into place);
-    refuse while a live process other than this one holds it, replace a stale one."""
-    try:
-        with open(path) as f:
-            text = f.read().strip()
-    except FileNotFoundError:
-        text = ""
-    except OSError as exc:
-        raise StartupError(f'open() "{path}" failed ({exc.errno}: {exc.strerror})') from None
-    if text.isdigit() and int(text) != os.getpid() and _pid_alive(int(text)):
-        raise StartupError(f'pid file "{path}" names process {text}, which is running: '
-                           "is tlsgw already running? (stop it, or remove the file if it is "
-                           "not tlsgw)")
-    tmp = f"{path}.{os.getpid()}.tmp"
-    try:
-        with open(tmp, "w") as f:
-            f.write(f"{os.getpid()}\n")
-        os.replace(tmp, path)
-    except OSError as exc:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise StartupError(f'cannot write pid file "{path}" ({exc.errno}: {exc.strerror})') from None
-
-
-def remove_pid_file(path: str) -> None:
-    """Remove *path* if it still names this process (a successor may have replaced it)."""
-    try:
-        with open(path) as f:
-            if f.read().strip() != str(os.getpid()):
-                return
-        os.unlink(path)
-    except OSError:
-        pass
 
 
 def raise_nofile_limit() -> int:
@@ -136,6 +91,10 @@ class Master:
         self.respawn_at: dict[int, float] = {}  # slot -> when
         self.stopping: str | None = None  # None, "graceful", "immediate"
         self.stop_deadline = 0.0
+        self.reloads = 0  # reload attempts, numbered in the pid file's reload result
+        self.pidfile: str | None = None  # the pid file written (``pid``)
+        #: a channel's bytes from its worker read but not yet a whole message
+        self.unread: dict[socket.socket, bytes] = {}
 
     def bind(self) -> None:
         """Bind every listener, all or nothing; each worker slot's (group, socket) pairs."""
@@ -202,6 +161,7 @@ class Master:
             slot = self.pids.pop(pid, None)
             channel = self.controls.pop(pid, None)
             if channel is not None:
+                self.unread.pop(channel, None)
                 channel.close()
             if slot is None:
                 continue
@@ -262,9 +222,170 @@ class Master:
         self.received(sig, sender, "reopening logs")
         self.tell_workers(control.REOPEN)
 
+    # ---- reload --------------------------------------------------------------------------
     def reload(self, sig: int, sender: int) -> None:
-        self.received(sig, sender, "configuration reload is not supported yet; restart tlsgw "
-                      "to apply changes", "warn")
+        if self.stopping:
+            self.received(sig, sender, "ignored: shutting down", "warn")
+            return
+        self.received(sig, sender, "reconfiguring")
+        self.on_reload_started()
+        self.reloads += 1
+        lines: list[str] = []
+        try:
+            ok = self.reconfigure(lines)
+        except Exception as exc:  # a bug: the running configuration stays, the master lives
+            lines.append(f"reload failed: {logs.describe_exception(exc)}")
+            self.log.log("alert", lines[-1])
+            ok = False
+        if not ok:
+            lines.append(f"reload of {self.cfg.file} rejected, the running configuration "
+                         f"(generation {self.generation.number}) is unchanged")
+            self.log.log("warn", lines[-1])
+        self.write_pidfile()
+        if self.pidfile is not None:
+            try:
+                pidfile.write_result(self.pidfile, self.reloads, ok, lines)
+            except OSError as exc:
+                self.log.log("alert", f'cannot write "{pidfile.result_path(self.pidfile)}" '
+                             f"({exc.errno}: {exc.strerror})")
+        self.on_reload_done(ok, lines[-1])
+
+    def reconfigure(self, lines: list[str]) -> bool:
+        """Build, check and bind the file's configuration, then hand it to every worker; False
+        (every problem logged and added to *lines*) if anything fails before the swap."""
+        path = self.cfg.file
+        old = self.generation
+
+        def reject(message: str) -> bool:
+            lines.append(message)
+            self.log.log("emerg", message)
+            return False
+
+        digest = _digest(path)
+        try:
+            gen = build_file(path, zones=old.zones)
+        except ConfigErrors as exc:
+            for err in exc.errors:
+                reject(str(err))
+            return False
+        except (TlsgwError, OSError) as exc:
+            return reject(f"{path}: {exc}")
+        cfg = gen.cfg
+        plan = None
+        try:
+            if _digest(path) != digest:
+                return reject(f"{path}: the file changed while it was read; reload again")
+            checked = [srv for srv in cfg.servers if srv.health_check is not None]
+            was = [srv for srv in old.cfg.servers if srv.health_check is not None]
+            if checked or was:  # its helper and zone are made at start-up only (README: limits)
+                srv = (checked or was)[0]
+                line = srv.source.get("health_check") or srv.line
+                which = "" if checked else " (in the running configuration)"
+                return reject(f'{path}:{line}: reload with "health_check" is not supported '
+                              "yet: restart tlsgw to apply the configuration (the health check "
+                              f"helper and its zone are made when tlsgw starts){which}")
+            for key in gen.zone_keys:
+                if gen.zones.holders(key) == 1:  # made for this generation: workers lack it
+                    kind, name, size = key
+                    srv = next(s for s in cfg.servers
+                               if s.s.ssl_session_cache.shared_name == name)
+                    line = srv.source.get("ssl_session_cache") or srv.line
+                    return reject(f'{path}:{line}: ssl_session_cache "shared:{name}:{size}" is a '
+                                  "new shared zone (a new name or size); it takes a restart of "
+                                  "tlsgw to be shared by running workers")
+            if cfg.worker_processes != self.cfg.worker_processes:
+                line = cfg.source.get("worker_processes") or 1
+                return reject(f"{path}:{line}: worker_processes cannot change on reload "
+                              f"({self.cfg.worker_processes} running, {cfg.worker_processes} "
+                              "asked); restart tlsgw to apply")
+            try:
+                plan = self.listeners.plan(g.listen for g in cfg.groups)
+            except TlsgwError as exc:
+                line = next((g.listen.line for g in cfg.groups
+                             if g.listen.address.name in str(exc)), 0)
+                return reject(f"{path}:{line}: {exc}" if line else f"{path}: {exc}")
+        finally:
+            if plan is None:
+                gen.release()
+        # ---- nothing has changed until here; from here on the new configuration is applied
+        self.listeners.commit(plan)
+        gen.number = old.number + 1
+        added = [g for g in cfg.groups if Generation.route_key(g) not in old.routes]
+        self.slots = [[(g, self.listeners.socket(g.listen, slot)) for g in cfg.groups]
+                      for slot in range(cfg.worker_processes)]
+        keys = [Generation.route_key(g) for g in added]
+        message = control.reload_message(gen.number, path, digest, keys)
+        for pid, channel in list(self.controls.items()):
+            slot = self.pids.get(pid)
+            if slot is None:
+                continue
+            fds = [self.listeners.socket(g.listen, slot).fileno() for g in added]
+            try:
+                socket.send_fds(channel, [message], fds)
+            except BlockingIOError:
+                self.log.log("alert", f"worker process {pid} does not read its control channel, "
+                             "reload not passed on")
+            except OSError:
+                pass  # it is exiting; reap() says so, and its successor gets the new generation
+        self.generation, self.cfg = gen, cfg
+        self.await_workers(gen.number)
+        old.release()  # the master's copy; each worker releases its own once its sessions end
+        lines.append(describe_changes(old, gen))
+        self.log.log("notice", lines[-1])
+        for warning in cfg.warnings + gen.warnings:
+            self.log.log("warn", warning)
+        if (cfg.error_log.target, cfg.error_log_level) != (old.cfg.error_log.target,
+                                                           old.cfg.error_log_level):
+            self.log.log("warn", "error_log changes take effect when tlsgw restarts")
+        return True
+
+    def await_workers(self, number: int, timeout: float = 10.0) -> None:
+        """Wait until every worker answered RELOAD *number* (it serves the new generation
+        before ``tlsgw reload`` returns); log the ones that failed or are late."""
+        waiting = {channel: pid for pid, channel in self.controls.items()}
+        deadline = time.monotonic() + timeout
+        while waiting and (left := deadline - time.monotonic()) > 0:
+            readable, _, _ = select.select(list(waiting), [], [], left)
+            for channel in readable:
+                try:
+                    data = channel.recv(4096)
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    data = b""
+                if not data:  # exiting; reap() says so, its successor forks with the new one
+                    waiting.pop(channel)
+                    continue
+                messages, self.unread[channel] = control.from_worker(
+                    self.unread.get(channel, b"") + data)
+                for message in messages:
+                    if message == control.SERVING:  # a (re)started worker's first word
+                        continue
+                    what, n = message
+                    if n == number and channel in waiting:
+                        pid = waiting.pop(channel)
+                        if what != control.ADOPTED:
+                            self.log.log("alert", f"worker process {pid} could not build "
+                                         f"generation {number} (see its error line) and "
+                                         "serves the one before; reload again")
+        for pid in waiting.values():
+            self.log.log("alert", f"worker process {pid} did not confirm generation {number} "
+                         f"in {timeout:g}s")
+
+    def write_pidfile(self) -> None:
+        """Write the configuration's pid file (``pid``), moving it if the path changed."""
+        want = self.cfg.pid
+        if want == self.pidfile:
+            return
+        if want is not None:
+            try:
+                pidfile.write(want, self.pid)
+            except pidfile.PidFileError as exc:  # the old file stays where it was
+                self.log.log("alert", str(exc))
+                return
+        if self.pidfile is not None:
+            pidfile.remove(self.pidfile, self.pid)
+        self.pidfile = want
 
     # ---- reload hooks: the reload calls these around each attempt ------------------------------
     def on_reload_started(self) -> None:
@@ -309,13 +430,18 @@ class Master:
         self.received(sig, sender, "ignored")
 
     def run(self) -> int:
-        if self.cfg.pid:
-            write_pid_file(self.cfg.pid)
+        if self.cfg.pid is not None:
+            try:
+                pidfile.write(self.cfg.pid, self.pid)
+            except pidfile.PidFileError as exc:
+                raise StartupError(str(exc)) from None
+            self.pidfile = self.cfg.pid
         try:
             return self.serve()
         finally:
-            if self.cfg.pid:
-                remove_pid_file(self.cfg.pid)
+            if self.pidfile is not None:
+                pidfile.remove(self.pidfile, self.pid)
+                self.pidfile = None
 
     def serve(self) -> int:
         self.bind()
@@ -357,9 +483,41 @@ class Master:
         self.close_listeners()
         for channel in self.controls.values():
             channel.close()
+        if self.pidfile is not None:
+            pidfile.remove(self.pidfile, self.pid)
+            self.pidfile = None
         self.log.log("notice", "exit")
         logs.flush_all()
         return 0
+
+
+def _digest(path: str) -> str:
+    try:
+        with open(path, "rb") as f:
+            return hashlib.sha256(f.read()).hexdigest()
+    except OSError:
+        return ""
+
+
+def describe_changes(old: Generation, new: Generation) -> str:
+    """The reload's notice line: the generation number and what changed."""
+    def listens(gen: Generation) -> dict[str, str]:
+        return {Generation.route_key(g): g.listen.text for g in gen.cfg.groups}
+
+    def peers(gen: Generation) -> set[tuple[str, str]]:
+        return {(u.name, p.name) for u in gen.cfg.upstreams.values() for p in u.peer_configs()}
+
+    a, b = listens(old), listens(new)
+    pa, pb = peers(old), peers(new)
+    parts = []
+    for what, items in (("listeners added", [b[k] for k in b if k not in a]),
+                        ("listeners removed", [a[k] for k in a if k not in b]),
+                        ("upstream servers added", sorted(f"{u}/{p}" for u, p in pb - pa)),
+                        ("upstream servers removed", sorted(f"{u}/{p}" for u, p in pa - pb))):
+        if items:
+            parts.append(f"{what}: {', '.join(items)}")
+    return (f"reconfigured: generation {new.number} of {new.cfg.file}; "
+            + ("; ".join(parts) or "no listener or upstream server added or removed"))
 
 
 def run_master(generation: Generation) -> int:

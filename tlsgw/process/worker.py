@@ -9,7 +9,10 @@ use is reported before any worker starts) and serves them until told to stop:
 * the signals meant for the master (:data:`MASTER_SIGNALS`: SIGHUP, SIGUSR1, SIGUSR2,
   SIGWINCH, ...) are logged and ignored, so a terminal's SIGHUP to the process group or a stray
   ``kill -USR1 <worker>`` costs no session. What the master wants from a worker comes over its
-  control channel (:mod:`tlsgw.process.control`): reopen the logs; EOF there means the master is gone
+  control channel (:mod:`tlsgw.process.control`): reopen the logs, or reload (:meth:`Worker.reload`:
+  build the generation the master validated, adopt it, serve its new listening sockets, received
+  with the message, stop accepting on removed ones, and release the old generation once its
+  last session ends); EOF there means the master is gone
   (even ``kill -9``), and the worker stops at once, so no orphan keeps the ports. The kernel's
   parent-death signal (:data:`PARENT_DEATH_SIGNAL`) backs that up.
 
@@ -21,6 +24,7 @@ session it belongs to is ended; the worker and the other sessions go on.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import signal
 import socket
@@ -35,7 +39,7 @@ from tlsgw.process.memory import MemoryReturn
 from tlsgw.proxy import phases
 from tlsgw.proxy.context import WorkerContext
 from tlsgw.proxy.pump import ENDED, Session
-from tlsgw.runtime.generation import Generation
+from tlsgw.runtime.generation import Generation, build_file
 from tlsgw.runtime.server import ServerRuntime
 
 #: Signals an operator sends the master; a worker that gets one logs it and carries on.
@@ -89,6 +93,13 @@ class Worker:
         self.upstreams: dict[str, Upstream] = {}
         self.layouts: dict[str, tuple[Any, Any, Any]] = {}
         self.accepts: dict[str, _Accept] = {}
+        #: route key -> the server accepting on it (serve, reload)
+        self.servers: dict[str, asyncio.AbstractServer] = {}
+        #: generations replaced by a reload, each released once no open session uses it
+        self.retired: list[Generation] = []
+        self.retire_timer: asyncio.TimerHandle | None = None
+        self.channel_buffer = b""
+        self.channel_fds: list[int] = []
         self.generation = generation
         self.adopt(generation)
 
@@ -99,18 +110,29 @@ class Worker:
     def adopt(self, generation: Generation) -> None:
         """Serve *generation* from the next accepted connection on: bind its runtimes to this
         worker's balancer state (made for upstreams it did not know) and point every
-        listener's factory at its routes. Open sessions keep the runtimes they started with."""
+        listener's factory at its routes. Open sessions keep the runtimes they started with
+        (and the balancer state they counted themselves in: ``conns`` is not carried over)."""
+        self.upstreams_before = dict(self.upstreams)
         for srv in generation.cfg.servers:
             u = srv.upstream
             health = generation.health(u.name)
             layout = (u.method, u.peer_configs(), health)
-            if self.layouts.get(u.name) != layout:  # new or changed (carrying the state of
-                # its unchanged peers over, by (upstream, peer) name, is the reload's to add)
-                self.upstreams[u.name] = Upstream(u.name, layout[1], u.method, health=health)
+            if self.layouts.get(u.name) != layout:  # new or changed
+                upstream = self.upstreams[u.name] = Upstream(u.name, layout[1], u.method,
+                                                             health=health)
                 self.layouts[u.name] = layout
+                old = self.upstreams_before.get(u.name)
+                if old is not None:  # passive failure state of the peers that still exist
+                    state = {p.name: p for p in old.peers}
+                    for peer in upstream.peers:
+                        was = state.get(peer.name)
+                        if was is not None:
+                            peer.fails, peer.checked, peer.accessed = (was.fails, was.checked,
+                                                                       was.accessed)
         for srv in generation.cfg.servers:
             generation.runtimes[srv.index].bind(self, self.upstreams[srv.upstream.name])
         self.generation = generation
+        self.cfg = generation.cfg  # worker_shutdown_timeout of the next stop, among others
         for key, route in generation.routes.items():
             accept = self.accepts.get(key)
             if accept is None:
@@ -119,14 +141,8 @@ class Worker:
 
     async def serve(self) -> None:
         loop = self.loop
-        servers = []
         for group, sock in self.listeners:
-            factory = self.factory(group)
-            if sock.family == socket.AF_UNIX:
-                srv = await loop.create_unix_server(factory, sock=sock, backlog=group.listen.backlog)
-            else:
-                srv = await loop.create_server(factory, sock=sock, backlog=group.listen.backlog)
-            servers.append(srv)
+            await self.start_server(group, sock)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop, False)
         loop.add_signal_handler(signal.SIGQUIT, self.request_stop, True)
@@ -145,8 +161,10 @@ class Worker:
         self.error_log.log("notice", f"worker process {self.pid} started")
         await self.stop_requested.wait()
         memory.stop()
-        for srv in servers:
+        for srv in self.servers.values():
             srv.close()
+        if self.retire_timer is not None:
+            self.retire_timer.cancel()
         ctx = self.context
         if not self.immediate and ctx.sessions:
             ctx.draining = True
@@ -165,6 +183,82 @@ class Worker:
         await asyncio.sleep(0)
         self.error_log.log("notice", "exiting")
 
+    async def start_server(self, group: ListenGroup, sock: socket.socket) -> None:
+        key = Generation.route_key(group)
+        factory = self.accepts[key]
+        if sock.family == socket.AF_UNIX:
+            srv = await self.loop.create_unix_server(factory, sock=sock,
+                                                     backlog=group.listen.backlog)
+        else:
+            srv = await self.loop.create_server(factory, sock=sock, backlog=group.listen.backlog)
+        self.servers[key] = srv
+
+    def reload(self, message: dict, fds: list[int]) -> None:
+        """Serve the generation the master validated: build it from the same file, adopt it,
+        start accepting on its new listeners (*fds*, in the order of the message's
+        ``listeners``), stop accepting on removed ones. Open sessions are left alone."""
+        socks = [socket.socket(fileno=fd) for fd in fds]
+        number, path = message["generation"], message["file"]
+        if self.stop_requested.is_set():  # stopping: serve nothing new
+            for sock in socks:
+                sock.close()
+            self.answer(control.FAILED, number)
+            return
+        try:
+            with open(path, "rb") as f:
+                if hashlib.sha256(f.read()).hexdigest() != message["sha256"]:
+                    raise OSError(f"{path} changed after the master validated it")
+            generation = build_file(path, zones=self.generation.zones)
+        except Exception as exc:
+            for sock in socks:
+                sock.close()
+            self.error_log.log("alert", f"cannot build generation {number}, generation "
+                               f"{self.generation.number} goes on serving: "
+                               f"{logs.describe_exception(exc)}")
+            self.answer(control.FAILED, number)
+            return
+        generation.number = number
+        old = self.generation
+        self.adopt(generation)
+        for key in [k for k in self.servers if k not in generation.routes]:
+            self.servers.pop(key).close()  # the listening socket only; its sessions go on
+            del self.accepts[key]
+        for key, sock in zip(message["listeners"], socks, strict=True):
+            if key in self.servers:  # cannot happen: the master sends only new ones
+                sock.close()
+                continue
+            task = self.loop.create_task(self.start_server(generation.routes[key].group, sock))
+            task.add_done_callback(self._started)
+        self.retired.append(old)
+        self.release_retired()
+        self.error_log.log("notice", f"serving generation {number}")
+        self.answer(control.ADOPTED, number)
+
+    def answer(self, what: bytes, number: int) -> None:
+        if self.channel is not None:
+            try:
+                self.channel.send(control.ANSWER.pack(what, number))
+            except OSError:
+                pass  # the master is gone or stuck; it does not wait for ever
+
+    def _started(self, task: asyncio.Task) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            self.error_log.log("alert", "cannot serve a new listener: "
+                               f"{logs.describe_exception(task.exception())}")
+
+    def release_retired(self) -> None:
+        """Release every retired generation no open session uses; check again in a second
+        while some are left (only then: nothing per connection)."""
+        self.retire_timer = None
+        used = {id(getattr(s, "rt", None)) for s in self.context.sessions}
+        for gen in list(self.retired):
+            if not any(id(rt) in used for rt in gen.runtimes.values()):
+                self.retired.remove(gen)
+                gen.release()
+                self.error_log.log("info", f"generation {gen.number} released")
+        if self.retired:
+            self.retire_timer = self.loop.call_later(1.0, self.release_retired)
+
     def factory(self, group: ListenGroup) -> Callable[[], asyncio.Protocol]:
         """The protocol factory of one listening socket (its phases: :meth:`adopt`)."""
         return self.accepts[Generation.route_key(group)]
@@ -177,17 +271,23 @@ class Worker:
         """The master's control channel is readable: commands, or EOF (the master is gone)."""
         assert self.channel is not None
         try:
-            data = self.channel.recv(256)
+            data, fds, _flags, _addr = socket.recv_fds(self.channel, 65536, 1024)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
-            data = b""
+            data, fds = b"", []
+        self.channel_fds += fds
         if not data:
             self.loop.remove_reader(self.channel.fileno())
             self.master_gone()
             return
-        for command in data:
-            if bytes((command,)) == control.REOPEN:
+        commands, self.channel_buffer = control.split(self.channel_buffer + data)
+        for command in commands:
+            if isinstance(command, dict):
+                n = len(command["listeners"])
+                fds, self.channel_fds = self.channel_fds[:n], self.channel_fds[n:]
+                self.reload(command, fds)
+            elif command == control.REOPEN:
                 logs.reopen_all()  # first, so this line already goes to the new file
                 self.error_log.log("notice", "reopening logs")
             else:

@@ -39,7 +39,8 @@ Two phases, because workers are created with ``os.fork()``:
    * reads and validates ``ssl_session_ticket_key`` files;
    * generates one random 80-byte ticket key for servers without key files. Because it is made
      before the fork, every worker encrypts and decrypts tickets with the same key and a ticket
-     issued by one worker resumes on any other (OpenSSL's own keys are per process).
+     issued by one worker resumes on any other (OpenSSL's own keys are per process). The key
+     is the process's (:func:`generated_ticket_key`): every generation uses the same one.
 
 2. **Master or worker:** :func:`apply` configures one ``ssl.SSLContext`` (timeout, session-id
    context, cache mode and size, cache callbacks, ticket option and ticket-key callback,
@@ -432,6 +433,19 @@ class SharedZoneError(StartupError):
         self.zone = name
 
 
+_generated: TicketKey | None = None
+
+
+def generated_ticket_key() -> TicketKey:
+    """The process's generated ticket key (servers without key files): made once, before the
+    workers are forked (they inherit it), and kept across generations, so tickets issued before
+    a reload still resume after it, in every worker."""
+    global _generated
+    if _generated is None:
+        _generated = TicketKey.from_bytes(os.urandom(80))
+    return _generated
+
+
 def prepare_in_master(settings_list: Iterable[SessionSettings], allocate: bool = True,
                       zone: Callable[[str, int], SharedSessionStore] | None = None,
                       ) -> SessionRuntime:
@@ -474,7 +488,7 @@ def prepare_in_master(settings_list: Iterable[SessionSettings], allocate: bool =
         except OSError as exc:
             runtime.close()
             raise SharedZoneError(name, size, exc) from None
-    runtime.auto_keys = TicketKeyRing([TicketKey.from_bytes(os.urandom(80))])
+    runtime.auto_keys = TicketKeyRing([generated_ticket_key()])
     # create the callback thunks now so forked workers inherit them ready-made
     for ring in [runtime.auto_keys, *runtime.file_keys.values()]:
         ring.callback()

@@ -137,12 +137,15 @@ DIRECTIVES: list[Directive] = [
     D("pid", ("main",), "pid: PATH | off", "off", pid_file,
       "The master writes its process id to PATH at start-up (atomically: a temporary file "
       "renamed into place) and removes it at exit; a relative PATH is relative to the "
-      "configuration file. The control commands (`tlsgw reopen|stop|quit -c FILE`, or "
-      "`tlsgw -s SIGNAL -c FILE`) find the master through it. tlsgw refuses to start while a "
-      "live process holds the file; a stale file (no such process) is replaced.",
+      "configuration file. The control commands (`tlsgw reload|reopen|stop|quit -c FILE`, or "
+      "`tlsgw -s SIGNAL -c FILE`) find the master through it. Next to it the master writes "
+      "`PATH.reload`, the outcome of each reload, which `tlsgw reload` waits for. A reload "
+      "that changes PATH moves the file. tlsgw refuses to start while a live process holds "
+      "the file; a stale file (no such process) is replaced.",
       "pid: /run/tlsgw/tlsgw.pid",
       differs="nginx's default is `logs/nginx.pid` under its prefix; tlsgw writes none unless "
-      "told to (under systemd's `Type=notify` the manager knows the pid).",
+      "told to (several gateways on one machine never share one by accident; under systemd's "
+      "`Type=notify` the manager knows the pid).",
       nginx=Nginx("pid", ("main",), "one")),
     D("upstreams", ("main",), "upstreams: {NAME: {servers: [...], hash|least_conn|random: ...}}",
       None, None, "Named groups of backend servers that `proxy_pass` can name.",
