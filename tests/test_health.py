@@ -146,7 +146,9 @@ def test_helper_is_restarted_and_exits_with_the_master(backends, gateway):
     a = backends("identify", name="PONG a")
     gw = gateway(_config([a.address], "interval=200ms", workers=1), workers=1)
     wait_until(lambda: len(gw.pids()) == 3, what="the helper")
-    helper = int(re.findall(r"start health check helper process (\d+)", gw.stderr())[0])
+    # the master's log line may come a moment after the process exists (the log writer batches)
+    line = gw.wait_log("start health check helper process")
+    helper = int(re.search(r"start health check helper process (\d+)", line).group(1))
     os.kill(helper, signal.SIGKILL)
     gw.wait_log(f"health check helper process {helper} exited on signal 9")
     wait_until(lambda: len(re.findall(r"start health check helper process", gw.stderr())) == 2,
