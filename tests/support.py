@@ -242,9 +242,15 @@ class Gateway:
                 stdout=out, stderr=err, env=env, cwd=self.dir, start_new_session=True)
         if wait:
             started = re.compile(r"worker process \d+ started")
-            wait_until(lambda: len(started.findall(self.stderr())) >= self.workers
-                       or self.proc.poll() is not None, what="workers to start")
-            assert self.proc.poll() is None, self.stderr()
+            try:
+                wait_until(lambda: len(started.findall(self.stderr())) >= self.workers
+                           or self.proc.poll() is not None, what="workers to start")
+                assert self.proc.poll() is None, self.stderr()
+            except BaseException:  # never leave a gateway running behind a failed start
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+                raise
         return self
 
     def stderr(self) -> str:
