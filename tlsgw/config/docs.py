@@ -154,9 +154,10 @@ _GENERAL_DIFFERENCES = [
     "and picks the server by the connection's local address; tlsgw binds every listen address "
     "on a socket of its own, so `check` refuses the combination at the specific address's line.",
     "* **Signals**: SIGTERM/SIGINT stop gracefully and SIGQUIT stops at once (nginx: QUIT is "
-    "graceful, TERM/INT fast). SIGUSR1 reopens the log files, as in nginx. SIGHUP (reload) is "
-    "not implemented yet and is logged and ignored, as are SIGUSR2 (nginx: binary upgrade) and "
-    "SIGWINCH (nginx: stop a daemon's workers). Workers ignore the signals meant for the master, "
+    "graceful, TERM/INT fast). SIGUSR1 reopens the log files and SIGHUP reloads the "
+    "configuration, as in nginx, but in place: the workers adopt the new configuration and no "
+    "new processes are started. SIGUSR2 (nginx: binary upgrade) and SIGWINCH (nginx: stop a "
+    "daemon's workers) are logged and ignored. Workers ignore the signals meant for the master, "
     "and exit at once when the master is gone (nginx's workers outlive a killed master).",
     "* **`hash` with `backup` servers**: nginx rejects `backup` when the method directive comes "
     "before the `server` lines and otherwise ignores it except as a last resort after 20 "
