@@ -50,7 +50,7 @@ def test_hung_server_is_taken_out_and_returns_after_passes(backends, gateway):
     port = gw.port()
     pids = gw.pids()
     assert len(pids) == 1 + 2 + 1  # master, 2 workers, the health check helper
-    assert "start health check helper process" in gw.stderr()
+    gw.wait_log("start health check helper process")
     assert {_who(port) for _ in range(6)} == {"PONG a", "PONG b"}
 
     # an open session to b, to be left alone
