@@ -8,6 +8,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from mockio import Harness  # noqa: E402
 from support import PKI, Backend, Gateway  # noqa: E402
 
 
@@ -48,3 +49,19 @@ def gateway(tmp_path: Path) -> Iterator[callable]:
 def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
     """A lab PKI (see :class:`support.PKI`), made once per test run."""
     return PKI(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture
+def harness(tmp_path: Path) -> Iterator[type[Harness]]:
+    """Factory: ``harness(server_yaml, **kw)`` → a socket-free :class:`mockio.Harness` (a session
+    on a fake loop and mock transports); all closed after."""
+    made: list[Harness] = []
+
+    def make(server: str = "", **kw: object) -> Harness:
+        h = Harness(tmp_path, server, **kw)  # type: ignore[arg-type]
+        made.append(h)
+        return h
+
+    yield make  # type: ignore[misc]
+    for h in made:
+        h.close()

@@ -3,30 +3,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
 from mockio import Harness
 
 from tlsgw.proxy import messages
 from tlsgw.proxy.record import Status
 
 PEERS = ("10.0.0.2:80", "10.0.0.3:80", "10.0.0.4:80")
-
-
-@pytest.fixture
-def harness(tmp_path: Path) -> Iterator[type[Harness]]:
-    made: list[Harness] = []
-
-    def make(server: str = "", **kw: object) -> Harness:
-        h = Harness(tmp_path, server, **kw)  # type: ignore[arg-type]
-        made.append(h)
-        return h
-
-    yield make  # type: ignore[misc]
-    for h in made:
-        h.close()
 
 
 def lines(h: Harness, text: str) -> list[tuple[str, str]]:

@@ -4,11 +4,7 @@ directions, half-close, EOF while connecting, connect failures, the idle timeout
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
-from mockio import Harness
 
 from tlsgw.proxy.flow import BACKPRESSURE, HELD, FlowControl, Reason
 from tlsgw.proxy.pump import State
@@ -92,20 +88,6 @@ def test_flow_reasons_have_names():
 
 
 # ---- the session's pump -------------------------------------------------------------------
-@pytest.fixture
-def harness(tmp_path: Path) -> Iterator[type[Harness]]:
-    made: list[Harness] = []
-
-    def make(server: str = "", **kw: object) -> Harness:
-        h = Harness(tmp_path, server, **kw)  # type: ignore[arg-type]
-        made.append(h)
-        return h
-
-    yield make  # type: ignore[misc]
-    for h in made:
-        h.close()
-
-
 def test_bytes_keep_their_order_through_hold_and_connect(harness):
     h = harness().start()
     h.client.feed(b"one ")

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import socket
 import struct
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from mockio import Harness, MockTransport
@@ -18,20 +16,6 @@ from tlsgw.proxy.realip import ProxyProtocolSession, wrap
 V2 = (proxyproto.SIGNATURE + struct.pack("!BBH", 0x21, 0x11, 12 + 7)
       + socket.inet_aton("203.0.113.9") + socket.inet_aton("198.51.100.1") + struct.pack("!HH", 777, 443)
       + struct.pack("!BH", 0x02, 4) + b"a.ex")
-
-
-@pytest.fixture
-def harness(tmp_path: Path) -> Iterator[type[Harness]]:
-    made: list[Harness] = []
-
-    def make(server: str = "", **kw: object) -> Harness:
-        h = Harness(tmp_path, server, **kw)  # type: ignore[arg-type]
-        made.append(h)
-        return h
-
-    yield make  # type: ignore[misc]
-    for h in made:
-        h.close()
 
 
 def accept(h: Harness, peer: tuple[str, int] = ("127.0.0.1", 5000)) -> tuple[ProxyProtocolSession, MockTransport]:
