@@ -274,7 +274,7 @@ class Harness:
                             clock=self.loop.time)
         # the data path reads no worker: the session's worker is its context
         self.rt = ServerRuntime(srv)
-        self.rt.bind(None, upstream)
+        self.rt.bind(upstream)
         self.session = Session(self.context, self.rt, "127.0.0.1:8000")
         self.client = MockTransport(self.loop, self.session)
         self._saved = pump._monotonic

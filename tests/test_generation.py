@@ -217,7 +217,7 @@ def test_runtimes_read_the_typed_settings(tmp_path, pki):
             assert rt.connect_timeout == srv.s.proxy_connect_timeout
             assert rt.buffer_size == srv.s.proxy_buffer_size
             assert rt.half_close == srv.s.proxy_half_close
-            assert rt.worker is None and rt.upstream is None  # bound by the adopting worker
+            assert rt.upstream is None  # bound by the adopting worker
         proxied = gen.runtimes[2]
         assert proxied.proxy_tls is not None and proxied.proxy_tls.name == "localhost"
     finally:
@@ -287,7 +287,7 @@ def test_a_worker_reads_the_current_generation_per_accept_and_sessions_keep_thei
         group = first.cfg.groups[0]
         factory = worker.factory(group)
         old = factory()
-        assert old.rt is first.runtimes[0] and old.rt.worker is worker
+        assert old.rt is first.runtimes[0] and old.ctx is worker.context
         backend, other = worker.upstreams["backend"], worker.upstreams["other"]
         assert old.rt.upstream is backend and old.rt.timeout == 600
 

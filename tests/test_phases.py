@@ -45,7 +45,7 @@ def _listener(tmp_path: Path, listen: str, extra: str = "") -> tuple[phases.List
     _GENERATIONS.append(gen)  # its contexts' callbacks live as long as it does
     for s in cfg.servers:
         upstream = Upstream(s.upstream.name, s.upstream.peer_configs(), s.upstream.method)
-        gen.runtimes[s.index].bind(None, upstream)
+        gen.runtimes[s.index].bind(upstream)
     group = cfg.groups[0]
     return phases.Listener(group, phases.servers_of(group, gen.runtimes), context), loop
 

@@ -130,7 +130,7 @@ class Worker:
                             peer.fails, peer.checked, peer.accessed = (was.fails, was.checked,
                                                                        was.accessed)
         for srv in generation.cfg.servers:
-            generation.runtimes[srv.index].bind(self, self.upstreams[srv.upstream.name])
+            generation.runtimes[srv.index].bind(self.upstreams[srv.upstream.name])
         self.generation = generation
         self.cfg = generation.cfg  # worker_shutdown_timeout of the next stop, among others
         for key, route in generation.routes.items():

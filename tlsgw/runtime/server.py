@@ -58,12 +58,10 @@ class ServerRuntime:
         # bound per worker (bind)
         self.upstream: Upstream = None  # type: ignore[assignment]
         self.access_log: logs.LogSink | None = None
-        #: the adopting worker; kept only until every data-path read of it is gone
-        self.worker: Any = None
 
-    def bind(self, worker: Any, upstream: Upstream) -> None:
+    def bind(self, upstream: Upstream) -> None:
         """Give the runtime the adopting worker's state: its upstream's balancer state and the
-        access log sink (sinks are per process)."""
-        self.worker = worker
+        access log sink (sinks are per process). What else a session needs of its worker comes
+        in its :class:`~tlsgw.proxy.context.WorkerContext`."""
         self.upstream = upstream
         self.access_log = logs.sink(self.cfg.access_log.target.target) if self.cfg.access_log else None
