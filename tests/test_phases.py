@@ -47,7 +47,7 @@ def _listener(tmp_path: Path, listen: str, extra: str = "") -> tuple[phases.List
         upstream = Upstream(s.upstream.name, s.upstream.peer_configs(), s.upstream.method)
         gen.runtimes[s.index].bind(upstream)
     group = cfg.groups[0]
-    return phases.Listener(group, phases.servers_of(group, gen.runtimes), context), loop
+    return phases.Listener(group, gen.routes[gen.route_key(group)].by_index, context), loop
 
 
 def test_a_plain_listener_gets_the_pump_protocol_directly(tmp_path):

@@ -11,8 +11,9 @@ A listener's phases are decided once, when its protocol factory is built
 each pre-content phase a listen group uses wraps the factory of the phases after it, outermost
 first, so the first phase gets the raw transport first. A listen group that uses none of them
 gets the pump's :class:`~tlsgw.proxy.pump.Session` class itself as its factory (a
-``functools.partial``: no Python frame between the accept and the session), exactly as fast as
-before phases existed.
+``functools.partial``: no Python frame of its own). The worker calls it through one small
+indirection that reads the current generation's factory per accept
+(:class:`tlsgw.process.worker._Accept`, one Python frame, as the closure before phases was).
 
 What exists today:
 
@@ -44,7 +45,7 @@ import enum
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from tlsgw.config.model import ListenGroup
 from tlsgw.proxy import realip
@@ -140,8 +141,3 @@ def build(listener: Listener) -> tuple[Factory, tuple[Phase, ...]]:
             factory = outer
             used.append(phase)
     return factory, tuple(reversed(used))
-
-
-def servers_of(group: ListenGroup, runtimes: dict[int, Any]) -> dict[int, Any]:
-    """The runtimes of ``group``'s servers, by config index."""
-    return {s.index: runtimes[s.index] for s in group.servers}
