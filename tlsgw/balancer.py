@@ -316,7 +316,7 @@ class CheckedPeer(Peer):
     shared zone the health-check helper writes) is non-zero, and as :class:`Peer` says.
 
     Only peers of upstreams with ``health_check`` are of this class, so a plain peer's
-    :meth:`usable` costs what it always did; this one reads one byte more."""
+    :meth:`usable` costs what it always did; this one reads one byte and makes one call more."""
 
     __slots__ = ("health", "slot")
 
@@ -326,16 +326,7 @@ class CheckedPeer(Peer):
         self.slot = slot
 
     def usable(self, now: int) -> bool:
-        # Peer.usable's body after the byte, inlined: one read more, no call more
-        if self.down or not self.health[self.slot]:
-            return False
-        if (
-            self.max_fails
-            and self.fails >= self.max_fails
-            and now - self.checked <= self.fail_timeout
-        ):
-            return False
-        return not (self.max_conns and self.conns >= self.max_conns)
+        return bool(self.health[self.slot]) and Peer.usable(self, now)
 
     @property  # type: ignore[override]
     def healthy(self) -> bool:
