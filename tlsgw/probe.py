@@ -202,7 +202,8 @@ class Handshake:
     """DER certificates the server sent, leaf first."""
     seconds: float
     done_at: float
-    """time.monotonic() when the handshake (and the wait for TLS 1.3 tickets) ended."""
+    """time.monotonic() when the handshake ended, before any wait for TLS 1.3 tickets: the
+    server made the session by then, so a session's age counts from here."""
 
 
 def _peer_chain(tls: ssl.SSLSocket) -> list[bytes]:
@@ -268,12 +269,12 @@ class Prober:
             raw.close()
             raise _handshake_failure(exc, self.target, self.timeout) from None
         with tls:
-            seconds = time.monotonic() - start
+            done_at = time.monotonic()
             if tls.version() == "TLSv1.3":
                 self._read_tickets(tls)
             return Handshake(tls.version() or "?", (tls.cipher() or ("?",))[0],
                              tls.selected_alpn_protocol(), tls.session_reused, tls.session,
-                             _peer_chain(tls), seconds, time.monotonic())
+                             _peer_chain(tls), done_at - start, done_at)
 
     def _read_tickets(self, tls: ssl.SSLSocket) -> None:
         """TLS 1.3 tickets come after the handshake: read (and drop any data) until one has
