@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import os
+import random
 import re
 import signal
 import socket
@@ -14,17 +16,47 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
+#: free_port() hands out ports below the kernel's ephemeral range (32768-60999 on Linux), so
+#: no outgoing connection of the suite (or of a concurrently running pytest) can take a port
+#: between the test choosing it and the gateway binding it. Each pytest process starts at a
+#: random place in the range and walks on from there; under pytest-xdist each worker has its
+#: own slice.
+_PORTS = range(20000, 32000)
+
+
+def _port_sequence() -> Iterator[int]:
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    index = int(worker[2:]) if worker[2:].isdigit() else 0
+    size = len(_PORTS) // max(count, 1)
+    first = _PORTS.start + index * size
+    offset = random.randrange(size)
+    for i in itertools.count():
+        yield first + (offset + i) % size
+
+
+_next_port = _port_sequence()
+
+
 def free_port(host: str = "127.0.0.1") -> int:
+    """A port that is free on ``host`` for TCP and UDP right now."""
     fam = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(fam, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+    while True:
+        port = next(_next_port)
+        try:
+            with socket.socket(fam, socket.SOCK_STREAM) as s, \
+                    socket.socket(fam, socket.SOCK_DGRAM) as u:
+                s.bind((host, port))
+                u.bind((host, port))
+        except OSError:
+            continue
+        return port
 
 
 def wait_until(pred: Callable[[], object], timeout: float = 10.0, what: str = "condition") -> object:
