@@ -525,7 +525,7 @@ def run_master(generation: Generation) -> int:
     # creator's mask, and a signal left unblocked in one thread is delivered there instead of
     # to sigtimedwait() — a lost SIGCHLD leaves a worker unreaped, a SIGUSR1 kills outright.
     signal.pthread_sigmask(signal.SIG_BLOCK, Master.SIGNALS)
-    procctl.set_name("tlsgw: master")
+    procctl.set_title(f"tlsgw: master process -c {generation.cfg.file}", "tlsgw: master")
     notify.setup()
     try:
         return Master(generation).run()

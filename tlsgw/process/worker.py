@@ -367,7 +367,7 @@ def run_worker(generation: Generation, listeners: list[tuple[ListenGroup, socket
     import uvloop
 
     logs.reset_after_fork()
-    procctl.set_name("tlsgw: worker")
+    procctl.set_title("tlsgw: worker process", "tlsgw: worker")
     # Dispositions before unblocking: the master's signals are ignored until the loop logs them,
     # the stop signals act by default until the loop handles them.
     for sig in MASTER_SIGNALS:
