@@ -42,6 +42,7 @@ from tlsgw import logs
 from tlsgw.config.model import ListenGroup
 from tlsgw.errors import ConfigErrors, StartupError, TlsgwError
 from tlsgw.process import control, listeners, notify, pidfile, procctl
+from tlsgw.runtime import zones
 from tlsgw.runtime.generation import Generation, build_file
 
 RESPAWN_DELAY = 1.0  # seconds before restarting a worker that died within 1 s of its start
@@ -95,6 +96,14 @@ class Master:
         self.pidfile: str | None = None  # the pid file written (``pid``)
         #: a channel's bytes from its worker read but not yet a whole message
         self.unread: dict[socket.socket, bytes] = {}
+        #: health check helpers a reload replaced, told to exit: not restarted when they do
+        self.retiring: set[int] = set()
+        #: the health zone, held for the master's lifetime and inherited by every child made
+        #: (even unchecked: a reload may add health_check, and a mapping cannot reach workers
+        #: forked before it)
+        self.health_zone = generation.zones.acquire(zones.HEALTH, "health", zones.HEALTH_SLOTS,
+                                                    zones.HealthZone)
+        self.health_zone.commit(generation.health_keys())
 
     def bind(self) -> None:
         """Bind every listener, all or nothing; each worker slot's (group, socket) pairs."""
@@ -164,6 +173,10 @@ class Master:
                 self.unread.pop(channel, None)
                 channel.close()
             if slot is None:
+                continue
+            if pid in self.retiring:  # a helper a reload replaced
+                self.retiring.discard(pid)
+                self.log.log("notice", f"{self.what(slot)} {pid} of the generation before exited")
                 continue
             if os.WIFSIGNALED(status):
                 why, level = f"exited on signal {os.WTERMSIG(status)}", "alert"
@@ -275,17 +288,8 @@ class Master:
         try:
             if _digest(path) != digest:
                 return reject(f"{path}: the file changed while it was read; reload again")
-            checked = [srv for srv in cfg.servers if srv.health_check is not None]
-            was = [srv for srv in old.cfg.servers if srv.health_check is not None]
-            if checked or was:  # its helper and zone are made at start-up only (README: limits)
-                srv = (checked or was)[0]
-                line = srv.source.get("health_check") or srv.line
-                which = "" if checked else " (in the running configuration)"
-                return reject(f'{path}:{line}: reload with "health_check" is not supported '
-                              "yet: restart tlsgw to apply the configuration (the health check "
-                              f"helper and its zone are made when tlsgw starts){which}")
             for key in gen.zone_keys:
-                if gen.zones.holders(key) == 1:  # made for this generation: workers lack it
+                if key[0] == zones.TLS_SESSION_CACHE and gen.zones.holders(key) == 1:  # made for this generation: workers lack it
                     kind, name, size = key
                     srv = next(s for s in cfg.servers
                                if s.s.ssl_session_cache.shared_name == name)
@@ -314,10 +318,11 @@ class Master:
         self.slots = [[(g, self.listeners.socket(g.listen, slot)) for g in cfg.groups]
                       for slot in range(cfg.worker_processes)]
         keys = [Generation.route_key(g) for g in added]
-        message = control.reload_message(gen.number, path, digest, keys)
+        self.health_zone.commit(gen.health_keys())  # the slots of removed servers are free
+        message = control.reload_message(gen.number, path, digest, keys, gen.health_plan())
         for pid, channel in list(self.controls.items()):
             slot = self.pids.get(pid)
-            if slot is None:
+            if slot is None or slot == HELPER:  # the helper is replaced instead (replace_helper)
                 continue
             fds = [self.listeners.socket(g.listen, slot).fileno() for g in added]
             try:
@@ -329,6 +334,7 @@ class Master:
                 pass  # it is exiting; reap() says so, and its successor gets the new generation
         self.generation, self.cfg = gen, cfg
         self.await_workers(gen.number)
+        self.replace_helper()
         old.release()  # the master's copy; each worker releases its own once its sessions end
         lines.append(describe_changes(old, gen))
         self.log.log("notice", lines[-1])
@@ -339,10 +345,31 @@ class Master:
             self.log.log("warn", "error_log changes take effect when tlsgw restarts")
         return True
 
+    def helper_wanted(self) -> bool:
+        """A helper runs while the generation checks a server and none is running already."""
+        return bool(self.generation.health_targets) and HELPER not in self.pids.values()
+
+    def replace_helper(self) -> None:
+        """After a swap: the running helper (it probes the generation before) is told to exit,
+        and one for the new generation is forked if it checks any server. The zone keeps every
+        state meanwhile; the new helper starts each server's check from its byte (a down server
+        stays down until ``passes`` good probes) and probes every server at once."""
+        for pid, slot in list(self.pids.items()):
+            if slot == HELPER and pid not in self.retiring:
+                self.retiring.add(pid)
+                try:
+                    os.kill(pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        self.respawn_at.pop(HELPER, None)
+        if self.generation.health_targets:
+            self.spawn(HELPER)
+
     def await_workers(self, number: int, timeout: float = 10.0) -> None:
         """Wait until every worker answered RELOAD *number* (it serves the new generation
         before ``tlsgw reload`` returns); log the ones that failed or are late."""
-        waiting = {channel: pid for pid, channel in self.controls.items()}
+        waiting = {channel: pid for pid, channel in self.controls.items()
+                   if self.pids.get(pid) != HELPER}
         deadline = time.monotonic() + timeout
         while waiting and (left := deadline - time.monotonic()) > 0:
             readable, _, _ = select.select(list(waiting), [], [], left)
@@ -467,7 +494,8 @@ class Master:
             for slot, when in list(self.respawn_at.items()):
                 if when <= now and not self.stopping:
                     del self.respawn_at[slot]
-                    self.spawn(slot)
+                    if slot != HELPER or self.helper_wanted():
+                        self.spawn(slot)
             if self.stopping and not self.pids:
                 break
             if self.stopping and now > self.stop_deadline:

@@ -208,7 +208,8 @@ class Worker:
             with open(path, "rb") as f:
                 if hashlib.sha256(f.read()).hexdigest() != message["sha256"]:
                     raise OSError(f"{path} changed after the master validated it")
-            generation = build_file(path, zones=self.generation.zones)
+            slots = {(u, p): slot for u, p, slot in message.get("health", ())}
+            generation = build_file(path, zones=self.generation.zones, health_slots=slots)
         except Exception as exc:
             for sock in socks:
                 sock.close()
