@@ -29,6 +29,7 @@ the path, and removes it at exit (:mod:`tlsgw.process.pidfile`). Under systemd (
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import os
 import resource
@@ -41,7 +42,7 @@ import time
 from tlsgw import logs
 from tlsgw.config.model import ListenGroup
 from tlsgw.errors import ConfigErrors, StartupError, TlsgwError
-from tlsgw.process import control, listeners, notify, pidfile, procctl
+from tlsgw.process import control, listeners, notify, pidfile, procctl, watch
 from tlsgw.runtime import zones
 from tlsgw.runtime.generation import Generation, build_file
 
@@ -96,6 +97,12 @@ class Master:
         self.pidfile: str | None = None  # the pid file written (``pid``)
         #: a channel's bytes from its worker read but not yet a whole message
         self.unread: dict[socket.socket, bytes] = {}
+        #: ``config_watch``: the watched files, and when to look at them next
+        self.watch: watch.Watch | None = None
+        self.next_watch = 0.0
+        #: served certificates' expiry thresholds warned about, and the next daily look
+        self.expiry_warned: set[tuple[str, int]] = set()
+        self.next_expiry = 0.0
         #: health check helpers a reload replaced, told to exit: not restarted when they do
         self.retiring: set[int] = set()
         #: the health zone, held for the master's lifetime and inherited by every child made
@@ -241,6 +248,11 @@ class Master:
             self.received(sig, sender, "ignored: shutting down", "warn")
             return
         self.received(sig, sender, "reconfiguring")
+        self.reload_now()
+
+    def reload_now(self) -> None:
+        """One reload attempt (SIGHUP, ``tlsgw reload``, or a change ``config_watch`` saw)."""
+        before = self.watch.snapshot() if self.watch is not None else {}
         self.on_reload_started()
         self.reloads += 1
         lines: list[str] = []
@@ -262,6 +274,38 @@ class Master:
                 self.log.log("alert", f'cannot write "{pidfile.result_path(self.pidfile)}" '
                              f"({exc.errno}: {exc.strerror})")
         self.on_reload_done(ok, lines[-1])
+        # the files read for this attempt are the base of the next look (a failed one is tried
+        # again at their next change), and those of the configuration now served are watched
+        self.start_watch(before)
+        if ok:
+            self.check_expiry()
+
+    # ---- config_watch and certificate expiry (tlsgw.process.watch) ---------------------------
+    def start_watch(self, before: dict | None = None) -> None:
+        interval = self.cfg.main.config_watch if self.cfg.main is not None else None
+        if interval is None:
+            self.watch = None
+            return
+        self.watch = watch.Watch(watch.watched_paths(self.cfg), interval, before)
+        self.next_watch = time.monotonic() + interval
+
+    def look(self) -> None:
+        """``config_watch``'s look: a changed file reloads."""
+        assert self.watch is not None
+        changed = self.watch.changed()
+        self.next_watch = time.monotonic() + self.watch.interval
+        if changed and not self.stopping:
+            names = ", ".join(f'"{p}"' for p in changed)
+            self.log.log("notice", f"{names} changed, reconfiguring (config_watch)")
+            self.reload_now()
+
+    def check_expiry(self) -> None:
+        """Warn about served certificates near their end (at start, after a reload, daily)."""
+        now = datetime.datetime.now(datetime.UTC)
+        for line in watch.expiry_warnings(watch.served_certificates(self.cfg), now,
+                                          self.expiry_warned):
+            self.log.log("warn", line)
+        self.next_expiry = time.monotonic() + watch.DAY
 
     def reconfigure(self, lines: list[str]) -> bool:
         """Build, check and bind the file's configuration, then hand it to every worker; False
@@ -489,8 +533,14 @@ class Master:
             notify.ready(self.listening_status())
         if self.generation.health_targets:  # probes once per server, beside the workers
             self.spawn(HELPER)
+        self.start_watch()
+        self.check_expiry()
         while True:
             now = time.monotonic()
+            if self.watch is not None and now >= self.next_watch:
+                self.look()
+            if now >= self.next_expiry:
+                self.check_expiry()
             for slot, when in list(self.respawn_at.items()):
                 if when <= now and not self.stopping:
                     del self.respawn_at[slot]
@@ -502,7 +552,10 @@ class Master:
                 self.log.log("alert", "workers did not stop in time, killing them")
                 self.signal_workers(signal.SIGKILL)
                 self.stop_deadline = now + 5
-            info = signal.sigtimedwait(self.handlers, 0.2 if self.respawn_at else 1.0)
+            wait = 0.2 if self.respawn_at else 1.0
+            if self.watch is not None:
+                wait = max(0.0, min(wait, self.next_watch - time.monotonic()))
+            info = signal.sigtimedwait(self.handlers, wait)
             if info is None:
                 self.reap()  # cheap safety net; SIGCHLDs of children exiting together coalesce
                 continue
