@@ -72,10 +72,13 @@ def test_reload_keeps_health_state_probes_new_servers_and_replaces_the_helper(ba
     # remove b: it gets nothing, the helper is replaced again, the count stays the same
     out = _reload(gw, _config([a.address, c.address]))
     assert "upstream servers removed: chat/" + b.address in out, out
-    accepted = b.accepted
-    assert {_who(port) for _ in range(8)} == {"PONG a", "PONG c"}
     gw.wait_log(f"health check helper process {second} of the generation before exited")
     wait_until(lambda: len(gw.pids()) == 4, what="one helper")
+    accepted, probes = b.accepted, c.accepted
+    who = [_who(port) for _ in range(8)]
+    assert set(who) == {"PONG a", "PONG c"}
+    sessions = who.count("PONG c")
+    wait_until(lambda: c.accepted >= probes + sessions + 2, what="the new helper's probes of c")
     assert b.accepted == accepted  # neither a session nor a probe of the removed server
 
     # without health_check no helper is left; with it again, one starts

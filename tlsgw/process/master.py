@@ -22,6 +22,10 @@ logged and ignored. The table, its handlers and the README's "Signals" section s
 Each worker gets one end of a socket pair (:mod:`tlsgw.process.control`): commands go down it, and
 the worker reads EOF when the master is gone however it died.
 
+With ``config_watch``, the loop also looks at the configuration and the files it names and
+reloads when one changed (:meth:`Master.look`, :mod:`tlsgw.process.watch`); at start, after a
+reload and daily it warns about served certificates near their end (:meth:`Master.check_expiry`).
+
 With ``pid``, the master writes its pid file before binding, moves it when a reload changes
 the path, and removes it at exit (:mod:`tlsgw.process.pidfile`). Under systemd (``$NOTIFY_SOCKET``) it tells the manager
 (:mod:`tlsgw.process.notify`): READY=1 once every worker serves, STOPPING=1 when a stop starts.
