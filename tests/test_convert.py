@@ -575,3 +575,20 @@ def test_balancing_methods(tmp_path, line, key, value):
     conf.write_text(f"stream {{ upstream u {{ {line} server 127.0.0.1:1; }} }}")
     up = yaml.compose(convert(str(conf)).text, Loader=yaml.SafeLoader).value[0][1].value[0][1]
     assert [(k.value, getattr(v, "value", None)) for k, v in up.value][0] == (key, value)
+
+
+OWN = [d for d in schema.DIRECTIVES if d.nginx.name is None]
+
+
+@pytest.mark.parametrize("d", OWN, ids=lambda d: d.name)
+def test_tlsgw_own_directives_in_an_nginx_conf_are_told_not_nginx(tmp_path, d):
+    """A directive only tlsgw has (``config_watch``), found in an nginx.conf: kept as a comment
+    that says nginx has no such directive, not that tlsgw lacks it."""
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(f"stream {{\n    {d.name} {_example_values(d)[0]};\n"
+                    "    server { listen 9000; proxy_pass 127.0.0.1:1; }\n}\n")
+    result = convert(str(conf))
+    assert result.warnings == [
+        f'"{d.name}" is not an nginx directive (it is tlsgw\'s own: set it in the YAML, see '
+        f"docs/config-reference.md), written as a comment in {conf}:2"]
+    assert "not supported by tlsgw yet" not in result.text

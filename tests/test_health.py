@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import socket
+import subprocess
 from pathlib import Path
 
 from support import connect, run_cli, wait_until
@@ -81,6 +82,9 @@ def test_hung_server_is_taken_out_and_returns_after_passes(backends, gateway):
         return any(x.startswith("socket:") and _listens(x, port) for x in links)
 
     assert not holds_listener(helper)  # it accepts nothing, so it keeps no port open
+    title = subprocess.run(["ps", "-ww", "-o", "args=", "-p", str(helper)], capture_output=True,
+                           text=True, check=True, timeout=10).stdout.strip()
+    assert title == "tlsgw: health check helper process"  # what ps and top -c show
     assert all(holds_listener(pid) for pid in gw.worker_pids() if pid != helper)
 
     b.mode = "identify"

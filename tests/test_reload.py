@@ -392,44 +392,6 @@ def test_tls_sessions_resume_across_reloads_and_a_new_zone_is_refused(gateway, b
     assert resumes(port, ctx, saved[0])[0]  # the old cache still serves
 
 
-def _with_health_check(text: str) -> str:
-    return text.replace("    proxy_pass: u\n", "    proxy_pass: u\n    health_check: interval=1s\n", 1)
-
-
-def test_a_reload_with_health_check_is_refused_and_nothing_changes(gateway, backends):
-    a, b = backends("identify", name="a"), backends("identify", name="b")
-    port = free_port()
-    # the new file checks health: refused at the health_check line, b not added, no helper forked
-    gw = start(gateway, config(port, [a.address]))
-    pids = sorted(gw.pids())
-    held = long_lived(port)
-    new = _with_health_check(config(port, [a.address, b.address]))
-    line = new.splitlines().index("    health_check: interval=1s") + 1
-    r = reload(gw, new)
-    assert r.returncode == 1, r.stdout
-    assert (f'{gw.config}:{line}: reload with "health_check" is not supported yet: restart '
-            "tlsgw to apply") in r.stderr, r.stderr
-    assert "rejected, the running configuration (generation 0) is unchanged" in r.stderr
-    gw.wait_log('reload with "health_check" is not supported yet')  # logged too
-    assert {session(port) for _ in range(10)} == {"a"}
-    echo(held)
-    assert sorted(gw.pids()) == pids
-    held.close()
-    assert gw.stop() == 0
-    # the running configuration checks health: a reload without it is refused as well, and the
-    # helper (one process more than the workers and the master) goes on
-    gw = start(gateway, _with_health_check(config(port, [a.address])))
-    wait_until(lambda: len(gw.pids()) == 4, what="the master, 2 workers and the helper")
-    pids = sorted(gw.pids())
-    r = reload(gw, config(port, [a.address, b.address]))
-    assert r.returncode == 1, r.stdout
-    assert 'reload with "health_check" is not supported yet' in r.stderr, r.stderr
-    assert "(in the running configuration)" in r.stderr
-    assert {session(port) for _ in range(10)} == {"a"}
-    assert sorted(gw.pids()) == pids
-    assert gw.stop() == 0
-
-
 def test_a_workers_serving_byte_and_its_reload_answers_share_the_channel():
     from tlsgw.process import control
 

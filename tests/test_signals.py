@@ -11,6 +11,7 @@ import os
 import re
 import signal
 import socket
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -200,4 +201,13 @@ def test_processes_are_named_for_ps_and_pkill(gateway, backends):
     master, worker = gw.pids()
     assert Path(f"/proc/{master}/comm").read_text() == "tlsgw: master\n"
     assert Path(f"/proc/{worker}/comm").read_text() == "tlsgw: worker\n"
+    # the titles ps, ps aux and top -c show (argv), as nginx's "nginx: worker process"
+    assert ps_args(master) == f"tlsgw: master process -c {gw.config}"
+    assert ps_args(worker) == "tlsgw: worker process"
     assert gw.stop() == 0
+
+
+def ps_args(pid: int) -> str:
+    out = subprocess.run(["ps", "-ww", "-o", "args=", "-p", str(pid)], capture_output=True,
+                         text=True, check=True, timeout=10)
+    return out.stdout.strip()

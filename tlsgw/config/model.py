@@ -218,6 +218,7 @@ class MainSettings(ServerSettings):
     worker_shutdown_timeout: float
     pid: str | None
     error_log: tuple[str, str]
+    config_watch: float | None  # seconds between looks at the watched files, or None (off)
 
 
 @dataclass

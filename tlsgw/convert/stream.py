@@ -59,6 +59,8 @@ _TABLES = {context: _by_nginx_name(context) for context in _TLSGW_CONTEXT}
 
 #: every nginx name the table knows, in any context
 _KNOWN = {_facts(d).name for d in schema.DIRECTIVES if _facts(d).name}
+#: tlsgw's own directives (no nginx counterpart): in an nginx.conf they are told as such
+_OWN = {d.name for d in schema.DIRECTIVES if _facts(d).name is None}
 _LISTEN = {_facts(p).name: p for p in schema.LISTEN_PARAMS}
 _PEER = {_facts(p).name: p for p in schema.PEER_PARAMS}
 _LISTEN_DIRECTIVE = schema.BY_CONTEXT["server"]["listen"]
@@ -177,6 +179,9 @@ class Converter:
                              + (f" ({_facts(d).note})" if _facts(d).note else ""))
             elif stmt.name in _KNOWN:
                 raise self.error(stmt, f'"{stmt.name}" directive is not allowed here')
+            elif stmt.name in _OWN:
+                self.comment(section, stmt, "is not an nginx directive (it is tlsgw's own: set "
+                             "it in the YAML, see docs/config-reference.md)")
             else:
                 self.comment(section, stmt, _NOT_YET)
             return

@@ -102,7 +102,7 @@ def run_helper(generation: Any, channel: socket.socket | None = None, master_pid
     import uvloop
 
     logs.reset_after_fork()
-    procctl.set_name("tlsgw: health check helper")
+    procctl.set_title("tlsgw: health check helper process", "tlsgw: health check helper")
     for sig in _IGNORED:
         signal.signal(sig, signal.SIG_IGN)
     for sig in (signal.SIGTERM, signal.SIGQUIT, signal.SIGCHLD):

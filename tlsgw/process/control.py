@@ -34,12 +34,14 @@ _LENGTH = struct.Struct("!I")
 HEADER = 1 + _LENGTH.size
 
 
-def reload_message(number: int, file: str, digest: str, listeners: list[str]) -> bytes:
+def reload_message(number: int, file: str, digest: str, listeners: list[str],
+                   health: list[tuple[str, str, int]] | None = None) -> bytes:
     """RELOAD and its body: generation *number* is built from *file* (whose SHA-256 the master
     validated is *digest*); *listeners* are the route keys of the descriptors sent with it, in
-    their order."""
+    their order; *health* the ``(upstream, peer, slot)`` of every checked server in the health
+    zone, as the master assigned them."""
     body = json.dumps({"generation": number, "file": file, "sha256": digest,
-                       "listeners": listeners}).encode()
+                       "listeners": listeners, "health": list(health or ())}).encode()
     return RELOAD + _LENGTH.pack(len(body)) + body
 
 

@@ -22,6 +22,10 @@ logged and ignored. The table, its handlers and the README's "Signals" section s
 Each worker gets one end of a socket pair (:mod:`tlsgw.process.control`): commands go down it, and
 the worker reads EOF when the master is gone however it died.
 
+With ``config_watch``, the loop also looks at the configuration and the files it names and
+reloads when one changed (:meth:`Master.look`, :mod:`tlsgw.process.watch`); at start, after a
+reload and daily it warns about served certificates near their end (:meth:`Master.check_expiry`).
+
 With ``pid``, the master writes its pid file before binding, moves it when a reload changes
 the path, and removes it at exit (:mod:`tlsgw.process.pidfile`). Under systemd (``$NOTIFY_SOCKET``) it tells the manager
 (:mod:`tlsgw.process.notify`): READY=1 once every worker serves, STOPPING=1 when a stop starts.
@@ -29,6 +33,7 @@ the path, and removes it at exit (:mod:`tlsgw.process.pidfile`). Under systemd (
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import os
 import resource
@@ -41,7 +46,8 @@ import time
 from tlsgw import logs
 from tlsgw.config.model import ListenGroup
 from tlsgw.errors import ConfigErrors, StartupError, TlsgwError
-from tlsgw.process import control, listeners, notify, pidfile, procctl
+from tlsgw.process import control, listeners, notify, pidfile, procctl, watch
+from tlsgw.runtime import zones
 from tlsgw.runtime.generation import Generation, build_file
 
 RESPAWN_DELAY = 1.0  # seconds before restarting a worker that died within 1 s of its start
@@ -95,6 +101,20 @@ class Master:
         self.pidfile: str | None = None  # the pid file written (``pid``)
         #: a channel's bytes from its worker read but not yet a whole message
         self.unread: dict[socket.socket, bytes] = {}
+        #: ``config_watch``: the watched files, and when to look at them next
+        self.watch: watch.Watch | None = None
+        self.next_watch = 0.0
+        #: served certificates' expiry thresholds warned about, and the next daily look
+        self.expiry_warned: set[tuple[str, int]] = set()
+        self.next_expiry = 0.0
+        #: health check helpers a reload replaced, told to exit: not restarted when they do
+        self.retiring: set[int] = set()
+        #: the health zone, held for the master's lifetime and inherited by every child made
+        #: (even unchecked: a reload may add health_check, and a mapping cannot reach workers
+        #: forked before it)
+        self.health_zone = generation.zones.acquire(zones.HEALTH, "health", zones.HEALTH_SLOTS,
+                                                    zones.HealthZone)
+        self.health_zone.commit(generation.health_keys())
 
     def bind(self) -> None:
         """Bind every listener, all or nothing; each worker slot's (group, socket) pairs."""
@@ -165,6 +185,10 @@ class Master:
                 channel.close()
             if slot is None:
                 continue
+            if pid in self.retiring:  # a helper a reload replaced
+                self.retiring.discard(pid)
+                self.log.log("notice", f"{self.what(slot)} {pid} of the generation before exited")
+                continue
             if os.WIFSIGNALED(status):
                 why, level = f"exited on signal {os.WTERMSIG(status)}", "alert"
             else:
@@ -228,6 +252,11 @@ class Master:
             self.received(sig, sender, "ignored: shutting down", "warn")
             return
         self.received(sig, sender, "reconfiguring")
+        self.reload_now()
+
+    def reload_now(self) -> None:
+        """One reload attempt (SIGHUP, ``tlsgw reload``, or a change ``config_watch`` saw)."""
+        before = self.watch.snapshot() if self.watch is not None else {}
         self.on_reload_started()
         self.reloads += 1
         lines: list[str] = []
@@ -249,6 +278,38 @@ class Master:
                 self.log.log("alert", f'cannot write "{pidfile.result_path(self.pidfile)}" '
                              f"({exc.errno}: {exc.strerror})")
         self.on_reload_done(ok, lines[-1])
+        # the files read for this attempt are the base of the next look (a failed one is tried
+        # again at their next change), and those of the configuration now served are watched
+        self.start_watch(before)
+        if ok:
+            self.check_expiry()
+
+    # ---- config_watch and certificate expiry (tlsgw.process.watch) ---------------------------
+    def start_watch(self, before: dict | None = None) -> None:
+        interval = self.cfg.main.config_watch if self.cfg.main is not None else None
+        if interval is None:
+            self.watch = None
+            return
+        self.watch = watch.Watch(watch.watched_paths(self.cfg), interval, before)
+        self.next_watch = time.monotonic() + interval
+
+    def look(self) -> None:
+        """``config_watch``'s look: a changed file reloads."""
+        assert self.watch is not None
+        changed = self.watch.changed()
+        self.next_watch = time.monotonic() + self.watch.interval
+        if changed and not self.stopping:
+            names = ", ".join(f'"{p}"' for p in changed)
+            self.log.log("notice", f"{names} changed, reconfiguring (config_watch)")
+            self.reload_now()
+
+    def check_expiry(self) -> None:
+        """Warn about served certificates near their end (at start, after a reload, daily)."""
+        now = datetime.datetime.now(datetime.UTC)
+        for line in watch.expiry_warnings(watch.served_certificates(self.cfg), now,
+                                          self.expiry_warned):
+            self.log.log("warn", line)
+        self.next_expiry = time.monotonic() + watch.DAY
 
     def reconfigure(self, lines: list[str]) -> bool:
         """Build, check and bind the file's configuration, then hand it to every worker; False
@@ -275,17 +336,8 @@ class Master:
         try:
             if _digest(path) != digest:
                 return reject(f"{path}: the file changed while it was read; reload again")
-            checked = [srv for srv in cfg.servers if srv.health_check is not None]
-            was = [srv for srv in old.cfg.servers if srv.health_check is not None]
-            if checked or was:  # its helper and zone are made at start-up only (README: limits)
-                srv = (checked or was)[0]
-                line = srv.source.get("health_check") or srv.line
-                which = "" if checked else " (in the running configuration)"
-                return reject(f'{path}:{line}: reload with "health_check" is not supported '
-                              "yet: restart tlsgw to apply the configuration (the health check "
-                              f"helper and its zone are made when tlsgw starts){which}")
             for key in gen.zone_keys:
-                if gen.zones.holders(key) == 1:  # made for this generation: workers lack it
+                if key[0] == zones.TLS_SESSION_CACHE and gen.zones.holders(key) == 1:  # made for this generation: workers lack it
                     kind, name, size = key
                     srv = next(s for s in cfg.servers
                                if s.s.ssl_session_cache.shared_name == name)
@@ -314,10 +366,11 @@ class Master:
         self.slots = [[(g, self.listeners.socket(g.listen, slot)) for g in cfg.groups]
                       for slot in range(cfg.worker_processes)]
         keys = [Generation.route_key(g) for g in added]
-        message = control.reload_message(gen.number, path, digest, keys)
+        self.health_zone.commit(gen.health_keys())  # the slots of removed servers are free
+        message = control.reload_message(gen.number, path, digest, keys, gen.health_plan())
         for pid, channel in list(self.controls.items()):
             slot = self.pids.get(pid)
-            if slot is None:
+            if slot is None or slot == HELPER:  # the helper is replaced instead (replace_helper)
                 continue
             fds = [self.listeners.socket(g.listen, slot).fileno() for g in added]
             try:
@@ -329,6 +382,7 @@ class Master:
                 pass  # it is exiting; reap() says so, and its successor gets the new generation
         self.generation, self.cfg = gen, cfg
         self.await_workers(gen.number)
+        self.replace_helper()
         old.release()  # the master's copy; each worker releases its own once its sessions end
         lines.append(describe_changes(old, gen))
         self.log.log("notice", lines[-1])
@@ -339,10 +393,31 @@ class Master:
             self.log.log("warn", "error_log changes take effect when tlsgw restarts")
         return True
 
+    def helper_wanted(self) -> bool:
+        """A helper runs while the generation checks a server and none is running already."""
+        return bool(self.generation.health_targets) and HELPER not in self.pids.values()
+
+    def replace_helper(self) -> None:
+        """After a swap: the running helper (it probes the generation before) is told to exit,
+        and one for the new generation is forked if it checks any server. The zone keeps every
+        state meanwhile; the new helper starts each server's check from its byte (a down server
+        stays down until ``passes`` good probes) and probes every server at once."""
+        for pid, slot in list(self.pids.items()):
+            if slot == HELPER and pid not in self.retiring:
+                self.retiring.add(pid)
+                try:
+                    os.kill(pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        self.respawn_at.pop(HELPER, None)
+        if self.generation.health_targets:
+            self.spawn(HELPER)
+
     def await_workers(self, number: int, timeout: float = 10.0) -> None:
         """Wait until every worker answered RELOAD *number* (it serves the new generation
         before ``tlsgw reload`` returns); log the ones that failed or are late."""
-        waiting = {channel: pid for pid, channel in self.controls.items()}
+        waiting = {channel: pid for pid, channel in self.controls.items()
+                   if self.pids.get(pid) != HELPER}
         deadline = time.monotonic() + timeout
         while waiting and (left := deadline - time.monotonic()) > 0:
             readable, _, _ = select.select(list(waiting), [], [], left)
@@ -462,19 +537,29 @@ class Master:
             notify.ready(self.listening_status())
         if self.generation.health_targets:  # probes once per server, beside the workers
             self.spawn(HELPER)
+        self.start_watch()
+        self.check_expiry()
         while True:
             now = time.monotonic()
+            if self.watch is not None and now >= self.next_watch:
+                self.look()
+            if now >= self.next_expiry:
+                self.check_expiry()
             for slot, when in list(self.respawn_at.items()):
                 if when <= now and not self.stopping:
                     del self.respawn_at[slot]
-                    self.spawn(slot)
+                    if slot != HELPER or self.helper_wanted():
+                        self.spawn(slot)
             if self.stopping and not self.pids:
                 break
             if self.stopping and now > self.stop_deadline:
                 self.log.log("alert", "workers did not stop in time, killing them")
                 self.signal_workers(signal.SIGKILL)
                 self.stop_deadline = now + 5
-            info = signal.sigtimedwait(self.handlers, 0.2 if self.respawn_at else 1.0)
+            wait = 0.2 if self.respawn_at else 1.0
+            if self.watch is not None:
+                wait = max(0.0, min(wait, self.next_watch - time.monotonic()))
+            info = signal.sigtimedwait(self.handlers, wait)
             if info is None:
                 self.reap()  # cheap safety net; SIGCHLDs of children exiting together coalesce
                 continue
@@ -525,7 +610,7 @@ def run_master(generation: Generation) -> int:
     # creator's mask, and a signal left unblocked in one thread is delivered there instead of
     # to sigtimedwait() — a lost SIGCHLD leaves a worker unreaped, a SIGUSR1 kills outright.
     signal.pthread_sigmask(signal.SIG_BLOCK, Master.SIGNALS)
-    procctl.set_name("tlsgw: master")
+    procctl.set_title(f"tlsgw: master process -c {generation.cfg.file}", "tlsgw: master")
     notify.setup()
     try:
         return Master(generation).run()

@@ -1,5 +1,5 @@
 """Linux process controls through ``prctl(2)``: the parent-death signal and the process name;
-glibc's ``malloc_trim(3)`` (see :mod:`tlsgw.process.memory`); and signal names as log lines
+the process title ``ps`` shows (:func:`set_title`, with setproctitle); glibc's ``malloc_trim(3)`` (see :mod:`tlsgw.process.memory`); and signal names as log lines
 print them.
 
 Declared once here (ctypes prototypes set at import), used by the master and its workers. On a
@@ -13,6 +13,11 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
+
+try:  # a runtime dependency; a checkout whose venv predates it still runs, with comm names only
+    from setproctitle import setproctitle as _setproctitle
+except ImportError:  # pragma: no cover
+    _setproctitle = None
 
 PR_SET_PDEATHSIG = 1
 PR_SET_NAME = 15
@@ -54,6 +59,18 @@ def set_name(name: str) -> bool:
     and ``pkill NAME`` show it). Threads started afterwards inherit the name."""
     buf = ctypes.create_string_buffer(name.encode()[:NAME_MAX])
     return _call(PR_SET_NAME, ctypes.addressof(buf))
+
+
+def set_title(title: str, name: str) -> bool:
+    """Give the process the title ``ps -o args``, ``ps aux`` and ``top -c`` show (its argv, as
+    nginx's ``nginx: worker process``) and the kernel name *name* (``ps -o comm``, ``pkill``).
+    False if the argv could not be rewritten (setproctitle missing)."""
+    done = False
+    if _setproctitle is not None:
+        _setproctitle(title)
+        done = True
+    set_name(name)  # after: setproctitle may set comm to a cut title of its own
+    return done
 
 
 def can_trim() -> bool:

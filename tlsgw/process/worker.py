@@ -208,7 +208,8 @@ class Worker:
             with open(path, "rb") as f:
                 if hashlib.sha256(f.read()).hexdigest() != message["sha256"]:
                     raise OSError(f"{path} changed after the master validated it")
-            generation = build_file(path, zones=self.generation.zones)
+            slots = {(u, p): slot for u, p, slot in message.get("health", ())}
+            generation = build_file(path, zones=self.generation.zones, health_slots=slots)
         except Exception as exc:
             for sock in socks:
                 sock.close()
@@ -367,7 +368,7 @@ def run_worker(generation: Generation, listeners: list[tuple[ListenGroup, socket
     import uvloop
 
     logs.reset_after_fork()
-    procctl.set_name("tlsgw: worker")
+    procctl.set_title("tlsgw: worker process", "tlsgw: worker")
     # Dispositions before unblocking: the master's signals are ignored until the loop logs them,
     # the stop signals act by default until the loop handles them.
     for sig in MASTER_SIGNALS:

@@ -83,6 +83,16 @@ class Generation:
         self._sni_contexts: list[ssl.SSLContext] = []
         self.released = False
 
+    def health_keys(self) -> list[zones_.HealthKey]:
+        """The ``(upstream, peer)`` of every slot this generation reads (the reload message
+        carries them with their slots)."""
+        return [(t.upstream, t.peer) for t in self.health_targets]
+
+    def health_plan(self) -> list[tuple[str, str, int]]:
+        """``[upstream, peer, slot]`` of every target: what a worker's build of this generation
+        needs (``build(..., health_slots=)``), sent with the reload."""
+        return [(t.upstream, t.peer, t.slot) for t in self.health_targets]
+
     def health(self, upstream: str) -> tuple[Any, dict[str, int]] | None:
         """What a worker's ``balancer.Upstream`` reads of the health zone: ``(buffer,
         {peer name: slot})``, or None for an upstream without ``health_check``."""
@@ -132,9 +142,11 @@ def _line(srv: ServerConfig, directive: str) -> int:
 
 
 def build(cfg: Config, allocate: bool = True, number: int = 0,
-          zones: zones_.ZoneRegistry = zones_.ZONES) -> Generation:
+          zones: zones_.ZoneRegistry = zones_.ZONES,
+          health_slots: dict[zones_.HealthKey, int] | None = None) -> Generation:
     """Build the generation of *cfg*. ``allocate=False`` is ``tlsgw check``: shared zones are
-    validated, not mapped.
+    validated, not mapped. *health_slots*: a worker's build of a reload, the slots the master
+    assigned (:meth:`~tlsgw.runtime.zones.HealthZone.assign`, in the master's build).
 
     Raises:
         ConfigErrors: every problem, as ``FILE:LINE: message``; nothing is left allocated.
@@ -151,7 +163,7 @@ def build(cfg: Config, allocate: bool = True, number: int = 0,
                                                         proxy_tls.get(srv.index))
             for group in cfg.groups:
                 _route(gen, group, errors)
-            _health(gen, allocate)
+            _health(gen, allocate, errors, health_slots)
     except BaseException:
         gen.release()
         raise
@@ -162,7 +174,8 @@ def build(cfg: Config, allocate: bool = True, number: int = 0,
 
 
 def build_file(path: str, allocate: bool = True, check_files: bool = True,
-               zones: zones_.ZoneRegistry = zones_.ZONES) -> Generation:
+               zones: zones_.ZoneRegistry = zones_.ZONES,
+               health_slots: dict[zones_.HealthKey, int] | None = None) -> Generation:
     """Load *path* and build it: what ``check`` (``allocate=False``) and ``serve`` run.
 
     When loading fails, the servers that did load still get their SSL contexts built (and
@@ -186,7 +199,7 @@ def build_file(path: str, allocate: bool = True, check_files: bool = True,
                        for old in exc.errors):
                 exc.errors.append(e)
         raise ConfigErrors(exc.errors) from None
-    return build(cfg, allocate, zones=zones)
+    return build(cfg, allocate, zones=zones, health_slots=health_slots)
 
 
 def _contexts(gen: Generation, errors: list[ConfigError], servers: list[ServerConfig] | None = None,
@@ -297,24 +310,45 @@ def _route(gen: Generation, group: ListenGroup, errors: list[ConfigError]) -> No
         gen._sni_contexts.append(route.ssl_context)  # type: ignore[arg-type]
 
 
-def _health(gen: Generation, allocate: bool) -> None:
+def _health(gen: Generation, allocate: bool, errors: list[ConfigError],
+            given: dict[zones_.HealthKey, int] | None = None) -> None:
     """The health plan: one target per address of every upstream a server checks (the first
-    checking server's settings), a slot each, and the zone (when allocating)."""
+    checking server's settings) and its slot in the gateway's one health zone (which the master
+    holds from its start, checked or not, so that a reload may add ``health_check``). The
+    master's zone assigns the slots by ``(upstream, peer)``; a worker gets them as *given*."""
+    plan = []
     for srv in gen.cfg.servers:
         hc = srv.health_check
         u = srv.upstream
         if hc is None or u.name in gen.health_slots:
             continue
         match = gen.cfg.matches.get(hc.match) if hc.match else None
-        slots = gen.health_slots[u.name] = {}
+        names = gen.health_slots[u.name] = {}
         for pc in u.peer_configs():
-            if pc.down or pc.name in slots:
+            if pc.down or pc.name in names:
                 continue
-            slots[pc.name] = len(gen.health_targets)
-            gen.health_targets.append(HealthTarget(
-                u.name, pc.name, pc.address, hc, srv.s.health_check_timeout, match,
-                gen.runtimes[srv.index].proxy_tls, slots[pc.name]))
-    if allocate and gen.health_targets:
-        size = len(gen.health_targets)
-        gen.health_zone = gen.zones.acquire(zones_.HEALTH, "health", size, zones_.HealthZone)
-        gen.zone_keys.append((zones_.HEALTH, "health", size))
+            names[pc.name] = -1
+            plan.append((srv, u, pc, hc, match))
+    if len(plan) > zones_.HEALTH_SLOTS:
+        srv = plan[0][0]
+        errors.append(ConfigError(f"{len(plan)} upstream servers under health_check, at most "
+                                  f"{zones_.HEALTH_SLOTS}", gen.cfg.file,
+                                  _line(srv, "health_check")))
+        return
+    keys = [(u.name, pc.name) for _, u, pc, _, _ in plan]
+    slots = dict(zip(keys, range(len(keys)), strict=True))
+    if allocate and plan:
+        gen.health_zone = gen.zones.acquire(zones_.HEALTH, "health", zones_.HEALTH_SLOTS,
+                                            zones_.HealthZone)
+        gen.zone_keys.append((zones_.HEALTH, "health", zones_.HEALTH_SLOTS))
+        try:
+            slots = gen.health_zone.assign(keys) if given is None else given
+        except ValueError as exc:  # the running servers and these new ones do not fit together
+            errors.append(ConfigError(f"{exc}: the running ones and the new ones (restart tlsgw "
+                                      "to apply)", gen.cfg.file, _line(plan[0][0], "health_check")))
+            return
+    for srv, u, pc, hc, match in plan:
+        slot = gen.health_slots[u.name][pc.name] = slots[(u.name, pc.name)]
+        gen.health_targets.append(HealthTarget(
+            u.name, pc.name, pc.address, hc, srv.s.health_check_timeout, match,
+            gen.runtimes[srv.index].proxy_tls, slot))
