@@ -13,6 +13,8 @@ from adminhelp import admin_address, parse, raw, request, status_json
 from support import Backend, run_cli, wait_until
 from tlshelp import module_gateway
 
+from tlsgw.config.load import load_config
+
 TOKEN = "s3cret-token-0123456789"
 
 
@@ -219,3 +221,17 @@ def test_a_busy_admin_address_stops_the_start(tmp_path, plain):
     r = run_cli("serve", "-c", str(tmp_path / "c.yaml"))
     assert r.returncode == 3, r.stderr
     assert f'cannot listen on "{busy}" for "admin"' in r.stderr
+
+
+@pytest.mark.parametrize(("text", "want"), [
+    ("admin: on", ("127.0.0.1:9900", None)),
+    ("admin: {}", ("127.0.0.1:9900", None)),
+    ("admin: off", None),
+    ("admin: {listen: '[::1]:9901'}", ("[::1]:9901", None)),
+    ("admin: {listen: unix:/run/tlsgw-admin.sock}", ("unix:/run/tlsgw-admin.sock", None)),
+])
+def test_admin_values(tmp_path, text, want):
+    path = tmp_path / "c.yaml"
+    path.write_text(f"{text}\nservers:\n  - listen: 127.0.0.1:0\n    proxy_pass: 127.0.0.1:1\n")
+    cfg = load_config(str(path))
+    assert (cfg.admin and cfg.admin.key) == want

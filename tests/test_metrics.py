@@ -181,6 +181,10 @@ def test_tls_handshakes_by_result_and_reason(gw, pki):
     assert dict(labels) == {"file": pki.server, "subject": cert.subject.rfc4514_string()}
     assert expiry == cert.not_valid_after_utc.timestamp()
     assert expiry > dt.datetime.now(dt.UTC).timestamp()
+    (shown,) = status_json(address)["certificates"]
+    assert shown["file"] == pki.server and shown["role"] == "served"
+    left = (expiry - dt.datetime.now(dt.UTC).timestamp()) / 86400
+    assert shown["days_left"] > 0 and abs(shown["days_left"] - left) <= 0.1
 
 
 def test_upstream_failures_and_peer_state(gw):
