@@ -315,3 +315,20 @@ def test_a_table_row_keeps_counters_for_the_next_writer_and_zeroes_its_gauges():
     finally:
         successor.values.release()
         t.close()
+
+
+def test_a_full_row_counts_into_the_discard_slot(monkeypatch):
+    t = Table(1)
+    try:
+        row = t.rows[0]
+        monkeypatch.setattr(table, "MAX_VALUES", table.DISCARD_WIDTH + 2)
+        a = row.slot(key_text("tlsgw_workers", ()))
+        b = row.slot(key_text("tlsgw_config_generation", ()))
+        assert (a, b) == (table.DISCARD_WIDTH, table.DISCARD_WIDTH + 1)
+        assert row.slot(key_text("tlsgw_reloads_total", ())) == table.DISCARD  # no room
+        assert row.full
+        row.values[table.DISCARD] += 1  # what a writer does with it: harmless
+        assert set(t.read()) == {key_text("tlsgw_workers", ()),
+                                 key_text("tlsgw_config_generation", ())}
+    finally:
+        t.close()
