@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import textwrap
 
 import pytest
@@ -13,6 +14,7 @@ from adminhelp import admin_address, parse, raw, request, status_json
 from support import Backend, run_cli, wait_until
 from tlshelp import module_gateway
 
+from tlsgw.admin.http import MAX_CONNECTIONS
 from tlsgw.config.load import load_config
 
 TOKEN = "s3cret-token-0123456789"
@@ -235,3 +237,21 @@ def test_admin_values(tmp_path, text, want):
     path.write_text(f"{text}\nservers:\n  - listen: 127.0.0.1:0\n    proxy_pass: 127.0.0.1:1\n")
     cfg = load_config(str(path))
     assert (cfg.admin and cfg.admin.key) == want
+
+
+def test_connections_beyond_the_limit_get_503(plain):
+    address = admin_address(plain)
+    host, _, port = address.rpartition(":")
+    idle = []
+    try:
+        for _ in range(MAX_CONNECTIONS):
+            idle.append(socket.create_connection((host, int(port)), timeout=10))
+        # each is accepted (a request on the last one is answered) before the next is counted
+        idle[-1].sendall(b"GET /status.json HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert idle[-1].recv(12) == b"HTTP/1.1 200"
+        code, _, body = parse(raw(address, b"GET /status.json HTTP/1.1\r\nHost: x\r\n\r\n"))
+        assert code == 503 and b"too many admin connections" in body
+    finally:
+        for s in idle:
+            s.close()
+    wait_until(lambda: request(address)[0] == 200, what="the endpoint to serve again")
