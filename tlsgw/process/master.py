@@ -40,10 +40,14 @@ import resource
 import select
 import signal
 import socket
+import stat
 import sys
 import time
 
 from tlsgw import logs
+from tlsgw.admin import board as admin_board
+from tlsgw.admin import state as admin_state
+from tlsgw.admin import table as stats_table
 from tlsgw.config.model import ListenGroup
 from tlsgw.errors import ConfigErrors, StartupError, TlsgwError
 from tlsgw.process import control, listeners, notify, pidfile, procctl, watch
@@ -52,6 +56,7 @@ from tlsgw.runtime.generation import Generation, build_file
 
 RESPAWN_DELAY = 1.0  # seconds before restarting a worker that died within 1 s of its start
 HELPER = -1  # the slot of the health-check helper (tlsgw.health.helper), when there is one
+ADMIN = -2  # the slot of the admin process (tlsgw.admin.server), with ``admin``
 SERVING_WAIT = 10.0  # seconds the master waits for its workers to serve before READY=1
 
 
@@ -95,6 +100,7 @@ class Master:
         self.controls: dict[int, socket.socket] = {}  # pid -> the master's end of its channel
         self.started: dict[int, float] = {}  # slot -> start time
         self.respawn_at: dict[int, float] = {}  # slot -> when
+        self.started_at: dict[int, float] = {}  # pid -> start (Unix time), for the board
         self.stopping: str | None = None  # None, "graceful", "immediate"
         self.stop_deadline = 0.0
         self.reloads = 0  # reload attempts, numbered in the pid file's reload result
@@ -115,6 +121,16 @@ class Master:
         self.health_zone = generation.zones.acquire(zones.HEALTH, "health", zones.HEALTH_SLOTS,
                                                     zones.HealthZone)
         self.health_zone.commit(generation.health_keys())
+        #: the admin endpoint (``admin``): its listening socket, and the board it reads
+        self.admin_sock: socket.socket | None = None
+        self.board = admin_board.Board() if cfg.admin is not None else None
+        if cfg.admin is not None:  # a row per worker, then the health check helper's
+            stats_table.TABLE = stats_table.Table(cfg.worker_processes + 1)
+        self.reload_state: dict = {"attempts": 0, "ok": 0, "failed": 0, "last": None,
+                                   "last_success": None}
+        self.generation_loaded = time.time()
+        self._described: Generation | None = None  # the generation self._description is of
+        self._description: dict = {}
 
     def bind(self) -> None:
         """Bind every listener, all or nothing; each worker slot's (group, socket) pairs."""
@@ -136,7 +152,17 @@ class Master:
                 mine.close()  # hold no master end, or EOF would never come
                 for other in self.controls.values():
                     other.close()
-                if slot == HELPER:
+                if self.admin_sock is not None and slot != ADMIN:
+                    self.admin_sock.close()
+                if slot == ADMIN:
+                    from tlsgw.admin.server import run_admin
+
+                    for sock in self.listeners.sockets.values():
+                        sock.close()
+                    assert self.admin_sock is not None and self.board is not None
+                    code = run_admin(self.generation, theirs, self.pid, self.admin_sock,
+                                     self.board)
+                elif slot == HELPER:
                     from tlsgw.health.helper import run_helper
 
                     for sock in self.listeners.sockets.values():  # it accepts nothing: hold no
@@ -164,11 +190,87 @@ class Master:
         self.controls[pid] = mine
         self.pids[pid] = slot
         self.started[slot] = time.monotonic()
+        self.started_at[pid] = time.time()
         self.log.log("notice", f"start {self.what(slot)} {pid}")
+        self.publish()
 
     @staticmethod
     def what(slot: int) -> str:
+        if slot == ADMIN:
+            return "admin process"
         return "health check helper process" if slot == HELPER else "worker process"
+
+    # ---- the admin endpoint (tlsgw.admin) --------------------------------------------------
+    def bind_admin(self) -> None:
+        """Bind the admin endpoint's socket (before any child exists: a busy address is a
+        start-up error, exit 3)."""
+        admin = self.cfg.admin
+        if admin is None:
+            return
+        addr = admin.listen
+        sock = socket.socket(addr.family, socket.SOCK_STREAM)
+        try:
+            if addr.family == socket.AF_UNIX:
+                try:
+                    if stat.S_ISSOCK(os.stat(addr.host).st_mode):
+                        os.unlink(addr.host)  # a stale socket of an earlier run
+                except OSError:
+                    pass
+                old = os.umask(0o177)
+                try:
+                    sock.bind(addr.host)
+                finally:
+                    os.umask(old)
+            else:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind(addr.sockaddr)
+            sock.listen(64)
+        except OSError as exc:
+            sock.close()
+            raise StartupError(f'cannot listen on "{admin.text}" for "admin" '
+                               f"({exc.errno}: {exc.strerror})") from None
+        sock.setblocking(False)
+        self.admin_sock = sock
+        name = listeners.bound_address(sock).name
+        self.log.log("notice", f'admin endpoint listening on {name} (admin "{admin.text}")')
+
+    def close_admin(self) -> None:
+        if self.admin_sock is None:
+            return
+        admin = self.cfg.admin
+        self.admin_sock.close()
+        self.admin_sock = None
+        if admin is not None and admin.listen.family == socket.AF_UNIX:
+            try:
+                os.unlink(admin.listen.host)
+            except OSError:
+                pass
+
+    def publish(self) -> None:
+        """Rewrite the board the admin process reads (cheap; called when something changed)."""
+        if self.board is None:
+            return
+        bound = {}
+        for g in self.cfg.groups:
+            try:
+                bound[g.listen.text] = self.listeners.bound(g.listen).name
+            except (KeyError, TlsgwError):
+                pass
+        if self._described is not self.generation:
+            self._description = admin_state.describe(self.cfg, bound)
+            self._described = self.generation
+        workers = sorted(({"slot": slot, "pid": pid, "role": self.what(slot).rsplit(" ", 1)[0],
+                           "started": self.started_at.get(pid)}
+                          for pid, slot in self.pids.items()), key=lambda w: w["slot"])
+        self.board.write({
+            "master_pid": self.pid,
+            "generation": {"number": self.generation.number, "file": self.cfg.file,
+                           "loaded": self.generation_loaded},
+            "reloads": self.reload_state,
+            "workers": workers,
+            "stopping": self.stopping,
+            "config": self._description,
+        })
 
     def reap(self) -> None:
         while True:
@@ -179,6 +281,7 @@ class Master:
             if pid == 0:
                 return
             slot = self.pids.pop(pid, None)
+            self.started_at.pop(pid, None)
             channel = self.controls.pop(pid, None)
             if channel is not None:
                 self.unread.pop(channel, None)
@@ -200,6 +303,7 @@ class Master:
             if not self.stopping:
                 quick = time.monotonic() - self.started.get(slot, 0) < 1.0
                 self.respawn_at[slot] = time.monotonic() + (RESPAWN_DELAY if quick else 0.0)
+            self.publish()
 
     def signal_workers(self, sig: int) -> None:
         for pid in list(self.pids):
@@ -231,6 +335,7 @@ class Master:
             self.received(sig, sender, "shutting down gracefully")
             notify.stopping("stopping: draining open sessions")
             self.close_listeners()
+            self.close_admin()
         self.signal_workers(signal.SIGTERM)
 
     def stop_now(self, sig: int, sender: int) -> None:
@@ -239,6 +344,7 @@ class Master:
         self.received(sig, sender, "exiting at once")
         notify.stopping("stopping at once")
         self.close_listeners()
+        self.close_admin()
         self.signal_workers(signal.SIGQUIT)
 
     def reopen_logs(self, sig: int, sender: int) -> None:
@@ -271,6 +377,14 @@ class Master:
                          f"(generation {self.generation.number}) is unchanged")
             self.log.log("warn", lines[-1])
         self.write_pidfile()
+        rs = self.reload_state
+        rs["attempts"] += 1
+        rs["ok" if ok else "failed"] += 1
+        rs["last"] = {"attempt": rs["attempts"], "ok": ok, "at": time.time(), "lines": lines}
+        if ok:
+            rs["last_success"] = time.time()
+            self.generation_loaded = time.time()
+        self.publish()
         if self.pidfile is not None:
             try:
                 pidfile.write_result(self.pidfile, self.reloads, ok, lines)
@@ -345,6 +459,11 @@ class Master:
                     return reject(f'{path}:{line}: ssl_session_cache "shared:{name}:{size}" is a '
                                   "new shared zone (a new name or size); it takes a restart of "
                                   "tlsgw to be shared by running workers")
+            if (cfg.admin and cfg.admin.key) != (self.cfg.admin and self.cfg.admin.key):
+                line = cfg.source.get("admin") or (cfg.admin.line if cfg.admin else 1)
+                return reject(f'{path}:{line}: "admin" cannot change on reload (its address '
+                              "and token file are fixed when tlsgw starts); restart tlsgw to "
+                              "apply")
             if cfg.worker_processes != self.cfg.worker_processes:
                 line = cfg.source.get("worker_processes") or 1
                 return reject(f"{path}:{line}: worker_processes cannot change on reload "
@@ -370,8 +489,8 @@ class Master:
         message = control.reload_message(gen.number, path, digest, keys, gen.health_plan())
         for pid, channel in list(self.controls.items()):
             slot = self.pids.get(pid)
-            if slot is None or slot == HELPER:  # the helper is replaced instead (replace_helper)
-                continue
+            if slot is None or slot < 0:  # the helper (replaced instead: replace_helper) and the
+                continue  # admin process serve no listener
             fds = [self.listeners.socket(g.listen, slot).fileno() for g in added]
             try:
                 socket.send_fds(channel, [message], fds)
@@ -417,7 +536,7 @@ class Master:
         """Wait until every worker answered RELOAD *number* (it serves the new generation
         before ``tlsgw reload`` returns); log the ones that failed or are late."""
         waiting = {channel: pid for pid, channel in self.controls.items()
-                   if self.pids.get(pid) != HELPER}
+                   if self.pids.get(pid, -1) >= 0}  # the workers, not the helper or admin
         deadline = time.monotonic() + timeout
         while waiting and (left := deadline - time.monotonic()) > 0:
             readable, _, _ = select.select(list(waiting), [], [], left)
@@ -520,6 +639,11 @@ class Master:
 
     def serve(self) -> int:
         self.bind()
+        try:
+            self.bind_admin()
+        except StartupError:
+            self.close_listeners()
+            raise
         nofile = raise_nofile_limit()
         names = ", ".join(g.listen.text + (" ssl" if g.ssl else "") for g in self.cfg.groups)
         self.log.log("notice", f"tlsgw master {os.getpid()} listening on {names}; "
@@ -537,6 +661,8 @@ class Master:
             notify.ready(self.listening_status())
         if self.generation.health_targets:  # probes once per server, beside the workers
             self.spawn(HELPER)
+        if self.admin_sock is not None:
+            self.spawn(ADMIN)
         self.start_watch()
         self.check_expiry()
         while True:
@@ -566,6 +692,7 @@ class Master:
             self.handlers[info.si_signo](info.si_signo, info.si_pid)
             self.reap()
         self.close_listeners()
+        self.close_admin()
         for channel in self.controls.values():
             channel.close()
         if self.pidfile is not None:

@@ -19,6 +19,7 @@ it holds what to say about nginx's directives that have no entry here.
 from __future__ import annotations
 
 from tlsgw.config.schema import (
+    admin,
     core,
     health,
     logging,
@@ -66,7 +67,7 @@ __all__ = [
 ]
 
 #: The feature modules, in the order of the reference; each has a ``DIRECTIVES`` list.
-FEATURES = (core, logging, proxy, proxy_protocol, tls, upstream, health, watch)
+FEATURES = (core, logging, proxy, proxy_protocol, tls, upstream, health, watch, admin)
 
 DIRECTIVES: list[Directive] = [d for feature in FEATURES for d in feature.DIRECTIVES]
 
