@@ -180,6 +180,18 @@ def test_nxdomain_empties_the_group_and_an_answer_refills_it(lab):
     assert _who(gw, 1) == ["two"]
 
 
+@needs_dnsmasq
+def test_a_reload_keeps_the_addresses_found(lab):
+    """A reload rebuilds the upstream from what discovery holds: the addresses stay (nothing
+    would re-add them, the next answer being the same)."""
+    dns, gw, two, three = lab
+    text = gw.config.read_text()
+    gw.config.write_text(text.replace("proxy_connect_timeout: 1s", "proxy_connect_timeout: 2s"))
+    gw.send(signal.SIGHUP)
+    gw.wait_log("serving generation 1")
+    assert _who(gw, 2) == ["two"] * 2
+
+
 # ---- configuration: check and convert --------------------------------------------------------
 def _check(tmp_path: Path, text: str) -> tuple[int, str]:
     path = tmp_path / "c.yaml"

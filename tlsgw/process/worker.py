@@ -29,19 +29,21 @@ import os
 import signal
 import socket
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tlsgw import logs
 from tlsgw.balancer import Upstream
 from tlsgw.config.model import ListenGroup
 from tlsgw.process import control, procctl
-from tlsgw.process.discovery import Discovery
 from tlsgw.process.memory import MemoryReturn
 from tlsgw.proxy import phases
 from tlsgw.proxy.context import WorkerContext
 from tlsgw.proxy.pump import ENDED, Session
 from tlsgw.runtime.generation import Generation, build_file
 from tlsgw.runtime.server import ServerRuntime
+
+if TYPE_CHECKING:
+    from tlsgw.process.discovery import Discovery
 
 #: Signals an operator sends the master; a worker that gets one logs it and carries on.
 #: (SIGPIPE stays ignored, as Python sets it, without a line: a write to a closed peer raises it.)
@@ -118,6 +120,9 @@ class Worker:
         self.upstreams_before = dict(self.upstreams)
         if self.discovery is not None or any(s.upstream.resolves for s in generation.cfg.servers):
             if self.discovery is None:
+                # dnspython is loaded only by a configuration that resolves (~60 ms, ~3 MB)
+                from tlsgw.process.discovery import Discovery
+
                 self.discovery = Discovery(self.loop, self.error_log.log, self.membership_changed)
             self.discovery.adopt({s.upstream.name: s.upstream for s in generation.cfg.servers})
         for srv in generation.cfg.servers:
