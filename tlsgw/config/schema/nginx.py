@@ -35,7 +35,7 @@ ANSWERS: dict[str, str] = {
     "server": 'servers are entries of "servers:" (servers: [{listen: ..., proxy_pass: ...}]); '
               'an upstream\'s servers go in its "servers:" list',
     "zone": "tlsgw keeps peer state per worker, as nginx does without zone; there is nothing "
-            "to share yet",
+            "to share yet (upstream servers with resolve need no zone)",
     "ip_hash": 'ip_hash is an http upstream method; in a stream upstream write "hash: '
                '$remote_addr" (add "consistent" for ketama)',
 }
