@@ -324,3 +324,12 @@ def test_an_empty_dynamic_group_answers_no_live_upstreams():
         assert up.picker(b"k").get() is None, kind
     with pytest.raises(ValueError):
         Upstream("u", [], BalancerMethod("round_robin"))
+
+
+def test_a_resolved_backup_serves_while_the_primary_name_has_no_address():
+    backup = PeerConfig(server="app.dc2:80", name="192.0.2.9:80", backup=True)
+    up = Upstream("u", [backup], BalancerMethod("round_robin"), dynamic=True)
+    assert up.picker().get().name == "192.0.2.9:80"
+    primary = PeerConfig(server="app.dc1:80", name="192.0.2.1:80")
+    up = Upstream("u", [primary, backup], BalancerMethod("round_robin"), dynamic=True)
+    assert up.picker().get().name == "192.0.2.1:80"
