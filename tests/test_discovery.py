@@ -225,6 +225,8 @@ servers:
      "invalid parameter: valid=soon"),
     ("", "    resolver_timeout: 0s\n", "app.test:80 resolve", "", 'resolver_timeout'),
     ("resolver: 127.0.0.1\n", "", "app.test resolve", "", 'no port in upstream "app.test"'),
+    ("resolver: 127.0.0.1\n", "", "app..test:80 resolve", "",
+     'FILE:5: invalid host name in upstream "app..test:80"'),
     ("resolver: 127.0.0.1\n", "", "app.test:80 resolve", "    health_check: on\n",
      '"health_check" is not supported yet for an upstream with "resolve" servers'),
 ])
@@ -253,6 +255,7 @@ def test_resolver_in_the_upstream_wins_and_an_ip_with_resolve_is_static(tmp_path
     up = load_config(str(path)).upstreams["app"]
     assert up.resolver.servers == (("127.0.0.5", 5353), ("::1", 53))
     assert (up.resolver.valid, up.resolver.ipv6, up.resolver_timeout) == (30, False, 2.0)
+    assert load_config(str(path)).main.resolver.valid is None  # the top level's: the TTL
     name, ip = up.servers
     assert name.resolve and name.addresses == ()
     assert not ip.resolve and [a.name for a in ip.addresses] == ["127.0.0.1:81"]

@@ -149,5 +149,9 @@ def resolvable_server(text: str) -> list[Address]:
     try:
         ipaddress.ip_address(host)
     except ValueError:
+        labels = host.removesuffix(".").split(".")
+        if len(host) > 253 or any(not 0 < len(label) <= 63 for label in labels):
+            raise AddressError(f'invalid host name in upstream "{text}" (DNS allows labels '
+                               "of 1 to 63 characters, 253 in all)") from None
         return []
     return resolve(host, port, text)

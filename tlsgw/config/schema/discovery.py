@@ -47,7 +47,7 @@ def resolver(v: str) -> Resolver:
     for w in str(v).split():
         if w.startswith("valid="):
             try:
-                valid = units.parse_seconds(w[6:])
+                valid = units.parse_seconds(w[6:]) or None  # 0: the TTL, as in nginx
             except UnitError:
                 raise UnitError(f"invalid parameter: {w}") from None
         elif w.startswith("ipv4="):
