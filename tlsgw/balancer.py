@@ -244,7 +244,8 @@ def ketama_points(servers: Sequence[tuple[str, int]]) -> list[tuple[int, str]]:
     first keeps it; this matches nginx on glibc, whose ``qsort`` is a merge sort.
     """
     points: list[tuple[int, str]] = []
-    for server, weight in servers:
+    # the addresses of one name give the same points (collapsed below): compute them once
+    for server, weight in dict.fromkeys(servers):
         host, port = ketama_split(server)
         base = zlib.crc32(host + b"\0" + port)  # CRC state to continue from for every point
         prev = 0
