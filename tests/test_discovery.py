@@ -266,8 +266,10 @@ def test_convert_knows_resolver_and_resolve(tmp_path):
     conf.write_text("stream {\n  resolver 10.0.0.2 valid=10s ipv6=off;\n  resolver_timeout 5s;\n"
                     "  upstream app {\n    zone app 64k;\n    resolver 10.0.0.3;\n"
                     "    server app.example:8080 resolve max_fails=2;\n  }\n"
-                    "  server { listen 9000; proxy_pass app; }\n}\n")
+                    "  server { listen 9000; resolver 10.0.0.4; proxy_pass app; }\n}\n")
     result = convert(str(conf))
+    # nginx's server-level resolver (for variables in proxy_pass) has no use here: a comment
+    assert "# resolver: is not allowed here by tlsgw" in result.text
     assert "resolver: 10.0.0.2 valid=10s ipv6=off" in result.text
     assert "resolver_timeout: 5s" in result.text
     assert "resolver: 10.0.0.3" in result.text

@@ -102,9 +102,9 @@ DIRECTIVES: list[Directive] = [
       "resolver: 10.0.0.2 [fd00::2]:5353 valid=10s ipv6=off",
       differs="only IP addresses name a name server (nginx also resolves a host name there "
               "once, at start-up); `status_zone` (nginx Plus) is not supported.",
-      nginx=Nginx("resolver", ("stream", "upstream"), "one or more")),
+      nginx=Nginx("resolver", ("stream", "server", "upstream"), "one or more")),
     D("resolver_timeout", ("main", "upstream"), "resolver_timeout: TIME", "30s", positive_time,
       "Time one resolution may take, retries over the name servers included; after a failure "
       "the name is queried again after this time (at least 1s).", "resolver_timeout: 5s",
-      nginx=Nginx("resolver_timeout", ("stream", "upstream"), "one")),
+      nginx=Nginx("resolver_timeout", ("stream", "server", "upstream"), "one")),
 ]
