@@ -81,7 +81,7 @@ def lab(tmp_path_factory):
     upstream is ``app.test:PORT resolve`` plus a static server."""
     directory = tmp_path_factory.mktemp("discovery")
     dns = Dnsmasq(directory, free_port())
-    dns.write("127.0.0.2 app.test")
+    dns.write("127.0.0.2 app.test", *(f"10.1.0.{i} many.test" for i in range(1, 61)))
     dns.start()
     two = Backend("identify", name="two", host="127.0.0.2")
     three = Backend("identify", name="three", host="127.0.0.3", port=two.port)
@@ -125,6 +125,16 @@ def _who(gw: Gateway, n: int) -> list[str]:
                 pass
             out.append(data.decode().strip() or "(closed)")
     return out
+
+
+@needs_dnsmasq
+def test_an_answer_too_big_for_udp_is_asked_again_over_tcp(lab):
+    """60 A records do not fit a 512-byte UDP answer: dnsmasq sets TC, the query goes to TCP."""
+    dns = lab[0]
+    answer = asyncio.run(discovery.lookup(Resolver((("127.0.0.1", dns.port),), ipv6=False),
+                                          "many.test", 5))
+    assert sorted(answer.addresses) == sorted(f"10.1.0.{i}" for i in range(1, 61))
+    assert answer.ttl == 1  # --local-ttl
 
 
 @needs_dnsmasq
