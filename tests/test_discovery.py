@@ -138,6 +138,15 @@ def test_an_answer_too_big_for_udp_is_asked_again_over_tcp(lab):
 
 
 @needs_dnsmasq
+def test_an_error_rcode_is_a_failure_and_nxdomain_is_no_address(lab):
+    resolver = Resolver((("127.0.0.1", lab[0].port),))
+    with pytest.raises(discovery.ResolveError) as info:  # not local, no upstream: REFUSED
+        asyncio.run(discovery.lookup(resolver, "app.example", 5))
+    assert str(info.value) == "5: Operation refused"
+    assert asyncio.run(discovery.lookup(resolver, "nothing.test", 5)).addresses == ()
+
+
+@needs_dnsmasq
 def test_the_first_answer_gives_the_upstream_its_addresses(lab):
     dns, gw, two, three = lab
     gw.wait_log(f"app.test:{two.port} resolved to 127.0.0.2:{two.port}")
