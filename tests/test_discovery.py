@@ -59,6 +59,7 @@ class Dnsmasq:
                  "--user=" + (os.environ.get("USER") or "root")],
                 stdout=log, stderr=log)
         wait_until(self.answers, 10, "dnsmasq to answer")
+        assert self.proc.poll() is None, f"dnsmasq exited: {self.log.read_text()}"
 
     def answers(self) -> bool:
         try:
@@ -82,7 +83,14 @@ def lab(tmp_path_factory):
     directory = tmp_path_factory.mktemp("discovery")
     dns = Dnsmasq(directory, free_port())
     dns.write("127.0.0.2 app.test", *(f"10.1.0.{i} many.test" for i in range(1, 61)))
-    dns.start()
+    for _ in range(3):  # free_port() checks TCP; the UDP port may still be taken
+        try:
+            dns.start()
+            break
+        except AssertionError:
+            dns.proc, dns.port = None, free_port()
+    else:
+        pytest.fail(f"dnsmasq did not start: {dns.log.read_text()}")
     two = Backend("identify", name="two", host="127.0.0.2")
     three = Backend("identify", name="three", host="127.0.0.3", port=two.port)
     gw = Gateway(directory, f"""\
