@@ -178,8 +178,9 @@ class Backend:
 
     def __init__(self, mode: str = "echo", name: str = "", host: str = "127.0.0.1",
                  unix: str | None = None, nbytes: int = 0,
-                 ssl_context: ssl.SSLContext | None = None):
+                 ssl_context: ssl.SSLContext | None = None, port: int = 0):
         self.mode, self.host, self.unix, self.nbytes = mode, host, unix, nbytes
+        self.port = port
         self.ssl = ssl_context
         if ssl_context is not None and ssl_context.sni_callback is None:
             ssl_context.sni_callback = _record_sni
@@ -220,8 +221,8 @@ class Backend:
                                                                  ssl=self.ssl)
                 self.port = 0
             else:
-                self.server = await self.loop.create_server(lambda: _Proto(self), self.host, 0,
-                                                            ssl=self.ssl)
+                self.server = await self.loop.create_server(lambda: _Proto(self), self.host,
+                                                            self.port, ssl=self.ssl)
                 self.port = self.server.sockets[0].getsockname()[1]
             ready.set()
 

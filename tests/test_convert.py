@@ -178,7 +178,8 @@ def test_unsupported_become_comments():
     warned = {re.match(r'"?([^" ]+)', w).group(1): w for w in result.warnings}
     assert cfg["pid"] == "/tmp/tlsgw-convert-test.pid"  # supported since: converted, no warning
     assert not any(w.startswith('"pid"') for w in result.warnings)
-    for name, line in [("user", 2), ("limit_conn_zone", 15), ("resolver", 16),
+    assert cfg["resolver"] == "127.0.0.1 valid=30s"  # supported since (DNS discovery)
+    for name, line in [("user", 2), ("limit_conn_zone", 15),
                        ("map", 18), ("zone", 24), ("ssl_preread", 34), ("limit_conn", 35),
                        ("allow", 36), ("deny", 37), ("proxy_pass", 38), ("proxy_requests", 44),
                        ("error_log", 45), ("listen", 42)]:

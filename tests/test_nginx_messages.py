@@ -157,7 +157,7 @@ def test_serve_does_not_say_test_failed(tmp_path):
 
 
 def test_nginx_only_upstream_server_parameters_are_named(tmp_path):
-    errs = errors_of(tmp_path, BASE.replace("servers: [127.0.0.1:1]", "servers: [127.0.0.1:1 resolve]")
+    errs = errors_of(tmp_path, BASE.replace("servers: [127.0.0.1:1]", "servers: [127.0.0.1:1 service=http]")
                      .format(upstream="", server="", main=""))
-    assert errs == ['FILE:3: the "resolve" parameter is not supported by tlsgw yet in upstream '
+    assert errs == ['FILE:3: the "service" parameter is not supported by tlsgw yet in upstream '
                     'server "127.0.0.1:1"'], errs

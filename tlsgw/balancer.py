@@ -244,7 +244,8 @@ def ketama_points(servers: Sequence[tuple[str, int]]) -> list[tuple[int, str]]:
     first keeps it; this matches nginx on glibc, whose ``qsort`` is a merge sort.
     """
     points: list[tuple[int, str]] = []
-    for server, weight in servers:
+    # the addresses of one name give the same points (collapsed below): compute them once
+    for server, weight in dict.fromkeys(servers):
         host, port = ketama_split(server)
         base = zlib.crc32(host + b"\0" + port)  # CRC state to continue from for every point
         prev = 0
@@ -369,6 +370,7 @@ class Upstream:
         clock: Callable[[], float] = time.monotonic,
         rng: Callable[[], int] | None = None,
         health: tuple[Any, dict[str, int]] | None = None,
+        dynamic: bool = False,
     ):
         """Build the peer lists (and the ketama ring once, for ``hash_consistent``).
 
@@ -377,11 +379,15 @@ class Upstream:
             rng: returns a non-negative int per draw for ``random``; tests inject a seeded one.
             health: ``(buffer, {peer name: slot})`` for an upstream under ``health_check``:
                 those peers are :class:`CheckedPeer`, down while their byte is 0.
+            dynamic: the peers come from DNS (``resolve``) and may be none for now: every
+                session then gets "no live upstreams", as in nginx.
 
         Raises:
             ValueError: the group is invalid (see :func:`validate`).
         """
         problems = validate(method, peers, name)
+        if dynamic:
+            problems = [p for p in problems if not p.startswith("no servers in upstream")]
         if problems:
             raise ValueError("; ".join(problems))
         self.name = name
@@ -418,6 +424,8 @@ class Upstream:
             self._ring_hashes = [h for h, _ in ring]
             self._ring_groups = [frozen[s] for _, s in ring]
         self._get: Callable[[Picker], Peer | None] = _GETTERS[method.kind]
+        if not primary:  # a DNS-fed group with no address yet: the backups, if any
+            self._get = Picker._get_round_robin
 
     def now(self) -> int:
         """Whole seconds from the injected clock (nginx's ``ngx_time()``)."""

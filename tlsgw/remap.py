@@ -15,10 +15,12 @@ its name when only its parameters (``weight=``, ``down``) change.
 
 from __future__ import annotations
 
+import socket
 from collections import Counter
 from dataclasses import dataclass
 
 from tlsgw.balancer import Upstream
+from tlsgw.config.addresses import Address
 from tlsgw.config.model import Config, UpstreamConfig
 from tlsgw.errors import ConfigErrors, TlsgwError
 
@@ -59,7 +61,11 @@ def place(up: UpstreamConfig, addresses: list[str]) -> list[str]:
         others = ", ".join(f"${v}" for v in up.key.variables if v != "remote_addr")
         raise RemapError(f'the hash key "{up.key.text}" of upstream "{up.name}" uses {others}; '
                          "--remap can only vary $remote_addr")
-    upstream = Upstream(up.name, up.peer_configs(), up.method)
+    # a ``resolve`` server counts as one address: under ``hash ... consistent`` its place on
+    # the ring is its text's whatever its addresses are
+    placeholder = (Address(socket.AF_INET, "0.0.0.0", 0),)
+    upstream = Upstream(up.name, up.peer_configs({s.text: placeholder for s in up.servers
+                                                  if s.resolve}), up.method)
     key = up.key
     out = []
     for addr in addresses:

@@ -134,3 +134,24 @@ def parse_upstream_server(text: str) -> list[Address]:
     if not host:
         raise AddressError(f'no host in upstream "{text}"')
     return resolve(host, port, text)
+
+
+def resolvable_server(text: str) -> list[Address]:
+    """An upstream ``server ... resolve`` address: an IP address as usual; a host name is not
+    resolved now (empty list: it is resolved while running). A port is required."""
+    if text.startswith("unix:"):
+        return parse_upstream_server(text)
+    host, port = split_host_port(text)
+    if port is None:
+        raise AddressError(f'no port in upstream "{text}"')
+    if not host:
+        raise AddressError(f'no host in upstream "{text}"')
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        labels = host.removesuffix(".").split(".")
+        if len(host) > 253 or any(not 0 < len(label) <= 63 for label in labels):
+            raise AddressError(f'invalid host name in upstream "{text}" (DNS allows labels '
+                               "of 1 to 63 characters, 253 in all)") from None
+        return []
+    return resolve(host, port, text)

@@ -40,10 +40,14 @@ def upstream(up: UpstreamConfig) -> list[Finding]:
                 method_line = src[name]
     out = []
     for problem in validate(up.method, up.peer_configs(), up.name):
+        if problem.startswith("no servers in") and any(s.resolve and not s.backup
+                                                       for s in up.servers):
+            continue  # its addresses come while running (as nginx counts it)
         suffix = "" if f'upstream "{up.name}"' in problem else f' in upstream "{up.name}"'
         out.append(Finding(method_line, problem + suffix))
     if up.method.kind == "hash_consistent":
-        total = sum(p.weight for p in up.peer_configs() if not p.backup)
+        total = sum(p.weight for p in up.peer_configs() if not p.backup) + sum(
+            s.weight for s in up.servers if s.resolve and not s.backup)  # a name's points: once
         if total > MAX_CONSISTENT_WEIGHT:
             out.append(Finding(method_line, f'the weights of upstream "{up.name}" add up to '
                                f'{total}: "hash ... consistent" allows at most '

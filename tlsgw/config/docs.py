@@ -203,6 +203,15 @@ _GENERAL_DIFFERENCES = [
     "says nothing.",
     "* **YAML size**: at most 16 Mi characters, 100000 nodes (aliases expanded) and 64 "
     "levels of nesting.",
+    "* **DNS discovery (`resolve`)**: every worker resolves the names itself (nginx gives each "
+    "name to one worker and shares the peers through the upstream's `zone`), so workers may "
+    "see a change up to one `valid` period apart. A name's addresses are kept in numeric order "
+    "(IPv4 first), in the server's place in the list (nginx appends them in answer order), so "
+    "every worker and every instance builds the same list. Each change is logged at `notice` "
+    "(`upstream \"app\": app.svc:8080 resolved to 10.0.0.7:8080, 10.0.0.8:8080 (added "
+    "10.0.0.8:8080)`); nginx logs only failures. Passive failure state (`max_fails`) carries "
+    "over by address; per-worker `conns` (`least_conn`, `max_conns`) start again at 0 for the "
+    "new list, as after a reload.",
 ]
 
 

@@ -20,7 +20,12 @@ import yaml
 
 from tlsgw.balancer import Method
 from tlsgw.config import checks, filemodes, schema, units
-from tlsgw.config.addresses import AddressError, parse_listen, parse_upstream_server
+from tlsgw.config.addresses import (
+    AddressError,
+    parse_listen,
+    parse_upstream_server,
+    resolvable_server,
+)
 from tlsgw.config.model import (
     AccessLog,
     AdminConfig,
@@ -150,6 +155,7 @@ class Loader:
         self.check_files = check_files
         self.errors: list[ConfigError] = []
         self.warnings: list[str] = []
+        self.main_values: dict[str, Any] = {}  # the top level's values (resolver, for upstreams)
         self.broken_upstreams: set[str] = set()  # reported already: proxy_pass says nothing more
 
     # ---- error helpers ------------------------------------------------------------------------
@@ -303,6 +309,7 @@ class Loader:
         self.check_paths(main, nodes)
         self.secret_modes(main, nodes)
 
+        self.main_values = main
         formats = self.log_formats(nodes.get("log_format"))
         matches = self.matches(nodes.get("match"))
         admin = self.admin(nodes.get("admin"))
@@ -317,6 +324,10 @@ class Loader:
             if hc is not None and hc.match is not None and hc.match not in matches:
                 self.error(_Line(srv.source.get("health_check") or srv.line),
                            f'match "{hc.match}" not found in "health_check"')
+            if hc is not None and srv.upstream.resolves:
+                self.error(_Line(srv.source.get("health_check") or srv.line),
+                           '"health_check" is not supported yet for an upstream with '
+                           f'"resolve" servers (upstream "{srv.upstream.name}")')
         groups = self.groups(servers)
         error_target, level = main["error_log"]
         error_line = nodes["error_log"].start_mark.line + 1 if "error_log" in nodes else 0
@@ -505,6 +516,7 @@ class Loader:
         servers: list[UpstreamServer] = []
         servers_node = None
         lines: dict[str, int] = {}
+        own: dict[str, Any] = {}  # resolver, resolver_timeout
         for key, kn, vn in self.items(node, "upstream", f'upstream "{name}"'):
             lines[key] = vn.start_mark.line + 1
             if key == "servers":
@@ -512,7 +524,11 @@ class Loader:
                 servers = self.upstream_servers(name, vn)
                 continue
             try:
-                methods.append((key, kn, self.value(schema.BY_CONTEXT["upstream"][key], vn)))
+                value = self.value(schema.BY_CONTEXT["upstream"][key], vn)
+                if key in ("resolver", "resolver_timeout"):
+                    own[key] = value
+                else:
+                    methods.append((key, kn, value))
             except _Stop:
                 pass
         if len(methods) > 1:
@@ -523,8 +539,15 @@ class Loader:
         if servers_node is None or (not servers and isinstance(servers_node, yaml.SequenceNode)
                                     and not servers_node.value):
             raise self.fail(knode, f'no servers are inside upstream "{name}"')
+        main = self.main_values
+        found = own.get("resolver", main.get("resolver"))
+        timeout = own.get("resolver_timeout", main.get("resolver_timeout")) or 30.0
+        if found is None and any(s.resolve for s in servers):
+            raise self.fail(knode, "no resolver defined to resolve names at run time in "
+                            f'upstream "{name}"')
         up = UpstreamConfig(name=name, method=method, servers=tuple(servers), key=key_tpl,
-                            line=knode.start_mark.line + 1, source=SourceMap(self.path, lines))
+                            line=knode.start_mark.line + 1, source=SourceMap(self.path, lines),
+                            resolver=found, resolver_timeout=timeout)
         self.report(checks.upstream(up))
         return up
 
@@ -565,7 +588,10 @@ class Loader:
                 k, eq, v = w.partition("=")
                 params.append((k, v if eq else None, node))
         try:
-            addresses = parse_upstream_server(address)
+            if any(k == "resolve" for k, _v, _n in params):
+                addresses = resolvable_server(address)
+            else:
+                addresses = parse_upstream_server(address)
         except AddressError as exc:
             raise self.fail(node, str(exc))
         values: dict[str, Any] = {}
@@ -593,6 +619,8 @@ class Loader:
                 values[key] = d.parse(val)
             except UnitError as exc:
                 self.error(pnode, f'{exc} in "{key}" of upstream server "{address}"')
+        if values.get("resolve") and addresses:
+            del values["resolve"]  # an IP address: static, as in nginx
         return UpstreamServer(text=address, addresses=tuple(addresses),
                               line=node.start_mark.line + 1, **values)
 

@@ -14,6 +14,7 @@ from types import MappingProxyType
 from tlsgw.balancer import Method, PeerConfig
 from tlsgw.config.addresses import Address
 from tlsgw.config.schema import SessionCacheSpec, TrustedSource
+from tlsgw.config.schema.discovery import Resolver
 from tlsgw.config.schema.health import HealthCheck, Match
 from tlsgw.variables import Template
 
@@ -118,15 +119,19 @@ class UpstreamServer:
     max_conns: int = 0
     backup: bool = False
     down: bool = False
+    resolve: bool = False
+    """A host name resolved while running (``addresses`` is empty: the worker's discovery
+    supplies them)."""
 
-    def peer_configs(self) -> list[PeerConfig]:
+    def peer_configs(self, addresses: tuple[Address, ...] | None = None) -> list[PeerConfig]:
+        """One peer per address: its own, or (``resolve``) the *addresses* found for it."""
         return [
             PeerConfig(
                 server=self.text, name=a.name, weight=self.weight, max_fails=self.max_fails,
                 fail_timeout=self.fail_timeout, max_conns=self.max_conns, backup=self.backup,
                 down=self.down, address=a,
             )
-            for a in self.addresses
+            for a in (self.addresses if addresses is None else addresses)
         ]
 
 
@@ -139,9 +144,22 @@ class UpstreamConfig:
     line: int = 0
     implicit: bool = False  # made from ``proxy_pass host:port`` rather than ``upstreams:``
     source: SourceMap | None = None  # the method directive and ``servers``
+    resolver: Resolver | None = None  # its own ``resolver``, else the top level's
+    resolver_timeout: float = 30.0
 
-    def peer_configs(self) -> list[PeerConfig]:
-        return [p for s in self.servers for p in s.peer_configs()]
+    @property
+    def resolves(self) -> bool:
+        """Some server is a host name resolved while running (``resolve``)."""
+        return any(s.resolve for s in self.servers)
+
+    def peer_configs(self, resolved: Mapping[str, tuple[Address, ...]] | None = None
+                     ) -> list[PeerConfig]:
+        """The peers in configuration order; a ``resolve`` server's addresses are those
+        *resolved* has for its text (none without)."""
+        if resolved is None or not self.resolves:
+            return [p for s in self.servers for p in s.peer_configs()]
+        return [p for s in self.servers
+                for p in s.peer_configs(resolved.get(s.text, ()) if s.resolve else None)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,6 +237,8 @@ class MainSettings(ServerSettings):
     pid: str | None
     error_log: tuple[str, str]
     config_watch: float | None  # seconds between looks at the watched files, or None (off)
+    resolver: Resolver | None
+    resolver_timeout: float
 
 
 @dataclass

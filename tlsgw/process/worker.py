@@ -29,7 +29,7 @@ import os
 import signal
 import socket
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tlsgw import logs
 from tlsgw.admin import account
@@ -43,6 +43,9 @@ from tlsgw.proxy.context import WorkerContext
 from tlsgw.proxy.pump import ENDED, Session
 from tlsgw.runtime.generation import Generation, build_file
 from tlsgw.runtime.server import ServerRuntime
+
+if TYPE_CHECKING:
+    from tlsgw.process.discovery import Discovery
 
 #: Signals an operator sends the master; a worker that gets one logs it and carries on.
 #: (SIGPIPE stays ignored, as Python sets it, without a line: a write to a closed peer raises it.)
@@ -94,6 +97,8 @@ class Worker:
         #: each generation the worker adopts
         self.upstreams: dict[str, Upstream] = {}
         self.layouts: dict[str, tuple[Any, Any, Any]] = {}
+        #: DNS discovery (``resolve`` servers); None while the configuration has none
+        self.discovery: Discovery | None = None
         self.accepts: dict[str, _Accept] = {}
         #: route key -> the server accepting on it (serve, reload)
         self.servers: dict[str, asyncio.AbstractServer] = {}
@@ -115,13 +120,21 @@ class Worker:
         listener's factory at its routes. Open sessions keep the runtimes they started with
         (and the balancer state they counted themselves in: ``conns`` is not carried over)."""
         self.upstreams_before = dict(self.upstreams)
+        if self.discovery is not None or any(s.upstream.resolves for s in generation.cfg.servers):
+            if self.discovery is None:
+                # dnspython is loaded only by a configuration that resolves (~60 ms, ~3 MB)
+                from tlsgw.process.discovery import Discovery
+
+                self.discovery = Discovery(self.loop, self.error_log.log, self.membership_changed)
+            self.discovery.adopt({s.upstream.name: s.upstream for s in generation.cfg.servers})
         for srv in generation.cfg.servers:
             u = srv.upstream
             health = generation.health(u.name)
-            layout = (u.method, u.peer_configs(), health)
+            resolved = self.discovery.addresses(u.name) if u.resolves else None  # type: ignore[union-attr]
+            layout = (u.method, u.peer_configs(resolved), health)
             if self.layouts.get(u.name) != layout:  # new or changed
                 upstream = self.upstreams[u.name] = Upstream(u.name, layout[1], u.method,
-                                                             health=health)
+                                                             health=health, dynamic=u.resolves)
                 self.layouts[u.name] = layout
                 old = self.upstreams_before.get(u.name)
                 if old is not None:  # passive failure state of the peers that still exist
@@ -142,6 +155,31 @@ class Worker:
             if accept is None:
                 accept = self.accepts[key] = _Accept()
             accept.make = phases.protocol_factory(route.group, route.by_index, self.context)
+
+    def membership_changed(self, name: str) -> None:
+        """DNS discovery changed the addresses of upstream *name*: a new peer list built as
+        :meth:`adopt` builds one (passive failure state carried over by peer name), swapped
+        into the current generation's runtimes, one assignment each. Open sessions keep the
+        peers they started with."""
+        generation = self.generation
+        old = self.upstreams.get(name)
+        for srv in generation.cfg.servers:
+            u = srv.upstream
+            if u.name != name:
+                continue
+            resolved = self.discovery.addresses(name) if self.discovery else None
+            layout = (u.method, u.peer_configs(resolved), generation.health(name))
+            if self.layouts.get(name) != layout:
+                upstream = self.upstreams[name] = Upstream(name, layout[1], u.method,
+                                                           health=layout[2], dynamic=u.resolves)
+                self.layouts[name] = layout
+                state = {p.name: p for p in old.peers} if old is not None else {}
+                for peer in upstream.peers:
+                    was = state.get(peer.name)
+                    if was is not None:
+                        peer.fails, peer.checked, peer.accessed = (was.fails, was.checked,
+                                                                   was.accessed)
+            generation.runtimes[srv.index].upstream = self.upstreams[name]
 
     async def serve(self) -> None:
         loop = self.loop
@@ -165,6 +203,8 @@ class Worker:
         self.error_log.log("notice", f"worker process {self.pid} started")
         await self.stop_requested.wait()
         memory.stop()
+        if self.discovery is not None:
+            self.discovery.stop()
         for srv in self.servers.values():
             srv.close()
         if self.retire_timer is not None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 from tlsgw.config.schema import (
     admin,
     core,
+    discovery,
     health,
     logging,
     nginx,
@@ -67,7 +68,7 @@ __all__ = [
 ]
 
 #: The feature modules, in the order of the reference; each has a ``DIRECTIVES`` list.
-FEATURES = (core, logging, proxy, proxy_protocol, tls, upstream, health, watch, admin)
+FEATURES = (core, logging, proxy, proxy_protocol, tls, upstream, health, watch, admin, discovery)
 
 DIRECTIVES: list[Directive] = [d for feature in FEATURES for d in feature.DIRECTIVES]
 

@@ -35,7 +35,7 @@ ANSWERS: dict[str, str] = {
     "server": 'servers are entries of "servers:" (servers: [{listen: ..., proxy_pass: ...}]); '
               'an upstream\'s servers go in its "servers:" list',
     "zone": "tlsgw keeps peer state per worker, as nginx does without zone; there is nothing "
-            "to share yet",
+            "to share yet (upstream servers with resolve need no zone)",
     "ip_hash": 'ip_hash is an http upstream method; in a stream upstream write "hash: '
                '$remote_addr" (add "consistent" for ketama)',
 }
@@ -48,7 +48,7 @@ NOT_YET = frozenset({
     "open_log_file_cache", "pass", "preread_buffer_size", "preread_timeout", "proxy_bind",
     "proxy_download_rate", "proxy_requests",
     "proxy_responses", "proxy_socket_keepalive", "proxy_ssl_conf_command", "proxy_ssl_crl",
-    "proxy_upload_rate", "resolver", "resolver_timeout", "return", "set",
+    "proxy_upload_rate", "return", "set",
     "split_clients", "ssl_certificate_cache", "ssl_conf_command", "ssl_dhparam", "ssl_key_log",
     "ssl_ocsp", "ssl_ocsp_cache", "ssl_ocsp_responder", "ssl_preread", "ssl_reject_handshake",
     "ssl_stapling", "ssl_stapling_file", "ssl_stapling_responder", "ssl_stapling_verify",

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from tlsgw.balancer import Method
 from tlsgw.config import units
 from tlsgw.config.schema.base import Directive, Nginx, number, seconds
+from tlsgw.config.schema.discovery import RESOLVE
 from tlsgw.config.units import UnitError
 from tlsgw.variables import Template, TemplateError
 
@@ -96,6 +97,7 @@ PEER_PARAMS: tuple[Directive, ...] = (
       "Marks the server permanently unavailable (it keeps its place on the hash ring, so "
       "other keys do not move).", "- 10.0.0.3:80 down",
       nginx=_peer("none")),
+    RESOLVE,
 )
 
 DIRECTIVES: list[Directive] = [
@@ -121,7 +123,7 @@ DIRECTIVES: list[Directive] = [
       "`random`, smooth weighted round robin is used.",
       "servers:\n  - 127.0.0.1:7773 weight=5 max_fails=3 fail_timeout=30s\n"
       "  - unix:/run/b.sock backup\n  - address: \"[::1]:7775\"\n    weight: 2",
-      params=PEER_PARAMS, unsupported=("resolve", "service", "slow_start"),
+      params=PEER_PARAMS, unsupported=("service", "slow_start"),
       nginx=Nginx("server", ("upstream",), "one or more",
                   note="each `server ADDRESS [PARAMETER ...];` line is one entry of `servers:`")),
     *PEER_PARAMS,
