@@ -208,3 +208,54 @@ def sni_unhonoured(group: ListenGroup) -> list[Finding]:
                                "list of its own (OpenSSL cannot give a connection its built-in "
                                "list back): give the list"))
     return out
+
+
+# ---- ssl_preread and proxy_pass $VARIABLE --------------------------------------------------------
+
+
+def preread(srv: ServerConfig) -> list[Finding]:
+    """What ``ssl_preread`` and a ``map`` variable in ``proxy_pass`` cannot be combined with."""
+    out = []
+    listen_line = srv.source.line("listen", srv.line)
+    at = srv.source.line("ssl_preread", listen_line)
+    if srv.s.ssl_preread and any(ls.ssl for ls in srv.listens):
+        out.append(Finding(at, '"ssl_preread on" cannot be used with "listen ... ssl": the '
+                           "ClientHello is read by the TLS handshake there (to terminate some "
+                           'names and pass others through, give the ssl_preread server its own '
+                           '"listen ADDRESS" and the terminating servers "listen ADDRESS ssl" '
+                           "and a server_name)"))
+    if srv.s.ssl_preread and any(ls.proxy_protocol for ls in srv.listens):
+        out.append(Finding(at, '"ssl_preread on" is not supported on a "listen ... '
+                           'proxy_protocol" address yet'))
+    if srv.proxy_map is not None:
+        pp = srv.source.line("proxy_pass", srv.line)
+        if any(ls.ssl for ls in srv.listens):
+            out.append(Finding(pp, '"proxy_pass" with a variable is not supported on a "listen '
+                               '... ssl" server yet'))
+        if srv.health_check is not None:
+            out.append(Finding(srv.source.line("health_check", srv.line), '"health_check" '
+                               'needs a "proxy_pass" that names one upstream, not a variable'))
+        uses_preread = srv.proxy_map.source.startswith("ssl_preread_")
+        if uses_preread and not srv.s.ssl_preread:
+            out.append(_warn(pp, f'"proxy_pass ${srv.proxy_map.variable}" looks up '
+                             f'"${srv.proxy_map.source}", which is empty without "ssl_preread: '
+                             'on": every session gets the map\'s default'))
+    return out
+
+
+def mixed(group: ListenGroup) -> list[Finding]:
+    """An address shared by an ``ssl_preread`` server and ``listen ... ssl`` servers: each of
+    those needs a ``server_name`` (SNI is the only way to reach it)."""
+    out = []
+    for srv in group.servers:
+        if not srv.server_names:
+            out.append(Finding(srv.source.line("listen", srv.line), f'the "listen {group.listen.text} '
+                               'ssl" server needs a "server_name": it shares the address with an '
+                               '"ssl_preread" server, which gets every connection whose SNI '
+                               "matches no server_name"))
+    if len(group.preread) > 1:
+        extra = group.preread[1]
+        out.append(Finding(extra.source.line("ssl_preread", extra.line), "only one "
+                           f'"ssl_preread" server may share "{group.listen.text}" with "listen '
+                           '... ssl" servers'))
+    return out

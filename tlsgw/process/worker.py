@@ -113,8 +113,8 @@ class Worker:
         listener's factory at its routes. Open sessions keep the runtimes they started with
         (and the balancer state they counted themselves in: ``conns`` is not carried over)."""
         self.upstreams_before = dict(self.upstreams)
-        for srv in generation.cfg.servers:
-            u = srv.upstream
+        for u in {u.name: u for srv in generation.cfg.servers  # with proxy_pass $VARIABLE's
+                  for u in (srv.upstream, *srv.targets.values())}.values():
             health = generation.health(u.name)
             layout = (u.method, u.peer_configs(), health)
             if self.layouts.get(u.name) != layout:  # new or changed
@@ -130,7 +130,10 @@ class Worker:
                             peer.fails, peer.checked, peer.accessed = (was.fails, was.checked,
                                                                        was.accessed)
         for srv in generation.cfg.servers:
-            generation.runtimes[srv.index].bind(self.upstreams[srv.upstream.name])
+            rt = generation.runtimes[srv.index]
+            rt.bind(self.upstreams[srv.upstream.name])
+            for target in (rt.targets or {}).values():
+                target.bind(self.upstreams[target.cfg.upstream.name])
         self.generation = generation
         self.cfg = generation.cfg  # worker_shutdown_timeout of the next stop, among others
         for key, route in generation.routes.items():
