@@ -114,7 +114,8 @@ def test_a_wildcard_name_passes_through_to_an_upstream_block(lab):
     out = s_client(lab["mixed"], "127.0.0.1", pki.ca, "-servername", "x.w.test",
                    "-verify_hostname", "x.w.test")
     assert "Verification: OK" in out and "CN = *.w.test" in out, out
-    assert w.handshakes and w.handshakes[-1].sni == "x.w.test"
+    wait_until(lambda: w.handshakes, what="the backend's handshake")
+    assert w.handshakes[-1].sni == "x.w.test"
 
 
 def test_the_terminated_name_gets_tlsgws_certificate_without_a_second_hop(lab):
@@ -129,14 +130,15 @@ def test_the_terminated_name_gets_tlsgws_certificate_without_a_second_hop(lab):
         tls.sendall(b"ping")
         assert recv_exactly(tls, 4) == b"ping"
         assert tls.getpeercert()["subject"] == ((("commonName", "b.test"),),)
-    assert term.accepted >= 1
+    wait_until(lambda: term.accepted >= 1, what="the plain backend's connection")
 
 
 def test_an_unknown_name_goes_to_the_maps_default(lab):
     pki, default = lab["pki"], lab["b"]["default"]
     out = s_client(lab["mixed"], "127.0.0.1", pki.ca, "-servername", "other.test")
     assert "Verification: OK" in out, out
-    assert default.handshakes and default.handshakes[-1].sni == "other.test"
+    wait_until(lambda: default.handshakes, what="the backend's handshake")
+    assert default.handshakes[-1].sni == "other.test"
 
 
 def test_the_client_hello_is_replayed_byte_for_byte_even_in_one_byte_segments(lab):
@@ -172,3 +174,39 @@ def test_a_silent_client_is_closed_at_preread_timeout_with_200(lab):
         assert s.recv(100) == b""  # closed by the gateway (after 1 s), nothing sent
     wait_until(lambda: "200 \"-\" \"-\" - -" in gw.stdout(), what="the access line")
     assert "while prereading" not in gw.stderr()
+
+
+def test_a_reload_changes_the_map_and_open_sessions_keep_their_upstream(tmp_path):
+    """The worker binds the runtime of every map value; a session keeps the target it was
+    given, and its generation is released only once that session is over."""
+    import signal
+
+    a, b = Backend("echo"), Backend("identify", name="B")
+
+    def config(target: str) -> str:
+        return ("error_log: stderr info\nmap:\n  $m:\n    source: $ssl_preread_server_name\n"
+                f"    default: 127.0.0.1:1\n    entries:\n      x.test: {target}\n"
+                "servers:\n  - listen: 127.0.0.1:0\n    ssl_preread: on\n    proxy_pass: $m\n")
+
+    gw = Gateway(tmp_path, config(a.address))
+    gw.start()
+    try:
+        hello = client_hello("x.test")
+        held = socket.create_connection(("127.0.0.1", gw.port()), timeout=10)
+        held.sendall(hello)
+        assert recv_exactly(held, len(hello)) == hello  # through generation 0, to a
+        gw.config.write_text(config(b.address))
+        gw.send(signal.SIGHUP)
+        gw.wait_log("reconfigured: generation 1 ")
+        with socket.create_connection(("127.0.0.1", gw.port()), timeout=10) as s:
+            s.sendall(hello)
+            assert recv_exactly(s, 2) == b"B\n"  # the new map
+        held.sendall(b"ping")
+        assert recv_exactly(held, 4) == b"ping"  # still to a
+        assert "generation 0 released" not in gw.stderr()
+        held.close()
+        gw.wait_log("generation 0 released")
+    finally:
+        gw.stop(timeout=10)
+        a.close()
+        b.close()

@@ -255,7 +255,8 @@ class Worker:
         self.retire_timer = None
         used = {id(getattr(s, "rt", None)) for s in self.context.sessions}
         for gen in list(self.retired):
-            if not any(id(rt) in used for rt in gen.runtimes.values()):
+            if not any(id(r) in used for rt in gen.runtimes.values()  # proxy_pass $VARIABLE's
+                       for r in (rt, *(rt.targets or {}).values())):
                 self.retired.remove(gen)
                 gen.release()
                 self.error_log.log("info", f"generation {gen.number} released")
