@@ -373,3 +373,46 @@ def test_listeners_without_preread_or_maps_are_unchanged(tmp_path):
                       "upstreams:\n  b: {servers: [127.0.0.1:9]}\n")
     factory, used = phases.build(lst)
     assert used == () and factory.func.__name__ == "Session"
+
+
+# ---- tlsgw convert --------------------------------------------------------------------------------
+def test_convert_takes_nginx_map_and_ssl_preread_to_a_config_that_loads(tmp_path):
+    from tlsgw.convert import convert
+
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(r"""
+stream {
+    map $ssl_preread_server_name $backend {
+        hostnames;
+        default          127.0.0.1:9000;
+        .example.com     pool;
+        ~*^api[0-9]+\.   127.0.0.1:9002;
+        "literal name"   127.0.0.1:9003;
+        www.example.*    $remote_addr;
+        volatile;
+    }
+    upstream pool { server 127.0.0.1:9001; }
+    server {
+        listen 127.0.0.1:9443;
+        ssl_preread on;
+        preread_buffer_size 32k;
+        preread_timeout 5s;
+        proxy_pass $backend;
+    }
+}
+""")
+    result = convert(str(conf))
+    out = tmp_path / "tlsgw.yaml"
+    out.write_text(result.text)
+    cfg = load_config(str(out))
+    m = cfg.servers[0].proxy_map
+    assert m is not None and m.hostnames and m.source == "ssl_preread_server_name"
+    assert m.lookup("a.example.com") == "pool" and m.lookup("API7.x") == "127.0.0.1:9002"
+    assert m.lookup("literal name") == "127.0.0.1:9003" and m.lookup("zzz") == "127.0.0.1:9000"
+    s = cfg.servers[0].s
+    assert (s.ssl_preread, s.preread_buffer_size, s.preread_timeout) == (True, 32768, 5.0)
+    assert sorted(cfg.servers[0].targets) == ["127.0.0.1:9000", "127.0.0.1:9002",
+                                              "127.0.0.1:9003", "pool"]
+    warned = "\n".join(result.warnings)
+    assert "a value with variables is not supported by tlsgw yet" in warned  # $remote_addr
+    assert '"volatile"' in warned
