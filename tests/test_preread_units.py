@@ -231,6 +231,10 @@ def errors(tmp_path: Path, text: str) -> list[str]:
     (MAP + "servers:\n  - listen: 127.0.0.1:1\n    proxy_pass: 127.0.0.1:9\n"
      "  - listen: 127.0.0.1:1 ssl\n    server_name: a.test\n    proxy_pass: 127.0.0.1:9\n",
      'F:10: listen "127.0.0.1:1" has "ssl" in one server and not in another'),
+    (MAP + "servers:\n  - listen: 127.0.0.1:1\n    ssl_preread: on\n    proxy_pass: $b\n"
+     "  - listen: 127.0.0.1:1 ssl proxy_protocol\n    server_name: a.test\n"
+     "    proxy_pass: 127.0.0.1:9\n",
+     'F:9: "ssl_preread on" is not supported on a "listen ... proxy_protocol" address yet'),
     (MAP + "preread_buffer_size: 2m\nservers:\n  - {listen: 1, proxy_pass: $b}\n",
      'F:7: invalid size "2m" (at most 1m) in "preread_buffer_size"'),
     (MAP + "servers:\n  - listen: 1\n    preread_timeout: soon\n    proxy_pass: $b\n",

@@ -253,6 +253,10 @@ def mixed(group: ListenGroup) -> list[Finding]:
                                'ssl" server needs a "server_name": it shares the address with an '
                                '"ssl_preread" server, which gets every connection whose SNI '
                                "matches no server_name"))
+    if group.listen.proxy_protocol:
+        pre = group.preread[0]
+        out.append(Finding(pre.source.line("ssl_preread", pre.line), '"ssl_preread on" is not '
+                           f'supported on a "listen ... proxy_protocol" address yet ("{group.listen.text}")'))
     if len(group.preread) > 1:
         extra = group.preread[1]
         out.append(Finding(extra.source.line("ssl_preread", extra.line), "only one "
