@@ -420,3 +420,14 @@ stream {
     warned = "\n".join(result.warnings)
     assert "a value with variables is not supported by tlsgw yet" in warned  # $remote_addr
     assert '"volatile"' in warned
+
+
+def test_check_warns_of_an_unused_map_and_counts_upstreams_used_through_one(tmp_path):
+    path = tmp_path / "gw.yaml"
+    path.write_text(MAP.replace("127.0.0.1:10", "pool")
+                    + "  $unused:\n    source: $remote_addr\n    entries: {a: junk}\n"
+                    "upstreams:\n  pool: {servers: [127.0.0.1:7]}\n"
+                    "servers:\n  - {listen: 127.0.0.1:1, ssl_preread: on, proxy_pass: $b}\n")
+    cfg = load_config(str(path))
+    assert [w.replace(str(path), "F") for w in cfg.warnings] == [
+        'F:7: map "$unused" is not used by any "proxy_pass"']

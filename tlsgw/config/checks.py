@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from tlsgw.balancer import validate
 from tlsgw.balancer import warnings as balancer_warnings
+from tlsgw.config.maps import Map
 from tlsgw.config.model import ListenGroup, ServerConfig, SourceMap, UpstreamConfig
 from tlsgw.config.schema import MAX_CONSISTENT_WEIGHT
 
@@ -56,7 +57,15 @@ def upstream(up: UpstreamConfig) -> list[Finding]:
 def unused_upstreams(upstreams: dict[str, UpstreamConfig],
                      servers: Sequence[ServerConfig]) -> list[Finding]:
     return [_warn(up.line, f'upstream "{name}" is not used by any server')
-            for name, up in upstreams.items() if not any(up is s.upstream for s in servers)]
+            for name, up in upstreams.items()
+            if not any(up is s.upstream or any(up is t for t in s.targets.values())  # $map's
+                       for s in servers)]
+
+
+def unused_maps(maps: dict[str, Map], servers: Sequence[ServerConfig]) -> list[Finding]:
+    """A ``map`` no ``proxy_pass`` names: its values were never checked, and it does nothing."""
+    return [_warn(m.line, f'map "${name}" is not used by any "proxy_pass"')
+            for name, m in maps.items() if not any(s.proxy_map is m for s in servers)]
 
 
 # ---- one server --------------------------------------------------------------------------------

@@ -324,6 +324,7 @@ class Loader:
         if self.errors:
             raise ConfigErrors(self.errors, servers)
         self.report(checks.unused_upstreams(upstreams, servers))
+        self.report(checks.unused_maps(self.maps, servers))
         return Config(
             file=self.path,
             worker_processes=main["worker_processes"],

@@ -49,7 +49,11 @@ DIRECTIVES: list[Directive] = [
       differs="nginx needs a second server reached by a loopback connection (or 1.25.5's "
       "`pass`) to terminate some names of a preread port; tlsgw lets `listen ADDRESS ssl` "
       "servers share the preread server's address (in nginx `ssl` on one `listen` of an "
-      "address applies to all). Not yet combined with `listen ... proxy_protocol` (rejected).",
+      "address applies to all). Several plain servers on one preread address: nginx 1.25.5+ "
+      "chooses among them by the ClientHello's SNI, tlsgw uses the default server (`check` "
+      "warns). Rejected by `check`: `ssl_preread` on a `listen ... ssl` server (nginx would "
+      "read the decrypted stream, which is never a ClientHello) and, not yet supported, on a "
+      "`listen ... proxy_protocol` address.",
       nginx=stream("flag")),
     D("preread_buffer_size", ("main", "server"), "preread_buffer_size: SIZE", "16k",
       preread_buffer_size, "The most the preread phase buffers while it reads the ClientHello "
