@@ -305,7 +305,9 @@ def test_every_directive_is_reached(lab):
                "least_conn": "on", "random": "two", "ssl_alpn": "h2", "proxy_ssl_name": "x",
                "match": "{m: {send: PING, expect: '~ ^PONG'}}",
                "admin": "{listen: 127.0.0.1:9900}",
-               "health_check": "interval=1s fails=2"}
+               "health_check": "interval=1s fails=2",
+               "map": "{$m: {source: $ssl_preread_server_name, hostnames: on, default: x:1, "
+                      "entries: {.a.test: 'y:2', '~^b': 'z:3'}}}"}
     for d in _DIRECTIVES:
         if d.name in ("listen", "proxy_pass"):
             continue  # every server of the base configuration has them

@@ -173,21 +173,24 @@ def test_unsupported_become_comments():
     result = convert(path)
     cfg = _yaml(result.text)
     assert cfg["upstreams"]["backend"] == {"servers": ["127.0.0.1:7001 weight=2"]}
-    assert cfg["servers"] == [{"listen": "127.0.0.1:9443"},
+    assert cfg["servers"] == [{"listen": "127.0.0.1:9443", "ssl_preread": True,
+                               "proxy_pass": "$name"},
                               {"listen": "127.0.0.1:9501", "proxy_pass": "backend"}]
+    assert cfg["map"] == {"$name": {"source": "$ssl_preread_server_name", "default": "backend",
+                                    "entries": {"api.example.com": "api"}}}
     warned = {re.match(r'"?([^" ]+)', w).group(1): w for w in result.warnings}
     assert cfg["pid"] == "/tmp/tlsgw-convert-test.pid"  # supported since: converted, no warning
     assert not any(w.startswith('"pid"') for w in result.warnings)
     assert cfg["resolver"] == "127.0.0.1 valid=30s"  # supported since (DNS discovery)
     for name, line in [("user", 2), ("limit_conn_zone", 15),
-                       ("map", 18), ("zone", 24), ("ssl_preread", 34), ("limit_conn", 35),
-                       ("allow", 36), ("deny", 37), ("proxy_pass", 38), ("proxy_requests", 44),
+                       ("zone", 24), ("limit_conn", 35),
+                       ("allow", 36), ("deny", 37), ("proxy_requests", 44),
                        ("error_log", 45), ("listen", 42)]:
         assert warned[name].endswith(f" in {path}:{line}"), name
         assert f"# {name}: " in result.text and f"({path}:{line}):" in result.text
     assert result.skipped[1] == f'"http" skipped (tlsgw proxies TCP streams only) in {path}:8'
-    assert "\n#     map $ssl_preread_server_name $name {\n" in result.text
-    assert "\n#         api.example.com api;\n" in result.text
+    assert not any(w.startswith(('"map"', '"ssl_preread"', '"proxy_pass"'))
+                   for w in result.warnings)
 
 
 def test_nginx_plus_health_checks_convert(tmp_path):
@@ -328,7 +331,7 @@ SIMPLE = [d for d in schema.DIRECTIVES
           if d.nginx.name and ("server" in d.contexts or "main" in d.contexts)
           and ({"stream", "server"} & set(d.nginx.contexts))
           and d.name not in ("listen", "proxy_pass", "servers", "upstreams", "log_format",
-                             "match")]
+                             "match", "map")]
 
 
 @pytest.mark.parametrize("d", SIMPLE, ids=lambda d: d.name)

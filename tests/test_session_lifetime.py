@@ -31,6 +31,7 @@ import uvloop
 from tlsgw.config.load import load_config
 from tlsgw.process import listeners
 from tlsgw.process.worker import Worker
+from tlsgw.proxy.preread import PrereadReader
 from tlsgw.proxy.proxy_header import SendFirst
 from tlsgw.proxy.pump import Session, UpstreamSide
 from tlsgw.proxy.realip import HeaderReader
@@ -39,7 +40,8 @@ from tlsgw.tls.transport import ServerSSLObject, TLSAccept
 
 pytestmark = pytest.mark.timeout(60)
 
-TRACKED = (Session, UpstreamSide, TLSAccept, ServerSSLObject, HeaderReader, SendFirst)
+TRACKED = (Session, UpstreamSide, TLSAccept, ServerSSLObject, HeaderReader, SendFirst,
+           PrereadReader)
 
 
 def alive() -> dict[str, int]:
@@ -401,3 +403,81 @@ def test_proxy_protocol_v1_out_plain(inproc):
             await w.wait_closed()
 
     check_freed(inproc, server, client)
+
+
+# ---- ssl_preread: pass-through, terminated on a mixed address, timeout, buffer full ------------
+def _hello(sni: str) -> bytes:
+    from test_preread_units import client_hello
+
+    return client_hello(sni)
+
+
+def check_preread_freed(inproc: InProcess, client: Callable[[int], Awaitable[None]],
+                        extra: str = "", mixed: bool = False) -> None:
+    async def go() -> dict[str, int]:
+        backend = await inproc.backend()
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        sock.close()
+        path = inproc.tmp / "gw.yaml"
+        text = (f"error_log: stderr crit\nmap:\n  $m:\n    source: $ssl_preread_server_name\n"
+                f"    default: {backend}\n"
+                f"servers:\n  - listen: 127.0.0.1:{port}\n    ssl_preread: on\n"
+                f"    proxy_pass: $m\n" + textwrap.indent(extra, "    "))
+        if mixed:
+            text += (f"  - listen: 127.0.0.1:{port} ssl\n    server_name: localhost\n"
+                     + textwrap.indent(cert_lines(inproc.pki), "    ")
+                     + f"    proxy_pass: {backend}\n")
+        path.write_text(text)
+        cfg = load_config(str(path))
+        worker = Worker(build(cfg), [], 0)
+        for group in cfg.groups:
+            srv = await inproc.loop.create_server(worker.factory(group),
+                                                  sock=listeners.bind(group.listen))
+            inproc.closers.append(srv.close)
+        baseline = alive()
+        for _ in range(N):
+            await client(port)
+        return await settle(worker, baseline)
+
+    with no_cyclic_gc():
+        left = inproc.run(go())
+    assert left == {}, f"left alive after {N} sessions, waiting for the cyclic GC: {left}"
+
+
+def test_preread_passed_through(inproc):
+    hello = _hello("pass.test")
+
+    async def client(port: int) -> None:
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        w.write(hello)
+        assert await r.readexactly(len(hello)) == hello
+        w.close()
+        with contextlib.suppress(OSError):
+            await w.wait_closed()
+
+    check_preread_freed(inproc, client)
+
+
+def test_preread_terminated_on_a_mixed_address(inproc, pki):
+    check_preread_freed(inproc, lambda port: echo_session(port, client_tls(pki)), mixed=True)
+
+
+@pytest.mark.parametrize(("send", "extra"), [
+    (b"\x16\x03\x01", "preread_timeout: 10ms\n"),
+    (b"\x16\x03\x01\x10\x00" + b"\x01" * 200, "preread_buffer_size: 64\n"),
+    (b"\x16\x03", "")], ids=["timeout", "buffer-full", "eof"])
+def test_preread_fails(inproc, send, extra):
+    async def client(port: int) -> None:
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        w.write(send)
+        if not extra:
+            w.write_eof()
+        with contextlib.suppress(OSError):
+            await asyncio.wait_for(r.read(), 10)
+        w.close()
+        with contextlib.suppress(OSError):
+            await w.wait_closed()
+
+    check_preread_freed(inproc, client, extra)

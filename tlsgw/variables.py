@@ -150,6 +150,10 @@ VARIABLES: dict[str, tuple[Getter, bool]] = {
     "proxy_protocol_server_port": (_pp("dst_port"), False),
     "realip_remote_addr": (_realip("realip_remote_addr", "remote_addr"), False),
     "realip_remote_port": (_realip("realip_remote_port", "remote_port"), False),
+    # ssl_preread (tlsgw.proxy.preread): not found where the server has no ssl_preread
+    "ssl_preread_server_name": (lambda s: getattr(s, "ssl_preread_server_name", None), True),
+    "ssl_preread_alpn_protocols": (lambda s: getattr(s, "ssl_preread_alpn_protocols", None), True),
+    "ssl_preread_protocol": (lambda s: getattr(s, "ssl_preread_protocol", None), False),
 }
 
 _SAFE = re.compile(r'[\x20-\x7e]*')

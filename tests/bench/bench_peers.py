@@ -110,9 +110,11 @@ class _Server:
 class Backend(_Server):
     name = "backend nginx"
 
-    def __init__(self, workdir: Path, cpus: list[int] | None, cap: int, port: int):
+    def __init__(self, workdir: Path, cpus: list[int] | None, cap: int, port: int,
+                 tls_port: int | None = None, certs: Path | None = None):
         super().__init__(workdir, cpus, cap)
         self.port = port
+        self.tls_port, self.certs = tls_port, certs  # the pass-through target of ssl_preread
 
     def start(self) -> None:
         www = self.dir / "www"
@@ -122,6 +124,10 @@ class Backend(_Server):
         for p in (self.dir, www, *www.iterdir()):  # nginx workers run as nobody under root
             p.chmod(0o755)
         nofile = nofile_limit()
+        tls = "" if self.tls_port is None else (
+            f"listen {HOST}:{self.tls_port} ssl backlog=4096;\n"
+            f"        ssl_certificate {self.certs}/server.pem;\n"
+            f"        ssl_certificate_key {self.certs}/server.key;")
         conf = self.dir / "nginx.conf"
         conf.write_text(f"""\
 worker_processes 1;
@@ -140,19 +146,22 @@ http {{
     default_type application/octet-stream;
     server {{
         listen {HOST}:{self.port} backlog=4096;
+        {tls}
         root {www};
     }}
 }}
 """)
         self._start(["nginx", "-p", str(self.dir), "-c", str(conf), "-g", "daemon off;"])
         self._wait_ready(self.port)
+        if self.tls_port is not None:
+            self._wait_ready(self.tls_port, tls=True)
 
 
 class Gateway(_Server):
     """A gateway under test: a plaintext and (if supported) a TLS listener to the backend."""
 
     def __init__(self, workdir: Path, cpus: list[int] | None, cap: int, backend_port: int,
-                 certs: Path, src: Path = ROOT):
+                 certs: Path, src: Path = ROOT, backend_tls_port: int | None = None):
         super().__init__(workdir, cpus, cap)
         self.src = src  # the tree whose tlsgw package runs (tlsgw only)
         self.backend_port = backend_port
@@ -160,6 +169,11 @@ class Gateway(_Server):
         self.plain_port, self.tls_port_wanted = procs.free_ports(2)
         self.tls_port: int | None = self.tls_port_wanted
         self.tls_na: str | None = None  # why TLS rows are n/a
+        # the ssl_preread address (names passed through to the backend's TLS listener,
+        # "localhost" terminated) and, for nginx, the loopback hop to its terminating server
+        self.backend_tls_port = backend_tls_port
+        self.preread_port, self.hop_port = procs.free_ports(2)
+        self.preread_na: str | None = None if backend_tls_port else "no TLS backend"
         self.na: str | None = None  # why every row is n/a
         self.access_log: Path | None = None
 
@@ -207,17 +221,44 @@ stream {{
         ssl_session_cache shared:SSL:10m;
         proxy_pass backend;
     }}
-}}
+{self.preread_nginx()}}}
 """)
         self._start(["nginx", "-p", str(self.dir), "-c", str(conf), "-g", "daemon off;"])
         self._wait_ready(self.plain_port)
         self._wait_ready(self.tls_port_wanted, tls=True)
+        if self.preread_na is None:
+            self._wait_ready(self.preread_port, tls=True)
+
+    def preread_nginx(self) -> str:
+        """nginx's way to pass some names through and terminate others on one port: a map to
+        the TLS backend or to a loopback hop to its own ssl server (section 6.4 of the notes)."""
+        if self.preread_na is not None:
+            return ""
+        return f"""\
+    map $ssl_preread_server_name $pre {{
+        localhost {HOST}:{self.hop_port};
+        default {HOST}:{self.backend_tls_port};
+    }}
+    server {{
+        listen {HOST}:{self.preread_port};
+        ssl_preread on;
+        proxy_pass $pre;
+    }}
+    server {{
+        listen {HOST}:{self.hop_port} ssl;
+        ssl_certificate {self.certs}/server.pem;
+        ssl_certificate_key {self.certs}/server.key;
+        ssl_protocols TLSv1.2 TLSv1.3;
+        ssl_session_cache shared:SSL:10m;
+        proxy_pass backend;
+    }}
+"""
 
 
 class TlsgwGateway(Gateway):
     name = "tlsgw"
 
-    def config(self, access_log: bool, tls: bool) -> str:
+    def config(self, access_log: bool, tls: bool, preread: bool = False) -> str:
         text = f"""\
 worker_processes: 1
 error_log: {self.dir}/error.log error
@@ -244,6 +285,23 @@ servers:
     ssl_session_cache: shared:SSL:10m
     proxy_pass: backend
 """
+        if preread:  # one address: localhost terminated here, other names passed through
+            text += f"""\
+  - listen: {HOST}:{self.preread_port}
+    ssl_preread: on
+    proxy_pass: $pre
+  - listen: {HOST}:{self.preread_port} ssl
+    server_name: localhost
+    ssl_certificate: {self.certs}/server.pem
+    ssl_certificate_key: {self.certs}/server.key
+    ssl_protocols: TLSv1.2 TLSv1.3
+    ssl_session_cache: shared:SSL:10m
+    proxy_pass: backend
+map:
+  $pre:
+    source: $ssl_preread_server_name
+    default: {HOST}:{self.backend_tls_port}
+"""
         return text
 
     def check(self, path: Path) -> str | None:
@@ -262,7 +320,11 @@ servers:
         self.access_log = self.dir / "access.log" if access_log else None
         self.tls_port, self.tls_na, self.na = self.tls_port_wanted, None, None
         conf = self.dir / "tlsgw.yaml"
-        conf.write_text(self.config(access_log, tls=True))
+        self.preread_na = None if self.backend_tls_port else "no TLS backend"
+        if self.preread_na is None:  # a tree without ssl_preread still runs the other rows
+            conf.write_text(self.config(access_log, tls=True, preread=True))
+            self.preread_na = self.check(conf)
+        conf.write_text(self.config(access_log, tls=True, preread=self.preread_na is None))
         self.tls_na = self.check(conf)
         if self.tls_na is not None:
             self.tls_port = None
@@ -278,3 +340,5 @@ servers:
                 self._wait_ready(self.tls_port, tls=True)
             except RuntimeError as exc:  # plaintext works: measure that, report TLS as n/a
                 self.tls_na, self.tls_port = f"TLS listener not working: {exc}", None
+        if self.preread_na is None and self.tls_port is not None:
+            self._wait_ready(self.preread_port, tls=True)

@@ -150,7 +150,8 @@ def run(args: argparse.Namespace, workdir: Path, bench: Any, scenarios: list[Any
     keys = list(args.scenarios)
     if set(keys) == {sc.key for sc in scenarios}:
         keys = list(DEFAULT)
-    chosen = [sc for sc in scenarios if sc.key in keys and sc.kind in ("wrk", "s_time")]
+    chosen = [sc for sc in scenarios if sc.key in keys and sc.kind in ("wrk", "s_time")
+              and not sc.listener]  # the preread listener is not profiled
     if bench.client_cpus:
         os.sched_setaffinity(0, bench.client_cpus)
     certs = workdir / "certs"

@@ -77,10 +77,16 @@ class Scenario:
     reuse: bool = False  # s_time: resumed handshakes
     per_mib: bool = False  # work is MiB transferred, not requests
     target: str = ""
+    listener: str = ""  # "preread": the gateway's ssl_preread address (pass-through/terminate)
+    host: str = ""  # the URL's host, hence the SNI wrk sends (default HOST)
 
     def load_text(self, args: argparse.Namespace) -> str:
         if self.kind == "wrk":
             how = "Connection: close, a new connection per request" if self.close else "keep-alive"
+            if self.listener == "preread":
+                how += (f", SNI {self.host or HOST} to an ssl_preread address, "
+                        + ("terminated by the gateway (nginx: a loopback hop to its ssl server)"
+                           if self.host else "passed through to the backend's TLS listener"))
             return f"wrk -t1 -c{self.connections}, GET {self.path}, {how}"
         if self.kind == "s_time":
             return (f"{args.s_time_procs} × openssl s_time {'-reuse' if self.reuse else '-new'} "
@@ -108,6 +114,11 @@ SCENARIOS = [
              "connections per CPU-s", "s_time", tls=True, target="≥ 0.9"),
     Scenario("conn-tls-resumed", "new TLS connection per request, resumed handshake",
              "connections per CPU-s", "s_time", tls=True, reuse=True, target="≥ 0.9"),
+    Scenario("conn-preread-pass", "new TLS connection per request, ssl_preread pass-through",
+             "connections per CPU-s", "wrk", tls=True, close=True, listener="preread"),
+    Scenario("conn-preread-term", "new TLS connection per request, ssl_preread address, "
+             "terminated", "connections per CPU-s", "wrk", tls=True, close=True,
+             listener="preread", host="localhost"),
     Scenario("idle-tls", "idle TLS connections", "KiB RSS per connection", "idle", tls=True,
              target="≤ 1.0"),
     Scenario("idle-plain", "idle plaintext connections", "KiB RSS per connection", "idle"),
@@ -150,7 +161,8 @@ class Bench:
         scheme = "https" if sc.tls else "http"
         if sc.kind == "wrk":
             script = load.wrk_script(self.scripts, sc.key, close=sc.close)
-            return load.wrk(f"{scheme}://{HOST}:{port}{sc.path}", duration, sc.connections, script)
+            return load.wrk(f"{scheme}://{sc.host or HOST}:{port}{sc.path}", duration,
+                            sc.connections, script)
         if sc.kind == "latency":
             script = load.wrk_script(self.scripts, sc.key, delay_ms=self.args.latency_delay)
             return load.wrk(f"{scheme}://{HOST}:{port}{sc.path}", duration, sc.connections, script)
@@ -159,7 +171,7 @@ class Bench:
         raise ValueError(sc.kind)
 
     def measure(self, sc: Scenario, gw: Gateway, logged: bool) -> Sample:
-        port = gw.tls_port if sc.tls else gw.plain_port
+        port = gw.preread_port if sc.listener else gw.tls_port if sc.tls else gw.plain_port
         assert port is not None
         if sc.kind == "idle":
             r = load.idle(port, sc.tls, self.args.idle_connections, gw.rss_kib)
@@ -209,7 +221,8 @@ class Bench:
         active = []
         for gw in gateways:
             cell = self.cells.setdefault((pass_name, sc.key, gw.name), Cell())
-            na = gw.na or (gw.tls_na if sc.tls else None)
+            na = gw.na or (gw.tls_na if sc.tls else None) or (gw.preread_na if sc.listener
+                                                               else None)
             if na is not None:
                 cell.na = na
             else:
@@ -217,7 +230,7 @@ class Bench:
         rounds = 1 if sc.kind == "idle" else self.args.rounds
         if self.args.warmup and sc.kind != "idle":
             for gw in active:
-                port = gw.tls_port if sc.tls else gw.plain_port
+                port = gw.preread_port if sc.listener else gw.tls_port if sc.tls else gw.plain_port
                 try:
                     self.drive(sc, port, self.args.warmup)  # type: ignore[arg-type]
                 except Exception as exc:  # reported by the measured runs if it persists
@@ -256,8 +269,9 @@ class Bench:
             p.chmod(0o644)
         certs.chmod(0o755)
         self.dir.chmod(0o755)
-        backend_port, = procs.free_ports(1)
-        backend = Backend(self.dir / "backend", self.client_cpus, args.cap, backend_port)
+        backend_port, backend_tls_port = procs.free_ports(2)
+        backend = Backend(self.dir / "backend", self.client_cpus, args.cap, backend_port,
+                          tls_port=backend_tls_port, certs=certs)
         backend.dir.mkdir()
         selected = [sc for sc in SCENARIOS if sc.key in args.scenarios]
         passes = {"off": ["off"], "on": ["on"], "both": ["off", "on"]}[args.access_log]
@@ -275,7 +289,8 @@ class Bench:
                     for name, cls, src in self.peers():
                         d = self.dir / f"{name}-log-{pass_name}"
                         d.mkdir()
-                        gw = cls(d, self.gateway_cpus, args.cap, backend_port, certs, src)
+                        gw = cls(d, self.gateway_cpus, args.cap, backend_port, certs, src,
+                                 backend_tls_port=backend_tls_port)
                         gw.name = name
                         gateways.append(gw)
                         try:

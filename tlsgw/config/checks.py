@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from tlsgw.balancer import validate
 from tlsgw.balancer import warnings as balancer_warnings
+from tlsgw.config.maps import Map
 from tlsgw.config.model import ListenGroup, ServerConfig, SourceMap, UpstreamConfig
 from tlsgw.config.schema import MAX_CONSISTENT_WEIGHT
 
@@ -60,7 +61,15 @@ def upstream(up: UpstreamConfig) -> list[Finding]:
 def unused_upstreams(upstreams: dict[str, UpstreamConfig],
                      servers: Sequence[ServerConfig]) -> list[Finding]:
     return [_warn(up.line, f'upstream "{name}" is not used by any server')
-            for name, up in upstreams.items() if not any(up is s.upstream for s in servers)]
+            for name, up in upstreams.items()
+            if not any(up is s.upstream or any(up is t for t in s.targets.values())  # $map's
+                       for s in servers)]
+
+
+def unused_maps(maps: dict[str, Map], servers: Sequence[ServerConfig]) -> list[Finding]:
+    """A ``map`` no ``proxy_pass`` names: its values were never checked, and it does nothing."""
+    return [_warn(m.line, f'map "${name}" is not used by any "proxy_pass"')
+            for name, m in maps.items() if not any(s.proxy_map is m for s in servers)]
 
 
 # ---- one server --------------------------------------------------------------------------------
@@ -211,4 +220,59 @@ def sni_unhonoured(group: ListenGroup) -> list[Finding]:
                                f'SNI when the default server of "{group.listen.text}" has a '
                                "list of its own (OpenSSL cannot give a connection its built-in "
                                "list back): give the list"))
+    return out
+
+
+# ---- ssl_preread and proxy_pass $VARIABLE --------------------------------------------------------
+
+
+def preread(srv: ServerConfig) -> list[Finding]:
+    """What ``ssl_preread`` and a ``map`` variable in ``proxy_pass`` cannot be combined with."""
+    out = []
+    listen_line = srv.source.line("listen", srv.line)
+    at = srv.source.line("ssl_preread", listen_line)
+    if srv.s.ssl_preread and any(ls.ssl for ls in srv.listens):
+        out.append(Finding(at, '"ssl_preread on" cannot be used with "listen ... ssl": the '
+                           "ClientHello is read by the TLS handshake there (to terminate some "
+                           'names and pass others through, give the ssl_preread server its own '
+                           '"listen ADDRESS" and the terminating servers "listen ADDRESS ssl" '
+                           "and a server_name)"))
+    if srv.s.ssl_preread and any(ls.proxy_protocol for ls in srv.listens):
+        out.append(Finding(at, '"ssl_preread on" is not supported on a "listen ... '
+                           'proxy_protocol" address yet'))
+    if srv.proxy_map is not None:
+        pp = srv.source.line("proxy_pass", srv.line)
+        if any(ls.ssl for ls in srv.listens):
+            out.append(Finding(pp, '"proxy_pass" with a variable is not supported on a "listen '
+                               '... ssl" server yet'))
+        if srv.health_check is not None:
+            out.append(Finding(srv.source.line("health_check", srv.line), '"health_check" '
+                               'needs a "proxy_pass" that names one upstream, not a variable'))
+        uses_preread = srv.proxy_map.source.startswith("ssl_preread_")
+        if uses_preread and not srv.s.ssl_preread:
+            out.append(_warn(pp, f'"proxy_pass ${srv.proxy_map.variable}" looks up '
+                             f'"${srv.proxy_map.source}", which is empty without "ssl_preread: '
+                             'on": every session gets the map\'s default'))
+    return out
+
+
+def mixed(group: ListenGroup) -> list[Finding]:
+    """An address shared by an ``ssl_preread`` server and ``listen ... ssl`` servers: each of
+    those needs a ``server_name`` (SNI is the only way to reach it)."""
+    out = []
+    for srv in group.servers:
+        if not srv.server_names:
+            out.append(Finding(srv.source.line("listen", srv.line), f'the "listen {group.listen.text} '
+                               'ssl" server needs a "server_name": it shares the address with an '
+                               '"ssl_preread" server, which gets every connection whose SNI '
+                               "matches no server_name"))
+    if group.listen.proxy_protocol:
+        pre = group.preread[0]
+        out.append(Finding(pre.source.line("ssl_preread", pre.line), '"ssl_preread on" is not '
+                           f'supported on a "listen ... proxy_protocol" address yet ("{group.listen.text}")'))
+    if len(group.preread) > 1:
+        extra = group.preread[1]
+        out.append(Finding(extra.source.line("ssl_preread", extra.line), "only one "
+                           f'"ssl_preread" server may share "{group.listen.text}" with "listen '
+                           '... ssl" servers'))
     return out

@@ -19,13 +19,14 @@ from typing import Any
 import yaml
 
 from tlsgw.balancer import Method
-from tlsgw.config import checks, filemodes, schema, units
+from tlsgw.config import checks, filemodes, maps, schema, units
 from tlsgw.config.addresses import (
     AddressError,
     parse_listen,
     parse_upstream_server,
     resolvable_server,
 )
+from tlsgw.config.maps import Map
 from tlsgw.config.model import (
     AccessLog,
     AdminConfig,
@@ -45,7 +46,7 @@ from tlsgw.config.schema import health, nginx
 from tlsgw.config.schema.health import Match
 from tlsgw.config.units import UnitError
 from tlsgw.errors import ConfigError, ConfigErrors
-from tlsgw.variables import Template, TemplateError
+from tlsgw.variables import VARIABLES, Template, TemplateError
 
 Node = yaml.Node
 _CONTEXT_NAMES = {"main": "the top level", "server": "a servers entry",
@@ -92,6 +93,7 @@ def yaml_shape_problem(text: str) -> tuple[int, str] | None:
     return None
 
 
+_VARIABLE_NAME = re.compile(r"\$[A-Za-z_][A-Za-z0-9_]*")
 _NGINX_LINE = re.compile(r"^\s*(?:[A-Za-z_][\w.]*(?:\s+[^#]*?)?\s*[;{]|})\s*(?:#.*)?$")
 
 
@@ -313,6 +315,7 @@ class Loader:
         formats = self.log_formats(nodes.get("log_format"))
         matches = self.matches(nodes.get("match"))
         admin = self.admin(nodes.get("admin"))
+        self.maps = self.load_maps(nodes.get("map"))
         upstreams = self.upstreams(nodes.get("upstreams"))
         servers: list[ServerConfig] = []
         if "servers" not in nodes:
@@ -335,6 +338,7 @@ class Loader:
         if self.errors:
             raise ConfigErrors(self.errors, servers)
         self.report(checks.unused_upstreams(upstreams, servers))
+        self.report(checks.unused_maps(self.maps, servers))
         return Config(
             file=self.path,
             worker_processes=main["worker_processes"],
@@ -357,8 +361,14 @@ class Loader:
         self.report(checks.listen_conflicts(servers))
         self.report(checks.listen_sockets(servers))
         by: dict[str, tuple[Listen, list[ServerConfig]]] = {}
+        # an ssl_preread server may share an address with "listen ... ssl" servers (mixed)
+        ssl_addresses = {ls.address.name for srv in servers for ls in srv.listens if ls.ssl}
+        preread: dict[str, list[ServerConfig]] = {}
         for srv in servers:
             for ls in srv.listens:
+                if not ls.ssl and srv.s.ssl_preread and ls.address.name in ssl_addresses:
+                    preread.setdefault(ls.address.name, []).append(srv)
+                    continue
                 if ls.address.name not in by:
                     by[ls.address.name] = (ls, [srv])
                     continue
@@ -376,8 +386,12 @@ class Loader:
                     members.insert(0, srv)
                 else:
                     members.append(srv)
-        groups = [ListenGroup(first, tuple(members)) for first, members in by.values()]
+        groups = [ListenGroup(first, tuple(members), tuple(preread.get(name, ())))
+                  for name, (first, members) in by.items()]
         self.report(checks.groups(groups))
+        for g in groups:
+            if g.preread:
+                self.report(checks.mixed(g))
         return groups
 
     # ---- log_format ---------------------------------------------------------------------------
@@ -495,6 +509,92 @@ class Loader:
         except _Stop:
             pass
         return out
+
+    # ---- map ----------------------------------------------------------------------------------
+    def load_maps(self, node: Node | None) -> dict[str, Map]:
+        """``map:`` entries by the variable they define (without ``$``)."""
+        self.map_lines: dict[str, dict[str, int]] = {}  # variable -> value -> its first line
+        out: dict[str, Map] = {}
+        if node is None:
+            return out
+        try:
+            for name, knode, vnode in self.items(node, "free", '"map"'):
+                try:
+                    out[name[1:]] = self.load_map(name, knode, vnode)
+                except _Stop:
+                    continue
+        except _Stop:
+            pass
+        return out
+
+    def load_map(self, name: str, knode: Node, node: Node) -> Map:
+        what = f'map "{name}"'
+        if not _VARIABLE_NAME.fullmatch(name):
+            raise self.fail(knode, f'invalid variable name "{name}" in "map" (write $NAME)')
+        if name[1:] in VARIABLES:
+            raise self.fail(knode, f'{what}: "{name}" is a built-in variable')
+        source = default = None
+        hostnames = False
+        entries: list[tuple[str, str]] = []
+        lines: dict[str, int] = {}
+        for key, kn, vn in self.items(node, "free", what):
+            if key == "source":
+                source = self.scalar(vn, "source").strip()
+                if not _VARIABLE_NAME.fullmatch(source) or source[1:] not in VARIABLES:
+                    raise self.fail(vn, f'unknown variable "{source}" in "source" of {what} '
+                                    "(a variable such as $ssl_preread_server_name)")
+            elif key == "default":
+                default = self.scalar(vn, "default").strip()
+                lines.setdefault(default, vn.start_mark.line + 1)
+            elif key == "hostnames":
+                try:
+                    hostnames = units.parse_flag(self.scalar(vn, "hostnames"))
+                except UnitError as exc:
+                    raise self.fail(vn, f'{exc} in "hostnames" of {what}')
+            elif key == "entries":
+                for k, _ekn, evn in self.items(vn, "free", f'"entries" of {what}'):
+                    value = self.scalar(evn, k).strip()
+                    entries.append((k, value))
+                    lines.setdefault(value, evn.start_mark.line + 1)
+            else:
+                self.error(kn, f'unknown key "{key}" in {what} (source, hostnames, default or '
+                               "entries)")
+        for value, line in lines.items():
+            if "$" in value:
+                self.error(_Line(line), f'variables in map values are not supported yet ("{value}" '
+                           f"in {what})")
+            elif not value:
+                self.error(_Line(line), f"an empty value in {what}")
+        if source is None:
+            raise self.fail(knode, f'no "source" in {what}')
+        try:
+            compiled = maps.compile_map(name[1:], source[1:], entries, default or "", hostnames,
+                                        knode.start_mark.line + 1)
+        except maps.MapError as exc:
+            raise self.fail(node, f"{exc} in {what}")
+        self.map_lines[name[1:]] = lines
+        return compiled
+
+    def proxy_pass_map(self, target: str, node: Node, upstreams: dict[str, UpstreamConfig],
+                       implicit: dict[str, UpstreamConfig]) -> tuple[Map, dict[str, UpstreamConfig]]:
+        """``proxy_pass: $VARIABLE``: the map and the upstream of each of its values."""
+        m = self.maps.get(target[1:])
+        if m is None:
+            known = ", ".join(f'"${n}"' for n in self.maps) or "none"
+            raise self.fail(node, f'unknown variable "{target}" in "proxy_pass" (a "map" '
+                            f"variable; defined: {known})")
+        targets: dict[str, UpstreamConfig] = {}
+        for value, line in self.map_lines[m.variable].items():
+            before = len(self.errors)
+            up = self.proxy_pass(value, _Line(line), upstreams, implicit)
+            if len(self.errors) == before:
+                targets[value] = up
+            else:
+                self.errors[-1] = ConfigError(f'{self.errors[-1].message} (a value of map "${m.variable}")',
+                                              self.path, line)
+        if len(targets) < len(self.map_lines[m.variable]):
+            raise _Stop()
+        return m, targets
 
     # ---- upstreams ----------------------------------------------------------------------------
     def upstreams(self, node: Node | None) -> dict[str, UpstreamConfig]:
@@ -681,13 +781,22 @@ class Loader:
         if "access_log" in values:
             access = None if values["access_log"] is None else self.access_log(
                 values["access_log"], nodes["access_log"], formats)
-        upstream = self.proxy_pass(values["proxy_pass"], nodes["proxy_pass"], upstreams, implicit)
+        proxy_map, targets = None, {}
+        if values["proxy_pass"].startswith("$"):  # a map's variable (tlsgw.config.maps)
+            proxy_map, targets = self.proxy_pass_map(values["proxy_pass"], nodes["proxy_pass"],
+                                                     upstreams, implicit)
+            upstream = next(iter(targets.values()), None) or _unresolved(values["proxy_pass"])
+        else:
+            upstream = self.proxy_pass(values["proxy_pass"], nodes["proxy_pass"], upstreams,
+                                       implicit)
         source = self.lines(nodes).over(self.lines(self.main_nodes))
         srv = ServerConfig(index=index, listens=tuple(listens), proxy_pass=values["proxy_pass"],
                            upstream=upstream, access_log=access, s=s,
                            line=node.start_mark.line + 1, server_names=tuple(names),
-                           health_check=values.get("health_check"), source=source)
+                           health_check=values.get("health_check"), source=source,
+                           proxy_map=proxy_map, targets=targets)
         self.report(checks.server(srv, self.lines(self.main_nodes)))
+        self.report(checks.preread(srv))
         self.tls(srv, nodes, node)
         return srv
 

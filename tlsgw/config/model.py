@@ -13,6 +13,7 @@ from types import MappingProxyType
 
 from tlsgw.balancer import Method, PeerConfig
 from tlsgw.config.addresses import Address
+from tlsgw.config.maps import Map
 from tlsgw.config.schema import SessionCacheSpec, TrustedSource
 from tlsgw.config.schema.discovery import Resolver
 from tlsgw.config.schema.health import HealthCheck, Match
@@ -227,6 +228,9 @@ class ServerSettings:
     proxy_ssl_password_file: str | None
     proxy_ssl_session_reuse: bool
     health_check_timeout: float
+    ssl_preread: bool
+    preread_buffer_size: int
+    preread_timeout: float
 
 @dataclass(frozen=True, slots=True)
 class MainSettings(ServerSettings):
@@ -256,6 +260,10 @@ class ServerConfig:
     health_check: HealthCheck | None = None
     source: SourceMap = field(default_factory=lambda: SourceMap(""))
     """Directive → the line that set it (the server's own, or the top level's it inherits)."""
+    proxy_map: Map | None = None
+    """``proxy_pass: $VARIABLE``: the map that gives the upstream, once per session."""
+    targets: dict[str, UpstreamConfig] = field(default_factory=dict)
+    """The upstream of each value ``proxy_map`` can give (``upstream`` is one of them)."""
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -264,6 +272,9 @@ class ListenGroup:
 
     listen: Listen  # the first listen entry for the address (its socket options apply)
     servers: tuple[ServerConfig, ...]  # the default server first
+    #: on a "listen ... ssl" address, the ssl_preread server (plain "listen ADDRESS") that gets
+    #: the connections whose SNI matches no server_name of ``servers`` (tlsgw.proxy.preread)
+    preread: tuple[ServerConfig, ...] = ()
 
     @property
     def ssl(self) -> bool:

@@ -121,6 +121,16 @@ def _write(path: str, done: Converted) -> str:
         for name, entry in done.matches.items():
             out.append(f"  {scalar(name)}:")
             out += [f"    {k}: {scalar(v)}" for k, v in entry.items()]
+    if done.maps:
+        out.append("map:")
+        for name, entry in done.maps.items():
+            out.append(f"  {scalar(name)}:")
+            for k, v in entry.items():
+                if k != "entries":
+                    out.append(f"    {k}: {scalar(v)}")
+            if entry.get("entries"):
+                out.append("    entries:")
+                out += [f"      {scalar(key)}: {scalar(value)}" for key, value in entry["entries"]]
     _comments(main.comments, "", out)
     if done.upstreams:
         out += ["", "upstreams:"] if out[-1] else ["upstreams:"]

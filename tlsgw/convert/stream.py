@@ -13,6 +13,7 @@ naming the nginx file and line.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,7 +24,7 @@ from tlsgw.config.schema.upstream import METHODS
 from tlsgw.config.units import UnitError
 from tlsgw.convert.nginxconf import Stmt
 from tlsgw.errors import ConfigError
-from tlsgw.variables import Template, TemplateError
+from tlsgw.variables import VARIABLES, Template, TemplateError
 
 #: nginx's context of a block → tlsgw's context of its YAML mapping
 _TLSGW_CONTEXT = {"main": "main", "stream": "main", "server": "server", "upstream": "upstream"}
@@ -37,6 +38,9 @@ SKIPPED = {
 }
 
 _NOT_YET = "not supported by tlsgw yet"
+
+#: a value that is one variable (``proxy_pass $backend``, a ``map``'s names)
+_ONE_VARIABLE = re.compile(r"\$[A-Za-z_][A-Za-z0-9_]*")
 
 
 def _facts(d: Directive) -> Nginx:
@@ -83,12 +87,14 @@ class Converted:
     skipped: list[Stmt]
     warnings: list[str]
     matches: dict[str, dict[str, str]] = field(default_factory=dict)  # match NAME {...}
+    maps: dict[str, dict[str, Any]] = field(default_factory=dict)  # map $SOURCE $NAME {...}
 
 
 def _arity_ok(arity: str, n: int) -> bool:
     return {"none": n == 0, "one": n == 1, "flag": n == 1, "one or two": n in (1, 2),
             "one or more": n >= 1, "two or more": n >= 2, "none, one or two": n <= 2,
-            "block": n == 0, "block with one": n == 1}.get(arity, True)
+            "block": n == 0, "block with one": n == 1,
+            "block with two": n == 2}.get(arity, True)
 
 
 def _render(stmt: Stmt, indent: str = "") -> list[str]:
@@ -144,6 +150,7 @@ class Converter:
         assert stream.block is not None
         log_format: dict[str, str] = {}
         matches: dict[str, dict[str, str]] = {}
+        maps: dict[str, dict[str, Any]] = {}
         upstreams: dict[str, Section] = {}
         servers: list[Section | list[str]] = []
         stream_error_log = False
@@ -157,6 +164,8 @@ class Converter:
                 self.log_format(main, stmt, log_format)
             elif d is not None and d.name == "match" and stmt.block is not None:
                 self.match(main, stmt, matches)
+            elif d is not None and d.name == "map" and stmt.block is not None:
+                self.map(main, stmt, maps)
             else:
                 stream_error_log |= stmt.name == "error_log"
                 self.directive(main, "stream", stmt)
@@ -166,7 +175,7 @@ class Converter:
             else:
                 self.directive(main, "main", stmt)
         return Converted(main, log_format, upstreams, servers, self.skipped, self.warnings,
-                         matches)
+                         matches, maps)
 
     # ---- one directive ------------------------------------------------------------------------
     def directive(self, section: Section, context: str, stmt: Stmt) -> None:
@@ -210,7 +219,7 @@ class Converter:
             args = [self.path(d, stmt, args[0])] + args[1:]
         value = " ".join(args) if args else facts.no_args
         assert value is not None
-        if "$" in value:
+        if "$" in value and not (d.name == "proxy_pass" and _ONE_VARIABLE.fullmatch(value)):
             self.comment(section, stmt, f"with variables is {_NOT_YET}")
             return
         try:
@@ -303,6 +312,41 @@ class Converter:
                     entry["expect"] = f"~ {args[1]}"
             else:
                 self.comment(main, s, f'in match "{name}" is {_NOT_YET}')
+        out[name] = entry
+
+    def map(self, main: Section, stmt: Stmt, out: dict[str, dict[str, Any]]) -> None:
+        """``map $SOURCE $NAME { ... }``: the entry ``$NAME`` of ``map``, or a comment."""
+        if len(stmt.args) != 3:
+            raise self.error(stmt, 'invalid number of arguments in "map" directive')
+        source, name = stmt.args[1], stmt.args[2]
+        if not _ONE_VARIABLE.fullmatch(name):
+            raise self.error(stmt, f'invalid variable name "{name}" in "map" directive')
+        if name in out:
+            raise self.error(stmt, f'duplicate map "{name}"')
+        if not _ONE_VARIABLE.fullmatch(source) or source[1:] not in VARIABLES:
+            self.comment(main, stmt, f'with the source "{source}" is {_NOT_YET}')
+            return
+        entry: dict[str, Any] = {"source": source}
+        entries: list[tuple[str, str]] = []
+        assert stmt.block is not None
+        for s in stmt.block:
+            args = s.args[1:]
+            if s.block is not None:
+                raise self.error(s, f'"{s.name}" directive is not allowed here')
+            if s.name == "hostnames" and not args:
+                entry["hostnames"] = "on"
+            elif s.name in ("volatile", "include"):
+                self.comment(main, s, f'in map "{name}" is {_NOT_YET}')
+            elif len(args) != 1:
+                raise self.error(s, 'invalid number of the map parameters')
+            elif "$" in args[0]:
+                self.comment(main, s, f'in map "{name}": a value with variables is {_NOT_YET}')
+            elif s.name == "default":
+                entry["default"] = args[0]
+            else:
+                entries.append((s.name, args[0]))
+        if entries:
+            entry["entries"] = entries
         out[name] = entry
 
     # ---- upstream {} --------------------------------------------------------------------------

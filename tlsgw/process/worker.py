@@ -35,7 +35,7 @@ from tlsgw import logs
 from tlsgw.admin import account
 from tlsgw.admin import table as stats_table
 from tlsgw.balancer import Upstream
-from tlsgw.config.model import ListenGroup
+from tlsgw.config.model import ListenGroup, UpstreamConfig
 from tlsgw.process import control, procctl
 from tlsgw.process.memory import MemoryReturn
 from tlsgw.proxy import phases
@@ -73,6 +73,13 @@ class _Accept:
 
     def __call__(self) -> asyncio.Protocol:
         return self.make()  # type: ignore[misc]
+
+
+def upstream_configs(generation: Generation) -> dict[str, UpstreamConfig]:
+    """Every upstream a generation's servers use, by name: their ``proxy_pass`` ones and those
+    a ``proxy_pass: $VARIABLE`` map names."""
+    return {u.name: u for srv in generation.cfg.servers
+            for u in (srv.upstream, *srv.targets.values())}
 
 
 class Worker:
@@ -120,15 +127,14 @@ class Worker:
         listener's factory at its routes. Open sessions keep the runtimes they started with
         (and the balancer state they counted themselves in: ``conns`` is not carried over)."""
         self.upstreams_before = dict(self.upstreams)
-        if self.discovery is not None or any(s.upstream.resolves for s in generation.cfg.servers):
+        if self.discovery is not None or any(u.resolves for u in upstream_configs(generation).values()):
             if self.discovery is None:
                 # dnspython is loaded only by a configuration that resolves (~60 ms, ~3 MB)
                 from tlsgw.process.discovery import Discovery
 
                 self.discovery = Discovery(self.loop, self.error_log.log, self.membership_changed)
-            self.discovery.adopt({s.upstream.name: s.upstream for s in generation.cfg.servers})
-        for srv in generation.cfg.servers:
-            u = srv.upstream
+            self.discovery.adopt(upstream_configs(generation))
+        for u in upstream_configs(generation).values():
             health = generation.health(u.name)
             resolved = self.discovery.addresses(u.name) if u.resolves else None  # type: ignore[union-attr]
             layout = (u.method, u.peer_configs(resolved), health)
@@ -145,7 +151,10 @@ class Worker:
                             peer.fails, peer.checked, peer.accessed = (was.fails, was.checked,
                                                                        was.accessed)
         for srv in generation.cfg.servers:
-            generation.runtimes[srv.index].bind(self.upstreams[srv.upstream.name])
+            rt = generation.runtimes[srv.index]
+            rt.bind(self.upstreams[srv.upstream.name])
+            for target in (rt.targets or {}).values():
+                target.bind(self.upstreams[target.cfg.upstream.name])
         if stats_table.TABLE is not None:  # admin: account in this worker's row
             account.bind(generation, stats_table.TABLE.rows[self.number])
         self.generation = generation
@@ -162,24 +171,30 @@ class Worker:
         into the current generation's runtimes, one assignment each. Open sessions keep the
         peers they started with."""
         generation = self.generation
+        u = upstream_configs(generation).get(name)
+        if u is None:
+            return
         old = self.upstreams.get(name)
+        resolved = self.discovery.addresses(name) if self.discovery else None
+        layout = (u.method, u.peer_configs(resolved), generation.health(name))
+        if self.layouts.get(name) != layout:
+            upstream = self.upstreams[name] = Upstream(name, layout[1], u.method,
+                                                       health=layout[2], dynamic=u.resolves)
+            self.layouts[name] = layout
+            state = {p.name: p for p in old.peers} if old is not None else {}
+            for peer in upstream.peers:
+                was = state.get(peer.name)
+                if was is not None:
+                    peer.fails, peer.checked, peer.accessed = (was.fails, was.checked,
+                                                               was.accessed)
+        new = self.upstreams[name]
         for srv in generation.cfg.servers:
-            u = srv.upstream
-            if u.name != name:
-                continue
-            resolved = self.discovery.addresses(name) if self.discovery else None
-            layout = (u.method, u.peer_configs(resolved), generation.health(name))
-            if self.layouts.get(name) != layout:
-                upstream = self.upstreams[name] = Upstream(name, layout[1], u.method,
-                                                           health=layout[2], dynamic=u.resolves)
-                self.layouts[name] = layout
-                state = {p.name: p for p in old.peers} if old is not None else {}
-                for peer in upstream.peers:
-                    was = state.get(peer.name)
-                    if was is not None:
-                        peer.fails, peer.checked, peer.accessed = (was.fails, was.checked,
-                                                                   was.accessed)
-            generation.runtimes[srv.index].upstream = self.upstreams[name]
+            rt = generation.runtimes[srv.index]
+            if srv.upstream.name == name:
+                rt.upstream = new
+            for target in (rt.targets or {}).values():  # proxy_pass $VARIABLE's upstreams
+                if target.cfg.upstream.name == name:
+                    target.upstream = new
 
     async def serve(self) -> None:
         loop = self.loop
@@ -297,7 +312,8 @@ class Worker:
         self.retire_timer = None
         used = {id(getattr(s, "rt", None)) for s in self.context.sessions}
         for gen in list(self.retired):
-            if not any(id(rt) in used for rt in gen.runtimes.values()):
+            if not any(id(r) in used for rt in gen.runtimes.values()  # proxy_pass $VARIABLE's
+                       for r in (rt, *(rt.targets or {}).values())):
                 self.retired.remove(gen)
                 gen.release()
                 self.error_log.log("info", f"generation {gen.number} released")

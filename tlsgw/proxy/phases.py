@@ -30,7 +30,11 @@ What exists today:
 * ``LOG``: the access-log line, written by :meth:`Session.finalize
   <tlsgw.proxy.pump.Session.finalize>` when the session ends.
 
-``PREACCESS``, ``ACCESS`` and ``PREREAD`` have no module yet. A wrapper for one of them is a
+* ``PREREAD``: :func:`tlsgw.proxy.preread.preread_phase`, for ``ssl_preread``: it owns the raw
+  transport until the ClientHello is read, then passes it through or, on a mixed address,
+  terminates TLS itself (so the SSL phase has no wrapper there).
+
+``PREACCESS`` and ``ACCESS`` have no module yet. A wrapper for one of them is a
 :data:`Wrap`: given the listener and the inner factory, it returns the outer factory, or None
 when the listen group does not use that phase (then it costs nothing). A phase that must read
 before deciding (PROXY protocol, preread) owns the raw transport until it has decided, then
@@ -48,7 +52,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from tlsgw.config.model import ListenGroup
-from tlsgw.proxy import realip
+from tlsgw.proxy import preread, realip
 from tlsgw.proxy.context import WorkerContext
 from tlsgw.proxy.pump import Session
 from tlsgw.tls.transport import TLSAccept
@@ -96,7 +100,7 @@ Wrap = Callable[[Listener, Factory], "Factory | None"]
 
 def _ssl(listener: Listener, inner: Factory) -> Factory | None:
     group = listener.group
-    if not group.ssl:
+    if not group.ssl or group.preread:  # mixed: the preread phase terminates (tlsgw.proxy.preread)
         return None
     # SNI selection (several servers on the address, or $ssl_server_name logged) was installed
     # on the default server's context when the generation was built (tlsgw.runtime.generation)
@@ -107,11 +111,11 @@ def _ssl(listener: Listener, inner: Factory) -> Factory | None:
 
 #: The pre-content phases that have a module, in nginx's order. POST_ACCEPT is the session's
 #: own ``accepted`` (and, for ``listen ... proxy_protocol``, the PROXY protocol reader in front
-#: of everything) and LOG its ``finalize``; PREACCESS, ACCESS and PREREAD come with their
-#: features.
+#: of everything) and LOG its ``finalize``; PREACCESS and ACCESS come with their features.
 BEFORE_CONTENT: tuple[tuple[Phase, Wrap], ...] = (
     (Phase.POST_ACCEPT, realip.post_accept),
     (Phase.SSL, _ssl),
+    (Phase.PREREAD, preread.preread_phase),
 )
 
 
@@ -122,6 +126,7 @@ def content(listener: Listener) -> Factory:
     group = listener.servers if listener.group.ssl else None
     # listen ... proxy_protocol: the session also keeps what the header said (realip)
     cls = realip.ProxyProtocolSession if listener.group.listen.proxy_protocol else Session
+    cls = preread.session_class(listener, cls)  # ssl_preread, proxy_pass $VARIABLE
     return functools.partial(cls, listener.context, listener.default, listener.name, group)
 
 

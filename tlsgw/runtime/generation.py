@@ -18,6 +18,7 @@ generation is open (a context still referenced elsewhere then calls nothing that
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import ssl
 from typing import Any
@@ -42,7 +43,8 @@ class Route:
         self.group = group
         self.name = group.listen.log_name
         self.default = runtimes[group.servers[0].index]
-        self.by_index = {s.index: runtimes[s.index] for s in group.servers}
+        # and a mixed address's ssl_preread server (tlsgw.proxy.preread)
+        self.by_index = {s.index: runtimes[s.index] for s in (*group.servers, *group.preread)}
         self.ssl_context = self.default.ssl_context
         self.handshake_timeout = self.default.handshake_timeout
 
@@ -161,6 +163,12 @@ def build(cfg: Config, allocate: bool = True, number: int = 0,
             for srv in cfg.servers:
                 gen.runtimes[srv.index] = ServerRuntime(srv, gen.server_contexts.get(srv.index),
                                                         proxy_tls.get(srv.index))
+                if srv.proxy_map is not None:  # proxy_pass $VARIABLE
+                    gen.runtimes[srv.index].targets = {
+                        value: ServerRuntime(dataclasses.replace(srv, upstream=up),
+                                             gen.server_contexts.get(srv.index),
+                                             proxy_tls.get(srv.index))
+                        for value, up in srv.targets.items()}
             for group in cfg.groups:
                 _route(gen, group, errors)
             _health(gen, allocate, errors, health_slots)
@@ -300,7 +308,7 @@ def _route(gen: Generation, group: ListenGroup, errors: list[ConfigError]) -> No
                      for s in group.servers)  # hash $ssl_server_name ...
     # a Python call per handshake only when needed
     if len(group.servers) > 1 or logs_sni or sends_sni or hashes_sni:
-        contexts = {i: rt.ssl_context for i, rt in route.by_index.items()}
+        contexts = {s.index: route.by_index[s.index].ssl_context for s in group.servers}
         try:
             sni.install_sni(group, contexts, gen.pins)  # type: ignore[arg-type]
         except (TlsgwError, RuntimeError) as exc:

@@ -55,6 +55,10 @@ class ServerRuntime:
         self.ssl_context = ssl_context
         self.proxy_tls = proxy_tls  # tlsgw.tls.upstream.UpstreamTLS, or None
         self.access_template = cfg.access_log.template if cfg.access_log else None
+        # proxy_pass $VARIABLE: the map, and a runtime per value it can give (the generation
+        # makes them: this server's settings with that value's upstream)
+        self.proxy_map = cfg.proxy_map
+        self.targets: dict[str, ServerRuntime] | None = None
         # bound per worker (bind)
         self.upstream: Upstream = None  # type: ignore[assignment]
         self.access_log: logs.LogSink | None = None

@@ -74,16 +74,12 @@ def match(names: dict[str, int], wild_front: list[tuple[str, int]], wild_back: l
     return None
 
 
-def install_sni(group: ListenGroup, contexts: dict[int, ssl.SSLContext],
-                pins: native.Pins) -> None:
-    """Choose the server of each connection on this listen group by its SNI.
+Tables = tuple[dict[str, int], list[tuple[str, int]], list[tuple[str, int]]]
 
-    *contexts* are the group's servers' contexts by server index; *pins* (the generation's)
-    holds the ClientHello callback. The choice is made in the ClientHello callback
-    (:mod:`tlsgw.tls.hello`), before OpenSSL looks for a session to resume, so the session-id
-    context compared is the chosen server's. Python's ``sni_callback`` runs later and only
-    brings the ``SSLObject`` up to date (its ``context``, the server index and the name for
-    ``$ssl_server_name``). :func:`uninstall` undoes it."""
+
+def tables(group: ListenGroup) -> Tables:
+    """(exact names, ``*.`` suffixes longest first, ``.*`` prefixes longest first) of the
+    group's ``server_name`` values, each with its server's index: what :func:`match` takes."""
     names: dict[str, int] = {}
     front: list[tuple[str, int]] = []
     back: list[tuple[str, int]] = []
@@ -97,6 +93,20 @@ def install_sni(group: ListenGroup, contexts: dict[int, ssl.SSLContext],
                 names.setdefault(n, srv.index)
     front.sort(key=lambda t: -len(t[0]))
     back.sort(key=lambda t: -len(t[0]))
+    return names, front, back
+
+
+def install_sni(group: ListenGroup, contexts: dict[int, ssl.SSLContext],
+                pins: native.Pins) -> None:
+    """Choose the server of each connection on this listen group by its SNI.
+
+    *contexts* are the group's servers' contexts by server index; *pins* (the generation's)
+    holds the ClientHello callback. The choice is made in the ClientHello callback
+    (:mod:`tlsgw.tls.hello`), before OpenSSL looks for a session to resume, so the session-id
+    context compared is the chosen server's. Python's ``sni_callback`` runs later and only
+    brings the ``SSLObject`` up to date (its ``context``, the server index and the name for
+    ``$ssl_server_name``). :func:`uninstall` undoes it."""
+    names, front, back = tables(group)
     raws = {i: native.ctx_pointer(ctx) for i, ctx in contexts.items()}  # checked once, here
     curves = {srv.index: srv.s.ssl_ecdh_curve for srv in group.servers}
     negotiation = {i: _Negotiation(raw, curves[i]) for i, raw in raws.items()}

@@ -25,6 +25,7 @@ from tlsgw.config.schema import (
     health,
     logging,
     nginx,
+    preread,
     proxy,
     proxy_protocol,
     tls,
@@ -68,7 +69,7 @@ __all__ = [
 ]
 
 #: The feature modules, in the order of the reference; each has a ``DIRECTIVES`` list.
-FEATURES = (core, logging, proxy, proxy_protocol, tls, upstream, health, watch, admin, discovery)
+FEATURES = (core, logging, proxy, proxy_protocol, tls, upstream, health, watch, admin, discovery, preread)
 
 DIRECTIVES: list[Directive] = [d for feature in FEATURES for d in feature.DIRECTIVES]
 

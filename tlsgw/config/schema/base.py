@@ -25,11 +25,12 @@ NGINX_CONTEXTS = ("main", "stream", "server", "upstream", "upstream server param
 #: Arity in plain words, as nginx's ``NGX_CONF_*`` argument flags declare it.
 #: "none": NGX_CONF_NOARGS; "one": TAKE1; "one or two": TAKE12; "two or more": 2MORE;
 #: "one or more": 1MORE; "flag": NGX_CONF_FLAG (on | off); "block": NGX_CONF_BLOCK without
-#: arguments; "block with one": NGX_CONF_BLOCK|TAKE1; "none, one or two": NOARGS|TAKE12;
+#: arguments; "block with one": NGX_CONF_BLOCK|TAKE1; "block with two": NGX_CONF_BLOCK|TAKE2
+#: (``map``); "none, one or two": NOARGS|TAKE12;
 #: "any": NGX_CONF_ANY (nginx Plus's ``health_check [PARAMETERS]``);
 #: for parameters, "value" (``name=value``) and "none" (a bare word).
 ARITIES = ("none", "one", "one or two", "two or more", "one or more", "flag", "block",
-           "block with one", "none, one or two", "any", "value")
+           "block with one", "block with two", "none, one or two", "any", "value")
 
 
 @dataclass(frozen=True, slots=True)

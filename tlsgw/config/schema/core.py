@@ -168,8 +168,11 @@ DIRECTIVES: list[Directive] = [
       repeatable=True, params=LISTEN_PARAMS, unsupported=LISTEN_UNSUPPORTED,
       nginx=Nginx("listen", ("server",), "one or more",
                   note="several `listen` lines are one YAML list")),
-    D("proxy_pass", ("server",), "proxy_pass: UPSTREAM_NAME | HOST:PORT | unix:PATH", None, None,
+    D("proxy_pass", ("server",), "proxy_pass: UPSTREAM_NAME | HOST:PORT | unix:PATH | $VARIABLE",
+      None, None,
       "Where sessions go: a named upstream, or one address (a host name is resolved at start-up "
-      "into one peer per address, balanced round robin).", "proxy_pass: backend",
+      "into one peer per address, balanced round robin), or a `map` variable whose value, "
+      "looked up once per session, is one of those (e.g. `$backend_by_sni` with `ssl_preread`).",
+      "proxy_pass: backend",
       nginx=Nginx("proxy_pass", ("server",), "one")),
 ]
