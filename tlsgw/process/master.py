@@ -36,12 +36,14 @@ import select
 import signal
 import socket
 import sys
+import threading
 import time
 
 from tlsgw import logs
-from tlsgw.config.model import ListenGroup
+from tlsgw.config.model import Config, ListenGroup
 from tlsgw.errors import ConfigErrors, StartupError, TlsgwError
 from tlsgw.process import control, listeners, notify, pidfile, procctl
+from tlsgw.runtime import steer
 from tlsgw.runtime.generation import Generation, build_file
 
 RESPAWN_DELAY = 1.0  # seconds before restarting a worker that died within 1 s of its start
@@ -95,6 +97,9 @@ class Master:
         self.pidfile: str | None = None  # the pid file written (``pid``)
         #: a channel's bytes from its worker read but not yet a whole message
         self.unread: dict[socket.socket, bytes] = {}
+        #: held while a command goes down the channels or the generation is swapped, so that
+        #: :meth:`steer` (called from the admin endpoint's thread) never interleaves with them
+        self.command_lock = threading.RLock()
 
     def bind(self) -> None:
         """Bind every listener, all or nothing; each worker slot's (group, socket) pairs."""
@@ -184,16 +189,39 @@ class Master:
             except ProcessLookupError:
                 pass
 
-    def tell_workers(self, command: bytes) -> None:
-        """Send a :mod:`tlsgw.process.control` command to every worker, never blocking."""
-        for pid, channel in list(self.controls.items()):
-            try:
-                channel.send(command)
-            except BlockingIOError:  # a worker that has not read hundreds of commands: stuck
-                self.log.log("alert", f"worker process {pid} does not read its control channel, "
-                             f"{control.COMMANDS[command]} not passed on")
-            except OSError:
-                pass  # it is exiting; reap() will say so
+    def tell_workers(self, command: bytes, workers_only: bool = False) -> None:
+        """Send a :mod:`tlsgw.process.control` command to every worker (and the health check
+        helper, unless *workers_only*), never blocking."""
+        with self.command_lock:
+            for pid, channel in list(self.controls.items()):
+                if workers_only and self.pids.get(pid, HELPER) == HELPER:
+                    continue
+                try:
+                    channel.send(command)
+                except BlockingIOError:  # a worker that has not read hundreds of commands
+                    self.log.log("alert", f"worker process {pid} does not read its control "
+                                 f"channel, {control.COMMANDS[command[:1]]} not passed on")
+                except OSError:
+                    pass  # it is exiting; reap() will say so
+
+    def steer(self, upstream: str, server: str, action: str) -> tuple[str, bool]:
+        """The admin endpoint's ``drain``, ``disable`` or ``enable`` of a server (its text as
+        written) of an upstream of the running configuration: recorded in
+        :data:`tlsgw.runtime.steer.STEERING` (workers forked later inherit it), logged when it
+        changes, and passed to every worker. Safe from another thread. Returns ``(state,
+        changed)``.
+
+        Raises:
+            tlsgw.runtime.steer.SteerError: unknown action, upstream or server.
+        """
+        with self.command_lock:
+            state, changed = steer.STEERING.change(self.cfg, upstream, server, action)
+            if changed:
+                self.log.log("warn" if state != steer.ENABLED else "notice",
+                             steer.log_line(upstream, server, state))
+                self.tell_workers(control.steer_message(upstream, server, state),
+                                  workers_only=True)
+            return state, changed
 
     # ---- signal handlers (see SIGNALS) --------------------------------------------------------
     def received(self, sig: int, sender: int, action: str, level: str = "notice") -> None:
@@ -308,6 +336,22 @@ class Master:
             if plan is None:
                 gen.release()
         # ---- nothing has changed until here; from here on the new configuration is applied
+        with self.command_lock:
+            self.swap(gen, cfg, old, path, digest, plan)
+        self.await_workers(gen.number)
+        old.release()  # the master's copy; each worker releases its own once its sessions end
+        lines.append(describe_changes(old, gen))
+        self.log.log("notice", lines[-1])
+        for warning in cfg.warnings + gen.warnings:
+            self.log.log("warn", warning)
+        if (cfg.error_log.target, cfg.error_log_level) != (old.cfg.error_log.target,
+                                                           old.cfg.error_log_level):
+            self.log.log("warn", "error_log changes take effect when tlsgw restarts")
+        return True
+
+    def swap(self, gen: Generation, cfg: Config, old: Generation, path: str, digest: str,
+             plan: listeners.Plan) -> None:
+        """Commit the listener plan and send RELOAD to every worker (under the command lock)."""
         self.listeners.commit(plan)
         gen.number = old.number + 1
         added = [g for g in cfg.groups if Generation.route_key(g) not in old.routes]
@@ -328,16 +372,9 @@ class Master:
             except OSError:
                 pass  # it is exiting; reap() says so, and its successor gets the new generation
         self.generation, self.cfg = gen, cfg
-        self.await_workers(gen.number)
-        old.release()  # the master's copy; each worker releases its own once its sessions end
-        lines.append(describe_changes(old, gen))
-        self.log.log("notice", lines[-1])
-        for warning in cfg.warnings + gen.warnings:
-            self.log.log("warn", warning)
-        if (cfg.error_log.target, cfg.error_log_level) != (old.cfg.error_log.target,
-                                                           old.cfg.error_log_level):
-            self.log.log("warn", "error_log changes take effect when tlsgw restarts")
-        return True
+        for upstream, server in steer.STEERING.prune(cfg):  # the workers prune alike
+            self.log.log("notice", f'upstream server {server} of "{upstream}" is gone, its '
+                         "runtime state with it")
 
     def await_workers(self, number: int, timeout: float = 10.0) -> None:
         """Wait until every worker answered RELOAD *number* (it serves the new generation
