@@ -187,3 +187,79 @@ def test_the_log_line_is_haproxy_like():
         'upstream server 127.0.0.1:7001 of "u" is draining (admin)'
     assert log_line("u", "127.0.0.1:7001", DISABLED).endswith("is disabled (admin)")
     assert log_line("u", "127.0.0.1:7001", ENABLED).endswith("is enabled (admin)")
+
+
+# -- the master: a request from the admin process, passed on to the workers --------------------
+
+
+@pytest.fixture
+def master(tmp_path):
+    """A master (not serving) with a fake admin process and a fake worker on socket pairs."""
+    from tlsgw import logs
+    from tlsgw.process.master import Master
+    from tlsgw.runtime.generation import build
+    from tlsgw.runtime.steer import STEERING
+
+    path = tmp_path / "tlsgw.yaml"
+    path.write_text(f"error_log: {tmp_path / 'error.log'} info\n" + CONFIG)
+    before = logs.current()
+    m = Master(build(load_config(str(path)), allocate=False))
+    chans = {}
+    for pid, slot in ((999_001, -2), (999_002, 0)):
+        mine, theirs = control.pair()
+        m.controls[pid], m.pids[pid] = mine, slot
+        chans[slot] = theirs
+    saved = dict(STEERING.states)
+    yield m, chans[-2], chans[0], tmp_path / "error.log"
+    STEERING.states.clear()
+    STEERING.states.update(saved)
+    for ch in (*m.controls.values(), *chans.values()):
+        ch.close()
+    m.generation.release()
+    logs.install(before)
+
+
+def ask(m, admin, *request: str, number: int = 1) -> dict:
+    import signal
+
+    admin.send(control.steer_request(*request, number))
+    m.child_request(signal.SIGUSR2, 999_001)
+    commands, rest = control.split(admin.recv(65536))
+    assert rest == b"" and len(commands) == 1
+    return commands[0]
+
+
+def test_the_master_answers_the_admin_process_and_tells_the_workers(master):
+    from tlsgw import logs
+
+    m, admin, worker, log = master
+    assert ask(m, admin, "u", "127.0.0.1:7002", "drain", number=7) == {
+        "reply": 7, "status": 200, "state": DRAINING, "changed": True}
+    commands, _ = control.split(worker.recv(65536))
+    assert commands == [{"steer": ["u", "127.0.0.1:7002", DRAINING]}]
+    assert ask(m, admin, "u", "127.0.0.1:7002", "drain")["changed"] is False
+    with pytest.raises(BlockingIOError):  # no change, nothing sent
+        worker.recv(65536)
+    answer = ask(m, admin, "u", "10.9.9.9:1", "disable")
+    assert answer["status"] == 404 and 'no server "10.9.9.9:1" in upstream "u"' in answer["error"]
+    assert ask(m, admin, "nope", "x", "enable")["status"] == 404
+    assert ask(m, admin, "u", "127.0.0.1:7002", "halt")["status"] == 400
+    logs.flush_all()
+    text = log.read_text()
+    assert 'upstream server 127.0.0.1:7002 of "u" is draining (admin)' in text
+    assert text.count("is draining (admin)") == 1
+
+
+def test_sigusr2_from_anyone_but_the_admin_process_is_ignored(master):
+    import signal
+
+    from tlsgw import logs
+
+    m, admin, worker, log = master
+    admin.send(control.steer_request("u", "127.0.0.1:7002", "drain", 1))
+    m.child_request(signal.SIGUSR2, 12345)  # not a child
+    m.child_request(signal.SIGUSR2, 999_002)  # a worker asks nothing
+    logs.flush_all()
+    assert log.read_text().count("ignored") == 2
+    with pytest.raises(BlockingIOError):
+        worker.recv(65536)

@@ -21,6 +21,7 @@ messages: a reload hands its new listening sockets to running workers this way.
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import struct
 
@@ -28,8 +29,13 @@ REOPEN = b"r"
 RELOAD = b"g"
 #: a server's runtime state changed (drain/disable/enable): framed like RELOAD, no descriptors
 STEER = b"t"
-COMMANDS = {REOPEN: "reopen logs", RELOAD: "reload", STEER: "server state"}
-_FRAMED = (RELOAD, STEER)
+#: the master's answer to a child's request (the admin process's STEER): framed like RELOAD
+REPLY = b"y"
+COMMANDS = {REOPEN: "reopen logs", RELOAD: "reload", STEER: "server state", REPLY: "reply"}
+_FRAMED = (RELOAD, STEER, REPLY)
+#: the signal a child (the admin process) sends the master after writing a request on its
+#: channel; from anyone else the master logs and ignores it, as before
+REQUEST_SIGNAL = signal.SIGUSR2
 #: from a worker to the master, once: it serves its listening sockets (systemd's READY=1 waits
 #: for every worker's)
 SERVING = b"s"
@@ -51,6 +57,19 @@ def steer_message(upstream: str, server: str, state: str) -> bytes:
     """STEER and its body: *server* (its text as written) of *upstream* is now *state*."""
     body = json.dumps({"steer": [upstream, server, state]}).encode()
     return STEER + _LENGTH.pack(len(body)) + body
+
+
+def steer_request(upstream: str, server: str, action: str, number: int) -> bytes:
+    """What the admin process asks the master: apply *action* (``drain``, ``disable``,
+    ``enable``) to *server* of *upstream*; the master's :func:`reply` carries *number* back."""
+    body = json.dumps({"steer": [upstream, server, action], "request": number}).encode()
+    return STEER + _LENGTH.pack(len(body)) + body
+
+
+def reply(number: int, status: int, **fields: object) -> bytes:
+    """The master's answer to request *number*: an HTTP-like *status* and what it says."""
+    body = json.dumps({"reply": number, "status": status, **fields}).encode()
+    return REPLY + _LENGTH.pack(len(body)) + body
 
 
 #: a worker's answer to RELOAD: ADOPTED or FAILED, then the generation number (4 bytes)

@@ -16,7 +16,9 @@ logged and ignored. The table, its handlers and the README's "Signals" section s
 * SIGCHLD — reap; a worker that exits while the master is running is logged and restarted,
   and so is the health check helper (:mod:`tlsgw.health.helper`, forked beside the workers
   when a server has ``health_check``).
-* SIGUSR2, SIGWINCH, SIGPIPE, SIGTTIN, SIGTTOU, SIGALRM, the real-time signals, ... —
+* SIGUSR2 — from the admin process (a child): answer the requests on its channel (a server's
+  drain / disable / enable, :meth:`Master.steer`); from anyone else, logged and ignored.
+* SIGWINCH, SIGPIPE, SIGTTIN, SIGTTOU, SIGALRM, the real-time signals, ... —
   logged and ignored.
 
 Each worker gets one end of a socket pair (:mod:`tlsgw.process.control`): commands go down it, and
@@ -70,7 +72,8 @@ class Master:
         signal.SIGUSR1: "reopen_logs",
         signal.SIGHUP: "reload",
         signal.SIGCHLD: "child_exited",
-        **{sig: "ignore" for sig in (signal.SIGUSR2, signal.SIGWINCH, signal.SIGPIPE,
+        control.REQUEST_SIGNAL: "child_request",
+        **{sig: "ignore" for sig in (signal.SIGWINCH, signal.SIGPIPE,
                                      signal.SIGTTIN, signal.SIGTTOU, signal.SIGALRM,
                                      signal.SIGVTALRM, signal.SIGPROF, signal.SIGIO,
                                      signal.SIGPWR,
@@ -191,10 +194,10 @@ class Master:
 
     def tell_workers(self, command: bytes, workers_only: bool = False) -> None:
         """Send a :mod:`tlsgw.process.control` command to every worker (and the health check
-        helper, unless *workers_only*), never blocking."""
+        helper and the admin process, unless *workers_only*), never blocking."""
         with self.command_lock:
             for pid, channel in list(self.controls.items()):
-                if workers_only and self.pids.get(pid, HELPER) == HELPER:
+                if workers_only and self.pids.get(pid, HELPER) < 0:  # helper, admin
                     continue
                 try:
                     channel.send(command)
@@ -465,6 +468,45 @@ class Master:
 
     def ignore(self, sig: int, sender: int) -> None:
         self.received(sig, sender, "ignored")
+
+    def child_request(self, sig: int, sender: int) -> None:
+        """SIGUSR2 from a child of ours (the admin process): answer the requests it wrote on
+        its channel. From anyone else: logged and ignored, like the other unused signals."""
+        channel = self.controls.get(sender)
+        if channel is None or self.pids.get(sender, 0) >= 0:  # workers ask nothing
+            self.ignore(sig, sender)
+            return
+        data = b""
+        while True:
+            try:
+                chunk = channel.recv(65536)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                return  # exiting; reap() says so
+            if not chunk:
+                break
+            data += chunk
+        requests, self.unread[channel] = control.split(self.unread.get(channel, b"") + data)
+        for request in requests:
+            if not isinstance(request, dict) or "steer" not in request:
+                self.log.log("alert", f"unknown request {request!r} from process {sender}")
+                continue
+            number = request.get("request", 0)
+            try:
+                upstream, server, action = request["steer"]
+                state, changed = self.steer(str(upstream), str(server), str(action))
+                answer = control.reply(number, 200, state=state, changed=changed)
+            except steer.SteerError as exc:
+                answer = control.reply(number, exc.status, error=str(exc))
+            except Exception as exc:  # a bug: the master lives, the admin gets a 500
+                self.log.log("alert", f"request from process {sender} failed: "
+                             f"{logs.describe_exception(exc)}")
+                answer = control.reply(number, 500, error="internal error (see the error log)")
+            try:
+                channel.send(answer)
+            except OSError:
+                pass  # it is stuck or exiting: it times its requests out
 
     def run(self) -> int:
         if self.cfg.pid is not None:
