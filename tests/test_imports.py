@@ -20,7 +20,7 @@ LEAVES = ("tlsgw.proxy.flow", "tlsgw.proxy.messages", "tlsgw.proxy.record",
 # of no layer (certs, gencert, lab, probe, remap: tools beside the gateway) are not checked.
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("cli", ("tlsgw.cli", "tlsgw.__main__")),
-    ("process", ("tlsgw.process", "tlsgw.health.helper")),
+    ("process", ("tlsgw.process", "tlsgw.health.helper", "tlsgw.admin")),
     ("data path", ("tlsgw.proxy", "tlsgw.tls.transport", "tlsgw.health")),
     ("runtime", ("tlsgw.runtime",)),
     ("tls", ("tlsgw.tls", "tlsgw.logs")),

@@ -23,6 +23,7 @@ from tlsgw.config import checks, filemodes, schema, units
 from tlsgw.config.addresses import AddressError, parse_listen, parse_upstream_server
 from tlsgw.config.model import (
     AccessLog,
+    AdminConfig,
     Config,
     Listen,
     ListenGroup,
@@ -34,6 +35,7 @@ from tlsgw.config.model import (
     UpstreamConfig,
     UpstreamServer,
 )
+from tlsgw.config.schema import admin as admin_schema
 from tlsgw.config.schema import health, nginx
 from tlsgw.config.schema.health import Match
 from tlsgw.config.units import UnitError
@@ -303,6 +305,7 @@ class Loader:
 
         formats = self.log_formats(nodes.get("log_format"))
         matches = self.matches(nodes.get("match"))
+        admin = self.admin(nodes.get("admin"))
         upstreams = self.upstreams(nodes.get("upstreams"))
         servers: list[ServerConfig] = []
         if "servers" not in nodes:
@@ -334,6 +337,7 @@ class Loader:
             groups=groups,
             warnings=self.warnings,
             matches=matches,
+            admin=admin,
             main=MainSettings(**main),
             source=self.lines(nodes),
         )
@@ -390,6 +394,68 @@ class Loader:
         except _Stop:
             pass
         return out
+
+    # ---- admin --------------------------------------------------------------------------------
+    def admin(self, node: Node | None) -> AdminConfig | None:
+        """``admin``: a mapping of ``listen`` and ``token_file`` (``on`` is ``{}``, ``off``
+        none); a listen address other than loopback needs a token file."""
+        if node is None:
+            return None
+        line = node.start_mark.line + 1
+        if isinstance(node, yaml.ScalarNode) and node.value in ("on", "off"):
+            return None if node.value == "off" else AdminConfig(
+                parse_listen(admin_schema.DEFAULT_LISTEN)[0], admin_schema.DEFAULT_LISTEN, None,
+                line)
+        text, token, listen_node = admin_schema.DEFAULT_LISTEN, None, node
+        try:
+            if not isinstance(node, yaml.MappingNode):
+                raise self.fail(node, '"admin" must be a mapping of listen and token_file, '
+                                "or on | off")
+            for key, kn, vn in self.items(node, "free", '"admin"'):
+                if key not in admin_schema.KEYS:
+                    close = difflib.get_close_matches(key, admin_schema.KEYS, n=1, cutoff=0.6)
+                    hint = f' (did you mean "{close[0]}"?)' if close else ""
+                    self.error(kn, f'unknown key "{key}" in "admin"{hint}: listen or token_file')
+                    continue
+                value = self.scalar(vn, f"admin {key}")
+                if key == "listen":
+                    text, listen_node = value, vn
+                else:
+                    token = self.resolve(value)
+                    self.token_file(token, vn)
+            try:
+                addrs = parse_listen(text)
+            except AddressError as exc:
+                raise self.fail(listen_node, f'{exc} in "admin" listen')
+            if len(addrs) != 1:
+                raise self.fail(listen_node, f'"admin" listen "{text}" names '
+                                f"{len(addrs)} addresses; give one")
+            addr = addrs[0]
+            if token is None and not admin_schema.is_local(addr):
+                raise self.fail(listen_node, f'"admin" listen "{text}" is not a loopback '
+                                'address: set "token_file" (anyone who reaches it could '
+                                "reload tlsgw and read its state)")
+        except _Stop:
+            return None
+        return AdminConfig(addr, text, token, line)
+
+    def token_file(self, path: str, node: Node) -> None:
+        if not self.check_files:
+            return
+        try:
+            with open(path, "rb") as f:
+                token = f.read(4096).split(b"\n", 1)[0].strip()
+        except OSError as exc:
+            self.error(node, f'cannot read "admin" token_file "{path}" ({exc.strerror})')
+            return
+        if len(token) < admin_schema.MIN_TOKEN:
+            self.error(node, f'"admin" token_file "{path}": the token (the first line) must '
+                       f"be at least {admin_schema.MIN_TOKEN} characters")
+            return
+        problem = filemodes.exposure(path)
+        if problem:
+            self.warnings.append(f'{self.path}:{node.start_mark.line + 1}: "admin" token_file '
+                                 f'"{path}" {problem}')
 
     # ---- match --------------------------------------------------------------------------------
     def matches(self, node: Node | None) -> dict[str, Match]:

@@ -249,6 +249,21 @@ class ListenGroup:
         return self.listen.ssl
 
 
+@dataclass(frozen=True, slots=True)
+class AdminConfig:
+    """``admin``: where the admin endpoint listens and the file holding its bearer token."""
+
+    listen: Address
+    text: str  # the address as written
+    token_file: str | None = None
+    line: int = 0
+
+    @property
+    def key(self) -> tuple[str, str | None]:
+        """What a reload may not change (the endpoint is bound and started once)."""
+        return (self.listen.name, self.token_file)
+
+
 @dataclass
 class Config:
     file: str
@@ -268,3 +283,5 @@ class Config:
     """Top-level directive → its line."""
     matches: dict[str, Match] = field(default_factory=dict)
     """``match`` entries by name (for ``health_check match=NAME``)."""
+    admin: AdminConfig | None = None
+    """The admin endpoint (``admin``), or None when it is off."""

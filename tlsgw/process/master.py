@@ -37,12 +37,14 @@ import resource
 import select
 import signal
 import socket
+import stat
 import sys
-import threading
 import time
 
 from tlsgw import logs
-from tlsgw.config.model import Config, ListenGroup
+from tlsgw.admin import board as admin_board
+from tlsgw.admin import state as admin_state
+from tlsgw.config.model import ListenGroup
 from tlsgw.errors import ConfigErrors, StartupError, TlsgwError
 from tlsgw.process import control, listeners, notify, pidfile, procctl
 from tlsgw.runtime import steer
@@ -50,6 +52,7 @@ from tlsgw.runtime.generation import Generation, build_file
 
 RESPAWN_DELAY = 1.0  # seconds before restarting a worker that died within 1 s of its start
 HELPER = -1  # the slot of the health-check helper (tlsgw.health.helper), when there is one
+ADMIN = -2  # the slot of the admin process (tlsgw.admin.server), with ``admin``
 SERVING_WAIT = 10.0  # seconds the master waits for its workers to serve before READY=1
 
 
@@ -94,15 +97,19 @@ class Master:
         self.controls: dict[int, socket.socket] = {}  # pid -> the master's end of its channel
         self.started: dict[int, float] = {}  # slot -> start time
         self.respawn_at: dict[int, float] = {}  # slot -> when
+        self.started_at: dict[int, float] = {}  # pid -> start (Unix time), for the board
         self.stopping: str | None = None  # None, "graceful", "immediate"
         self.stop_deadline = 0.0
         self.reloads = 0  # reload attempts, numbered in the pid file's reload result
         self.pidfile: str | None = None  # the pid file written (``pid``)
         #: a channel's bytes from its worker read but not yet a whole message
         self.unread: dict[socket.socket, bytes] = {}
-        #: held while a command goes down the channels or the generation is swapped, so that
-        #: :meth:`steer` (called from the admin endpoint's thread) never interleaves with them
-        self.command_lock = threading.RLock()
+        #: the admin endpoint (``admin``): its listening socket, and the board it reads
+        self.admin_sock: socket.socket | None = None
+        self.board = admin_board.Board() if cfg.admin is not None else None
+        self.reload_state: dict = {"attempts": 0, "ok": 0, "failed": 0, "last": None,
+                                   "last_success": None}
+        self.generation_loaded = time.time()
 
     def bind(self) -> None:
         """Bind every listener, all or nothing; each worker slot's (group, socket) pairs."""
@@ -124,7 +131,17 @@ class Master:
                 mine.close()  # hold no master end, or EOF would never come
                 for other in self.controls.values():
                     other.close()
-                if slot == HELPER:
+                if self.admin_sock is not None and slot != ADMIN:
+                    self.admin_sock.close()
+                if slot == ADMIN:
+                    from tlsgw.admin.server import run_admin
+
+                    for sock in self.listeners.sockets.values():
+                        sock.close()
+                    assert self.admin_sock is not None and self.board is not None
+                    code = run_admin(self.generation, theirs, self.pid, self.admin_sock,
+                                     self.board)
+                elif slot == HELPER:
                     from tlsgw.health.helper import run_helper
 
                     for sock in self.listeners.sockets.values():  # it accepts nothing: hold no
@@ -152,11 +169,87 @@ class Master:
         self.controls[pid] = mine
         self.pids[pid] = slot
         self.started[slot] = time.monotonic()
+        self.started_at[pid] = time.time()
         self.log.log("notice", f"start {self.what(slot)} {pid}")
+        self.publish()
 
     @staticmethod
     def what(slot: int) -> str:
+        if slot == ADMIN:
+            return "admin process"
         return "health check helper process" if slot == HELPER else "worker process"
+
+    # ---- the admin endpoint (tlsgw.admin) --------------------------------------------------
+    def bind_admin(self) -> None:
+        """Bind the admin endpoint's socket (before any child exists: a busy address is a
+        start-up error, exit 3)."""
+        admin = self.cfg.admin
+        if admin is None:
+            return
+        addr = admin.listen
+        sock = socket.socket(addr.family, socket.SOCK_STREAM)
+        try:
+            if addr.family == socket.AF_UNIX:
+                try:
+                    if stat.S_ISSOCK(os.stat(addr.host).st_mode):
+                        os.unlink(addr.host)  # a stale socket of an earlier run
+                except OSError:
+                    pass
+                old = os.umask(0o177)
+                try:
+                    sock.bind(addr.host)
+                finally:
+                    os.umask(old)
+            else:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind(addr.sockaddr)
+            sock.listen(64)
+        except OSError as exc:
+            sock.close()
+            raise StartupError(f'cannot listen on "{admin.text}" for "admin" '
+                               f"({exc.errno}: {exc.strerror})") from None
+        sock.setblocking(False)
+        self.admin_sock = sock
+        name = listeners.bound_address(sock).name
+        self.log.log("notice", f'admin endpoint listening on {name} (admin "{admin.text}")')
+
+    def close_admin(self) -> None:
+        if self.admin_sock is None:
+            return
+        admin = self.cfg.admin
+        self.admin_sock.close()
+        self.admin_sock = None
+        if admin is not None and admin.listen.family == socket.AF_UNIX:
+            try:
+                os.unlink(admin.listen.host)
+            except OSError:
+                pass
+
+    def publish(self) -> None:
+        """Rewrite the board the admin process reads (cheap; called when something changed)."""
+        if self.board is None:
+            return
+        bound = {}
+        for g in self.cfg.groups:
+            try:
+                bound[g.listen.text] = self.listeners.bound(g.listen).name
+            except (KeyError, TlsgwError):
+                pass
+        if getattr(self, "_described", None) is not self.generation:
+            self._description = admin_state.describe(self.cfg, bound)
+            self._described = self.generation
+        workers = sorted(({"slot": slot, "pid": pid, "role": self.what(slot).rsplit(" ", 1)[0],
+                           "started": self.started_at.get(pid)}
+                          for pid, slot in self.pids.items()), key=lambda w: w["slot"])
+        self.board.write({
+            "master_pid": self.pid,
+            "generation": {"number": self.generation.number, "file": self.cfg.file,
+                           "loaded": self.generation_loaded},
+            "reloads": self.reload_state,
+            "workers": workers,
+            "stopping": self.stopping,
+            "config": self._description,
+        })
 
     def reap(self) -> None:
         while True:
@@ -167,6 +260,7 @@ class Master:
             if pid == 0:
                 return
             slot = self.pids.pop(pid, None)
+            self.started_at.pop(pid, None)
             channel = self.controls.pop(pid, None)
             if channel is not None:
                 self.unread.pop(channel, None)
@@ -184,6 +278,7 @@ class Master:
             if not self.stopping:
                 quick = time.monotonic() - self.started.get(slot, 0) < 1.0
                 self.respawn_at[slot] = time.monotonic() + (RESPAWN_DELAY if quick else 0.0)
+            self.publish()
 
     def signal_workers(self, sig: int) -> None:
         for pid in list(self.pids):
@@ -195,36 +290,32 @@ class Master:
     def tell_workers(self, command: bytes, workers_only: bool = False) -> None:
         """Send a :mod:`tlsgw.process.control` command to every worker (and the health check
         helper and the admin process, unless *workers_only*), never blocking."""
-        with self.command_lock:
-            for pid, channel in list(self.controls.items()):
-                if workers_only and self.pids.get(pid, HELPER) < 0:  # helper, admin
-                    continue
-                try:
-                    channel.send(command)
-                except BlockingIOError:  # a worker that has not read hundreds of commands
-                    self.log.log("alert", f"worker process {pid} does not read its control "
-                                 f"channel, {control.COMMANDS[command[:1]]} not passed on")
-                except OSError:
-                    pass  # it is exiting; reap() will say so
+        for pid, channel in list(self.controls.items()):
+            if workers_only and self.pids.get(pid, HELPER) < 0:  # the helper, the admin process
+                continue
+            try:
+                channel.send(command)
+            except BlockingIOError:  # a worker that has not read hundreds of commands: stuck
+                self.log.log("alert", f"worker process {pid} does not read its control channel, "
+                             f"{control.COMMANDS[command[:1]]} not passed on")
+            except OSError:
+                pass  # it is exiting; reap() will say so
 
     def steer(self, upstream: str, server: str, action: str) -> tuple[str, bool]:
         """The admin endpoint's ``drain``, ``disable`` or ``enable`` of a server (its text as
         written) of an upstream of the running configuration: recorded in
         :data:`tlsgw.runtime.steer.STEERING` (workers forked later inherit it), logged when it
-        changes, and passed to every worker. Safe from another thread. Returns ``(state,
-        changed)``.
+        changes, and passed to every worker. Returns ``(state, changed)``.
 
         Raises:
             tlsgw.runtime.steer.SteerError: unknown action, upstream or server.
         """
-        with self.command_lock:
-            state, changed = steer.STEERING.change(self.cfg, upstream, server, action)
-            if changed:
-                self.log.log("warn" if state != steer.ENABLED else "notice",
-                             steer.log_line(upstream, server, state))
-                self.tell_workers(control.steer_message(upstream, server, state),
-                                  workers_only=True)
-            return state, changed
+        state, changed = steer.STEERING.change(self.cfg, upstream, server, action)
+        if changed:
+            self.log.log("warn" if state != steer.ENABLED else "notice",
+                         steer.log_line(upstream, server, state))
+            self.tell_workers(control.steer_message(upstream, server, state), workers_only=True)
+        return state, changed
 
     # ---- signal handlers (see SIGNALS) --------------------------------------------------------
     def received(self, sig: int, sender: int, action: str, level: str = "notice") -> None:
@@ -238,6 +329,7 @@ class Master:
             self.received(sig, sender, "shutting down gracefully")
             notify.stopping("stopping: draining open sessions")
             self.close_listeners()
+            self.close_admin()
         self.signal_workers(signal.SIGTERM)
 
     def stop_now(self, sig: int, sender: int) -> None:
@@ -246,6 +338,7 @@ class Master:
         self.received(sig, sender, "exiting at once")
         notify.stopping("stopping at once")
         self.close_listeners()
+        self.close_admin()
         self.signal_workers(signal.SIGQUIT)
 
     def reopen_logs(self, sig: int, sender: int) -> None:
@@ -273,6 +366,14 @@ class Master:
                          f"(generation {self.generation.number}) is unchanged")
             self.log.log("warn", lines[-1])
         self.write_pidfile()
+        rs = self.reload_state
+        rs["attempts"] += 1
+        rs["ok" if ok else "failed"] += 1
+        rs["last"] = {"attempt": rs["attempts"], "ok": ok, "at": time.time(), "lines": lines}
+        if ok:
+            rs["last_success"] = time.time()
+            self.generation_loaded = time.time()
+        self.publish()
         if self.pidfile is not None:
             try:
                 pidfile.write_result(self.pidfile, self.reloads, ok, lines)
@@ -324,6 +425,11 @@ class Master:
                     return reject(f'{path}:{line}: ssl_session_cache "shared:{name}:{size}" is a '
                                   "new shared zone (a new name or size); it takes a restart of "
                                   "tlsgw to be shared by running workers")
+            if (cfg.admin and cfg.admin.key) != (self.cfg.admin and self.cfg.admin.key):
+                line = cfg.source.get("admin") or (cfg.admin.line if cfg.admin else 1)
+                return reject(f'{path}:{line}: "admin" cannot change on reload (its address '
+                              "and token file are fixed when tlsgw starts); restart tlsgw to "
+                              "apply")
             if cfg.worker_processes != self.cfg.worker_processes:
                 line = cfg.source.get("worker_processes") or 1
                 return reject(f"{path}:{line}: worker_processes cannot change on reload "
@@ -339,22 +445,6 @@ class Master:
             if plan is None:
                 gen.release()
         # ---- nothing has changed until here; from here on the new configuration is applied
-        with self.command_lock:
-            self.swap(gen, cfg, old, path, digest, plan)
-        self.await_workers(gen.number)
-        old.release()  # the master's copy; each worker releases its own once its sessions end
-        lines.append(describe_changes(old, gen))
-        self.log.log("notice", lines[-1])
-        for warning in cfg.warnings + gen.warnings:
-            self.log.log("warn", warning)
-        if (cfg.error_log.target, cfg.error_log_level) != (old.cfg.error_log.target,
-                                                           old.cfg.error_log_level):
-            self.log.log("warn", "error_log changes take effect when tlsgw restarts")
-        return True
-
-    def swap(self, gen: Generation, cfg: Config, old: Generation, path: str, digest: str,
-             plan: listeners.Plan) -> None:
-        """Commit the listener plan and send RELOAD to every worker (under the command lock)."""
         self.listeners.commit(plan)
         gen.number = old.number + 1
         added = [g for g in cfg.groups if Generation.route_key(g) not in old.routes]
@@ -364,7 +454,7 @@ class Master:
         message = control.reload_message(gen.number, path, digest, keys)
         for pid, channel in list(self.controls.items()):
             slot = self.pids.get(pid)
-            if slot is None:
+            if slot is None or slot < 0:  # the helper and the admin process serve no listener
                 continue
             fds = [self.listeners.socket(g.listen, slot).fileno() for g in added]
             try:
@@ -378,11 +468,22 @@ class Master:
         for upstream, server in steer.STEERING.prune(cfg):  # the workers prune alike
             self.log.log("notice", f'upstream server {server} of "{upstream}" is gone, its '
                          "runtime state with it")
+        self.await_workers(gen.number)
+        old.release()  # the master's copy; each worker releases its own once its sessions end
+        lines.append(describe_changes(old, gen))
+        self.log.log("notice", lines[-1])
+        for warning in cfg.warnings + gen.warnings:
+            self.log.log("warn", warning)
+        if (cfg.error_log.target, cfg.error_log_level) != (old.cfg.error_log.target,
+                                                           old.cfg.error_log_level):
+            self.log.log("warn", "error_log changes take effect when tlsgw restarts")
+        return True
 
     def await_workers(self, number: int, timeout: float = 10.0) -> None:
         """Wait until every worker answered RELOAD *number* (it serves the new generation
         before ``tlsgw reload`` returns); log the ones that failed or are late."""
-        waiting = {channel: pid for pid, channel in self.controls.items()}
+        waiting = {channel: pid for pid, channel in self.controls.items()
+                   if self.pids.get(pid, -1) >= 0}
         deadline = time.monotonic() + timeout
         while waiting and (left := deadline - time.monotonic()) > 0:
             readable, _, _ = select.select(list(waiting), [], [], left)
@@ -524,6 +625,11 @@ class Master:
 
     def serve(self) -> int:
         self.bind()
+        try:
+            self.bind_admin()
+        except StartupError:
+            self.close_listeners()
+            raise
         nofile = raise_nofile_limit()
         names = ", ".join(g.listen.text + (" ssl" if g.ssl else "") for g in self.cfg.groups)
         self.log.log("notice", f"tlsgw master {os.getpid()} listening on {names}; "
@@ -541,6 +647,8 @@ class Master:
             notify.ready(self.listening_status())
         if self.generation.health_targets:  # probes once per server, beside the workers
             self.spawn(HELPER)
+        if self.admin_sock is not None:
+            self.spawn(ADMIN)
         while True:
             now = time.monotonic()
             for slot, when in list(self.respawn_at.items()):
@@ -560,6 +668,7 @@ class Master:
             self.handlers[info.si_signo](info.si_signo, info.si_pid)
             self.reap()
         self.close_listeners()
+        self.close_admin()
         for channel in self.controls.values():
             channel.close()
         if self.pidfile is not None:

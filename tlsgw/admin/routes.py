@@ -1,0 +1,43 @@
+"""The admin endpoint's routing table: method, path pattern, and the name of the
+:class:`tlsgw.admin.server.App` method that answers. A pattern is a regular expression matched
+against the whole (percent-decoded) path; its named groups become ``Request.params``.
+
+To add an endpoint, add a line here and the method on ``App``. Every route needs the token when
+``token_file`` is set (the check is made before any route is looked up).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    pattern: re.Pattern[str]
+    handler: str  # the App method's name
+    doc: str = ""
+
+
+def route(method: str, pattern: str, handler: str, doc: str = "") -> Route:
+    return Route(method, re.compile(pattern), handler, doc)
+
+
+ROUTES: list[Route] = [
+    route("GET", r"/status\.json", "status_json", "the state as JSON"),
+    route("POST", r"/reload", "reload", "reload the configuration (as SIGHUP)"),
+]
+
+
+def find(method: str, path: str) -> tuple[Route | None, list[str]]:
+    """The route for *method* and *path* (HEAD is answered as GET), or None and the methods
+    that *path* has (empty: no such path)."""
+    allowed: list[str] = []
+    want = "GET" if method == "HEAD" else method
+    for r in ROUTES:
+        if r.pattern.fullmatch(path):
+            if r.method == want:
+                return r, allowed
+            allowed.append(r.method)
+    return None, allowed

@@ -1,0 +1,192 @@
+"""The admin process: forked by the master beside the workers when ``admin`` is set; serves the
+admin endpoint on its own uvloop loop, so no worker's event loop ever renders a page.
+
+It reads the master's board and the stats table (shared memory made before the fork); it
+acts only by signalling the master (``POST /reload`` is SIGHUP, then waits on the board for
+the attempt's outcome). Like the health check helper it watches its control channel (EOF: the
+master is gone, exit), has the parent-death signal, and the master restarts it if it dies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import os
+import signal
+import socket
+import time
+from typing import Any
+
+from tlsgw import logs
+from tlsgw.admin import routes
+from tlsgw.admin.board import Board
+from tlsgw.admin.http import MAX_LINE, HTTPError, Request, Response, Server
+from tlsgw.process import control, procctl
+
+#: signals meant for the master that a stray kill must not act on here
+_IGNORED = (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH, signal.SIGTTIN,
+            signal.SIGTTOU, signal.SIGPIPE, signal.SIGALRM, signal.SIGINT)
+#: how long POST /reload waits for the master's outcome
+RELOAD_WAIT = 30.0
+
+
+class Token:
+    """The bearer token: the first line of ``token_file``, re-read when the file changes."""
+
+    def __init__(self, path: str | None):
+        self.path = path
+        self.stamp: tuple[int, int, int] | None = None
+        self.value: bytes | None = None
+
+    def current(self) -> bytes | None:
+        assert self.path is not None
+        try:
+            st = os.stat(self.path)
+            stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+            if stamp != self.stamp:
+                with open(self.path, "rb") as f:
+                    self.value = f.read(4096).split(b"\n", 1)[0].strip() or None
+                self.stamp = stamp
+        except OSError:
+            self.value, self.stamp = None, None  # no file: nobody gets in
+        return self.value
+
+    def allows(self, req: Request) -> bool:
+        if self.path is None:
+            return True
+        want = self.current()
+        scheme, _, given = req.headers.get("authorization", "").partition(" ")
+        if want is None or scheme.lower() != "bearer":
+            return False
+        return hmac.compare_digest(given.strip().encode("latin-1", "replace"), want)
+
+
+class App:
+    """The endpoint's handlers (see :data:`tlsgw.admin.routes.ROUTES`)."""
+
+    def __init__(self, generation: Any, board: Board, master_pid: int, log: logs.ErrorLog):
+        self.generation = generation
+        self.cfg = generation.cfg
+        self.board = board
+        self.master_pid = master_pid
+        self.log = log
+        self.token = Token(self.cfg.admin.token_file if self.cfg.admin else None)
+        self.reloading = asyncio.Lock()
+
+    async def dispatch(self, req: Request) -> Response:
+        if not self.token.allows(req):
+            raise HTTPError(401, "a valid bearer token is required (Authorization: Bearer "
+                            "TOKEN, the first line of token_file)",
+                            {"WWW-Authenticate": 'Bearer realm="tlsgw"'})
+        route, allowed = routes.find(req.method, req.path)
+        if route is None:
+            if allowed:
+                raise HTTPError(405, f"{req.method} is not allowed on {req.path} "
+                                f"(allowed: {', '.join(allowed)})",
+                                {"Allow": ", ".join(allowed)})
+            known = ", ".join(f"{r.method} {r.pattern.pattern.replace(chr(92), '')}"
+                              for r in routes.ROUTES)
+            raise HTTPError(404, f"no such endpoint: {req.path} (there are: {known})")
+        m = route.pattern.fullmatch(req.path)
+        assert m is not None
+        req.params = m.groupdict()
+        handler = getattr(self, route.handler)
+        return await handler(req)
+
+    # ---- state --------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        board = self.board.read()
+        now = time.time()
+        return {"time": now, "master": {"pid": board.get("master_pid")},
+                "generation": board.get("generation", {}),
+                "reloads": board.get("reloads", {}),
+                "workers": board.get("workers", []),
+                **board.get("config", {})}
+
+    async def status_json(self, req: Request) -> Response:
+        return Response.json(self.status())
+
+    # ---- actions ------------------------------------------------------------------------
+    async def reload(self, req: Request) -> Response:
+        """SIGHUP to the master, then the attempt's outcome from its board."""
+        async with self.reloading:
+            before = self.board.read().get("reloads", {}).get("attempts", 0)
+            try:
+                os.kill(self.master_pid, signal.SIGHUP)
+            except ProcessLookupError:
+                raise HTTPError(503, "the master process is gone")
+            deadline = time.monotonic() + RELOAD_WAIT
+            while time.monotonic() < deadline:
+                reloads = self.board.read().get("reloads", {})
+                if reloads.get("attempts", 0) > before:
+                    last = reloads.get("last", {})
+                    ok = bool(last.get("ok"))
+                    doc = {"result": "ok" if ok else "failed",
+                           "generation": self.board.read().get("generation", {}).get("number"),
+                           "lines": last.get("lines", [])}
+                    return Response.json(doc, 200 if ok else 422)
+                await asyncio.sleep(0.05)
+            raise HTTPError(504, f"the master did not report the reload in {RELOAD_WAIT:g}s")
+
+
+class AdminProcess:
+    def __init__(self, generation: Any, channel: socket.socket | None, master_pid: int,
+                 sock: socket.socket, board: Board):
+        cfg = generation.cfg
+        self.channel = channel
+        self.sock = sock
+        self.log = logs.ErrorLog(logs.sink(cfg.error_log.target), cfg.error_log_level)
+        logs.install(self.log)
+        self.app = App(generation, board, master_pid, self.log)
+        self.done = asyncio.Event()
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGQUIT):
+            loop.add_signal_handler(sig, self.done.set)
+        if self.channel is not None:
+            loop.add_reader(self.channel.fileno(), self.from_master)
+        http = Server(self.app.dispatch, self.log.log)
+        server = await asyncio.start_server(http.handle, sock=self.sock, limit=MAX_LINE + 2)
+        await self.done.wait()
+        server.close()
+
+    def from_master(self) -> None:
+        assert self.channel is not None
+        try:
+            data = self.channel.recv(256)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:  # the master is gone
+            self.done.set()
+            return
+        if control.REOPEN in data:
+            logs.reopen_all()
+
+
+def run_admin(generation: Any, channel: socket.socket | None, master_pid: int,
+              sock: socket.socket, board: Board) -> int:
+    """Entry point in the forked child (the master's signals still blocked)."""
+    import uvloop
+
+    logs.reset_after_fork()
+    procctl.set_name("tlsgw: admin")
+    for sig in _IGNORED:
+        signal.signal(sig, signal.SIG_IGN)
+    for sig in (signal.SIGTERM, signal.SIGQUIT, signal.SIGCHLD):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.signal(signal.SIGRTMIN, signal.SIG_DFL)  # the parent-death signal: exit
+    procctl.set_parent_death_signal(signal.SIGRTMIN)
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())
+    if master_pid and os.getppid() != master_pid:
+        return 1
+    loop = uvloop.new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        loop.run_until_complete(AdminProcess(generation, channel, master_pid, sock, board).run())
+        return 0
+    finally:
+        logs.flush_all()
+        loop.close()
