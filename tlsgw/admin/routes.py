@@ -27,6 +27,10 @@ def route(method: str, pattern: str, handler: str, doc: str = "") -> Route:
 ROUTES: list[Route] = [
     route("GET", r"/status\.json", "status_json", "the state as JSON"),
     route("POST", r"/reload", "reload", "reload the configuration (as SIGHUP)"),
+    route("GET", r"/|/status\.css|/status\.js", "page", "the live status page"),
+    route("POST", r"/upstreams/(?P<upstream>[^/]+)/servers/(?P<server>.+)/"
+          r"(?P<action>drain|disable|enable)", "steer",
+          "drain, disable or enable a server (its text as written) of an upstream"),
 ]
 
 

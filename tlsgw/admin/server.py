@@ -18,7 +18,8 @@ import time
 from typing import Any
 
 from tlsgw import logs
-from tlsgw.admin import routes
+from tlsgw import statuspage
+from tlsgw.admin import routes, steering
 from tlsgw.admin.board import Board
 from tlsgw.admin.http import MAX_LINE, HTTPError, Request, Response, Server
 from tlsgw.process import control, procctl
@@ -72,8 +73,12 @@ class App:
         self.log = log
         self.token = Token(self.cfg.admin.token_file if self.cfg.admin else None)
         self.reloading = asyncio.Lock()
+        self.link = steering.MasterLink(None, master_pid)  # the channel is set by AdminProcess
 
     async def dispatch(self, req: Request) -> Response:
+        page = statuspage.asset(req.path) if req.method in ("GET", "HEAD") else None
+        if page is not None:  # the page's files hold no state: the token guards what it reads
+            return Response(200, page[1], page[0])
         if not self.token.allows(req):
             raise HTTPError(401, "a valid bearer token is required (Authorization: Bearer "
                             "TOKEN, the first line of token_file)",
@@ -101,12 +106,21 @@ class App:
                 "generation": board.get("generation", {}),
                 "reloads": board.get("reloads", {}),
                 "workers": board.get("workers", []),
-                **board.get("config", {})}
+                **steering.annotate(board.get("config", {}), board.get("steering", []),
+                                    self.generation.health)}
 
     async def status_json(self, req: Request) -> Response:
         return Response.json(self.status())
 
+    async def page(self, req: Request) -> Response:  # served before the token check
+        found = statuspage.asset(req.path)
+        assert found is not None
+        return Response(200, found[1], found[0])
+
     # ---- actions ------------------------------------------------------------------------
+    async def steer(self, req: Request) -> Response:
+        return await steering.steer(self.link, req)
+
     async def reload(self, req: Request) -> Response:
         """SIGHUP to the master, then the attempt's outcome from its board."""
         async with self.reloading:
@@ -138,6 +152,7 @@ class AdminProcess:
         self.log = logs.ErrorLog(logs.sink(cfg.error_log.target), cfg.error_log_level)
         logs.install(self.log)
         self.app = App(generation, board, master_pid, self.log)
+        self.app.link.channel = channel
         self.done = asyncio.Event()
 
     async def run(self) -> None:
@@ -154,7 +169,7 @@ class AdminProcess:
     def from_master(self) -> None:
         assert self.channel is not None
         try:
-            data = self.channel.recv(256)
+            data = self.channel.recv(65536)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
@@ -162,7 +177,7 @@ class AdminProcess:
         if not data:  # the master is gone
             self.done.set()
             return
-        if control.REOPEN in data:
+        if control.REOPEN in self.app.link.feed(data):  # and the master's replies
             logs.reopen_all()
 
 

@@ -249,6 +249,7 @@ class Master:
             "workers": workers,
             "stopping": self.stopping,
             "config": self._description,
+            "steering": [[u, s, st] for (u, s), st in steer.STEERING.states.items()],
         })
 
     def reap(self) -> None:
@@ -315,6 +316,7 @@ class Master:
             self.log.log("warn" if state != steer.ENABLED else "notice",
                          steer.log_line(upstream, server, state))
             self.tell_workers(control.steer_message(upstream, server, state), workers_only=True)
+            self.publish()
         return state, changed
 
     # ---- signal handlers (see SIGNALS) --------------------------------------------------------

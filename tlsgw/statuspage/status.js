@@ -79,10 +79,13 @@ async function act(upstream, server, action, button) {
     encodeURIComponent(server) + "/" + action;
   try {
     const r = await fetch(url, { method: "POST", headers: headers() });
-    const body = await r.json().catch(() => ({}));
     if (r.status === 401) { askToken(); return; }
-    banner(r.ok ? `${server} of "${upstream}": ${body.state}` :
-      `${action} ${server}: ${body.error || r.status + " " + r.statusText}`, r.ok);
+    if (r.ok) {
+      const body = await r.json();
+      banner(`${server} of "${upstream}" is ${body.state}`, true);
+    } else {
+      banner(`${action} ${server}: ${r.status} ${(await r.text()).trim()}`);
+    }
   } catch (e) {
     banner(`${action} ${server}: ${e}`);
   } finally {
@@ -94,7 +97,7 @@ async function act(upstream, server, action, button) {
 function drawUpstreams(st, now) {
   const box = $("#upstreams");
   const tables = (st.upstreams || []).map((u) => {
-    const rows = (u.servers || []).map((s) => {
+    const rows = (u.peers || []).map((s) => {
       const state = s.state || "up";
       const buttons = [["drain", "draining"], ["disable", "disabled"], ["enable", "enabled"]]
         .map(([action, target]) => {
