@@ -17,8 +17,7 @@ import socket
 import time
 from typing import Any
 
-from tlsgw import logs
-from tlsgw import statuspage
+from tlsgw import logs, statuspage
 from tlsgw.admin import routes, steering
 from tlsgw.admin.board import Board
 from tlsgw.admin.http import MAX_LINE, HTTPError, Request, Response, Server
