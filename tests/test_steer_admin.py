@@ -177,7 +177,7 @@ error_log: stderr info
 admin: {listen: 127.0.0.1:0, token_file: admin.token}
 upstreams:
   u:
-    servers: [127.0.0.1:1, 127.0.0.1:2]
+    servers: [127.0.0.1:1, 127.0.0.1:2, "unix:/nonexistent/b.sock"]
 servers:
   - listen: 127.0.0.1:0
     proxy_pass: u
@@ -201,3 +201,9 @@ def test_actions_need_the_token_and_the_page_does_not(tokened):
         code, headers, _ = request(address, "GET", path)
         assert code == 200 and headers["content-type"].startswith(kind)
     assert request(address, "GET", "/status.json")[0] == 401  # the data needs the token
+    # a unix: server's "/" may be sent as it is or percent-encoded: the action is the last segment
+    for path in ("/upstreams/u/servers/unix:/nonexistent/b.sock/disable",
+                 "/upstreams/u/servers/unix%3A%2Fnonexistent%2Fb.sock/enable"):
+        code, _, body = request(address, "POST", path, token=TOKEN)
+        assert code == 200 and json.loads(body)["server"] == "unix:/nonexistent/b.sock", body
+    tokened.wait_log('upstream server unix:/nonexistent/b.sock of "u" is enabled (admin)')
