@@ -97,3 +97,41 @@ def test_the_page_shows_a_killed_backend_down_and_a_drained_one_draining(env, br
     peers = {p["server"]: p for u in status_json(env.admin)["upstreams"] for p in u["peers"]}
     assert (peers[a]["state"], peers[b]["state"]) == ("up", "down"), json.dumps(peers)
     page.close()
+
+
+def test_with_a_token_the_page_asks_for_it_and_keeps_it_in_the_tab_only(browser, tmp_path):
+    token = "page-token-0123456789abcdef"
+    (tmp_path / "admin.token").write_text(token + "\n")
+    gw = module_gateway(tmp_path / "gw", f"""
+error_log: stderr info
+admin: {{listen: 127.0.0.1:0, token_file: {tmp_path / "admin.token"}}}
+upstreams:
+  chat:
+    servers: [127.0.0.1:1, 127.0.0.1:2]
+servers:
+  - listen: 127.0.0.1:0
+    proxy_pass: chat
+""")
+    try:
+        context = browser.new_context()
+        page = context.new_page()
+        page.goto(f"http://{admin_address(gw)}/")
+        expect(page.locator("#login")).to_be_visible(timeout=10_000)
+        expect(page.locator("#banner")).to_contain_text("needs a token")
+        page.fill("#token", "wrong-token-0123456789")
+        page.click("#login button")
+        expect(page.locator("#login")).to_be_visible()  # asked again
+        page.fill("#token", token)
+        page.click("#login button")
+        expect(page.locator("#login")).to_be_hidden()
+        expect(row(page, "127.0.0.1:1").locator(".state")).to_have_text("up", timeout=10_000)
+        row(page, "127.0.0.1:1").locator('button[data-action="disable"]').click()
+        expect(row(page, "127.0.0.1:1").locator(".state")).to_have_text("disabled",
+                                                                        timeout=5_000)
+        gw.wait_log('upstream server 127.0.0.1:1 of "chat" is disabled (admin)')
+        assert page.evaluate("sessionStorage.getItem('tlsgw-admin-token')") == token
+        assert context.cookies() == []  # a header sent by the page, never a cookie
+        page.screenshot(path=str(tmp_path / "status-token.png"), full_page=True)
+        context.close()
+    finally:
+        gw.stop()

@@ -103,8 +103,8 @@ def annotate(doc: dict[str, Any], steering: list[list[str]],
     """Add each upstream peer's state to status.json's *doc* (in place): ``admin_state``
     (enabled, draining, disabled), ``health`` (up, down; absent without ``health_check``) and
     the one ``state`` the page shows: disabled, down (``down`` in the configuration or the health
-    check), failed (``max_fails``, where the stats say so), draining, up. *health* is a
-    callable ``upstream -> (buffer, {peer: slot}) | None``."""
+    check), failed (``max_fails``: a ``state`` of ``failed`` the stats put there before), draining,
+    up. *health* is a callable ``upstream -> (buffer, {peer: slot}) | None``."""
     states = {(u, s): st for u, s, st in steering}
     for u in doc.get("upstreams", []):
         checked = health(u["name"]) if health is not None else None
@@ -120,7 +120,7 @@ def annotate(doc: dict[str, Any], steering: list[list[str]],
                 state, why = "down", ["down in the configuration"]
             elif p.get("health") == "down":
                 state, why = "down", ["health check"]
-            elif p.get("failed"):
+            elif p.get("failed") or p.get("state") == "failed":
                 state, why = "failed", ["max_fails"]
             elif admin == "draining":
                 state = "draining"

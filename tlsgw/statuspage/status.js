@@ -26,6 +26,15 @@ function headers() {
   return token ? { "Authorization": "Bearer " + token } : {};
 }
 
+// a figure of status.json: a number, or a {label: number} breakdown (summed); undefined if absent
+function fig(...candidates) {
+  for (const v of candidates) {
+    if (typeof v === "number") return v;
+    if (v && typeof v === "object") return Object.values(v).reduce((a, b) => a + Number(b), 0);
+  }
+  return undefined;
+}
+
 function num(v) { return v === undefined || v === null ? "–" : Number(v).toLocaleString("en"); }
 
 function bytes(v) {
@@ -63,14 +72,22 @@ function fill(tbody, rows) {
 }
 
 function drawListeners(st, now) {
-  fill($("#listeners tbody"), (st.listeners || []).map((l) => el("tr", { "data-listen": l.listen },
-    el("td", {}, l.listen), el("td", {}, l.address || ""), el("td", {}, l.ssl ? "ssl" : ""),
-    el("td", {}, (l.servers || []).join(", ")),
-    el("td", { class: "n" }, num(l.active)),
-    el("td", { class: "n" }, rate("l:" + l.listen, l.sessions_total, now)),
-    el("td", { class: "n" }, num(l.sessions_total)),
-    el("td", { class: "n" }, bytes(l.bytes_received)),
-    el("td", { class: "n" }, bytes(l.bytes_sent)))));
+  const servers = new Map((st.servers || []).map((s) => [s.name, s]));
+  const sum = (l, field) => fig(l[field], ...[(l.servers || []).reduce((acc, name) => {
+    const v = fig((servers.get(name) || {})[field]);
+    return v === undefined ? acc : (acc || 0) + v;
+  }, undefined)]);
+  fill($("#listeners tbody"), (st.listeners || []).map((l) => {
+    const total = fig(l.connections_total, l.sessions_total);
+    return el("tr", { "data-listen": l.listen },
+      el("td", {}, l.listen), el("td", {}, l.address || ""), el("td", {}, l.ssl ? "ssl" : ""),
+      el("td", {}, (l.servers || []).join(", ")),
+      el("td", { class: "n" }, num(fig(l.connections_active, l.active))),
+      el("td", { class: "n" }, rate("l:" + l.listen, total, now)),
+      el("td", { class: "n" }, num(total)),
+      el("td", { class: "n" }, bytes(sum(l, "bytes_received"))),
+      el("td", { class: "n" }, bytes(sum(l, "bytes_sent"))));
+  }));
 }
 
 async function act(upstream, server, action, button) {
@@ -111,10 +128,11 @@ function drawUpstreams(st, now) {
         el("td", {}, s.server), el("td", {}, s.peer || ""),
         el("td", {}, el("span", { class: "state " + state, "data-state": state }, state)),
         el("td", {}, s.why || ""),
-        el("td", { class: "n" }, num(s.active)),
-        el("td", { class: "n" }, rate("p:" + u.name + "/" + s.peer, s.sessions_total, now)),
-        el("td", { class: "n" }, num(s.sessions_total)),
-        el("td", { class: "n" }, num(s.connect_failures)),
+        el("td", { class: "n" }, num(fig(s.sessions_active, s.active))),
+        el("td", { class: "n" }, rate("p:" + u.name + "/" + s.peer,
+          fig(s.sessions_total, s.sessions), now)),
+        el("td", { class: "n" }, num(fig(s.sessions_total, s.sessions))),
+        el("td", { class: "n" }, num(fig(s.connect_failures))),
         el("td", { class: "n" }, bytes(s.bytes_received)),
         el("td", { class: "n" }, bytes(s.bytes_sent)),
         el("td", {}, ...buttons));
