@@ -40,8 +40,9 @@ Eligibility
 Runtime states (the admin endpoint's drain / disable / enable)
     A ``draining`` or ``disabled`` peer is skipped exactly like a ``down`` one (it keeps its
     share of hash space and its ketama points, so only its own keys move, to where they would
-    go if it were down, and they come back when it is enabled); the session count it started
-    with (``tries``) is not lowered. HAProxy keeps persistent (stick-table) traffic on a
+    go if it were down, and they come back when it is enabled). The attempts a session may
+    make (``tries``, counted when the upstream was built) are not lowered, so a session whose
+    last usable server failed ends with "no live upstreams" (502 either way). HAProxy keeps persistent (stick-table) traffic on a
     draining server; tlsgw has no persistence beyond hashing, and a hash is placement, not
     persistence, so a draining server gets no new session whatever the method.
 
