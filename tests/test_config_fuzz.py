@@ -304,6 +304,7 @@ def test_every_directive_is_reached(lab):
                "../certs/ca.pem", "ssl_session_ticket_key": None, "hash": "$remote_addr",
                "least_conn": "on", "random": "two", "ssl_alpn": "h2", "proxy_ssl_name": "x",
                "match": "{m: {send: PING, expect: '~ ^PONG'}}",
+               "admin": "{listen: 127.0.0.1:9900}",
                "health_check": "interval=1s fails=2"}
     for d in _DIRECTIVES:
         if d.name in ("listen", "proxy_pass"):

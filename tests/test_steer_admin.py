@@ -88,6 +88,11 @@ def test_drain_takes_no_new_sessions_in_any_worker_and_open_ones_go_on(env):
     old.close()
     p = peer(env, b)
     assert (p["admin_state"], p["state"]) == ("draining", "draining")
+    code, _, text = request(env.admin, "GET", "/metrics")
+    assert code == 200
+    assert (f'tlsgw_upstream_peer_state{{peer="{b}",state="draining",upstream="app"}} 1.0'
+            in text.decode()), text.decode()
+    assert f'tlsgw_upstream_peer_up{{peer="{b}",upstream="app"}} 0.0' in text.decode()
     assert peer(env, env.a.address)["state"] == "up"
     # the same action again changes nothing and logs nothing more
     code, _, body = act(env, b, "drain")

@@ -26,6 +26,7 @@ def route(method: str, pattern: str, handler: str, doc: str = "") -> Route:
 
 ROUTES: list[Route] = [
     route("GET", r"/status\.json", "status_json", "the state as JSON"),
+    route("GET", r"/metrics", "metrics", "Prometheus text exposition"),
     route("POST", r"/reload", "reload", "reload the configuration (as SIGHUP)"),
     route("GET", r"/|/status\.css|/status\.js", "page", "the live status page"),
     route("POST", r"/upstreams/(?P<upstream>[^/]+)/servers/(?P<server>.+)/"

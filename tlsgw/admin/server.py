@@ -17,8 +17,12 @@ import socket
 import time
 from typing import Any
 
+from prometheus_client.exposition import choose_encoder
+
 from tlsgw import logs, statuspage
+from tlsgw.admin import metrics as admin_metrics
 from tlsgw.admin import routes, steering
+from tlsgw.admin import table as stats_table
 from tlsgw.admin.board import Board
 from tlsgw.admin.http import MAX_LINE, HTTPError, Request, Response, Server
 from tlsgw.process import control, procctl
@@ -72,6 +76,10 @@ class App:
         self.log = log
         self.token = Token(self.cfg.admin.token_file if self.cfg.admin else None)
         self.reloading = asyncio.Lock()
+        self.registry = self.collector = None
+        if stats_table.TABLE is not None:
+            self.collector = admin_metrics.TlsgwCollector(stats_table.TABLE, board, generation)
+            self.registry = admin_metrics.registry(self.collector)
         self.link = steering.MasterLink(None, master_pid)  # the channel is set by AdminProcess
 
     async def dispatch(self, req: Request) -> Response:
@@ -101,15 +109,23 @@ class App:
     def status(self) -> dict[str, Any]:
         board = self.board.read()
         now = time.time()
-        return {"time": now, "master": {"pid": board.get("master_pid")},
-                "generation": board.get("generation", {}),
-                "reloads": board.get("reloads", {}),
-                "workers": board.get("workers", []),
-                **steering.annotate(board.get("config", {}), board.get("steering", []),
-                                    self.generation.health)}
+        doc = {"time": now, "master": {"pid": board.get("master_pid")},
+               "generation": board.get("generation", {}),
+               "reloads": board.get("reloads", {}),
+               "workers": board.get("workers", []),
+               **board.get("config", {})}
+        if self.collector is not None:
+            admin_metrics.live(self.collector, doc)
+        return steering.annotate(doc, board.get("steering", []), self.generation.health)
 
     async def status_json(self, req: Request) -> Response:
         return Response.json(self.status())
+
+    async def metrics(self, req: Request) -> Response:
+        """The Prometheus text exposition (OpenMetrics when the scraper asks for it)."""
+        assert self.registry is not None
+        encoder, content_type = choose_encoder(req.headers.get("accept", ""))
+        return Response(200, encoder(self.registry), content_type)
 
     async def page(self, req: Request) -> Response:  # served before the token check
         found = statuspage.asset(req.path)

@@ -19,6 +19,7 @@ import time
 from typing import Any
 
 from tlsgw import logs
+from tlsgw.admin import table as stats_table
 from tlsgw.health import probes
 from tlsgw.health.checker import Check, transition_line
 from tlsgw.process import control, procctl
@@ -46,6 +47,11 @@ class Helper:
                                                       hc.jitter, now, up=bool(self.zone[t.slot]),
                                                       rand=rng.random)
         self.done = asyncio.Event()
+        #: with ``admin``: the helper's row of the stats table (the last one)
+        self.stats = None
+        if stats_table.TABLE is not None:
+            self.stats = stats_table.TABLE.rows[-1]
+            self.stats.adopt()
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -85,6 +91,12 @@ class Helper:
             except Exception as exc:  # a probe must never stop the checks
                 ok, reason = False, logs.describe_exception(exc)
             t = check.record(ok, time.monotonic(), reason)
+            if self.stats is not None:
+                i = self.stats.slot(stats_table.key_text("tlsgw_health_checks_total", (
+                    ("upstream", target.upstream), ("peer", target.peer),
+                    ("result", "ok" if ok else "failed"))))
+                if i >= 0:
+                    self.stats.values[i] += 1
             if t is None:
                 continue
             self.zone[target.slot] = 1 if t.up else 0

@@ -44,6 +44,7 @@ import time
 from tlsgw import logs
 from tlsgw.admin import board as admin_board
 from tlsgw.admin import state as admin_state
+from tlsgw.admin import table as stats_table
 from tlsgw.config.model import ListenGroup
 from tlsgw.errors import ConfigErrors, StartupError, TlsgwError
 from tlsgw.process import control, listeners, notify, pidfile, procctl
@@ -107,6 +108,8 @@ class Master:
         #: the admin endpoint (``admin``): its listening socket, and the board it reads
         self.admin_sock: socket.socket | None = None
         self.board = admin_board.Board() if cfg.admin is not None else None
+        if cfg.admin is not None:  # a row per worker, then the health check helper's
+            stats_table.TABLE = stats_table.Table(cfg.worker_processes + 1)
         self.reload_state: dict = {"attempts": 0, "ok": 0, "failed": 0, "last": None,
                                    "last_success": None}
         self.generation_loaded = time.time()

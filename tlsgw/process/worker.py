@@ -32,6 +32,8 @@ from collections.abc import Callable
 from typing import Any
 
 from tlsgw import logs
+from tlsgw.admin import account
+from tlsgw.admin import table as stats_table
 from tlsgw.balancer import Upstream
 from tlsgw.config.model import ListenGroup
 from tlsgw.process import control, procctl
@@ -134,6 +136,8 @@ class Worker:
         steer.STEERING.apply(self.upstreams)
         for srv in generation.cfg.servers:
             generation.runtimes[srv.index].bind(self.upstreams[srv.upstream.name])
+        if stats_table.TABLE is not None:  # admin: account in this worker's row
+            account.bind(generation, stats_table.TABLE.rows[self.number])
         self.generation = generation
         self.cfg = generation.cfg  # worker_shutdown_timeout of the next stop, among others
         for key, route in generation.routes.items():

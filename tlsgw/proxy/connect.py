@@ -80,7 +80,9 @@ async def attempts(session: Session) -> tuple[Peer, Attempt, UpstreamSide, Any] 
             level, msg = messages.connect_failed(exc, connected=raw is not None,
                                                  tls=tls is not None)
             session.error(level, msg, upstream=peer.name)
+            attempt.failure = messages.connect_failure_reason(exc, tls is not None)
             if picker.free(peer, failed=True):
+                attempt.disabled = True
                 session.error("warn", messages.PEER_DISABLED, upstream=peer.name)
             session.peer = None
             if (not rt.next_upstream or picker.tries == 0

@@ -156,3 +156,26 @@ def verify_error_text(exc: BaseException) -> str:
         return f"SSL_do_handshake() failed ({exc.errno}: {exc.strerror})"
     # uvloop reports an EOF in the middle of the handshake as a bare ConnectionResetError
     return "peer closed connection in SSL handshake"
+
+
+#: the upstream connect failure reasons (label ``reason``)
+CONNECT_REASONS = ("refused", "timeout", "reset", "unreachable", "tls_handshake",
+                   "tls_verify", "error")
+
+
+def connect_failure_reason(exc: BaseException, tls: bool) -> str:
+    """A failed upstream attempt's ``reason`` label."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return "tls_verify"
+    if isinstance(exc, TimeoutError) or (isinstance(exc, ConnectionAbortedError)
+                                         and "longer than" in str(exc)):
+        return "timeout"
+    if isinstance(exc, ConnectionRefusedError):
+        return "refused"
+    if isinstance(exc, ConnectionResetError):
+        return "tls_handshake" if tls else "reset"
+    if isinstance(exc, ssl.SSLError):
+        return "tls_handshake"
+    if isinstance(exc, OSError) and exc.errno in (101, 113):  # ENETUNREACH, EHOSTUNREACH
+        return "unreachable"
+    return "error"

@@ -201,6 +201,9 @@ class Session(asyncio.Protocol):
         if ctx.log_info:
             ctx.error_log.log("info", messages.client_connected(peer, self.listen_name),
                               self.conn_id)
+        stats = self.rt.stats  # admin: the accounting of tlsgw.admin.account, or None
+        if stats is not None:
+            stats.accepted(self.listen_name)
 
     def connection_made(self, transport: Any) -> None:
         if self.group is None:
@@ -211,6 +214,9 @@ class Session(asyncio.Protocol):
             index = getattr(self.sslobj, "tlsgw_server", None)
             if index is not None:
                 self.rt = self.group[index]
+            if self.rt.stats is not None:
+                self.rt.stats.handshake_done(self.listen_name, self.sslobj,
+                                             _monotonic() - self.start)
         rt = self.rt
         transport.set_write_buffer_limits(high=rt.buffer_size)
         self.client_flow = FlowControl(transport)
@@ -226,6 +232,8 @@ class Session(asyncio.Protocol):
         if self.state is not ACCEPTED:  # never accepted, or already ended
             return
         self.error("info", messages.client_handshake_failed(exc), proxy=False)
+        if self.rt.stats is not None:
+            self.rt.stats.handshake_failed(self.listen_name, exc, _monotonic() - self.start)
         self.finalize(Status.INTERNAL_SERVER_ERROR, abort=True)
 
     @property
@@ -334,6 +342,8 @@ class Session(asyncio.Protocol):
             tls.remember(peer.name, transport.get_extra_info("ssl_object"))
         now = _monotonic()
         attempt.connect_time = now - attempt.start
+        if rt.stats is not None:
+            rt.stats.connected(peer.name, attempt.connect_time)
         self.upstream = up
         if not rt.tcp_nodelay and peer.config.address.family != socket.AF_UNIX:
             _nodelay_off(transport)
@@ -440,6 +450,8 @@ class Session(asyncio.Protocol):
             self.peer = None
         ctx = self.ctx
         ctx.sessions.discard(self)
+        if self.rt.stats is not None:
+            self.rt.stats.ended(self)
         if self.rt.access_log is not None:  # the log phase
             self.rt.access_log.write(self.rt.access_template.render(self) + "\n")
         if ctx.draining and not ctx.sessions:  # WorkerContext.forget, inline

@@ -27,7 +27,7 @@ class Attempt:
     """One upstream connection attempt (one entry of ``$upstream_addr`` and friends)."""
 
     __slots__ = ("name", "start", "connect_time", "first_byte_time", "session_time",
-                 "bytes_sent", "bytes_received")
+                 "bytes_sent", "bytes_received", "failure", "disabled")
 
     def __init__(self, name: str, start: float):
         self.name = name
@@ -37,6 +37,8 @@ class Attempt:
         self.session_time: float | None = None
         self.bytes_sent = 0
         self.bytes_received = 0
+        self.failure: str | None = None  # why it failed (messages.connect_failure_reason)
+        self.disabled = False  # its failure disabled the peer (max_fails)
 
     def end(self, now: float) -> None:
         """The attempt is over (failed, or its session ended): fix ``$upstream_session_time``."""

@@ -58,6 +58,8 @@ class ServerRuntime:
         # bound per worker (bind)
         self.upstream: Upstream = None  # type: ignore[assignment]
         self.access_log: logs.LogSink | None = None
+        #: with ``admin``: the worker's accounting (tlsgw.admin.account.ServerAccount)
+        self.stats: Any = None
 
     def bind(self, upstream: Upstream) -> None:
         """Give the runtime the adopting worker's state: its upstream's balancer state and the
