@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from adminhelp import admin_address, status_json
-from support import Backend
+from support import Backend, connect
 from tlshelp import module_gateway
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -73,6 +73,10 @@ def test_the_page_shows_a_killed_backend_down_and_a_drained_one_draining(env, br
     expect(row(page, b).locator(".state")).to_have_text("up")
     expect(page.locator("#listeners tbody tr")).to_have_count(1)
     expect(page.locator("#generation")).to_contain_text("generation 0 of")
+    for _ in range(3):  # the live figures: the listener's sessions, counted by the workers
+        with connect(env.port(), timeout=5) as s:
+            assert s.recv(2) in (b"A\n", b"B\n")
+    expect(page.locator("#listeners tbody tr td").nth(6)).to_have_text("3", timeout=5_000)
     page.screenshot(path=str(tmp_path / "status-up.png"), full_page=True)
 
     env.b.close()  # the backend dies: the health check takes it down
