@@ -125,6 +125,7 @@ def test_unknown_upstream_server_or_method_is_a_clear_4xx(env):
     assert code == 405 and headers["allow"] == "POST" and b"GET is not allowed" in body
     code, _, body = request(env.admin, "POST", f"/upstreams/app/servers/{env.b.address}/pause")
     assert code == 404 and b"no such endpoint" in body
+    assert b"POST /upstreams/NAME/servers/SERVER/drain|disable|enable" in body
     # a page on another site cannot act through a browser that reaches the endpoint
     code, _, body = act(env, env.b.address, "drain", headers={"Origin": "http://evil.example"})
     assert code == 403 and b"cross-site request refused" in body

@@ -96,7 +96,7 @@ class App:
                 raise HTTPError(405, f"{req.method} is not allowed on {req.path} "
                                 f"(allowed: {', '.join(allowed)})",
                                 {"Allow": ", ".join(allowed)})
-            known = ", ".join(f"{r.method} {r.pattern.pattern.replace(chr(92), '')}"
+            known = ", ".join(f"{r.method} {r.shown or r.pattern.pattern.replace(chr(92), '')}"
                               for r in routes.ROUTES)
             raise HTTPError(404, f"no such endpoint: {req.path} (there are: {known})")
         m = route.pattern.fullmatch(req.path)
