@@ -6,12 +6,16 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import textwrap
 
 import pytest
 from adminhelp import admin_address, parse, raw, request, status_json
 from support import Backend, run_cli, wait_until
 from tlshelp import module_gateway
+
+from tlsgw.admin.http import MAX_CONNECTIONS
+from tlsgw.config.load import load_config
 
 TOKEN = "s3cret-token-0123456789"
 
@@ -219,3 +223,35 @@ def test_a_busy_admin_address_stops_the_start(tmp_path, plain):
     r = run_cli("serve", "-c", str(tmp_path / "c.yaml"))
     assert r.returncode == 3, r.stderr
     assert f'cannot listen on "{busy}" for "admin"' in r.stderr
+
+
+@pytest.mark.parametrize(("text", "want"), [
+    ("admin: on", ("127.0.0.1:9900", None)),
+    ("admin: {}", ("127.0.0.1:9900", None)),
+    ("admin: off", None),
+    ("admin: {listen: '[::1]:9901'}", ("[::1]:9901", None)),
+    ("admin: {listen: unix:/run/tlsgw-admin.sock}", ("unix:/run/tlsgw-admin.sock", None)),
+])
+def test_admin_values(tmp_path, text, want):
+    path = tmp_path / "c.yaml"
+    path.write_text(f"{text}\nservers:\n  - listen: 127.0.0.1:0\n    proxy_pass: 127.0.0.1:1\n")
+    cfg = load_config(str(path))
+    assert (cfg.admin and cfg.admin.key) == want
+
+
+def test_connections_beyond_the_limit_get_503(plain):
+    address = admin_address(plain)
+    host, _, port = address.rpartition(":")
+    idle = []
+    try:
+        for _ in range(MAX_CONNECTIONS):
+            idle.append(socket.create_connection((host, int(port)), timeout=10))
+        # each is accepted (a request on the last one is answered) before the next is counted
+        idle[-1].sendall(b"GET /status.json HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert idle[-1].recv(12) == b"HTTP/1.1 200"
+        code, _, body = parse(raw(address, b"GET /status.json HTTP/1.1\r\nHost: x\r\n\r\n"))
+        assert code == 503 and b"too many admin connections" in body
+    finally:
+        for s in idle:
+            s.close()
+    wait_until(lambda: request(address)[0] == 200, what="the endpoint to serve again")

@@ -49,6 +49,8 @@ def value(m: dict, name: str, **labels: str) -> float:
 @pytest.fixture(scope="module")
 def gw(pki, tmp_path_factory):
     echo = Backend("echo")
+    untrusted = Backend("echo", ssl_context=pki.server_context(pki.other_server,
+                                                               pki.other_server_key))
     d = tmp_path_factory.mktemp("metrics")
     refused = free_port()
     config = f"""
@@ -72,13 +74,21 @@ servers:
     ssl_handshake_timeout: 1s
   - listen: 127.0.0.3:0
     proxy_pass: pair
+  - listen: 127.0.0.4:0
+    proxy_pass: {untrusted.address}
+    proxy_ssl: on
+    proxy_ssl_trusted_certificate: {pki.ca}
+    proxy_ssl_certificate: {pki.client}
+    proxy_ssl_certificate_key: {pki.client_key}
 """
     g = module_gateway(d, config, workers=2)
     g.refused = f"127.0.0.1:{refused}"
     g.echo = echo
+    g.untrusted = untrusted.address
     yield g
     g.stop()
     echo.close()
+    untrusted.close()
 
 
 def _sessions(port: int, n: int) -> None:
@@ -177,10 +187,18 @@ def test_tls_handshakes_by_result_and_reason(gw, pki):
     # the certificate it serves: its expiry, to the second
     with open(pki.server, "rb") as f:
         cert = x509.load_pem_x509_certificate(f.read())
-    (labels, expiry), = m["tlsgw_certificate_expiry_timestamp_seconds"].items()
-    assert dict(labels) == {"file": pki.server, "subject": cert.subject.rfc4514_string()}
+    expiries = {dict(lb)["file"]: (dict(lb)["subject"], v)
+                for lb, v in m["tlsgw_certificate_expiry_timestamp_seconds"].items()}
+    assert set(expiries) == {pki.server, pki.client}  # served, and presented to upstreams
+    subject, expiry = expiries[pki.server]
+    assert subject == cert.subject.rfc4514_string()
     assert expiry == cert.not_valid_after_utc.timestamp()
     assert expiry > dt.datetime.now(dt.UTC).timestamp()
+    shown, client = status_json(address)["certificates"]
+    assert shown["file"] == pki.server and shown["role"] == "served"
+    assert client["file"] == pki.client and client["role"] == "presented to upstreams"
+    left = (expiry - dt.datetime.now(dt.UTC).timestamp()) / 86400
+    assert shown["days_left"] > 0 and abs(shown["days_left"] - left) <= 0.1
 
 
 def test_upstream_failures_and_peer_state(gw):
@@ -204,6 +222,16 @@ def test_upstream_failures_and_peer_state(gw):
     states = {p["peer"]: p["state"] for p in pair["peers"]}
     assert states == {gw.refused: "failed", gw.echo.address: "up"}
     assert pair["peers"][0]["connect_failures"]["refused"] >= 1
+    # an upstream whose certificate is not trusted (proxy_ssl_verify is on by default)
+    with connect(gw.port(3), gw.host(3)) as s:
+        s.sendall(PAYLOAD)
+        assert recv_all(s) == b""
+    m = wait_until(lambda: (m := scrape(address)) and value(
+        m, "tlsgw_upstream_connect_failures_total", upstream=gw.untrusted) == 1 and m,
+        what="a failed upstream TLS handshake")
+    assert value(m, "tlsgw_upstream_connect_failures_total", upstream=gw.untrusted,
+                 peer=gw.untrusted, reason="tls_verify") == 1
+    assert value(m, "tlsgw_sessions_total", server="127.0.0.4:0", status="502") == 1
 
 
 #: family -> (type, label names); what dashboards rely on (the issue's names)
@@ -310,4 +338,21 @@ def test_a_table_row_keeps_counters_for_the_next_writer_and_zeroes_its_gauges():
         assert read[key_text("tlsgw_connections_active", (("listener", "a"),))] == [0.0]
     finally:
         successor.values.release()
+        t.close()
+
+
+def test_a_full_row_counts_into_the_discard_slot(monkeypatch):
+    t = Table(1)
+    try:
+        row = t.rows[0]
+        monkeypatch.setattr(table, "MAX_VALUES", table.DISCARD_WIDTH + 2)
+        a = row.slot(key_text("tlsgw_workers", ()))
+        b = row.slot(key_text("tlsgw_config_generation", ()))
+        assert (a, b) == (table.DISCARD_WIDTH, table.DISCARD_WIDTH + 1)
+        assert row.slot(key_text("tlsgw_reloads_total", ())) == table.DISCARD  # no room
+        assert row.full
+        row.values[table.DISCARD] += 1  # what a writer does with it: harmless
+        assert set(t.read()) == {key_text("tlsgw_workers", ()),
+                                 key_text("tlsgw_config_generation", ())}
+    finally:
         t.close()

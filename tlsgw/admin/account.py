@@ -69,6 +69,7 @@ class Account:
         self.fail_timeout = {(u.name, p.name): p.fail_timeout for u in cfg.upstreams.values()
                              for p in u.peer_configs()}
         self.server_labels = server_labels
+        self.listeners: dict[str, tuple[int, int, int, int]] = {}  # see ServerAccount
 
     def slot(self, family: str, *labels: tuple[str, str], width: int = 1) -> int:
         k = (family, labels)
@@ -78,15 +79,16 @@ class Account:
         return i
 
     def add(self, family: str, labels: tuple[tuple[str, str], ...], amount: float = 1) -> None:
-        i = self.slot(family, *labels)
-        if i >= 0:
-            self.values[i] += amount
+        self.values[self.slot(family, *labels)] += amount
 
 
 class ServerAccount:
-    """``rt.stats``: the accounting calls of one server's sessions."""
+    """``rt.stats``: the accounting calls of one server's sessions. The value slots of a
+    listener, a status and a peer are found once and kept in plain dicts: a call is a few
+    dict reads and float additions."""
 
-    __slots__ = ("acc", "values", "server", "upstream", "tickets")
+    __slots__ = ("acc", "values", "server", "upstream", "tickets", "listeners", "statuses",
+                 "peers", "bytes_in", "bytes_out", "connect_hist")
 
     def __init__(self, acc: Account, server: str, upstream: str, tickets: bool):
         self.acc = acc
@@ -94,77 +96,104 @@ class ServerAccount:
         self.server = server
         self.upstream = upstream
         self.tickets = tickets
+        srv = ("server", server)
+        self.bytes_in = acc.slot("tlsgw_bytes_total", srv, ("direction", "received"))
+        self.bytes_out = acc.slot("tlsgw_bytes_total", srv, ("direction", "sent"))
+        self.connect_hist = acc.slot("tlsgw_upstream_connect_duration_seconds",
+                                     ("upstream", upstream), width=_WIDTH)
+        self.listeners = acc.listeners  # listen_name -> (total, active, handshakes ok, hist)
+        self.statuses: dict[int, int] = {}
+        self.peers: dict[str, tuple[int, int, int, int]] = {}  # sent, received, active, until
 
-    def _listener(self, listen_name: str) -> tuple[str, str]:
-        return ("listener", self.acc.listener.get(listen_name, listen_name))
+    def listener(self, listen_name: str) -> tuple[int, int, int, int]:
+        got = self.listeners.get(listen_name)
+        if got is None:
+            acc = self.acc
+            lst = ("listener", acc.listener.get(listen_name, listen_name))
+            got = self.listeners[listen_name] = (
+                acc.slot("tlsgw_connections_total", lst),
+                acc.slot("tlsgw_connections_active", lst),
+                acc.slot("tlsgw_tls_handshakes_total", lst, ("result", "ok"), ("reason", "")),
+                acc.slot("tlsgw_tls_handshake_duration_seconds", lst, width=_WIDTH))
+        return got
+
+    def peer(self, name: str) -> tuple[int, int, int, int]:
+        got = self.peers.get(name)
+        if got is None:
+            acc = self.acc
+            labels = (("upstream", self.upstream), ("peer", name))
+            got = self.peers[name] = (
+                acc.slot("tlsgw_upstream_bytes_total", *labels, ("direction", "sent")),
+                acc.slot("tlsgw_upstream_bytes_total", *labels, ("direction", "received")),
+                acc.slot("tlsgw_upstream_peer_sessions_active", *labels),
+                acc.slot("tlsgw_upstream_peer_failed_until", *labels))
+        return got
 
     def accepted(self, listen_name: str) -> None:
-        acc, lst = self.acc, self._listener(listen_name)
-        acc.add("tlsgw_connections_total", (lst,))
-        acc.add("tlsgw_connections_active", (lst,))
+        total, active, _, _ = self.listener(listen_name)
+        values = self.values
+        values[total] += 1
+        values[active] += 1
 
     def handshake_done(self, listen_name: str, sslobj: Any, seconds: float) -> None:
-        acc, lst = self.acc, self._listener(listen_name)
-        acc.add("tlsgw_tls_handshakes_total", (lst, ("result", "ok"), ("reason", "")))
-        i = acc.slot("tlsgw_tls_handshake_duration_seconds", lst, width=_WIDTH)
-        if i >= 0:
-            observe(self.values, i, seconds)
+        _, _, ok, hist = self.listener(listen_name)
+        self.values[ok] += 1
+        observe(self.values, hist, seconds)
         if sslobj is not None and sslobj.session_reused:
             # with ssl_session_tickets on, a client resumes with its ticket (OpenSSL only
             # falls back to the session cache for clients without ticket support, which the
             # server side cannot tell); off, every resumption is from the session cache
-            ticket = self.tickets
+            acc = self.acc
             acc.add("tlsgw_tls_resumed_total",
-                    (lst, ("kind", "ticket" if ticket else "session_id")))
+                    (("listener", acc.listener.get(listen_name, listen_name)),
+                     ("kind", "ticket" if self.tickets else "session_id")))
 
     def handshake_failed(self, listen_name: str, exc: BaseException, seconds: float) -> None:
-        acc, lst = self.acc, self._listener(listen_name)
+        acc = self.acc
         acc.add("tlsgw_tls_handshakes_total",
-                (lst, ("result", "failed"), ("reason", handshake_reason(exc))))
-        i = acc.slot("tlsgw_tls_handshake_duration_seconds", lst, width=_WIDTH)
-        if i >= 0:
-            observe(self.values, i, seconds)
+                (("listener", acc.listener.get(listen_name, listen_name)),
+                 ("result", "failed"), ("reason", handshake_reason(exc))))
+        observe(self.values, self.listener(listen_name)[3], seconds)
 
     def connected(self, peer: str, seconds: float) -> None:
-        acc = self.acc
-        labels = (("upstream", self.upstream), ("peer", peer))
-        acc.add("tlsgw_upstream_peer_sessions_active", labels)
-        i = acc.slot("tlsgw_upstream_connect_duration_seconds", ("upstream", self.upstream),
-                     width=_WIDTH)
-        if i >= 0:
-            observe(self.values, i, seconds)
-        i = acc.slot("tlsgw_upstream_peer_failed_until", *labels)
-        if i >= 0:
-            self.values[i] = 0.0
+        _, _, active, until = self.peer(peer)
+        values = self.values
+        values[active] += 1
+        values[until] = 0.0
+        observe(values, self.connect_hist, seconds)
 
     def ended(self, session: Any) -> None:
         """The session is over (``finalize``): everything else, at once."""
-        acc = self.acc
-        lst = self._listener(session.listen_name)
-        srv = ("server", self.server)
-        acc.add("tlsgw_connections_active", (lst,), -1)
-        acc.add("tlsgw_sessions_total", (srv, ("status", str(session.status))))
-        acc.add("tlsgw_bytes_total", (srv, ("direction", "received")), session.bytes_received)
-        acc.add("tlsgw_bytes_total", (srv, ("direction", "sent")), session.bytes_sent)
-        up = ("upstream", self.upstream)
+        values = self.values
+        values[self.listener(session.listen_name)[1]] -= 1
+        status = session.status
+        i = self.statuses.get(status)
+        if i is None:
+            i = self.statuses[status] = self.acc.slot(
+                "tlsgw_sessions_total", ("server", self.server), ("status", str(status)))
+        values[i] += 1
+        values[self.bytes_in] += session.bytes_received
+        values[self.bytes_out] += session.bytes_sent
         attempts = session.attempts
-        for n, a in enumerate(attempts):
-            peer = ("peer", a.name)
-            if a.connect_time is not None and n == len(attempts) - 1 and \
-                    session.upstream is not None:
-                acc.add("tlsgw_upstream_bytes_total", (up, peer, ("direction", "sent")),
-                        a.bytes_sent)
-                acc.add("tlsgw_upstream_bytes_total", (up, peer, ("direction", "received")),
-                        a.bytes_received)
-                acc.add("tlsgw_upstream_peer_sessions_active", (up, peer), -1)
-            elif a.failure is not None:
-                acc.add("tlsgw_upstream_connect_failures_total",
-                        (up, peer, ("reason", a.failure)))
-                if a.disabled:
-                    until = time.time() + acc.fail_timeout.get((self.upstream, a.name), 10.0)
-                    i = acc.slot("tlsgw_upstream_peer_failed_until", up, peer)
-                    if i >= 0:
-                        self.values[i] = until
+        if not attempts:
+            return
+        last = attempts[-1]
+        if last.connect_time is not None and session.upstream is not None:
+            sent, received, active, _ = self.peer(last.name)
+            values[sent] += last.bytes_sent
+            values[received] += last.bytes_received
+            values[active] -= 1
+        for a in attempts:
+            if a.failure is not None:
+                self.failed(a)
+
+    def failed(self, a: Any) -> None:
+        acc = self.acc
+        acc.add("tlsgw_upstream_connect_failures_total",
+                (("upstream", self.upstream), ("peer", a.name), ("reason", a.failure)))
+        if a.disabled:
+            self.values[self.peer(a.name)[3]] = \
+                time.time() + acc.fail_timeout.get((self.upstream, a.name), 10.0)
 
 
 def bind(generation: Any, row: Row) -> Account:

@@ -114,6 +114,9 @@ class App:
                "reloads": board.get("reloads", {}),
                "workers": board.get("workers", []),
                **board.get("config", {})}
+        for cert in doc.get("certificates", []):  # as of now, not of the last reload
+            if "expiry_timestamp" in cert:
+                cert["days_left"] = round((cert["expiry_timestamp"] - now) / 86400, 1)
         if self.collector is not None:
             admin_metrics.live(self.collector, doc)
         return steering.annotate(doc, board.get("steering", []), self.generation.health)

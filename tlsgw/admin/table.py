@@ -29,6 +29,11 @@ MAX_VALUES = 1 << 16
 #: bytes of key names per row
 NAMES = 4 << 20
 
+#: the value every row keeps for keys that found it full: written to, never read (as wide as
+#: the widest key, a histogram); the keys' values come after it
+DISCARD = 0
+DISCARD_WIDTH = 32
+
 #: gauge families a new writer zeroes in its row
 GAUGES = frozenset({"tlsgw_connections_active", "tlsgw_upstream_peer_sessions_active"})
 
@@ -47,7 +52,7 @@ class Row:
         self.known: dict[str, tuple[int, int]] = {}  # key -> (first value, width)
         self.keys = 0  # records parsed so far
         self.used = 0  # their bytes
-        self.next = 0  # the first value not owned by a parsed record
+        self.next = DISCARD_WIDTH  # the first value not owned by a parsed record
         self.full = False
         self.adopted = False  # a writer has adopted it in this process
 
@@ -74,8 +79,8 @@ class Row:
                     self.values[i] = 0.0
 
     def slot(self, key: str, width: int = 1) -> int:
-        """The first value of *key* (allocated now if new); -1 if the row is full (nothing is
-        counted for that key; the admin process reports the row as full)."""
+        """The first value of *key* (allocated now if new); :data:`DISCARD` if the row is full
+        (what is added there is never shown), so a writer never has to test."""
         got = self.known.get(key)
         if got is not None:
             return got[0]
@@ -83,7 +88,7 @@ class Row:
         size = _REC.size + len(data)
         if self.used + size > NAMES or self.next + width > MAX_VALUES or len(data) > 0xFFFF:
             self.full = True
-            return -1
+            return DISCARD
         at = self.names_at + self.used
         _REC.pack_into(self.buf, at, len(data), width)
         self.buf[at + _REC.size:at + size] = data

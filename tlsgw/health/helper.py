@@ -95,8 +95,7 @@ class Helper:
                 i = self.stats.slot(stats_table.key_text("tlsgw_health_checks_total", (
                     ("upstream", target.upstream), ("peer", target.peer),
                     ("result", "ok" if ok else "failed"))))
-                if i >= 0:
-                    self.stats.values[i] += 1
+                self.stats.values[i] += 1
             if t is None:
                 continue
             self.zone[target.slot] = 1 if t.up else 0

@@ -113,6 +113,8 @@ class Master:
         self.reload_state: dict = {"attempts": 0, "ok": 0, "failed": 0, "last": None,
                                    "last_success": None}
         self.generation_loaded = time.time()
+        self._described: Generation | None = None  # the generation self._description is of
+        self._description: dict = {}
 
     def bind(self) -> None:
         """Bind every listener, all or nothing; each worker slot's (group, socket) pairs."""
@@ -238,7 +240,7 @@ class Master:
                 bound[g.listen.text] = self.listeners.bound(g.listen).name
             except (KeyError, TlsgwError):
                 pass
-        if getattr(self, "_described", None) is not self.generation:
+        if self._described is not self.generation:
             self._description = admin_state.describe(self.cfg, bound)
             self._described = self.generation
         workers = sorted(({"slot": slot, "pid": pid, "role": self.what(slot).rsplit(" ", 1)[0],
