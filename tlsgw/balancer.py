@@ -37,6 +37,15 @@ Eligibility
     than ``fail_timeout`` seconds since ``checked``) or is at ``max_conns``. Time is whole
     seconds, as nginx's cached ``ngx_time()``.
 
+Runtime states (the admin endpoint's drain / disable / enable)
+    A ``draining`` or ``disabled`` peer is skipped exactly like a ``down`` one (it keeps its
+    share of hash space and its ketama points, so only its own keys move, to where they would
+    go if it were down, and they come back when it is enabled). The attempts a session may
+    make (``tries``, counted when the upstream was built) are not lowered, so a session whose
+    last usable server failed ends with "no live upstreams" (502 either way). HAProxy keeps persistent (stick-table) traffic on a
+    draining server; tlsgw has no persistence beyond hashing, and a hash is placement, not
+    persistence, so a draining server gets no new session whatever the method.
+
 Smooth weighted round robin
     Each eligible peer's ``current_weight`` grows by its ``effective_weight``; the largest
     (earliest on ties) wins and gives back the sum of what was added. ``effective_weight`` starts
@@ -109,6 +118,10 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
+    "ADMIN_STATES",
+    "DISABLED",
+    "DRAINING",
+    "ENABLED",
     "KETAMA_POINTS_PER_WEIGHT",
     "MAX_HASH_TRIES",
     "METHOD_KINDS",
@@ -127,6 +140,11 @@ KETAMA_POINTS_PER_WEIGHT = 160
 
 #: Skipped picks a hash/random method tolerates per session before falling back to round robin.
 MAX_HASH_TRIES = 20
+
+#: Runtime (admin) states of a peer, HAProxy's: ``enabled`` (ready), ``draining`` (no new
+#: sessions, open ones go on) and ``disabled`` (maintenance: no new sessions, shown as down).
+ENABLED, DRAINING, DISABLED = "enabled", "draining", "disabled"
+ADMIN_STATES = (ENABLED, DRAINING, DISABLED)
 
 #: Method kinds understood by :class:`Method`.
 METHOD_KINDS = frozenset(
@@ -268,7 +286,7 @@ class Peer:
     __slots__ = (
         "config", "name", "server", "weight", "max_fails", "fail_timeout", "max_conns",
         "down", "backup", "index", "conns", "fails", "checked", "accessed",
-        "current_weight", "effective_weight",
+        "current_weight", "effective_weight", "admin",
     )
 
     def __init__(self, config: PeerConfig, index: int):
@@ -289,6 +307,17 @@ class Peer:
         self.accessed = _NEVER
         self.current_weight = 0
         self.effective_weight = config.weight
+        self.admin = ENABLED
+        """The runtime (admin) state: :data:`ENABLED`, :data:`DRAINING` or :data:`DISABLED`."""
+
+    def set_admin(self, state: str) -> None:
+        """Set the runtime state. Draining and disabled take no new sessions: both make the
+        peer ``down`` (nginx's skip, so the pick costs nothing more), and ``enabled`` gives it
+        back the ``down`` of its configuration. Sessions already open are not touched."""
+        if state not in ADMIN_STATES:
+            raise ValueError(f"unknown runtime state {state!r}")
+        self.admin = state
+        self.down = self.config.down or state != ENABLED
 
     #: passes its active health check (always, without one; see :class:`CheckedPeer`)
     healthy = True
@@ -426,6 +455,9 @@ class Upstream:
         self._get: Callable[[Picker], Peer | None] = _GETTERS[method.kind]
         if not primary:  # a DNS-fed group with no address yet: the backups, if any
             self._get = Picker._get_round_robin
+        self.steered = False
+        """Whether a peer may have a runtime state other than enabled (set by the admin
+        states' :meth:`tlsgw.runtime.steer.Steering.apply`)."""
 
     def now(self) -> int:
         """Whole seconds from the injected clock (nginx's ``ngx_time()``)."""

@@ -22,7 +22,7 @@ MAX_BODY = 65536
 REQUEST_TIMEOUT = 10.0
 MAX_CONNECTIONS = 64
 
-REASONS = {200: "OK", 204: "No Content", 400: "Bad Request", 401: "Unauthorized",
+REASONS = {200: "OK", 204: "No Content", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
            404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout",
            409: "Conflict", 422: "Unprocessable Content", 411: "Length Required", 413: "Content Too Large",
            414: "URI Too Long", 431: "Request Header Fields Too Large",

@@ -69,8 +69,9 @@ FAMILIES: dict[str, tuple[str, str, tuple[str, ...]]] = {
 }
 
 #: the states of ``tlsgw_upstream_peer_state``: up, down (its health check failed, or the
-#: ``down`` parameter), failed (``max_fails`` reached within ``fail_timeout`` in a worker)
-PEER_STATES = ("up", "down", "failed")
+#: ``down`` parameter), failed (``max_fails`` reached within ``fail_timeout`` in a worker),
+#: draining and disabled (the admin endpoint's runtime states, docs/steering.md)
+PEER_STATES = ("up", "down", "failed", "draining", "disabled")
 
 
 def _family(name: str) -> Metric:
@@ -101,7 +102,9 @@ class TlsgwCollector(Collector):
         return got
 
     def peer_state(self, upstream: str, peer: dict[str, Any], failed_until: float,
-                   now: float) -> str:
+                   now: float, admin: str = "enabled") -> str:
+        if admin == "disabled":
+            return "disabled"
         if peer.get("down"):
             return "down"
         health = self.generation.health(upstream) if self.generation is not None else None
@@ -112,7 +115,7 @@ class TlsgwCollector(Collector):
                 return "down"
         if failed_until > now:
             return "failed"
-        return "up"
+        return "draining" if admin == "draining" else "up"
 
     def collect(self) -> Iterator[Metric]:
         now = time.time()
@@ -155,11 +158,13 @@ class TlsgwCollector(Collector):
         for lst in config.get("listeners", []):
             zero("tlsgw_connections_total", lst["listen"])
             zero("tlsgw_connections_active", lst["listen"])
+        steered = {(u, s): st for u, s, st in board.get("steering", [])}
         for u in config.get("upstreams", []):
             for p in u["peers"]:
                 zero("tlsgw_upstream_peer_sessions_active", u["name"], p["peer"])
                 state = self.peer_state(u["name"], p, failed_until.get((u["name"], p["peer"]),
-                                                                        0.0), now)
+                                                                        0.0), now,
+                                        steered.get((u["name"], p["server"]), "enabled"))
                 fams["tlsgw_upstream_peer_up"].add_metric([u["name"], p["peer"]],
                                                           1.0 if state == "up" else 0.0)
                 for s in PEER_STATES:

@@ -18,16 +18,22 @@ class Route:
     pattern: re.Pattern[str]
     handler: str  # the App method's name
     doc: str = ""
+    shown: str = ""  # how a 404 lists it, where the pattern is not readable as a path
 
 
-def route(method: str, pattern: str, handler: str, doc: str = "") -> Route:
-    return Route(method, re.compile(pattern), handler, doc)
+def route(method: str, pattern: str, handler: str, doc: str = "", shown: str = "") -> Route:
+    return Route(method, re.compile(pattern), handler, doc, shown)
 
 
 ROUTES: list[Route] = [
     route("GET", r"/status\.json", "status_json", "the state as JSON"),
     route("GET", r"/metrics", "metrics", "Prometheus text exposition"),
     route("POST", r"/reload", "reload", "reload the configuration (as SIGHUP)"),
+    route("GET", r"/|/status\.css|/status\.js", "page", "the live status page", shown="/"),
+    route("POST", r"/upstreams/(?P<upstream>[^/]+)/servers/(?P<server>.+)/"
+          r"(?P<action>drain|disable|enable)", "steer",
+          "drain, disable or enable a server (its text as written) of an upstream",
+          shown="/upstreams/NAME/servers/SERVER/drain|disable|enable"),
 ]
 
 

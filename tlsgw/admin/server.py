@@ -19,9 +19,9 @@ from typing import Any
 
 from prometheus_client.exposition import choose_encoder
 
-from tlsgw import logs
+from tlsgw import logs, statuspage
 from tlsgw.admin import metrics as admin_metrics
-from tlsgw.admin import routes
+from tlsgw.admin import routes, steering
 from tlsgw.admin import table as stats_table
 from tlsgw.admin.board import Board
 from tlsgw.admin.http import MAX_LINE, HTTPError, Request, Response, Server
@@ -80,8 +80,12 @@ class App:
         if stats_table.TABLE is not None:
             self.collector = admin_metrics.TlsgwCollector(stats_table.TABLE, board, generation)
             self.registry = admin_metrics.registry(self.collector)
+        self.link = steering.MasterLink(None, master_pid)  # the channel is set by AdminProcess
 
     async def dispatch(self, req: Request) -> Response:
+        page = statuspage.asset(req.path) if req.method in ("GET", "HEAD") else None
+        if page is not None:  # the page's files hold no state: the token guards what it reads
+            return Response(200, page[1], page[0])
         if not self.token.allows(req):
             raise HTTPError(401, "a valid bearer token is required (Authorization: Bearer "
                             "TOKEN, the first line of token_file)",
@@ -92,7 +96,7 @@ class App:
                 raise HTTPError(405, f"{req.method} is not allowed on {req.path} "
                                 f"(allowed: {', '.join(allowed)})",
                                 {"Allow": ", ".join(allowed)})
-            known = ", ".join(f"{r.method} {r.pattern.pattern.replace(chr(92), '')}"
+            known = ", ".join(f"{r.method} {r.shown or r.pattern.pattern.replace(chr(92), '')}"
                               for r in routes.ROUTES)
             raise HTTPError(404, f"no such endpoint: {req.path} (there are: {known})")
         m = route.pattern.fullmatch(req.path)
@@ -115,7 +119,7 @@ class App:
                 cert["days_left"] = round((cert["expiry_timestamp"] - now) / 86400, 1)
         if self.collector is not None:
             admin_metrics.live(self.collector, doc)
-        return doc
+        return steering.annotate(doc, board.get("steering", []), self.generation.health)
 
     async def status_json(self, req: Request) -> Response:
         return Response.json(self.status())
@@ -126,7 +130,15 @@ class App:
         encoder, content_type = choose_encoder(req.headers.get("accept", ""))
         return Response(200, encoder(self.registry), content_type)
 
+    async def page(self, req: Request) -> Response:  # served before the token check
+        found = statuspage.asset(req.path)
+        assert found is not None
+        return Response(200, found[1], found[0])
+
     # ---- actions ------------------------------------------------------------------------
+    async def steer(self, req: Request) -> Response:
+        return await steering.steer(self.link, req)
+
     async def reload(self, req: Request) -> Response:
         """SIGHUP to the master, then the attempt's outcome from its board."""
         async with self.reloading:
@@ -158,6 +170,7 @@ class AdminProcess:
         self.log = logs.ErrorLog(logs.sink(cfg.error_log.target), cfg.error_log_level)
         logs.install(self.log)
         self.app = App(generation, board, master_pid, self.log)
+        self.app.link.channel = channel
         self.done = asyncio.Event()
 
     async def run(self) -> None:
@@ -174,7 +187,7 @@ class AdminProcess:
     def from_master(self) -> None:
         assert self.channel is not None
         try:
-            data = self.channel.recv(256)
+            data = self.channel.recv(65536)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
@@ -182,7 +195,7 @@ class AdminProcess:
         if not data:  # the master is gone
             self.done.set()
             return
-        if control.REOPEN in data:
+        if control.REOPEN in self.app.link.feed(data):  # and the master's replies
             logs.reopen_all()
 
 

@@ -156,9 +156,11 @@ _GENERAL_DIFFERENCES = [
     "* **Signals**: SIGTERM/SIGINT stop gracefully and SIGQUIT stops at once (nginx: QUIT is "
     "graceful, TERM/INT fast). SIGUSR1 reopens the log files and SIGHUP reloads the "
     "configuration, as in nginx, but in place: the workers adopt the new configuration and no "
-    "new processes are started. SIGUSR2 (nginx: binary upgrade) and SIGWINCH (nginx: stop a "
-    "daemon's workers) are logged and ignored. Workers ignore the signals meant for the master, "
-    "and exit at once when the master is gone (nginx's workers outlive a killed master).",
+    "new processes are started. SIGUSR2 (nginx: binary upgrade) is the admin process's "
+    "request signal (a server's drain, disable or enable); from any other process it is logged "
+    "and ignored, as SIGWINCH (nginx: stop a daemon's workers) is. Workers ignore the signals "
+    "meant for the master, and exit at once when the master is gone (nginx's workers outlive a "
+    "killed master).",
     "* **`hash` with `backup` servers**: nginx rejects `backup` when the method directive comes "
     "before the `server` lines and otherwise ignores it except as a last resort after 20 "
     "missed hash points; YAML has no order here, so tlsgw accepts `backup` with `hash` "

@@ -5,7 +5,8 @@ and the worker's event loop watches its end. Two things travel on it:
 
 * commands from the master: one byte each (:data:`REOPEN`: reopen every log file), or a
   framed message (:data:`RELOAD`: serve a new generation, :func:`reload_message`) whose new
-  listening sockets travel with it as ``SCM_RIGHTS`` descriptors; and from the worker, one
+  listening sockets travel with it as ``SCM_RIGHTS`` descriptors, or :data:`STEER` (a
+  server's runtime state, :func:`steer_message`); and from the worker, one
   byte :data:`SERVING` once it serves its listeners, and a reload's answer (:data:`ANSWER`:
   :data:`ADOPTED` or :data:`FAILED` with the generation number). Signals
   meant for the master are ignored by workers, so an operator's stray ``kill -USR1 <worker>``
@@ -20,12 +21,21 @@ messages: a reload hands its new listening sockets to running workers this way.
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import struct
 
 REOPEN = b"r"
 RELOAD = b"g"
-COMMANDS = {REOPEN: "reopen logs", RELOAD: "reload"}
+#: a server's runtime state changed (drain/disable/enable): framed like RELOAD, no descriptors
+STEER = b"t"
+#: the master's answer to a child's request (the admin process's STEER): framed like RELOAD
+REPLY = b"y"
+COMMANDS = {REOPEN: "reopen logs", RELOAD: "reload", STEER: "server state", REPLY: "reply"}
+_FRAMED = (RELOAD, STEER, REPLY)
+#: the signal a child (the admin process) sends the master after writing a request on its
+#: channel; from anyone else the master logs and ignores it, as before
+REQUEST_SIGNAL = signal.SIGUSR2
 #: from a worker to the master, once: it serves its listening sockets (systemd's READY=1 waits
 #: for every worker's)
 SERVING = b"s"
@@ -43,6 +53,25 @@ def reload_message(number: int, file: str, digest: str, listeners: list[str],
     body = json.dumps({"generation": number, "file": file, "sha256": digest,
                        "listeners": listeners, "health": list(health or ())}).encode()
     return RELOAD + _LENGTH.pack(len(body)) + body
+
+
+def steer_message(upstream: str, server: str, state: str) -> bytes:
+    """STEER and its body: *server* (its text as written) of *upstream* is now *state*."""
+    body = json.dumps({"steer": [upstream, server, state]}).encode()
+    return STEER + _LENGTH.pack(len(body)) + body
+
+
+def steer_request(upstream: str, server: str, action: str, number: int) -> bytes:
+    """What the admin process asks the master: apply *action* (``drain``, ``disable``,
+    ``enable``) to *server* of *upstream*; the master's :func:`reply` carries *number* back."""
+    body = json.dumps({"steer": [upstream, server, action], "request": number}).encode()
+    return STEER + _LENGTH.pack(len(body)) + body
+
+
+def reply(number: int, status: int, **fields: object) -> bytes:
+    """The master's answer to request *number*: an HTTP-like *status* and what it says."""
+    body = json.dumps({"reply": number, "status": status, **fields}).encode()
+    return REPLY + _LENGTH.pack(len(body)) + body
 
 
 #: a worker's answer to RELOAD: ADOPTED or FAILED, then the generation number (4 bytes)
@@ -71,13 +100,13 @@ def from_worker(buffer: bytes) -> tuple[list[bytes | tuple[bytes, int]], bytes]:
 
 
 def split(buffer: bytes) -> tuple[list[bytes | dict], bytes]:
-    """The complete commands at the start of *buffer* (a byte command, or a RELOAD body as a
-    dict) and what is left over (a message not fully received yet)."""
+    """The complete commands at the start of *buffer* (a byte command, or a RELOAD or STEER
+    body as a dict) and what is left over (a message not fully received yet)."""
     out: list[bytes | dict] = []
     i = 0
     while i < len(buffer):
         command = buffer[i:i + 1]
-        if command != RELOAD:
+        if command not in _FRAMED:
             out.append(command)
             i += 1
             continue

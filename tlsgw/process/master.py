@@ -16,7 +16,9 @@ logged and ignored. The table, its handlers and the README's "Signals" section s
 * SIGCHLD — reap; a worker that exits while the master is running is logged and restarted,
   and so is the health check helper (:mod:`tlsgw.health.helper`, forked beside the workers
   when a server has ``health_check``).
-* SIGUSR2, SIGWINCH, SIGPIPE, SIGTTIN, SIGTTOU, SIGALRM, the real-time signals, ... —
+* SIGUSR2 — from the admin process (a child): answer the requests on its channel (a server's
+  drain / disable / enable, :meth:`Master.steer`); from anyone else, logged and ignored.
+* SIGWINCH, SIGPIPE, SIGTTIN, SIGTTOU, SIGALRM, the real-time signals, ... —
   logged and ignored.
 
 Each worker gets one end of a socket pair (:mod:`tlsgw.process.control`): commands go down it, and
@@ -51,7 +53,7 @@ from tlsgw.admin import table as stats_table
 from tlsgw.config.model import ListenGroup
 from tlsgw.errors import ConfigErrors, StartupError, TlsgwError
 from tlsgw.process import control, listeners, notify, pidfile, procctl, watch
-from tlsgw.runtime import zones
+from tlsgw.runtime import steer, zones
 from tlsgw.runtime.generation import Generation, build_file
 
 RESPAWN_DELAY = 1.0  # seconds before restarting a worker that died within 1 s of its start
@@ -79,7 +81,8 @@ class Master:
         signal.SIGUSR1: "reopen_logs",
         signal.SIGHUP: "reload",
         signal.SIGCHLD: "child_exited",
-        **{sig: "ignore" for sig in (signal.SIGUSR2, signal.SIGWINCH, signal.SIGPIPE,
+        control.REQUEST_SIGNAL: "child_request",
+        **{sig: "ignore" for sig in (signal.SIGWINCH, signal.SIGPIPE,
                                      signal.SIGTTIN, signal.SIGTTOU, signal.SIGALRM,
                                      signal.SIGVTALRM, signal.SIGPROF, signal.SIGIO,
                                      signal.SIGPWR,
@@ -270,6 +273,7 @@ class Master:
             "workers": workers,
             "stopping": self.stopping,
             "config": self._description,
+            "steering": [[u, s, st] for (u, s), st in steer.STEERING.states.items()],
         })
 
     def reap(self) -> None:
@@ -312,16 +316,36 @@ class Master:
             except ProcessLookupError:
                 pass
 
-    def tell_workers(self, command: bytes) -> None:
-        """Send a :mod:`tlsgw.process.control` command to every worker, never blocking."""
+    def tell_workers(self, command: bytes, workers_only: bool = False) -> None:
+        """Send a :mod:`tlsgw.process.control` command to every worker (and the health check
+        helper and the admin process, unless *workers_only*), never blocking."""
         for pid, channel in list(self.controls.items()):
+            if workers_only and self.pids.get(pid, HELPER) < 0:  # the helper, the admin process
+                continue
             try:
                 channel.send(command)
             except BlockingIOError:  # a worker that has not read hundreds of commands: stuck
                 self.log.log("alert", f"worker process {pid} does not read its control channel, "
-                             f"{control.COMMANDS[command]} not passed on")
+                             f"{control.COMMANDS[command[:1]]} not passed on")
             except OSError:
                 pass  # it is exiting; reap() will say so
+
+    def steer(self, upstream: str, server: str, action: str) -> tuple[str, bool]:
+        """The admin endpoint's ``drain``, ``disable`` or ``enable`` of a server (its text as
+        written) of an upstream of the running configuration: recorded in
+        :data:`tlsgw.runtime.steer.STEERING` (workers forked later inherit it), logged when it
+        changes, and passed to every worker. Returns ``(state, changed)``.
+
+        Raises:
+            tlsgw.runtime.steer.SteerError: unknown action, upstream or server.
+        """
+        state, changed = steer.STEERING.change(self.cfg, upstream, server, action)
+        if changed:
+            self.log.log("warn" if state != steer.ENABLED else "notice",
+                         steer.log_line(upstream, server, state))
+            self.tell_workers(control.steer_message(upstream, server, state), workers_only=True)
+            self.publish()
+        return state, changed
 
     # ---- signal handlers (see SIGNALS) --------------------------------------------------------
     def received(self, sig: int, sender: int, action: str, level: str = "notice") -> None:
@@ -500,6 +524,9 @@ class Master:
             except OSError:
                 pass  # it is exiting; reap() says so, and its successor gets the new generation
         self.generation, self.cfg = gen, cfg
+        for upstream, server in steer.STEERING.prune(cfg):  # the workers prune alike
+            self.log.log("notice", f'upstream server {server} of "{upstream}" is gone, its '
+                         "runtime state with it")
         self.await_workers(gen.number)
         self.replace_helper()
         old.release()  # the master's copy; each worker releases its own once its sessions end
@@ -622,6 +649,45 @@ class Master:
 
     def ignore(self, sig: int, sender: int) -> None:
         self.received(sig, sender, "ignored")
+
+    def child_request(self, sig: int, sender: int) -> None:
+        """SIGUSR2 from a child of ours (the admin process): answer the requests it wrote on
+        its channel. From anyone else: logged and ignored, like the other unused signals."""
+        channel = self.controls.get(sender)
+        if channel is None or self.pids.get(sender, 0) >= 0:  # workers ask nothing
+            self.ignore(sig, sender)
+            return
+        data = b""
+        while True:
+            try:
+                chunk = channel.recv(65536)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                return  # exiting; reap() says so
+            if not chunk:
+                break
+            data += chunk
+        requests, self.unread[channel] = control.split(self.unread.get(channel, b"") + data)
+        for request in requests:
+            if not isinstance(request, dict) or "steer" not in request:
+                self.log.log("alert", f"unknown request {request!r} from process {sender}")
+                continue
+            number = request.get("request", 0)
+            try:
+                upstream, server, action = request["steer"]
+                state, changed = self.steer(str(upstream), str(server), str(action))
+                answer = control.reply(number, 200, state=state, changed=changed)
+            except steer.SteerError as exc:
+                answer = control.reply(number, exc.status, error=str(exc))
+            except Exception as exc:  # a bug: the master lives, the admin gets a 500
+                self.log.log("alert", f"request from process {sender} failed: "
+                             f"{logs.describe_exception(exc)}")
+                answer = control.reply(number, 500, error="internal error (see the error log)")
+            try:
+                channel.send(answer)
+            except OSError:
+                pass  # it is stuck or exiting: it times its requests out
 
     def run(self) -> int:
         if self.cfg.pid is not None:

@@ -41,6 +41,7 @@ from tlsgw.process.memory import MemoryReturn
 from tlsgw.proxy import phases
 from tlsgw.proxy.context import WorkerContext
 from tlsgw.proxy.pump import ENDED, Session
+from tlsgw.runtime import steer
 from tlsgw.runtime.generation import Generation, build_file
 from tlsgw.runtime.server import ServerRuntime
 
@@ -150,6 +151,8 @@ class Worker:
                         if was is not None:
                             peer.fails, peer.checked, peer.accessed = (was.fails, was.checked,
                                                                        was.accessed)
+        steer.STEERING.prune(generation.cfg)  # runtime states of servers that still exist
+        steer.STEERING.apply(self.upstreams)
         for srv in generation.cfg.servers:
             rt = generation.runtimes[srv.index]
             rt.bind(self.upstreams[srv.upstream.name])
@@ -187,6 +190,7 @@ class Worker:
                 if was is not None:
                     peer.fails, peer.checked, peer.accessed = (was.fails, was.checked,
                                                                was.accessed)
+            steer.STEERING.apply(self.upstreams, (name,))  # a drained name's new addresses too
         new = self.upstreams[name]
         for srv in generation.cfg.servers:
             rt = generation.runtimes[srv.index]
@@ -344,7 +348,9 @@ class Worker:
             return
         commands, self.channel_buffer = control.split(self.channel_buffer + data)
         for command in commands:
-            if isinstance(command, dict):
+            if isinstance(command, dict) and "steer" in command:
+                self.steer(*command["steer"])
+            elif isinstance(command, dict):
                 n = len(command["listeners"])
                 fds, self.channel_fds = self.channel_fds[:n], self.channel_fds[n:]
                 self.reload(command, fds)
@@ -353,6 +359,12 @@ class Worker:
                 self.error_log.log("notice", "reopening logs")
             else:
                 self.error_log.log("alert", f"unknown control command {command!r} from the master")
+
+    def steer(self, upstream: str, server: str, state: str) -> None:
+        """A server's runtime state changed (the master logged it): new sessions follow it."""
+        steer.STEERING.set(upstream, server, state)
+        steer.STEERING.apply(self.upstreams, (upstream,))
+        self.error_log.log("info", steer.log_line(upstream, server, state))
 
     def master_gone(self) -> None:
         if not self.stop_requested.is_set() or not self.immediate:
