@@ -6,9 +6,11 @@ Short intervals (200 ms); every wait is for an event (a log line, a count, an ac
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
+from adminhelp import admin_address, request
 from support import connect, run_cli, wait_until
 
 PONG = 'match:\n  pong: {send: "PING\\r\\n", expect: "~ ^PONG"}\n'
@@ -128,3 +130,27 @@ def test_check_rejects_more_checked_servers_than_the_zone_holds(tmp_path, monkey
         build_file(str(path), allocate=False)
     assert [str(e) for e in exc.value.errors] == [
         f"{path}:{line}: 3 upstream servers under health_check, at most 2"]
+
+
+def test_status_json_sees_the_health_of_servers_a_reload_added(backends, gateway):
+    """The admin process was forked with the first generation: the slots of servers a reload
+    added reach it through the master's board, so their health shows (here: a server added
+    that never answers turns down; one removed is gone)."""
+    a = backends("identify", name="PONG a")
+    b = backends("stall", name="PONG b")
+    admin = "admin: {listen: 127.0.0.1:0}\n"
+    gw = gateway(admin + _config([a.address]), workers=1)
+    address = admin_address(gw)
+
+    def peers() -> dict[str, tuple[str | None, str]]:
+        status, _, body = request(address)
+        assert status == 200, body
+        doc = json.loads(body)
+        (chat,) = [u for u in doc["upstreams"] if u["name"] == "chat"]
+        return {p["peer"]: (p.get("health"), p["state"]) for p in chat["peers"]}
+
+    wait_until(lambda: peers() == {a.address: ("up", "up")}, what="a up")
+    _reload(gw, admin + _config([a.address, b.address]))
+    gw.wait_log(f'upstream server {b.address} of "chat" is down')
+    wait_until(lambda: peers() == {a.address: ("up", "up"), b.address: ("down", "down")},
+               what="b down in status.json")

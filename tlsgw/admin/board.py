@@ -13,6 +13,7 @@ import json
 import mmap
 import struct
 import time
+from collections.abc import Callable
 from typing import Any
 
 _HEAD = struct.Struct("=QQ")
@@ -54,3 +55,16 @@ class Board:
 
     def close(self) -> None:
         self.buf.close()
+
+
+def health_lookup(buf: Any, board: dict[str, Any]) -> Callable[[str], Any]:
+    """``upstream -> (health zone buffer, {peer: slot}) | None`` for the generation the master
+    serves now: the slots come from the board (the master publishes them with every
+    generation, so a reload that adds or moves checked servers is seen), the buffer is the
+    master's health zone, one mapping for its lifetime, inherited at fork."""
+    slots = board.get("health", {})
+
+    def health(upstream: str) -> Any:
+        peers = slots.get(upstream)
+        return None if peers is None or buf is None else (buf, peers)
+    return health

@@ -25,7 +25,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from tlsgw.admin.account import BUCKETS
-from tlsgw.admin.board import Board
+from tlsgw.admin.board import Board, health_lookup
 from tlsgw.admin.table import Table
 
 #: family -> (type, help, label names); the table's families and the board's
@@ -88,10 +88,11 @@ def _fmt(bound: float) -> str:
 
 
 class TlsgwCollector(Collector):
-    def __init__(self, table: Table, board: Board, generation: Any):
+    def __init__(self, table: Table, board: Board, health_buf: Any = None):
         self.table = table
         self.board = board
-        self.generation = generation  # the one the admin process was forked with (health zone)
+        self.health_buf = health_buf  # the master's health zone
+        self.health = health_lookup(health_buf, {})  # of the board read by the last collect()
         self.parsed: dict[str, tuple[str, dict[str, str]]] = {}
 
     def _parse(self, key: str) -> tuple[str, dict[str, str]]:
@@ -107,7 +108,7 @@ class TlsgwCollector(Collector):
             return "disabled"
         if peer.get("down"):
             return "down"
-        health = self.generation.health(upstream) if self.generation is not None else None
+        health = self.health(upstream)
         if health is not None:
             buf, slots = health
             slot = slots.get(peer["peer"])
@@ -120,6 +121,7 @@ class TlsgwCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         now = time.time()
         board = self.board.read()
+        self.health = health_lookup(self.health_buf, board)
         config = board.get("config", {})
         values = self.table.read()
         fams = {name: _family(name) for name in FAMILIES}

@@ -23,7 +23,7 @@ from tlsgw import logs, statuspage
 from tlsgw.admin import metrics as admin_metrics
 from tlsgw.admin import routes, steering
 from tlsgw.admin import table as stats_table
-from tlsgw.admin.board import Board
+from tlsgw.admin.board import Board, health_lookup
 from tlsgw.admin.http import MAX_LINE, HTTPError, Request, Response, Server
 from tlsgw.process import control, procctl
 
@@ -68,8 +68,10 @@ class Token:
 class App:
     """The endpoint's handlers (see :data:`tlsgw.admin.routes.ROUTES`)."""
 
-    def __init__(self, generation: Any, board: Board, master_pid: int, log: logs.ErrorLog):
+    def __init__(self, generation: Any, board: Board, master_pid: int, log: logs.ErrorLog,
+                 health_buf: Any = None):
         self.generation = generation
+        self.health_buf = health_buf  # the master's health zone (one mapping for its lifetime)
         self.cfg = generation.cfg
         self.board = board
         self.master_pid = master_pid
@@ -78,7 +80,7 @@ class App:
         self.reloading = asyncio.Lock()
         self.registry = self.collector = None
         if stats_table.TABLE is not None:
-            self.collector = admin_metrics.TlsgwCollector(stats_table.TABLE, board, generation)
+            self.collector = admin_metrics.TlsgwCollector(stats_table.TABLE, board, health_buf)
             self.registry = admin_metrics.registry(self.collector)
         self.link = steering.MasterLink(None, master_pid)  # the channel is set by AdminProcess
 
@@ -119,7 +121,8 @@ class App:
                 cert["days_left"] = round((cert["expiry_timestamp"] - now) / 86400, 1)
         if self.collector is not None:
             admin_metrics.live(self.collector, doc)
-        return steering.annotate(doc, board.get("steering", []), self.generation.health)
+        return steering.annotate(doc, board.get("steering", []),
+                                 health_lookup(self.health_buf, board))
 
     async def status_json(self, req: Request) -> Response:
         return Response.json(self.status())
@@ -163,13 +166,13 @@ class App:
 
 class AdminProcess:
     def __init__(self, generation: Any, channel: socket.socket | None, master_pid: int,
-                 sock: socket.socket, board: Board):
+                 sock: socket.socket, board: Board, health_buf: Any = None):
         cfg = generation.cfg
         self.channel = channel
         self.sock = sock
         self.log = logs.ErrorLog(logs.sink(cfg.error_log.target), cfg.error_log_level)
         logs.install(self.log)
-        self.app = App(generation, board, master_pid, self.log)
+        self.app = App(generation, board, master_pid, self.log, health_buf)
         self.app.link.channel = channel
         self.done = asyncio.Event()
 
@@ -200,7 +203,7 @@ class AdminProcess:
 
 
 def run_admin(generation: Any, channel: socket.socket | None, master_pid: int,
-              sock: socket.socket, board: Board) -> int:
+              sock: socket.socket, board: Board, health_buf: Any = None) -> int:
     """Entry point in the forked child (the master's signals still blocked)."""
     import uvloop
 
@@ -218,7 +221,8 @@ def run_admin(generation: Any, channel: socket.socket | None, master_pid: int,
     loop = uvloop.new_event_loop()
     asyncio.set_event_loop(loop)
     try:
-        loop.run_until_complete(AdminProcess(generation, channel, master_pid, sock, board).run())
+        loop.run_until_complete(AdminProcess(generation, channel, master_pid, sock, board,
+                                                 health_buf).run())
         return 0
     finally:
         logs.flush_all()

@@ -164,7 +164,7 @@ class Master:
                         sock.close()
                     assert self.admin_sock is not None and self.board is not None
                     code = run_admin(self.generation, theirs, self.pid, self.admin_sock,
-                                     self.board)
+                                     self.board, self.health_zone.buf)
                 elif slot == HELPER:
                     from tlsgw.health.helper import run_helper
 
@@ -274,6 +274,7 @@ class Master:
             "stopping": self.stopping,
             "config": self._description,
             "steering": [[u, s, st] for (u, s), st in steer.STEERING.states.items()],
+            "health": self.generation.health_slots,  # {upstream: {peer: slot}}, as served now
         })
 
     def reap(self) -> None:
