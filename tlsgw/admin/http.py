@@ -180,6 +180,15 @@ class Server:
             if self.connections > MAX_CONNECTIONS:
                 writer.write(encode(Response.text("too many admin connections", 503),
                                     close=True))
+                # a lingering close: the request the client sends meanwhile is read and
+                # dropped, since closing with it unread would reset the connection and the
+                # client could lose the answer
+                try:
+                    await writer.drain()
+                    writer.write_eof()
+                    await asyncio.wait_for(reader.read(MAX_LINE), 1.0)
+                except (OSError, TimeoutError):
+                    pass
                 return
             while True:
                 try:
