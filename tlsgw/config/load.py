@@ -314,7 +314,7 @@ class Loader:
             if hc is not None and hc.match is not None and hc.match not in matches:
                 self.error(_Line(srv.source.get("health_check") or srv.line),
                            f'match "{hc.match}" not found in "health_check"')
-        groups = self.groups(servers)
+        groups = self.groups(servers, main.get("worker_processes") or 1)
         error_target, level = main["error_log"]
         error_line = nodes["error_log"].start_mark.line + 1 if "error_log" in nodes else 0
         self.check_log_target(error_target, nodes.get("error_log"))
@@ -338,16 +338,17 @@ class Loader:
             source=self.lines(nodes),
         )
 
-    def groups(self, servers: list[ServerConfig]) -> list[ListenGroup]:
+    def groups(self, servers: list[ServerConfig], workers: int = 1) -> list[ListenGroup]:
         self.report(checks.listen_conflicts(servers))
         self.report(checks.listen_sockets(servers))
+        self.report(checks.udp(servers, workers))
         by: dict[str, tuple[Listen, list[ServerConfig]]] = {}
         for srv in servers:
             for ls in srv.listens:
-                if ls.address.name not in by:
-                    by[ls.address.name] = (ls, [srv])
+                if ls.key_name not in by:
+                    by[ls.key_name] = (ls, [srv])
                     continue
-                first, members = by[ls.address.name]
+                first, members = by[ls.key_name]
                 if ls.ssl != first.ssl:
                     self.error(None if not ls.line else _Line(ls.line), f'listen "{ls.text}" has '
                                '"ssl" in one server and not in another')
@@ -692,6 +693,14 @@ class Loader:
                     self.error(node, f'invalid parameter "{w}" of the "listen" directive{hint}')
             except UnitError as exc:
                 self.error(node, f'{exc} of the "listen" directive')
+        if values.get("udp"):  # nginx's ngx_stream_core_listen
+            if addrs[0].name.startswith("unix:"):
+                self.error(node, 'the "udp" parameter is not supported by tlsgw on the unix '
+                           f'socket "{words[0]}" of the "listen" directive')
+            for name in ("ssl", "proxy_protocol", "backlog", "so_keepalive"):
+                if name in values:
+                    self.error(node, f'"{name}" parameter is incompatible with "udp" in '
+                               '"listen"')
         return Listen(address=addrs[0], text=words[0], line=node.start_mark.line + 1, **values)
 
     def proxy_pass(self, target: str, node: Node, upstreams: dict[str, UpstreamConfig],

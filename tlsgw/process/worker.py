@@ -36,7 +36,7 @@ from tlsgw.balancer import Upstream
 from tlsgw.config.model import ListenGroup
 from tlsgw.process import control, procctl
 from tlsgw.process.memory import MemoryReturn
-from tlsgw.proxy import phases
+from tlsgw.proxy import datagram, phases
 from tlsgw.proxy.context import WorkerContext
 from tlsgw.proxy.pump import ENDED, Session
 from tlsgw.runtime.generation import Generation, build_file
@@ -186,6 +186,10 @@ class Worker:
     async def start_server(self, group: ListenGroup, sock: socket.socket) -> None:
         key = Generation.route_key(group)
         factory = self.accepts[key]
+        if group.listen.udp:  # read by the worker's own datagram listener
+            self.servers[key] = datagram.Listener(self.loop, sock, factory,  # type: ignore[assignment]
+                                                  self.error_log)
+            return
         if sock.family == socket.AF_UNIX:
             srv = await self.loop.create_unix_server(factory, sock=sock,
                                                      backlog=group.listen.backlog)
