@@ -166,6 +166,9 @@ class Worker:
         if self.retire_timer is not None:
             self.retire_timer.cancel()
         ctx = self.context
+        # UDP sessions end now, as nginx ends them on shutdown (with the default proxy_timeout
+        # they would hold the stop for worker_shutdown_timeout)
+        datagram.shutdown(ctx)
         if not self.immediate and ctx.sessions:
             ctx.draining = True
             self.error_log.log("notice", f"gracefully shutting down, {len(ctx.sessions)} "

@@ -515,3 +515,12 @@ class UdpSession:
                                                     self.up_sent) if counts else None),
                 self.conn_id)
 
+
+
+def shutdown(ctx: WorkerContext) -> None:
+    """The worker is stopping: end its UDP sessions, ``disconnected on shutdown`` (nginx's
+    ``ngx_stream_proxy_process`` does so at a UDP session's next event once the worker exits)."""
+    for s in [s for s in ctx.sessions if isinstance(s, UdpSession)]:
+        if ctx.log_info:
+            ctx.error_log.log("info", "disconnected on shutdown", s.conn_id)
+        s.finalize(Status.OK)
