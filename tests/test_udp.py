@@ -27,6 +27,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -375,6 +376,63 @@ def test_reload_keeps_the_socket_and_old_sessions(tmp_path):
         for s in (a, b, old, new):
             s.close()
         gw.stop()
+
+
+# ---- health_check udp ----------------------------------------------------------------------------
+class Pong:
+    """A UDP server answering ``PONG <datagram>`` to every datagram, in a thread."""
+
+    def __init__(self) -> None:
+        self.sock = silent()
+        self.sock.settimeout(0.1)
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self) -> None:
+        while not self.stopped.is_set():
+            try:
+                data, peer = self.sock.recvfrom(2048)
+            except TimeoutError:
+                continue
+            self.sock.sendto(b"PONG " + data, peer)
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.thread.join(5)
+        self.sock.close()
+
+
+def test_health_check_udp_with_match_and_icmp(tmp_path):
+    pong = Pong()
+    dead = udp_port()
+    gw = Gateway(tmp_path, f"""
+        error_log: stderr info
+        health_check_timeout: 500ms
+        match:
+          pong: {{send: "PING", expect: "~ ^PONG PING$"}}
+        upstreams:
+          hc:
+            servers: [127.0.0.1:{dead}, {addr(pong.sock)}]
+        servers:
+          - listen: 127.0.0.1:0 udp
+            proxy_responses: 1
+            health_check: udp interval=200ms match=pong
+            proxy_pass: hc
+        """)
+    try:
+        gw.start()
+        text = gw.wait_log(f'upstream server 127.0.0.1:{dead} of "hc" is down (connection '
+                           "refused")
+        assert f'{addr(pong.sock)} of "hc" is down' not in text  # its reply matched
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as c:  # sessions skip the down one
+            c.settimeout(5)
+            for n in range(3):
+                c.sendto(b"hi %d" % n, (gw.host(0), gw.port(0)))
+                assert c.recvfrom(100)[0] == b"PONG hi %d" % n
+    finally:
+        gw.stop()
+        pong.stop()
 
 
 # ---- check ----------------------------------------------------------------------------------
