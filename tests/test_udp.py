@@ -378,6 +378,39 @@ def test_reload_keeps_the_socket_and_old_sessions(tmp_path):
         gw.stop()
 
 
+# ---- several workers: reuseport keeps a client in one worker ------------------------------------
+def test_two_workers_with_reuseport_keep_a_client_in_one_session(tmp_path):
+    upstream = silent()
+    port = udp_port()
+    gw = Gateway(tmp_path, f"""
+        worker_processes: 2
+        error_log: stderr info
+        servers:
+          - listen: 127.0.0.1:{port} udp reuseport
+            proxy_timeout: 5s
+            proxy_pass: {addr(upstream)}
+        """, workers=2)
+    clients = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(8)]
+    try:
+        gw.start()
+        seen: dict[int, set] = {}
+        for _ in range(3):
+            for n, c in enumerate(clients):
+                c.sendto(b"%d" % n, ("127.0.0.1", port))
+                data, source = upstream.recvfrom(10)
+                seen.setdefault(int(data), set()).add(source)
+        # every client's datagrams reached one worker's session: one upstream socket each
+        assert all(len(sources) == 1 for sources in seen.values()), seen
+        assert len({next(iter(s)) for s in seen.values()}) == len(clients)
+        workers = set(re.findall(r"(\d+)#\d+: \*\d+ udp client", gw.stderr()))
+        assert workers <= {str(p) for p in gw.worker_pids()}
+    finally:
+        for c in clients:
+            c.close()
+        upstream.close()
+        gw.stop()
+
+
 # ---- health_check udp ----------------------------------------------------------------------------
 class Pong:
     """A UDP server answering ``PONG <datagram>`` to every datagram, in a thread."""
