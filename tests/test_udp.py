@@ -13,7 +13,8 @@ One gateway for the module, one listening address per behaviour:
 4. the same without ``proxy_responses``: ``udp timed out``, 200;
 5. ``udp_max_sessions 4`` against a flood from 30 source ports: 4 sessions, a warn line;
 6. ``proxy_requests 1`` and ``proxy_responses 0``: every datagram its own session;
-7. a wildcard address: the answer comes from the address the client sent to.
+7. wildcard addresses (0.0.0.0, and [::] dual-stack): the answer comes from the address the
+   client sent to.
 """
 
 from __future__ import annotations
@@ -137,11 +138,12 @@ def dns(tmp_path_factory) -> Iterator[tuple[Dnsmasq, Dnsmasq]]:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory, dns):
-    """(gateway, dns servers, silent upstreams by use, the wildcard's port)."""
+    """(gateway, dns servers, silent upstreams by use, the wildcard listeners' ports)."""
     one, two = dns
     quiet = {name: silent() for name in ("timeout", "unlimited", "flood", "per-datagram")}
     dead = udp_port()
     wild = udp_port("0.0.0.0")
+    wild6 = udp_port("::")
     config = f"""
         error_log: stderr info
         log_format:
@@ -182,9 +184,12 @@ def world(tmp_path_factory, dns):
           - listen: 0.0.0.0:{wild} udp
             proxy_responses: 1
             proxy_pass: 127.0.0.1:{two.port}
+          - listen: "[::]:{wild6} udp ipv6only=off"
+            proxy_responses: 1
+            proxy_pass: 127.0.0.1:{one.port}
         """
     gw = Gateway(tmp_path_factory.mktemp("udp-gw"), config).start()
-    yield gw, dns, quiet, wild
+    yield gw, dns, quiet, (wild, wild6)
     gw.stop()
     for s in quiet.values():
         s.close()
@@ -334,11 +339,17 @@ def test_proxy_requests_1_makes_every_datagram_a_session(world):
 
 
 def test_wildcard_listener_answers_from_the_address_asked(world):
-    gw, _, _, wild = world
+    gw, _, _, (wild, wild6) = world
     # dig ignores an answer from another source address than the one it asked
     assert dig(wild, server="127.0.0.5") == "10.0.0.2"
     line = access(gw, wild)[0]
     assert line.startswith(f"UDP 127.0.0.5:{wild} 127.0.0.1:"), line
+    # a dual-stack wildcard: IPv4 clients (as ::ffff:a.b.c.d, as for TCP) and IPv6 ones
+    assert dig(wild6, server="127.0.0.6") == "10.0.0.1"
+    assert dig(wild6, server="::1") == "10.0.0.1"
+    lines = access(gw, wild6, 2)
+    assert lines[0].startswith(f"UDP ::ffff:127.0.0.6:{wild6} ::ffff:127.0.0.1:"), lines
+    assert lines[1].startswith(f"UDP ::1:{wild6} ::1:"), lines
 
 
 # ---- reload: the UDP socket is kept, open sessions live on with their generation ----------------

@@ -197,9 +197,8 @@ def _pktinfo(anc: list[tuple[int, int, bytes]]) -> tuple[str | None, Any]:
                     [(socket.IPPROTO_IP, IP_PKTINFO, struct.pack("=i4s4s", 0, dst, b"\0" * 4))])
         if level == socket.IPPROTO_IPV6 and kind == socket.IPV6_PKTINFO and len(data) >= 20:
             dst = data[:16]  # struct in6_pktinfo: addr, ifindex
-            host = socket.inet_ntop(socket.AF_INET6, dst)
-            return (host.removeprefix("::ffff:") if host.startswith("::ffff:") and "." in host
-                    else host,
+            # an IPv4 one on a dual-stack socket stays ::ffff:a.b.c.d, as for TCP and nginx
+            return (socket.inet_ntop(socket.AF_INET6, dst),
                     [(socket.IPPROTO_IPV6, socket.IPV6_PKTINFO, dst + b"\0\0\0\0")])
     return None, None
 
@@ -226,9 +225,8 @@ class UdpSession:
         self.rt = route.rt
         self.listen_name = route.name
         self.key, self.addr, self.cmsg = key, addr, cmsg
+        # an IPv4 client of a dual-stack socket is ::ffff:a.b.c.d, as for TCP (and nginx)
         self.remote_addr, self.remote_port = addr[0], addr[1]
-        if self.remote_addr.startswith("::ffff:") and "." in self.remote_addr:
-            self.remote_addr = self.remote_addr[7:]  # an IPv4 client of a dual-stack socket
         self.server_addr = local or listener.local[0]
         self.server_port = listener.local[1]
         self.start = self.last = _monotonic()
