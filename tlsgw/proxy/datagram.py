@@ -125,6 +125,8 @@ class Listener:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
+                if self.fd < 0:  # closed meanwhile: its last session ended
+                    return
                 continue  # an error queued on the socket (none is expected without IP_RECVERR)
             if wildcard:
                 local, cmsg = _pktinfo(anc)
@@ -136,6 +138,8 @@ class Listener:
                 session.from_client(data)
             elif not self.closing:
                 self.new_session(key, data, addr, local, cmsg)
+            elif self.fd < 0:  # a removed listener whose last session just ended
+                return
 
     def new_session(self, key: Any, data: bytes, addr: Any, local: str | None,
                     cmsg: Any) -> None:
