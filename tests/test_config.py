@@ -167,7 +167,7 @@ def test_on_off_spellings(tmp_path):
     (GOOD.replace("127.0.0.1:7001", "127.0.0.1:7001 wieght=2"), 'FILE:4: invalid parameter "wieght" in upstream server "127.0.0.1:7001"; did you mean "weight"?'),
     (GOOD.replace("127.0.0.1:7001", "127.0.0.1:7001 weight=0"), 'FILE:4: invalid number "0" (must be at least 1) in "weight" of upstream server "127.0.0.1:7001"'),
     # unsupported listen parameter is rejected, not ignored
-    (GOOD.replace("127.0.0.1:9000", "127.0.0.1:9000 udp"), 'FILE:6: the "udp" parameter is not supported by tlsgw yet in "listen"'),
+    (GOOD.replace("127.0.0.1:9000", "127.0.0.1:9000 fastopen=5"), 'FILE:6: the "fastopen" parameter is not supported by tlsgw yet in "listen"'),
     # PROXY protocol values
     (GOOD + "    proxy_protocol: v3\n", 'FILE:8: invalid value "v3", it must be "off", "on" or "v2" in "proxy_protocol"'),
     (GOOD + "    set_real_ip_from: [10.0.0.0/8, 10.0.0.0/33]\n", 'FILE:8: "10.0.0.0/33" is not an address, a CIDR block or "unix:" in "set_real_ip_from"'),

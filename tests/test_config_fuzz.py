@@ -348,15 +348,18 @@ def test_alias_bomb_and_deep_nesting_are_refused_by_the_cli(lab):
 
 
 # ---- check accepts => serve starts -----------------------------------------------------------
-def _listening(port: int) -> bool:
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+def _listening(port: int, udp: bool = False) -> bool:
+    """A TCP socket listening on ``port``, or with ``udp`` a UDP socket bound to it (state 07,
+    "closed", is how /proc shows an unconnected UDP socket)."""
+    tables = ("/proc/net/udp", "/proc/net/udp6") if udp else ("/proc/net/tcp", "/proc/net/tcp6")
+    for table in tables:
         try:
             rows = Path(table).read_text().splitlines()[1:]
         except OSError:
             continue
         for row in rows:
             local, state = row.split()[1], row.split()[3]
-            if state == "0A" and int(local.rsplit(":", 1)[1], 16) == port:
+            if state == ("07" if udp else "0A") and int(local.rsplit(":", 1)[1], 16) == port:
                 return True
     return False
 
@@ -365,7 +368,7 @@ def serve_starts(path: Path) -> None:
     """Serve an accepted configuration whose listeners are all on rewritten loopback ports:
     it must bind them, fork its workers and stop on SIGTERM, with no traceback."""
     cfg = checked(str(path))
-    ports = [g.listen.address.port for g in cfg.groups]
+    ports = [(g.listen.address.port, g.listen.udp) for g in cfg.groups]
     err = path.with_suffix(".stderr")
     with open(err, "wb") as fh:
         proc = subprocess.Popen([sys.executable, "-m", "tlsgw", "serve", "-c", str(path)],
@@ -381,7 +384,7 @@ def serve_starts(path: Path) -> None:
             workers = len(children.read_text().split())
         except OSError:
             return False
-        return workers >= cfg.worker_processes and all(_listening(p) for p in ports)
+        return workers >= cfg.worker_processes and all(_listening(*p) for p in ports)
 
     try:
         wait_until(started, timeout=30, what="tlsgw serve to listen with its workers")

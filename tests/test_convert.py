@@ -66,7 +66,7 @@ def _nginx_t(conf: Path, prefix: Path) -> subprocess.CompletedProcess[str]:
 # ---- the corpus ----------------------------------------------------------------------------------
 def test_stream_sample():
     """nginx's documented stream example: a weighted consistent-hash upstream, a unix-socket
-    server, a UDP DNS server (a comment: UDP is not supported yet), an IPv6 listener that
+    server, a UDP DNS server (``listen ... udp reuseport``, ``proxy_responses``), an IPv6 listener that
     proxies to a unix socket."""
     path = str(CORPUS / "stream-sample.conf")
     result = convert(path)
@@ -80,19 +80,14 @@ def test_stream_sample():
         {"listen": 12345, "proxy_connect_timeout": "1s", "proxy_timeout": "3s",
          "proxy_pass": "backend"},
         {"listen": "unix:/tmp/tlsgw-convert-sample.sock", "proxy_pass": "backend"},
+        {"listen": "127.0.0.1:53 udp reuseport", "proxy_timeout": "20s", "proxy_responses": 1,
+         "proxy_pass": "dns"},
         {"listen": "[::1]:12345", "proxy_pass": "unix:/tmp/stream.socket"}]
     assert "  - listen: '[::1]:12345'\n" in result.text
-    # the UDP server is kept as nginx text, in comments where it stood
-    assert ("  # server {}: \"listen\" parameter \"udp\" is not supported by tlsgw yet "
-            f"({path}:37):\n  #     server {{\n  #         listen 127.0.0.1:53 udp reuseport;\n"
-            "  #         proxy_responses 1;\n") in result.text
     assert result.skipped == [
         f'"events" skipped (tlsgw\'s workers each run one event loop, without a connection '
         f"cap) in {path}:7"]
-    assert result.warnings == [
-        f'"proxy_responses" not supported by tlsgw yet, written as a comment in {path}:39',
-        f'server {{ }} written as a comment: "listen" parameter "udp" is not supported by tlsgw '
-        f"yet in {path}:37"]
+    assert result.warnings == []
 
 
 def test_tls_terminating_server(tmp_path, pki):
@@ -175,7 +170,8 @@ def test_unsupported_become_comments():
     assert cfg["upstreams"]["backend"] == {"servers": ["127.0.0.1:7001 weight=2"]}
     assert cfg["servers"] == [{"listen": "127.0.0.1:9443", "ssl_preread": True,
                                "proxy_pass": "$name"},
-                              {"listen": "127.0.0.1:9501", "proxy_pass": "backend"}]
+                              {"listen": "127.0.0.1:9501", "proxy_requests": 1,
+                               "proxy_pass": "backend"}]
     assert cfg["map"] == {"$name": {"source": "$ssl_preread_server_name", "default": "backend",
                                     "entries": {"api.example.com": "api"}}}
     warned = {re.match(r'"?([^" ]+)', w).group(1): w for w in result.warnings}
@@ -184,7 +180,7 @@ def test_unsupported_become_comments():
     assert cfg["resolver"] == "127.0.0.1 valid=30s"  # supported since (DNS discovery)
     for name, line in [("user", 2), ("limit_conn_zone", 15),
                        ("zone", 24), ("limit_conn", 35),
-                       ("allow", 36), ("deny", 37), ("proxy_requests", 44),
+                       ("allow", 36), ("deny", 37),
                        ("error_log", 45), ("listen", 42)]:
         assert warned[name].endswith(f" in {path}:{line}"), name
         assert f"# {name}: " in result.text and f"({path}:{line}):" in result.text
@@ -366,7 +362,7 @@ def test_cli_usage_and_unreadable(tmp_path):
     assert r.returncode == 0 and "Read an nginx configuration" in r.stdout
     r = run_cli("convert", str(CORPUS / "stream-sample.conf"))
     assert r.returncode == 0 and r.stdout == convert(str(CORPUS / "stream-sample.conf")).text
-    assert r.stderr.count("tlsgw: [warn] ") == 2
+    assert r.stderr.count("tlsgw: [warn] ") == 0
     assert r.stderr.startswith('tlsgw: [notice] "events" skipped ')
 
 
@@ -500,13 +496,13 @@ def test_one_word_with_white_space_is_one_value(tmp_path):
     assert _yaml(result.text)["proxy_timeout"] == "1h 30m" and result.warnings == []
 
 
-def test_sample_remainder_passes_check(tmp_path):
-    """What is converted of a file with unsupported parts still passes check."""
+def test_sample_converts_whole_and_passes_check(tmp_path):
+    """nginx's stream sample, its UDP DNS server included, converts and passes check."""
     out = tmp_path / "tlsgw.yaml"
     assert run_cli("convert", str(CORPUS / "stream-sample.conf"), "-o", str(out)).returncode == 0
     r = run_cli("check", "-c", str(out))
     assert r.returncode == 0, r.stderr
-    assert 'upstream "dns" is not used by any server' in r.stderr  # its UDP server is a comment
+    assert 'upstream "dns" is not used' not in r.stderr  # its UDP server is converted
 
 
 def test_several_error_logs_at_the_main_level(tmp_path):

@@ -161,15 +161,15 @@ def test_helper_is_restarted_and_exits_with_the_master(backends, gateway):
     assert not Path(f"/proc/{helper}").exists()
 
 
-def test_check_rejects_unknown_match_and_udp(tmp_path):
+def test_check_rejects_unknown_match_and_persistent(tmp_path):
     f = tmp_path / "t.yaml"
     f.write_text("upstreams:\n  u:\n    servers: [127.0.0.1:1]\nservers:\n"
                  "  - listen: 127.0.0.1:0\n    proxy_pass: u\n    health_check: match=nope\n"
-                 "  - listen: 127.0.0.1:1\n    proxy_pass: u\n    health_check: udp\n")
+                 "  - listen: 127.0.0.1:1\n    proxy_pass: u\n    health_check: persistent\n")
     r = run_cli("check", "-c", str(f))
     assert r.returncode == 1
     assert f'{f}:7: match "nope" not found in "health_check"' in r.stderr
-    assert f'{f}:10: the "udp" parameter is not supported yet' in r.stderr
+    assert f'{f}:10: the "persistent" parameter is not supported yet' in r.stderr
 
 
 def test_unix_socket_server_is_checked_too(backends, gateway, tmp_path):

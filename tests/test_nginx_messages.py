@@ -43,7 +43,7 @@ def errors_of(tmp_path: Path, text: str) -> list[str]:
 def test_no_nginx_directive_gets_a_misleading_suggestion(tmp_path, context):
     """Every nginx stream directive, written where a user might: either tlsgw has it (here or
     elsewhere, and says where), or it says what tlsgw does instead; never "did you mean" some
-    other directive (proxy_responses is no typo of proxy_pass)."""
+    other directive (proxy_upload_rate is no typo of proxy_timeout)."""
     indent = {"main": "", "server": "    ", "upstream": "    "}[context]
     bad = []
     for name in NGINX_DIRECTIVES:
@@ -62,8 +62,8 @@ def test_no_nginx_directive_gets_a_misleading_suggestion(tmp_path, context):
     ("worker_connections", "file-descriptor limit"),
     ("user", "start it as the user it should run as"),
     ("zone", "peer state per worker"),
-    ("proxy_responses", "does not support yet"),
-    ("proxy_requests", "does not support yet"),
+    ("proxy_upload_rate", "does not support yet"),
+    ("limit_conn", "does not support yet"),
 ])
 def test_nginx_only_directives_get_an_answer(tmp_path, name, said):
     errs = errors_of(tmp_path, BASE.format(upstream="", server="", main=f"{name}: 1"))

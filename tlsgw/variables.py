@@ -121,7 +121,7 @@ VARIABLES: dict[str, tuple[Getter, bool]] = {
     "remote_port": (lambda s: str(s.remote_port), False),
     "server_addr": (lambda s: s.server_addr, False),
     "server_port": (lambda s: str(s.server_port), False),
-    "protocol": (lambda s: "TCP", False),
+    "protocol": (lambda s: getattr(s, "protocol", "TCP"), False),  # UdpSession's is "UDP"
     "connection": (lambda s: str(s.conn_id), False),
     "pid": (lambda s: str(s.ctx.pid), False),
     "hostname": (lambda s: s.ctx.hostname, True),

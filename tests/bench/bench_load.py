@@ -10,6 +10,9 @@ They run on the client CPUs (the runner pins itself there; children inherit the 
   requests, so the rate is ``connections / (delay + latency)``.
 * New plaintext connection per request: wrk with ``Connection: close``; the backend closes after
   the response, the gateway passes the close on and wrk reconnects.
+* UDP request/response: :func:`udp`, a closed loop of connected UDP sockets, each sending its
+  next datagram when the answer to the last one has come (a lost one is sent again after
+  :data:`UDP_RESEND` seconds and counted as an error).
 * New TLS connection per request: ``openssl s_time -new`` (full handshake each time) or
   ``-reuse`` (resumed). wrk is not used for these: it reuses the TLS session when it reconnects,
   so it cannot make full handshakes. Each s_time process is sequential, so several run at once.
@@ -21,6 +24,8 @@ import asyncio
 import contextlib
 import math
 import re
+import selectors
+import socket
 import subprocess
 import time
 from collections.abc import Callable
@@ -192,3 +197,57 @@ def wait_quiet(cpu: Callable[[], float], limit: float = 5.0) -> None:
         if math.isclose(now, last, abs_tol=0.005):
             return
         last = now
+
+
+#: seconds a UDP client waits for an answer before it sends again (and counts an error)
+UDP_RESEND = 0.5
+UDP_REQUEST = b"q" * 40  # a DNS-sized query
+
+
+def udp(port: int, duration: int, clients: int) -> Load:
+    """``clients`` connected UDP sockets toward ``port``, each with one request in flight."""
+    sel = selectors.DefaultSelector()
+    socks: list[socket.socket] = []
+    sent: dict[socket.socket, float] = {}
+    load = Load()
+    try:
+        for _ in range(clients):
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            socks.append(s)
+            s.connect((HOST, port))
+            s.setblocking(False)
+            sel.register(s, selectors.EVENT_READ)
+        now = time.monotonic()
+        deadline = now + duration
+        for s in socks:
+            s.send(UDP_REQUEST)
+            sent[s] = now
+        while now < deadline:
+            for key, _ in sel.select(0.1):
+                s = key.fileobj  # type: ignore[assignment]
+                try:
+                    data = s.recv(65535)
+                except BlockingIOError:
+                    continue
+                except OSError:  # ECONNREFUSED: the gateway is not there
+                    load.errors += 1
+                    data = b""
+                if data:
+                    load.requests += 1
+                    load.bytes += len(data)
+                s.send(UDP_REQUEST)
+                sent[s] = time.monotonic()
+            now = time.monotonic()
+            for s, at in sent.items():
+                if now - at > UDP_RESEND:
+                    load.errors += 1
+                    with contextlib.suppress(OSError):
+                        s.send(UDP_REQUEST)
+                    sent[s] = now
+    finally:
+        sel.close()
+        for s in socks:
+            s.close()
+    if load.errors:
+        load.notes.append(f"{load.errors} datagrams unanswered within {UDP_RESEND}s")
+    return load

@@ -1,7 +1,8 @@
 """The processes under test and the backend behind them, with equivalent configurations.
 
 * :class:`Backend`: nginx ``http {}``, one worker, serving ``/100b`` and ``/1m`` (1 MiB) from a
-  temporary root, keep-alive for a practically unlimited number of requests.
+  temporary root, keep-alive for a practically unlimited number of requests; and a UDP server
+  (nginx ``stream {}`` ``return``) answering every datagram with one of :data:`UDP_REPLY`.
 * :class:`NginxGateway` and :class:`TlsgwGateway`: one worker each, a plaintext listener and a
   TLS listener (same ECDSA P-256 certificate, ``TLSv1.2 TLSv1.3``, ``shared:SSL:10m``), one
   upstream ``hash $remote_addr consistent`` with the backend as its only server, every other
@@ -31,6 +32,8 @@ NGINX_STREAM_MODULE = "/usr/lib/nginx/modules/ngx_stream_module.so"
 LOG_FORMAT = ('$remote_addr [$time_local] $protocol $status $bytes_sent $bytes_received '
               '$session_time "$upstream_addr" $ssl_protocol $ssl_session_reused')
 FILES = {"100b": 100, "1m": 1024 * 1024}
+#: what the UDP backend answers to every datagram (a DNS-sized answer)
+UDP_REPLY = "a" * 100
 
 
 def nofile_limit() -> int:
@@ -111,10 +114,11 @@ class Backend(_Server):
     name = "backend nginx"
 
     def __init__(self, workdir: Path, cpus: list[int] | None, cap: int, port: int,
-                 tls_port: int | None = None, certs: Path | None = None):
+                 tls_port: int | None = None, certs: Path | None = None, udp_port: int = 0):
         super().__init__(workdir, cpus, cap)
         self.port = port
         self.tls_port, self.certs = tls_port, certs  # the pass-through target of ssl_preread
+        self.udp_port = udp_port
 
     def start(self) -> None:
         www = self.dir / "www"
@@ -129,12 +133,22 @@ class Backend(_Server):
             f"        ssl_certificate {self.certs}/server.pem;\n"
             f"        ssl_certificate_key {self.certs}/server.key;")
         conf = self.dir / "nginx.conf"
+        udp = "" if not self.udp_port else f"""
+load_module {NGINX_STREAM_MODULE};"""
+        stream = "" if not self.udp_port else f"""
+stream {{
+    access_log off;
+    server {{
+        listen {HOST}:{self.udp_port} udp;
+        return "{UDP_REPLY}";
+    }}
+}}"""
         conf.write_text(f"""\
 worker_processes 1;
 pid {self.dir}/nginx.pid;
-error_log {self.dir}/error.log error;
+error_log {self.dir}/error.log error;{udp}
 worker_rlimit_nofile {nofile};
-events {{ worker_connections {nofile // 2}; }}
+events {{ worker_connections {nofile // 2}; }}{stream}
 http {{
     access_log off;
     sendfile on;
@@ -166,8 +180,12 @@ class Gateway(_Server):
         self.src = src  # the tree whose tlsgw package runs (tlsgw only)
         self.backend_port = backend_port
         self.certs = certs
-        self.plain_port, self.tls_port_wanted = procs.free_ports(2)
+        self.plain_port, self.tls_port_wanted, self.udp_port_wanted = procs.free_ports(3)
         self.tls_port: int | None = self.tls_port_wanted
+        #: the backend's UDP server (set by the runner for the UDP scenario), the UDP listener
+        self.backend_udp_port = 0
+        self.udp_port: int | None = None
+        self.udp_na: str | None = None  # why the UDP row is n/a
         self.tls_na: str | None = None  # why TLS rows are n/a
         # the ssl_preread address (names passed through to the backend's TLS listener,
         # "localhost" terminated) and, for nginx, the loopback hop to its terminating server
@@ -189,6 +207,17 @@ class Gateway(_Server):
 
 class NginxGateway(Gateway):
     name = "nginx"
+
+    def udp_server(self) -> str:
+        if not self.backend_udp_port:
+            return ""
+        self.udp_port = self.udp_port_wanted
+        return f"""
+    server {{
+        listen {HOST}:{self.udp_port} udp;
+        proxy_responses 1;
+        proxy_pass {HOST}:{self.backend_udp_port};
+    }}"""
 
     def start(self, access_log: bool) -> None:
         self.access_log = self.dir / "access.log" if access_log else None
@@ -220,7 +249,7 @@ stream {{
         ssl_protocols TLSv1.2 TLSv1.3;
         ssl_session_cache shared:SSL:10m;
         proxy_pass backend;
-    }}
+    }}{self.udp_server()}
 {self.preread_nginx()}}}
 """)
         self._start(["nginx", "-p", str(self.dir), "-c", str(conf), "-g", "daemon off;"])
@@ -258,7 +287,8 @@ stream {{
 class TlsgwGateway(Gateway):
     name = "tlsgw"
 
-    def config(self, access_log: bool, tls: bool, preread: bool = False) -> str:
+    def config(self, access_log: bool, tls: bool, preread: bool = False,
+               udp: bool = False) -> str:
         text = f"""\
 worker_processes: 1
 error_log: {self.dir}/error.log error
@@ -284,6 +314,12 @@ servers:
     ssl_protocols: TLSv1.2 TLSv1.3
     ssl_session_cache: shared:SSL:10m
     proxy_pass: backend
+"""
+        if udp:
+            text += f"""\
+  - listen: {HOST}:{self.udp_port_wanted} udp
+    proxy_responses: 1
+    proxy_pass: {HOST}:{self.backend_udp_port}
 """
         if preread:  # one address: localhost terminated here, other names passed through
             text += f"""\
@@ -320,15 +356,23 @@ map:
         self.access_log = self.dir / "access.log" if access_log else None
         self.tls_port, self.tls_na, self.na = self.tls_port_wanted, None, None
         conf = self.dir / "tlsgw.yaml"
+        udp = bool(self.backend_udp_port)
+        self.udp_port, self.udp_na = (self.udp_port_wanted if udp else None), None
+        if udp:  # a tree without UDP (a baseline) still measures the rest
+            conf.write_text(self.config(access_log, tls=False, udp=True))
+            self.udp_na = self.check(conf)
+            if self.udp_na is not None:
+                udp, self.udp_port = False, None
         self.preread_na = None if self.backend_tls_port else "no TLS backend"
         if self.preread_na is None:  # a tree without ssl_preread still runs the other rows
             conf.write_text(self.config(access_log, tls=True, preread=True))
             self.preread_na = self.check(conf)
-        conf.write_text(self.config(access_log, tls=True, preread=self.preread_na is None))
+        conf.write_text(self.config(access_log, tls=True, preread=self.preread_na is None,
+                                    udp=udp))
         self.tls_na = self.check(conf)
         if self.tls_na is not None:
             self.tls_port = None
-            conf.write_text(self.config(access_log, tls=False))
+            conf.write_text(self.config(access_log, tls=False, udp=udp))
             self.na = self.check(conf)
             if self.na is not None:
                 return

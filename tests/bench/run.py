@@ -52,6 +52,7 @@ from bench_peers import (  # noqa: E402
     HOST,
     NGINX_STREAM_MODULE,
     ROOT,
+    UDP_REPLY,
     Backend,
     Gateway,
     NginxGateway,
@@ -69,7 +70,7 @@ class Scenario:
     key: str
     title: str
     unit: str
-    kind: str  # "wrk", "s_time", "latency" or "idle"
+    kind: str  # "wrk", "s_time", "latency", "idle" or "udp"
     tls: bool = False
     path: str = "/100b"
     connections: int = 32
@@ -91,6 +92,10 @@ class Scenario:
         if self.kind == "s_time":
             return (f"{args.s_time_procs} × openssl s_time {'-reuse' if self.reuse else '-new'} "
                     f"-www {self.path} (HTTP/1.0, one TLS connection per request)")
+        if self.kind == "udp":
+            return (f"{self.connections} connected UDP sockets in one client, each sending a "
+                    f"{len(load.UDP_REQUEST)} B datagram when the {len(UDP_REPLY)} B answer to "
+                    "the last one has come; `proxy_responses 1`, a session per request")
         if self.kind == "latency":
             return (f"wrk -t1 -c{self.connections}, GET {self.path} keep-alive, each connection "
                     f"waits {args.latency_delay} ms between requests "
@@ -122,11 +127,13 @@ SCENARIOS = [
     Scenario("idle-tls", "idle TLS connections", "KiB RSS per connection", "idle", tls=True,
              target="≤ 1.0"),
     Scenario("idle-plain", "idle plaintext connections", "KiB RSS per connection", "idle"),
+    Scenario("udp", "UDP request/response, a session per datagram", "requests per CPU-s",
+             "udp"),
     Scenario("lat-plain", "latency at a moderate rate, plain", "ms", "latency", connections=10),
     Scenario("lat-tls", "latency at a moderate rate, TLS", "ms", "latency", tls=True,
              connections=10),
 ]
-LOGGED = ("conn-plain", "conn-tls-full", "conn-tls-resumed")
+LOGGED = ("conn-plain", "conn-tls-full", "conn-tls-resumed", "udp")
 
 
 def missing_tools() -> list[str]:
@@ -168,10 +175,13 @@ class Bench:
             return load.wrk(f"{scheme}://{HOST}:{port}{sc.path}", duration, sc.connections, script)
         if sc.kind == "s_time":
             return load.s_time(port, duration, sc.reuse, self.args.s_time_procs)
+        if sc.kind == "udp":
+            return load.udp(port, duration, sc.connections)
         raise ValueError(sc.kind)
 
     def measure(self, sc: Scenario, gw: Gateway, logged: bool) -> Sample:
-        port = gw.preread_port if sc.listener else gw.tls_port if sc.tls else gw.plain_port
+        port = (gw.udp_port if sc.kind == "udp" else gw.preread_port if sc.listener
+                else gw.tls_port if sc.tls else gw.plain_port)
         assert port is not None
         if sc.kind == "idle":
             r = load.idle(port, sc.tls, self.args.idle_connections, gw.rss_kib)
@@ -221,8 +231,10 @@ class Bench:
         active = []
         for gw in gateways:
             cell = self.cells.setdefault((pass_name, sc.key, gw.name), Cell())
-            na = gw.na or (gw.tls_na if sc.tls else None) or (gw.preread_na if sc.listener
-                                                               else None)
+            na = gw.na or (gw.tls_na if sc.tls else None) or (
+                gw.preread_na if sc.listener else None) or (
+                (gw.udp_na or ("no UDP listener" if gw.udp_port is None else None))
+                if sc.kind == "udp" else None)
             if na is not None:
                 cell.na = na
             else:
@@ -230,7 +242,8 @@ class Bench:
         rounds = 1 if sc.kind == "idle" else self.args.rounds
         if self.args.warmup and sc.kind != "idle":
             for gw in active:
-                port = gw.preread_port if sc.listener else gw.tls_port if sc.tls else gw.plain_port
+                port = (gw.udp_port if sc.kind == "udp" else gw.preread_port if sc.listener
+                        else gw.tls_port if sc.tls else gw.plain_port)
                 try:
                     self.drive(sc, port, self.args.warmup)  # type: ignore[arg-type]
                 except Exception as exc:  # reported by the measured runs if it persists
@@ -269,11 +282,12 @@ class Bench:
             p.chmod(0o644)
         certs.chmod(0o755)
         self.dir.chmod(0o755)
-        backend_port, backend_tls_port = procs.free_ports(2)
-        backend = Backend(self.dir / "backend", self.client_cpus, args.cap, backend_port,
-                          tls_port=backend_tls_port, certs=certs)
-        backend.dir.mkdir()
+        backend_port, backend_tls_port, udp_port = procs.free_ports(3)
         selected = [sc for sc in SCENARIOS if sc.key in args.scenarios]
+        udp = any(sc.kind == "udp" for sc in selected)  # the backend's UDP server, if measured
+        backend = Backend(self.dir / "backend", self.client_cpus, args.cap, backend_port,
+                          tls_port=backend_tls_port, certs=certs, udp_port=udp_port if udp else 0)
+        backend.dir.mkdir()
         passes = {"off": ["off"], "on": ["on"], "both": ["off", "on"]}[args.access_log]
         try:
             backend.start()
@@ -291,6 +305,7 @@ class Bench:
                         d.mkdir()
                         gw = cls(d, self.gateway_cpus, args.cap, backend_port, certs, src,
                                  backend_tls_port=backend_tls_port)
+                        gw.backend_udp_port = backend.udp_port
                         gw.name = name
                         gateways.append(gw)
                         try:

@@ -140,7 +140,7 @@ def listen_conflicts(servers: Sequence[ServerConfig]) -> list[Finding]:
     for srv in servers:
         mine = set(srv.server_names) or {""}
         for ls in srv.listens:
-            first, names = seen.get(ls.address.name, (ls.line, set()))
+            first, names = seen.get(ls.key_name, (ls.line, set()))
             clash = mine & names
             if clash:
                 name = sorted(clash)[0]
@@ -148,7 +148,7 @@ def listen_conflicts(servers: Sequence[ServerConfig]) -> list[Finding]:
                 out.append(Finding(ls.line, f'{what} "{ls.text}" (also at line {first}); servers '
                                    "sharing a listen address need distinct server_name values"))
             else:
-                seen[ls.address.name] = (first, names | mine)
+                seen[ls.key_name] = (first, names | mine)
     return out
 
 
@@ -161,8 +161,8 @@ def listen_sockets(servers: Sequence[ServerConfig]) -> list[Finding]:
     kernel refuses the second; nginx without ``bind`` opens only the wildcard and picks the
     server by local address), and socket options a unix socket does not have."""
     out = []
-    # port -> [(host, line, takes IPv4 connections, is an IPv6 address)]
-    ports: dict[int, list[tuple[str, int, bool, bool]]] = {}
+    # (port, udp) -> [(host, line, takes IPv4 connections, is an IPv6 address)]
+    ports: dict[tuple[int, bool], list[tuple[str, int, bool, bool]]] = {}
     for srv in servers:
         for ls in srv.listens:
             addr = ls.address
@@ -177,8 +177,8 @@ def listen_sockets(servers: Sequence[ServerConfig]) -> list[Finding]:
                 continue
             ipv6 = ":" in addr.host
             v4 = not ipv6 or (addr.host == "::" and not ls.ipv6only)
-            ports.setdefault(addr.port, []).append((addr.host, ls.line, v4, ipv6))
-    for port, entries in ports.items():
+            ports.setdefault((addr.port, ls.udp), []).append((addr.host, ls.line, v4, ipv6))
+    for (port, _udp), entries in ports.items():
         for host, line, v4, family in entries:
             if host in _WILDCARDS:
                 continue
@@ -275,4 +275,35 @@ def mixed(group: ListenGroup) -> list[Finding]:
         out.append(Finding(extra.source.line("ssl_preread", extra.line), "only one "
                            f'"ssl_preread" server may share "{group.listen.text}" with "listen '
                            '... ssl" servers'))
+    return out
+
+
+# ---- UDP listeners -----------------------------------------------------------------------------
+def udp(servers: Sequence[ServerConfig], workers: int) -> list[Finding]:
+    """What a server with ``listen ... udp`` cannot do (tlsgw.proxy.datagram): TLS toward the
+    upstream (no DTLS, as in nginx), the PROXY protocol toward it (nginx sends it on a
+    session's first datagram only; tlsgw does not), and, with several workers, a UDP socket
+    without ``reuseport`` (one client's datagrams would reach different workers, each with a
+    session of its own, as nginx lets happen)."""
+    out = []
+    for srv in servers:
+        listens = [ls for ls in srv.listens if ls.udp]
+        if not listens:
+            continue
+        where = listens[0].line or srv.line
+        if srv.s.proxy_ssl:
+            out.append(Finding(srv.source.line("proxy_ssl", where), '"proxy_ssl on" cannot be '
+                               f'used with "listen {listens[0].text} udp": there is no TLS over '
+                               "UDP (DTLS) toward upstreams"))
+        if srv.s.proxy_protocol:
+            out.append(Finding(srv.source.line("proxy_protocol", where), '"proxy_protocol" '
+                               f'toward upstreams is not supported by tlsgw with "listen '
+                               f'{listens[0].text} udp"'))
+        if workers > 1:
+            for ls in listens:
+                if not ls.reuseport:
+                    out.append(Finding(ls.line or srv.line, f'"listen {ls.text} udp" needs '
+                                       f'"reuseport" with worker_processes {workers}: without '
+                                       "it one client's datagrams reach different workers, "
+                                       "each making a session of its own"))
     return out

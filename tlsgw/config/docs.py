@@ -214,6 +214,15 @@ _GENERAL_DIFFERENCES = [
     "10.0.0.8:8080)`); nginx logs only failures. Passive failure state (`max_fails`) carries "
     "over by address; per-worker `conns` (`least_conn`, `max_conns`) start again at 0 for the "
     "new list, as after a reload.",
+    "* **UDP** (`listen ... udp`): a client datagram after a session's first, or a reply, "
+    "larger than `proxy_buffer_size` is dropped with an `info` line (nginx cuts it to the "
+    "buffer's free space silently); datagrams the upstream socket cannot take yet are held up "
+    "to `proxy_buffer_size` bytes per session, the rest dropped with a line. At a reload a UDP "
+    "socket is kept and its open sessions go on relaying, each with its old configuration, "
+    "until they end (nginx's old workers stop reading the socket, so their sessions get no "
+    "more datagrams). `proxy_protocol` toward upstreams and `proxy_ssl` are refused for UDP "
+    "servers (nginx sends the header on a session's first datagram only). At a stop, UDP "
+    "sessions end at once (`disconnected on shutdown`), as nginx's do.",
 ]
 
 

@@ -331,7 +331,7 @@ class Loader:
                 self.error(_Line(srv.source.get("health_check") or srv.line),
                            '"health_check" is not supported yet for an upstream with '
                            f'"resolve" servers (upstream "{srv.upstream.name}")')
-        groups = self.groups(servers)
+        groups = self.groups(servers, main.get("worker_processes") or 1)
         error_target, level = main["error_log"]
         error_line = nodes["error_log"].start_mark.line + 1 if "error_log" in nodes else 0
         self.check_log_target(error_target, nodes.get("error_log"))
@@ -357,22 +357,23 @@ class Loader:
             source=self.lines(nodes),
         )
 
-    def groups(self, servers: list[ServerConfig]) -> list[ListenGroup]:
+    def groups(self, servers: list[ServerConfig], workers: int = 1) -> list[ListenGroup]:
         self.report(checks.listen_conflicts(servers))
         self.report(checks.listen_sockets(servers))
+        self.report(checks.udp(servers, workers))
         by: dict[str, tuple[Listen, list[ServerConfig]]] = {}
         # an ssl_preread server may share an address with "listen ... ssl" servers (mixed)
-        ssl_addresses = {ls.address.name for srv in servers for ls in srv.listens if ls.ssl}
+        ssl_addresses = {ls.key_name for srv in servers for ls in srv.listens if ls.ssl}
         preread: dict[str, list[ServerConfig]] = {}
         for srv in servers:
             for ls in srv.listens:
-                if not ls.ssl and srv.s.ssl_preread and ls.address.name in ssl_addresses:
-                    preread.setdefault(ls.address.name, []).append(srv)
+                if not ls.ssl and srv.s.ssl_preread and ls.key_name in ssl_addresses:
+                    preread.setdefault(ls.key_name, []).append(srv)
                     continue
-                if ls.address.name not in by:
-                    by[ls.address.name] = (ls, [srv])
+                if ls.key_name not in by:
+                    by[ls.key_name] = (ls, [srv])
                     continue
-                first, members = by[ls.address.name]
+                first, members = by[ls.key_name]
                 if ls.ssl != first.ssl:
                     self.error(None if not ls.line else _Line(ls.line), f'listen "{ls.text}" has '
                                '"ssl" in one server and not in another')
@@ -895,6 +896,14 @@ class Loader:
                     self.error(node, f'invalid parameter "{w}" of the "listen" directive{hint}')
             except UnitError as exc:
                 self.error(node, f'{exc} of the "listen" directive')
+        if values.get("udp"):  # nginx's ngx_stream_core_listen
+            if addrs[0].name.startswith("unix:"):
+                self.error(node, 'the "udp" parameter is not supported by tlsgw on the unix '
+                           f'socket "{words[0]}" of the "listen" directive')
+            for name in ("ssl", "proxy_protocol", "backlog", "so_keepalive"):
+                if name in values:
+                    self.error(node, f'"{name}" parameter is incompatible with "udp" in '
+                               '"listen"')
         return Listen(address=addrs[0], text=words[0], line=node.start_mark.line + 1, **values)
 
     def proxy_pass(self, target: str, node: Node, upstreams: dict[str, UpstreamConfig],

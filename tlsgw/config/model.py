@@ -79,10 +79,11 @@ class ListenSpec:
     # tuple: (idle, interval, count), each None when not given.
     so_keepalive: bool | tuple[int | None, int | None, int | None] | None = None
     ipv6only: bool = True
+    udp: bool = False  # a datagram socket (listen ... udp)
 
     @property
-    def socket_key(self) -> tuple[Address, bool, bool]:
-        return (self.address, self.ipv6only, self.reuseport)
+    def socket_key(self) -> tuple[Address, bool, bool, bool]:
+        return (self.address, self.ipv6only, self.reuseport, self.udp)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -100,6 +101,12 @@ class Listen(ListenSpec):
     @property
     def spec(self) -> ListenSpec:
         return ListenSpec(**{f.name: getattr(self, f.name) for f in fields(ListenSpec)})
+
+    @property
+    def key_name(self) -> str:
+        """What names the listening socket among a configuration's: its address, and ``udp``
+        for a datagram socket (``listen 53`` and ``listen 53 udp`` are two sockets)."""
+        return self.address.name + " udp" if self.udp else self.address.name
 
     @property
     def log_name(self) -> str:
@@ -231,6 +238,9 @@ class ServerSettings:
     ssl_preread: bool
     preread_buffer_size: int
     preread_timeout: float
+    proxy_requests: int
+    proxy_responses: int | None
+    udp_max_sessions: int
 
 @dataclass(frozen=True, slots=True)
 class MainSettings(ServerSettings):

@@ -43,9 +43,15 @@ async def probe(target: Any) -> tuple[bool, str]:
 _UNMATCHED = "reading the response (no match in what came so far)"
 
 
+#: what a UDP probe without a match sends (nginx Plus's probe text)
+UDP_PROBE = b"nginx health check"
+
+
 async def _probe(target: Any, phase: list[str]) -> tuple[bool, str]:
     addr = target.address
     port = target.check.port or addr.port
+    if target.check.udp:
+        return await _probe_udp(target, addr, port, phase)
     if addr.family == socket.AF_UNIX:
         reader, writer = await asyncio.open_unix_connection(addr.host)
     else:
@@ -85,3 +91,34 @@ def _matches(m: Any, data: bytes) -> bool:
     if m.regex is not None:
         return m.regex.search(data) is not None
     return m.expect in data
+
+
+async def _probe_udp(target: Any, addr: Any, port: int, phase: list[str]) -> tuple[bool, str]:
+    """``health_check udp``: a datagram from a connected socket, so an ICMP port unreachable
+    comes back as ``ECONNREFUSED`` (``connection refused``); with ``expect``, a reply datagram
+    must match; without, the probe passes once ``health_check_timeout`` has passed with no
+    such error (or as soon as any reply comes)."""
+    loop = asyncio.get_running_loop()
+    m = target.match
+    sock = socket.socket(addr.family, socket.SOCK_DGRAM)
+    try:
+        sock.setblocking(False)
+        sock.connect((addr.host, port))
+        phase[0] = "sending"
+        await loop.sock_sendall(sock, m.send if m is not None and m.send else UDP_PROBE)
+        wants = m is not None and (m.expect is not None or m.regex is not None)
+        phase[0] = "reading the response"
+        if not wants:
+            try:
+                async with asyncio.timeout(max(target.timeout - 0.05, 0.01)):
+                    await loop.sock_recv(sock, 65535)
+            except TimeoutError:
+                pass
+            return True, "no ICMP error"
+        while True:
+            data = await loop.sock_recv(sock, 65535)
+            if _matches(m, data):
+                return True, "the response matched"
+            phase[0] = _UNMATCHED
+    finally:
+        sock.close()

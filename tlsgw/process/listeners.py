@@ -30,18 +30,20 @@ from tlsgw.config.addresses import Address
 from tlsgw.config.model import Listen
 from tlsgw.errors import StartupError
 
-#: (address, backlog, rcvbuf, sndbuf, reuseport, so_keepalive, ipv6only)
+#: (address, backlog, rcvbuf, sndbuf, reuseport, so_keepalive, ipv6only, udp)
 ListenKey = tuple[Address, int, int | None, int | None, bool,
-                  bool | tuple[int | None, int | None, int | None] | None, bool]
+                  bool | tuple[int | None, int | None, int | None] | None, bool, bool]
 #: a socket in the registry: its listen key and the worker slot (None: shared by every worker)
 SocketKey = tuple[ListenKey, int | None]
+#: IP_PKTINFO (Linux's value; the socket module names it from Python 3.13 on)
+IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)
 
 
 def listen_key(listen: Listen) -> ListenKey:
     """What makes two ``listen`` entries one socket (hashable; ``so_keepalive`` is a bool, a
     tuple or None)."""
     return (listen.address, listen.backlog, listen.rcvbuf, listen.sndbuf, listen.reuseport,
-            listen.so_keepalive, listen.ipv6only)
+            listen.so_keepalive, listen.ipv6only, listen.udp)
 
 
 def _remove_stale_unix_socket(path: str) -> None:
@@ -83,7 +85,7 @@ def bind(listen: Listen, address: Address | None = None) -> socket.socket:
     """Create, configure, bind and listen; errors are worded like nginx's ``bind()`` errors.
     ``address`` replaces ``listen.address`` (a reuseport slot binding the port slot 0 got)."""
     addr = address or listen.address
-    sock = socket.socket(addr.family, socket.SOCK_STREAM)
+    sock = socket.socket(addr.family, socket.SOCK_DGRAM if listen.udp else socket.SOCK_STREAM)
     try:
         if addr.family == socket.AF_UNIX:
             _remove_stale_unix_socket(addr.host)
@@ -94,8 +96,14 @@ def bind(listen: Listen, address: Address | None = None) -> socket.socket:
         if listen.reuseport:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         _tune(sock, listen)
+        if listen.udp and addr.host in ("0.0.0.0", "::"):  # the local address of each datagram
+            if addr.family == socket.AF_INET6:  # IPv4 ones too on a dual-stack socket
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_RECVPKTINFO, 1)
+            else:
+                sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
         sock.bind(addr.sockaddr)
-        sock.listen(listen.backlog)
+        if not listen.udp:
+            sock.listen(listen.backlog)
         sock.setblocking(False)
     except OSError as exc:
         sock.close()
@@ -192,7 +200,8 @@ class Registry:
         key, slot = sk
         for old in self.sockets:
             old_key, old_slot = old
-            if old_key[0] != key[0] or old_key in plan.listens:  # another address, or wanted
+            if old_key[0] != key[0] or old_key[7] != key[7] or old_key in plan.listens:
+                # another address or socket type, or wanted
                 continue
             if (old_key[4], old_key[6]) != (key[4], key[6]):  # reuseport, ipv6only
                 raise StartupError(f'"reuseport" and "ipv6only" of listen "{listen.text}" cannot '
@@ -210,7 +219,8 @@ class Registry:
         for sk, old in plan.retuned.items():
             sock = self.sockets.pop(old)
             _tune(sock, plan.listens[sk[0]])
-            sock.listen(sk[0][1])  # the backlog
+            if not sk[0][7]:  # not udp
+                sock.listen(sk[0][1])  # the backlog
             self.sockets[sk] = sock
         self.sockets.update(plan.added)
         self.listens = dict(plan.listens)

@@ -38,7 +38,7 @@ from tlsgw.balancer import Upstream
 from tlsgw.config.model import ListenGroup, UpstreamConfig
 from tlsgw.process import control, procctl
 from tlsgw.process.memory import MemoryReturn
-from tlsgw.proxy import phases
+from tlsgw.proxy import datagram, phases
 from tlsgw.proxy.context import WorkerContext
 from tlsgw.proxy.pump import ENDED, Session
 from tlsgw.runtime import steer
@@ -229,6 +229,9 @@ class Worker:
         if self.retire_timer is not None:
             self.retire_timer.cancel()
         ctx = self.context
+        # UDP sessions end now, as nginx ends them on shutdown (with the default proxy_timeout
+        # they would hold the stop for worker_shutdown_timeout)
+        datagram.shutdown(ctx)
         if not self.immediate and ctx.sessions:
             ctx.draining = True
             self.error_log.log("notice", f"gracefully shutting down, {len(ctx.sessions)} "
@@ -249,6 +252,10 @@ class Worker:
     async def start_server(self, group: ListenGroup, sock: socket.socket) -> None:
         key = Generation.route_key(group)
         factory = self.accepts[key]
+        if group.listen.udp:  # read by the worker's own datagram listener
+            self.servers[key] = datagram.Listener(self.loop, sock, factory,  # type: ignore[assignment]
+                                                  self.error_log)
+            return
         if sock.family == socket.AF_UNIX:
             srv = await self.loop.create_unix_server(factory, sock=sock,
                                                      backlog=group.listen.backlog)

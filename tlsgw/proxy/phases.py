@@ -52,7 +52,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from tlsgw.config.model import ListenGroup
-from tlsgw.proxy import preread, realip
+from tlsgw.proxy import datagram, preread, realip
 from tlsgw.proxy.context import WorkerContext
 from tlsgw.proxy.pump import Session
 from tlsgw.tls.transport import TLSAccept
@@ -132,7 +132,11 @@ def content(listener: Listener) -> Factory:
 
 def protocol_factory(group: ListenGroup, servers: dict[int, ServerRuntime],
                      context: WorkerContext) -> Factory:
-    """The protocol factory of one listening socket, and the phases it uses."""
+    """The protocol factory of one listening socket, and the phases it uses. A UDP socket's is
+    a :class:`tlsgw.proxy.datagram.Route` instead: what its new sessions start with (no
+    pre-content phase applies to UDP yet)."""
+    if group.listen.udp:
+        return datagram.Route(group, servers, context)  # type: ignore[return-value]
     return build(Listener(group, servers, context))[0]
 
 

@@ -105,8 +105,8 @@ class Generation:
 
     @staticmethod
     def route_key(group: ListenGroup) -> str:
-        """What names a listener across generations (its address)."""
-        return group.listen.address.name
+        """What names a listener across generations (its address; ``ADDRESS udp`` for UDP)."""
+        return group.listen.key_name
 
     def release(self) -> None:
         """Free everything this generation owns (once no session of it is open)."""

@@ -52,6 +52,10 @@ class ServerRuntime:
         self.set_real_ip_from: tuple[TrustedSource, ...] | None = s.set_real_ip_from
         self.proxy_protocol: int = s.proxy_protocol
         self.handshake_timeout: float = s.ssl_handshake_timeout
+        # UDP sessions (tlsgw.proxy.datagram): nginx's counters and tlsgw's session cap
+        self.proxy_requests: int = s.proxy_requests
+        self.proxy_responses: int | None = s.proxy_responses
+        self.udp_max_sessions: int = s.udp_max_sessions
         self.ssl_context = ssl_context
         self.proxy_tls = proxy_tls  # tlsgw.tls.upstream.UpstreamTLS, or None
         self.access_template = cfg.access_log.template if cfg.access_log else None

@@ -29,6 +29,7 @@ from tlsgw.config.schema import (
     proxy,
     proxy_protocol,
     tls,
+    udp,
     upstream,
     watch,
 )
@@ -69,7 +70,7 @@ __all__ = [
 ]
 
 #: The feature modules, in the order of the reference; each has a ``DIRECTIVES`` list.
-FEATURES = (core, logging, proxy, proxy_protocol, tls, upstream, health, watch, admin, discovery, preread)
+FEATURES = (core, logging, proxy, proxy_protocol, tls, upstream, health, watch, admin, discovery, preread, udp)
 
 DIRECTIVES: list[Directive] = [d for feature in FEATURES for d in feature.DIRECTIVES]
 

@@ -110,13 +110,24 @@ LISTEN_PARAMS = (
            "127.0.0.1:9000 proxy_protocol",
            differs="a header split across TCP segments is read whole (nginx needs it in its first "
            "read); a v1 line must end within 107 bytes, as the specification says."),
+    _param("udp", "udp", None, None,
+           "A UDP socket: each client address and port (and local address, on a wildcard "
+           "address) is one session with its own connected socket to the upstream server chosen "
+           "for it; `proxy_responses`, `proxy_requests` and `proxy_timeout` end it. With "
+           "`worker_processes` above 1 it needs `reuseport`, so that one client's datagrams "
+           "always reach the same worker. Not with `ssl`, `proxy_protocol`, `backlog` or "
+           "`so_keepalive` (nginx refuses them too).",
+           "127.0.0.1:53 udp reuseport",
+           differs="with several workers, `udp` without `reuseport` is rejected: nginx "
+           "accepts it and then splits one client's datagrams across workers, each with a "
+           "session and an upstream choice of its own."),
     _param("default_server", "default_server", None, None,
            "Makes this server the one for clients whose SNI matches no `server_name` on that "
            "address.", "127.0.0.1:9443 ssl default_server"),
 )
 
 #: nginx's stream ``listen`` parameters that tlsgw rejects (not supported yet).
-LISTEN_UNSUPPORTED = ("udp", "fastopen", "deferred", "accept_filter",
+LISTEN_UNSUPPORTED = ("fastopen", "deferred", "accept_filter",
                       "setfib", "multipath", "http2", "quic")
 
 D = Directive
@@ -163,7 +174,7 @@ DIRECTIVES: list[Directive] = [
       "Address to accept connections on; a YAML list gives several. A bare port means "
       "0.0.0.0:PORT. The parameters (below) follow the address, as in nginx.",
       "listen:\n  - 127.0.0.1:9000 backlog=4096\n  - \"[::1]:9000\"",
-      differs="`udp`, `fastopen`, `deferred`, "
+      differs="`fastopen`, `deferred`, "
       "`accept_filter`, `setfib` and port ranges are not supported yet and are rejected.",
       repeatable=True, params=LISTEN_PARAMS, unsupported=LISTEN_UNSUPPORTED,
       nginx=Nginx("listen", ("server",), "one or more",

@@ -15,7 +15,7 @@ from tlsgw.config.schema.base import Directive, Nginx, positive_time, stream
 from tlsgw.config.units import UnitError
 
 #: nginx Plus's ``health_check`` parameters tlsgw rejects as not supported yet
-NOT_YET = {"udp": "it comes with UDP proxying", "mandatory": "", "persistent": ""}
+NOT_YET = {"mandatory": "", "persistent": ""}
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +28,7 @@ class HealthCheck:
     passes: int = 1
     port: int = 0  # 0: the server's own port
     match: str | None = None
+    udp: bool = False  # probe with a datagram (tlsgw.health.probes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +56,9 @@ def health_check(v: str) -> HealthCheck:
     kw: dict[str, object] = {}
     for w in words:
         name, eq, value = w.partition("=")
+        if w == "udp":
+            kw["udp"] = True
+            continue
         if name in NOT_YET and not eq:
             why = NOT_YET[name]
             raise UnitError(f'the "{name}" parameter is not supported yet'
@@ -96,7 +100,7 @@ D = Directive
 DIRECTIVES: list[Directive] = [
     D("health_check", ("server",),
       "health_check: on | [interval=TIME] [jitter=TIME] [fails=NUMBER] [passes=NUMBER] "
-      "[port=NUMBER] [match=NAME]", None, health_check,
+      "[port=NUMBER] [match=NAME] [udp]", None, health_check,
       "Probes every server of the server's upstream, once per server whatever the number of "
       "workers, from a helper process: every `interval` (default 5s, plus up to `jitter`, "
       "default 0, at random) a TCP connection is made (to `port` if given) and, with "
@@ -108,9 +112,13 @@ DIRECTIVES: list[Directive] = [
       "server gets no new sessions and is skipped exactly as a server failed by `max_fails` "
       "is (a server must pass both); open sessions are left alone. Each change is logged, e.g. "
       "`upstream server 127.0.0.1:6002 of \"chat\" is down (timed out reading the response; "
-      "1 up, 1 down)`. If several servers check one upstream, the first one's settings apply.",
+      "1 up, 1 down)`. If several servers check one upstream, the first one's settings apply. "
+      "With `udp` the probe is a datagram from a connected UDP socket: the match's `send` "
+      "(without a match, `nginx health check`, as nginx Plus sends), then a reply datagram "
+      "must satisfy `expect`; an ICMP port unreachable (`connection refused`) fails it, and "
+      "without `expect` the probe passes unless one comes within `health_check_timeout`.",
       "health_check: interval=2s fails=2 passes=2 match=pong",
-      differs="nginx Plus only; the `udp`, `mandatory` and `persistent` parameters are not "
+      differs="nginx Plus only; the `mandatory` and `persistent` parameters are not "
               "supported yet, and no `zone` is needed in the upstream.",
       nginx=Nginx("health_check", ("server",), "any")),
     D("health_check_timeout", ("main", "server"), "health_check_timeout: TIME", "5s",

@@ -1,8 +1,8 @@
 """nginx's directives that have no entry in tlsgw's table, and what to tell a user who writes
 one: a specific answer where tlsgw does the job another way, else "not supported yet".
 
-The loader gives these answers instead of a "did you mean" (``proxy_responses`` is not a typo of
-``proxy_pass``), and the nginx.conf importer will turn them into comments.
+The loader gives these answers instead of a "did you mean" (``proxy_upload_rate`` is not a typo of
+``proxy_timeout``), and the nginx.conf importer will turn them into comments.
 """
 
 from __future__ import annotations
@@ -46,8 +46,7 @@ NOT_YET = frozenset({
     "js_set", "js_var", "limit_conn", "limit_conn_dry_run", "limit_conn_log_level",
     "limit_conn_zone", "map_hash_bucket_size", "map_hash_max_size",
     "open_log_file_cache", "pass", "proxy_bind",
-    "proxy_download_rate", "proxy_requests",
-    "proxy_responses", "proxy_socket_keepalive", "proxy_ssl_conf_command", "proxy_ssl_crl",
+    "proxy_download_rate", "proxy_socket_keepalive", "proxy_ssl_conf_command", "proxy_ssl_crl",
     "proxy_upload_rate", "return", "set",
     "split_clients", "ssl_certificate_cache", "ssl_conf_command", "ssl_dhparam", "ssl_key_log",
     "ssl_ocsp", "ssl_ocsp_cache", "ssl_ocsp_responder", "ssl_reject_handshake",
