@@ -16,6 +16,7 @@ from tlsgw.balancer import validate
 from tlsgw.balancer import warnings as balancer_warnings
 from tlsgw.config.model import ListenGroup, ServerConfig, SourceMap, UpstreamConfig
 from tlsgw.config.schema import MAX_CONSISTENT_WEIGHT
+from tlsgw.config.schema.limits import LimitConnZone
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,3 +209,39 @@ def sni_unhonoured(group: ListenGroup) -> list[Finding]:
                                "list of its own (OpenSSL cannot give a connection its built-in "
                                "list back): give the list"))
     return out
+
+
+# ---- access limits (allow/deny, limit_conn) ----------------------------------------------------
+def limits(zones: Sequence[LimitConnZone] | None, servers: Sequence[ServerConfig],
+           main: SourceMap) -> list[Finding]:
+    """``limit_conn_zone`` names once each, ``limit_conn`` naming a declared zone, once per
+    level; ``access`` CIDRs with host bits set (nginx warns)."""
+    out: list[Finding] = []
+    declared: dict[str, LimitConnZone] = {}
+    for z in zones or ():
+        if z.name in declared:
+            out.append(Finding(main.get("limit_conn_zone"),
+                               f'duplicate zone "{z.name}" in "limit_conn_zone"'))
+        declared.setdefault(z.name, z)
+    seen_warn: set[tuple[int | None, str]] = set()
+    for srv in servers:
+        line = srv.source.get("limit_conn")
+        names: list[str] = []
+        for lc in srv.s.limit_conn or ():
+            if lc.zone not in declared:
+                out.append(Finding(line, f'unknown zone "{lc.zone}" in "limit_conn" (declare it '
+                                         'with limit_conn_zone)'))
+            elif lc.zone in names:
+                out.append(Finding(line, f'"limit_conn" for zone "{lc.zone}" is duplicate'))
+            names.append(lc.zone)
+        for rule in srv.s.access or ():
+            key = (srv.source.get("access"), rule.text)
+            if rule.host_bits and key not in seen_warn:
+                seen_warn.add(key)
+                out.append(_warn(key[0], f'low address bits of {rule.text} are meaningless '
+                                         'in "access"'))
+    unique: list[Finding] = []
+    for f in out:  # a top-level limit_conn is every server's: say it once
+        if f not in unique:
+            unique.append(f)
+    return unique

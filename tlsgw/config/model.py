@@ -15,6 +15,7 @@ from tlsgw.balancer import Method, PeerConfig
 from tlsgw.config.addresses import Address
 from tlsgw.config.schema import SessionCacheSpec, TrustedSource
 from tlsgw.config.schema.health import HealthCheck, Match
+from tlsgw.config.schema.limits import AccessRule, LimitConn, LimitConnZone
 from tlsgw.variables import Template
 
 
@@ -209,6 +210,12 @@ class ServerSettings:
     proxy_ssl_password_file: str | None
     proxy_ssl_session_reuse: bool
     health_check_timeout: float
+    access: tuple[AccessRule, ...] | None
+    limit_conn: tuple[LimitConn, ...] | None
+    limit_conn_log_level: str
+    limit_conn_dry_run: bool
+    proxy_upload_rate: int
+    proxy_download_rate: int
 
 @dataclass(frozen=True, slots=True)
 class MainSettings(ServerSettings):
@@ -218,6 +225,7 @@ class MainSettings(ServerSettings):
     worker_shutdown_timeout: float
     pid: str | None
     error_log: tuple[str, str]
+    limit_conn_zone: tuple[LimitConnZone, ...] | None
 
 
 @dataclass

@@ -42,6 +42,7 @@ from tlsgw import logs
 from tlsgw.config.model import ListenGroup
 from tlsgw.errors import ConfigErrors, StartupError, TlsgwError
 from tlsgw.process import control, listeners, notify, pidfile, procctl
+from tlsgw.runtime import conn_zone
 from tlsgw.runtime.generation import Generation, build_file
 
 RESPAWN_DELAY = 1.0  # seconds before restarting a worker that died within 1 s of its start
@@ -287,6 +288,11 @@ class Master:
             for key in gen.zone_keys:
                 if gen.zones.holders(key) == 1:  # made for this generation: workers lack it
                     kind, name, size = key
+                    if kind == conn_zone.LIMIT_CONN:
+                        line = cfg.source.get("limit_conn_zone") or 1
+                        return reject(f'{path}:{line}: limit_conn_zone "{name}" of {size} bytes '
+                                      "is a new shared zone (a new name or size); it takes a "
+                                      "restart of tlsgw to be shared by running workers")
                     srv = next(s for s in cfg.servers
                                if s.s.ssl_session_cache.shared_name == name)
                     line = srv.source.get("ssl_session_cache") or srv.line

@@ -30,7 +30,12 @@ What exists today:
 * ``LOG``: the access-log line, written by :meth:`Session.finalize
   <tlsgw.proxy.pump.Session.finalize>` when the session ends.
 
-``PREACCESS``, ``ACCESS`` and ``PREREAD`` have no module yet. A wrapper for one of them is a
+* ``PREACCESS``: :func:`tlsgw.proxy.limit_conn.preaccess` (``limit_conn``), and ``ACCESS``:
+  :func:`tlsgw.proxy.access.access` (``allow``/``deny``), each a
+  :class:`~tlsgw.proxy.gate.Gate` deciding in its ``connection_made``, for listeners whose
+  default server uses them; their sessions are :func:`tlsgw.proxy.gate.session_class`'s.
+
+``PREREAD`` has no module yet. A wrapper for one of them is a
 :data:`Wrap`: given the listener and the inner factory, it returns the outer factory, or None
 when the listen group does not use that phase (then it costs nothing). A phase that must read
 before deciding (PROXY protocol, preread) owns the raw transport until it has decided, then
@@ -48,7 +53,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from tlsgw.config.model import ListenGroup
-from tlsgw.proxy import realip
+from tlsgw.proxy import access, gate, limit_conn, realip
 from tlsgw.proxy.context import WorkerContext
 from tlsgw.proxy.pump import Session
 from tlsgw.tls.transport import TLSAccept
@@ -111,6 +116,8 @@ def _ssl(listener: Listener, inner: Factory) -> Factory | None:
 #: features.
 BEFORE_CONTENT: tuple[tuple[Phase, Wrap], ...] = (
     (Phase.POST_ACCEPT, realip.post_accept),
+    (Phase.PREACCESS, limit_conn.preaccess),
+    (Phase.ACCESS, access.access),
     (Phase.SSL, _ssl),
 )
 
@@ -122,6 +129,7 @@ def content(listener: Listener) -> Factory:
     group = listener.servers if listener.group.ssl else None
     # listen ... proxy_protocol: the session also keeps what the header said (realip)
     cls = realip.ProxyProtocolSession if listener.group.listen.proxy_protocol else Session
+    cls = gate.session_class(listener, cls)  # limit_conn, access, rates: a subclass
     return functools.partial(cls, listener.context, listener.default, listener.name, group)
 
 

@@ -25,6 +25,7 @@ from typing import Any
 from tlsgw.config.load import load_config
 from tlsgw.config.model import Config, ListenGroup, ServerConfig
 from tlsgw.errors import ConfigError, ConfigErrors, TlsgwError
+from tlsgw.runtime import conn_zone
 from tlsgw.runtime import zones as zones_
 from tlsgw.runtime.server import ServerRuntime
 from tlsgw.tls import context as tlsctx
@@ -149,6 +150,7 @@ def build(cfg: Config, allocate: bool = True, number: int = 0,
             for srv in cfg.servers:
                 gen.runtimes[srv.index] = ServerRuntime(srv, gen.server_contexts.get(srv.index),
                                                         proxy_tls.get(srv.index))
+            conn_zone.attach(gen, allocate)  # limit_conn
             for group in cfg.groups:
                 _route(gen, group, errors)
             _health(gen, allocate)

@@ -55,6 +55,12 @@ class ServerRuntime:
         self.ssl_context = ssl_context
         self.proxy_tls = proxy_tls  # tlsgw.tls.upstream.UpstreamTLS, or None
         self.access_template = cfg.access_log.template if cfg.access_log else None
+        # access limits: allow/deny (tlsgw.proxy.access), limit_conn (set by the generation's
+        # build: tlsgw.runtime.conn_zone), the rates in bytes per second (tlsgw.proxy.rate)
+        self.access = s.access
+        self.limit_conn: tuple[Any, ...] = ()
+        self.upload_rate: int = s.proxy_upload_rate
+        self.download_rate: int = s.proxy_download_rate
         # bound per worker (bind)
         self.upstream: Upstream = None  # type: ignore[assignment]
         self.access_log: logs.LogSink | None = None

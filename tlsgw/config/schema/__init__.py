@@ -18,7 +18,17 @@ it holds what to say about nginx's directives that have no entry here.
 
 from __future__ import annotations
 
-from tlsgw.config.schema import core, health, logging, nginx, proxy, proxy_protocol, tls, upstream
+from tlsgw.config.schema import (
+    core,
+    health,
+    limits,
+    logging,
+    nginx,
+    proxy,
+    proxy_protocol,
+    tls,
+    upstream,
+)
 from tlsgw.config.schema.base import ARITIES, NGINX_CONTEXTS, NO_NGINX, Directive, Nginx
 from tlsgw.config.schema.core import (
     LISTEN_PARAMS,
@@ -56,7 +66,7 @@ __all__ = [
 ]
 
 #: The feature modules, in the order of the reference; each has a ``DIRECTIVES`` list.
-FEATURES = (core, logging, proxy, proxy_protocol, tls, upstream, health)
+FEATURES = (core, logging, proxy, proxy_protocol, tls, upstream, health, limits)
 
 DIRECTIVES: list[Directive] = [d for feature in FEATURES for d in feature.DIRECTIVES]
 

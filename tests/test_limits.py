@@ -1,0 +1,147 @@
+"""End-to-end: access limits with `tlsgw serve` and 2 workers: ``access`` (allow/deny) with
+clients bound to 127.x.y.z and after PROXY protocol realip, ``limit_conn`` counted across the
+workers and across a reload, the statuses and nginx's lines in the logs."""
+
+from __future__ import annotations
+
+import signal
+import socket
+
+import pytest
+from support import Backend, Gateway, connect, free_port, recv_all, recv_exactly, wait_until
+
+FMT = "'$remote_addr $status $limit_conn_status $pid'"
+
+
+def config(backend: str, ports: list[int]) -> str:
+    a, b, c = ports
+    return f"""
+worker_processes: 2
+worker_shutdown_timeout: 1s
+log_format:
+  lim: {FMT}
+access_log: stdout lim
+error_log: stderr info
+limit_conn_zone:
+  - $binary_remote_addr zone=perip:64k
+  - $server_addr zone=perserver:64k
+servers:
+  - listen: 127.0.0.1:{a} reuseport
+    access:
+      - deny 127.0.0.3
+      - allow 127.0.0.0/24
+      - allow ::1
+      - deny all
+    proxy_pass: {backend}
+  - listen: 127.0.0.1:{b} proxy_protocol
+    set_real_ip_from: 127.0.0.0/8
+    access: [deny 203.0.113.0/24]
+    proxy_pass: {backend}
+  - listen: 127.0.0.1:{c} reuseport
+    limit_conn: [perip 2, perserver 3]
+    limit_conn_log_level: warn
+    proxy_timeout: 5s
+    proxy_pass: {backend}
+"""
+
+
+@pytest.fixture(scope="module")
+def gw(tmp_path_factory: pytest.TempPathFactory):
+    backend = Backend("echo")
+    g = Gateway(tmp_path_factory.mktemp("limits"), config(backend.address, [free_port() for _ in range(3)]), workers=2).start()
+    yield g
+    g.stop(timeout=10)
+    backend.close()
+
+
+def lines_with(gw: Gateway, text: str, n: int) -> list[str]:
+    wait_until(lambda: len([x for x in gw.stdout().splitlines() if text in x]) >= n,
+               what=f"{n} access lines with {text!r}")
+    return [x for x in gw.stdout().splitlines() if text in x]
+
+
+def echo(s: socket.socket, data: bytes = b"ping") -> None:
+    s.sendall(data)
+    assert recv_exactly(s, len(data)) == data
+
+
+def refused(s: socket.socket) -> bool:
+    """The gateway closed the connection without proxying anything."""
+    try:
+        s.sendall(b"x")
+        return recv_all(s) == b""
+    except ConnectionError:
+        return True
+
+
+def test_allow_and_deny_by_client_address(gw):
+    port = gw.port(0)
+    with connect(port, source="127.0.0.2") as s:  # allow 127.0.0.0/24
+        echo(s)
+    for source in ("127.0.0.3", "127.0.1.5"):  # deny 127.0.0.3 (first match), deny all
+        with connect(port, source=source) as s:
+            assert refused(s)
+    assert lines_with(gw, "127.0.0.2 200", 1)
+    lines_with(gw, "127.0.0.3 403", 1)
+    lines_with(gw, "127.0.1.5 403", 1)
+    log = gw.wait_log("access forbidden by rule, client: 127.0.1.5")
+    assert "[error]" in log and f"access forbidden by rule, client: 127.0.0.3, server: " \
+        f"{gw.address(0)}" in log
+
+
+def test_deny_after_proxy_protocol_realip(gw):
+    port = gw.port(1)
+    with connect(port) as s:
+        s.sendall(b"PROXY TCP4 203.0.113.9 127.0.0.1 5555 80\r\n")
+        assert refused(s)
+    with connect(port) as s:
+        s.sendall(b"PROXY TCP4 198.51.100.1 127.0.0.1 5555 80\r\n")
+        echo(s)
+    lines_with(gw, "203.0.113.9 403", 1)
+    lines_with(gw, "198.51.100.1 200", 1)
+    gw.wait_log("access forbidden by rule, client: 203.0.113.9")
+
+
+def hold(port: int, source: str) -> socket.socket:
+    s = connect(port, source=source)
+    echo(s)  # proxied: its count is taken
+    return s
+
+
+def test_limit_conn_across_workers_and_a_reload(gw):
+    port = gw.port(2)
+    held = [hold(port, "127.0.0.20") for _ in range(2)]
+    try:
+        with connect(port, source="127.0.0.20") as s:  # the third of one address
+            assert refused(s)
+        line = lines_with(gw, "127.0.0.20 503 REJECTED", 1)[0]
+        assert line.split()[-1] in {str(p) for p in gw.worker_pids()}
+        gw.wait_log('[warn]')
+        gw.wait_log('limiting connections by zone "perip", client: 127.0.0.20, server: ')
+        # another address has its own count, but the server's count (3) is reached with it
+        third = hold(port, "127.0.0.21")
+        with connect(port, source="127.0.0.22") as s:
+            assert refused(s)
+        gw.wait_log('limiting connections by zone "perserver", client: 127.0.0.22')
+        # a reload of the same zones keeps the counts
+        gw.send(signal.SIGHUP)
+        gw.wait_log("reconfigured: generation 1 ")
+        wait_until(lambda: gw.stderr().count("serving generation 1") >= 2, what="both workers")
+        with connect(port, source="127.0.0.23") as s:
+            assert refused(s)
+        lines_with(gw, "127.0.0.23 503 REJECTED", 1)
+        for s in held:  # still proxied
+            echo(s)
+        third.close()
+        lines_with(gw, "127.0.0.21 200 PASSED", 1)
+        # the closed session gave its counts back, in whichever worker it ran
+        with connect(port, source="127.0.0.23") as s:
+            echo(s)
+    finally:
+        for s in held:
+            s.close()
+    lines_with(gw, "127.0.0.20 200 PASSED", 2)
+    # all given back: the address may open two again
+    again = [hold(port, "127.0.0.20") for _ in range(2)]
+    for s in again:
+        s.close()
