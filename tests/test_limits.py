@@ -145,3 +145,17 @@ def test_limit_conn_across_workers_and_a_reload(gw):
     again = [hold(port, "127.0.0.20") for _ in range(2)]
     for s in again:
         s.close()
+
+
+def test_reload_with_a_new_zone_size_is_refused(gw):
+    text = gw.config.read_text()
+    gw.config.write_text(text.replace("zone=perip:64k", "zone=perip:128k"))
+    try:
+        gw.send(signal.SIGHUP)
+        log = gw.wait_log("rejected, the running configuration (generation 1) is unchanged")
+        assert (f'{gw.config}:9: limit_conn_zone "perip" of 131072 bytes is a new shared zone '
+                "(a new name or size); it takes a restart") in log
+    finally:
+        gw.config.write_text(text)
+    with connect(gw.port(2), source="127.0.0.30") as s:  # still served, still limited
+        echo(s)

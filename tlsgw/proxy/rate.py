@@ -4,9 +4,11 @@ nginx's algorithm (``ngx_stream_proxy_process``), per direction: before a read,
 ``allowance = rate * (now - start + 1) - bytes so far``; if it is not positive, reading waits
 ``-allowance / rate`` seconds (+1 ms); a read takes at most ``allowance`` bytes; after reading
 ``n`` bytes, reading waits ``n / rate`` seconds. asyncio reads what the kernel has, so
-:class:`Limiter` applies the same rule to what it passes on: it takes the side's chunks, writes
-them on in pieces of at most ``allowance`` bytes (and a tenth of the rate, and
-``proxy_buffer_size``), and between pieces pauses reading from the source (flow reason
+:class:`Limiter` applies the same rule to what it passes on: it takes the side's chunks and
+writes them on in pieces of at most a tenth of the rate (and ``proxy_buffer_size``), each once
+the allowance covers it (nginx's seconds are whole, so its allowance grows a second at a time;
+here it grows continuously, and a piece waits for the allowance to cover all of it rather than
+being cut to a few bytes), and between pieces pauses reading from the source (flow reason
 ``RATE``) until its timer. What it holds is at most what was read before the pause took
 effect. The long-run rate never exceeds ``rate``; a throttled session stays busy for
 ``proxy_timeout`` (each piece counts as activity).
@@ -63,11 +65,9 @@ class Limiter:
         pending = self.pending
         now = self.clock()
         allowance = self.rate * (now - self.start + 1) - self.sent
-        if allowance <= 0:
-            self.delay(-allowance / self.rate + 0.001)
-            return
-        n = min(len(pending), self.piece, int(allowance))
-        if n <= 0:
+        n = min(len(pending), self.piece)
+        if allowance < n:  # over the budget: wait until a whole piece is allowed (+1 ms)
+            self.delay((n - allowance) / self.rate + 0.001)
             return
         self.write(bytes(pending[:n]))
         del pending[:n]
