@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import signal
 import socket
+import ssl
 
 import pytest
 from support import Backend, Gateway, connect, free_port, recv_all, recv_exactly, wait_until
@@ -13,8 +14,8 @@ from support import Backend, Gateway, connect, free_port, recv_all, recv_exactly
 FMT = "'$remote_addr $status $limit_conn_status $pid'"
 
 
-def config(backend: str, ports: list[int]) -> str:
-    a, b, c = ports
+def config(backend: str, ports: list[int], pki) -> str:
+    a, b, c, d = ports
     return f"""
 worker_processes: 2
 worker_shutdown_timeout: 1s
@@ -42,13 +43,20 @@ servers:
     limit_conn_log_level: warn
     proxy_timeout: 5s
     proxy_pass: {backend}
+  - listen: 127.0.0.1:{d} ssl
+    ssl_certificate: {pki.server}
+    ssl_certificate_key: {pki.server_key}
+    access: [deny 127.0.0.5, allow all]
+    limit_conn: perip 1
+    proxy_download_rate: 1m
+    proxy_pass: {backend}
 """
 
 
 @pytest.fixture(scope="module")
-def gw(tmp_path_factory: pytest.TempPathFactory):
+def gw(tmp_path_factory: pytest.TempPathFactory, pki):
     backend = Backend("echo")
-    g = Gateway(tmp_path_factory.mktemp("limits"), config(backend.address, [free_port() for _ in range(3)]), workers=2).start()
+    g = Gateway(tmp_path_factory.mktemp("limits"), config(backend.address, [free_port() for _ in range(4)], pki), workers=2).start()
     yield g
     g.stop(timeout=10)
     backend.close()
@@ -100,6 +108,23 @@ def test_deny_after_proxy_protocol_realip(gw):
     lines_with(gw, "203.0.113.9 403", 1)
     lines_with(gw, "198.51.100.1 200", 1)
     gw.wait_log("access forbidden by rule, client: 203.0.113.9")
+
+
+def test_tls_listener_decides_before_the_handshake(gw, pki):
+    ctx = pki.client_context()
+    port = gw.port(3)
+    with ctx.wrap_socket(connect(port, source="127.0.0.4"), server_hostname="localhost") as s:
+        echo(s)  # allowed, counted (perip 1), rated: proxied
+        # the limit: no handshake either
+        with connect(port, source="127.0.0.4") as second, \
+                pytest.raises((ssl.SSLError, ConnectionError)):
+            ctx.wrap_socket(second, server_hostname="localhost")
+    with connect(port, source="127.0.0.5") as s, pytest.raises((ssl.SSLError, ConnectionError)):
+        ctx.wrap_socket(s, server_hostname="localhost")  # denied before TLS
+    lines_with(gw, "127.0.0.4 503 REJECTED", 1)
+    lines_with(gw, "127.0.0.5 403 PASSED", 1)  # limit_conn (pre-access) ran first
+    lines_with(gw, "127.0.0.4 200 PASSED", 1)
+    assert "handshake" not in "".join(x for x in gw.stderr().splitlines() if "127.0.0.5" in x)
 
 
 def hold(port: int, source: str) -> socket.socket:
