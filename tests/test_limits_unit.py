@@ -246,3 +246,26 @@ def test_host_bits_are_a_warning(tmp_path):
     cfg = load_config(str(path))
     assert cfg.warnings == [f"{path}:4: low address bits of 10.1.1.0/16 are meaningless in "
                             '"access"']
+
+
+def test_rated_session_delivers_held_bytes_and_a_fin_at_the_rate(harness, monkeypatch):
+    """The client's bytes held while connecting, then its FIN: all of them reach the upstream
+    at the upload rate, and only then does the session end."""
+    from mockio import MockTransport
+
+    from tlsgw.proxy import rate
+
+    h = harness("proxy_upload_rate: 1000\n")
+    monkeypatch.setattr(rate, "_monotonic", h.loop.time)
+    session = rate.rated(Session)(h.context, h.rt, "127.0.0.1:8000")
+    client = MockTransport(h.loop, session)
+    h.loop.call(session.connection_made, client)
+    client.feed(b"x" * 3000)
+    client.feed_eof()
+    up = h.connect()
+    assert len(up.data) == 100  # the first piece
+    h.loop.advance(1.0)
+    assert 1000 <= len(up.data) <= 1100 and not session.finished
+    h.loop.advance(3.0)
+    assert len(up.data) == 3000 and session.finished and session.status == 200
+    assert not h.loop.timers or all(t[2].cancelled() for t in h.loop.timers)

@@ -36,12 +36,12 @@ class Limiter:
     __slots__ = ("rate", "piece", "start", "sent", "pending", "timer", "delayed", "write",
                  "session", "upload", "loop", "eof", "clock")
 
-    def __init__(self, session: Any, rate: int, upload: bool, piece: int, clock: Any = _monotonic):
+    def __init__(self, session: Any, rate: int, upload: bool, piece: int, clock: Any = None):
         self.session = session
         self.rate = rate
         self.upload = upload
         self.piece = max(1, min(piece, rate // 10))
-        self.clock = clock
+        self.clock = clock = clock or _monotonic
         self.start = clock()
         self.sent = 0
         self.pending = bytearray()
@@ -150,13 +150,19 @@ def rated(base: type) -> type:
             if limiter is None:
                 base.connected(self, peer, attempt, up, transport)
                 return
-            held, self.held = self.held, []  # the held bytes go through the limiter too
+            # the held bytes go through the limiter too, and a FIN that came while connecting
+            # waits for them
+            held, self.held = self.held, []
+            eof, self.client_eof = self.client_eof, False
             base.connected(self, peer, attempt, up, transport)
             if self.state is PROXYING:
                 limiter.write = self.write_upstream
                 self.write_upstream = limiter.feed
                 if held:
                     limiter.feed(b"".join(held))
+                if eof:
+                    self.side_eof(upstream=False)
+            self.client_eof = self.client_eof or eof
 
         def side_eof(self, upstream: bool) -> bool:
             limiter = self.download if upstream else self.upload
