@@ -56,7 +56,8 @@ servers:
 @pytest.fixture(scope="module")
 def gw(tmp_path_factory: pytest.TempPathFactory, pki):
     backend = Backend("echo")
-    g = Gateway(tmp_path_factory.mktemp("limits"), config(backend.address, [free_port() for _ in range(4)], pki), workers=2).start()
+    text = config(backend.address, [free_port() for _ in range(4)], pki)
+    g = Gateway(tmp_path_factory.mktemp("limits"), text, workers=2).start()
     yield g
     g.stop(timeout=10)
     backend.close()
@@ -92,9 +93,10 @@ def test_allow_and_deny_by_client_address(gw):
     assert lines_with(gw, "127.0.0.2 200", 1)
     lines_with(gw, "127.0.0.3 403", 1)
     lines_with(gw, "127.0.1.5 403", 1)
-    log = gw.wait_log("access forbidden by rule, client: 127.0.1.5")
-    assert "[error]" in log and f"access forbidden by rule, client: 127.0.0.3, server: " \
-        f"{gw.address(0)}" in log
+    log = gw.wait_log("access forbidden by rule while initializing session, client: 127.0.1.5")
+    assert "[error]" in log
+    assert ("access forbidden by rule while initializing session, client: 127.0.0.3, server: "
+            f"{gw.address(0)}") in log
 
 
 def test_deny_after_proxy_protocol_realip(gw):
@@ -107,7 +109,7 @@ def test_deny_after_proxy_protocol_realip(gw):
         echo(s)
     lines_with(gw, "203.0.113.9 403", 1)
     lines_with(gw, "198.51.100.1 200", 1)
-    gw.wait_log("access forbidden by rule, client: 203.0.113.9")
+    gw.wait_log("access forbidden by rule while initializing session, client: 203.0.113.9")
 
 
 def test_tls_listener_decides_before_the_handshake(gw, pki):
@@ -142,12 +144,14 @@ def test_limit_conn_across_workers_and_a_reload(gw):
         line = lines_with(gw, "127.0.0.20 503 REJECTED", 1)[0]
         assert line.split()[-1] in {str(p) for p in gw.worker_pids()}
         gw.wait_log('[warn]')
-        gw.wait_log('limiting connections by zone "perip", client: 127.0.0.20, server: ')
+        gw.wait_log('limiting connections by zone "perip" while initializing session, '
+                    "client: 127.0.0.20, server: ")
         # another address has its own count, but the server's count (3) is reached with it
         third = hold(port, "127.0.0.21")
         with connect(port, source="127.0.0.22") as s:
             assert refused(s)
-        gw.wait_log('limiting connections by zone "perserver", client: 127.0.0.22')
+        gw.wait_log('limiting connections by zone "perserver" while initializing session, '
+                    "client: 127.0.0.22")
         # a reload of the same zones keeps the counts
         gw.send(signal.SIGHUP)
         gw.wait_log("reconfigured: generation 1 ")

@@ -177,8 +177,8 @@ def test_limit_conn_rejects_over_the_limit_and_gives_back(harness):
     assert ok and a.limit_conn_status == "PASSED" and zone.count(bytes([192, 0, 2, 7])) == 1
     b, ok = one()
     assert not ok and b.finished and b.status == 503 and b.limit_conn_status == "REJECTED"
-    assert ("info", 'limiting connections by zone "perip", client: 192.0.2.7, server: '
-            "127.0.0.1:8000") in h.log.lines
+    assert ("info", 'limiting connections by zone "perip" while initializing session, '
+            "client: 192.0.2.7, server: 127.0.0.1:8000") in h.log.lines
     a.finalize(200)
     assert zone.count(bytes([192, 0, 2, 7])) == 0
     zone.close()
@@ -192,8 +192,8 @@ def test_limit_conn_dry_run_and_several_zones(harness):
     a, ok = one()
     b, ok2 = one()
     assert ok and ok2 and b.limit_conn_status == "REJECTED_DRY_RUN"
-    assert ("info", 'limiting connections, dry run, by zone "two", client: 192.0.2.7, server: '
-            "127.0.0.1:8000") in h.log.lines
+    assert ("info", 'limiting connections, dry run, by zone "two" while initializing '
+            "session, client: 192.0.2.7, server: 127.0.0.1:8000") in h.log.lines
     assert z1.count(bytes([192, 0, 2, 7])) == 2 and z2.count(b"127.0.0.1") == 1
     h2, strict = _limited(harness, limits)
     c, ok = strict()  # over "two": the count taken in "one" is given back

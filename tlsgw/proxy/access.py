@@ -4,8 +4,8 @@ The rules are compiled once per listener, when its factory is built, into three 
 by family, as nginx keeps them: IPv4 ``(network, mask, allow)``, IPv6 the same, ``unix:``
 ``allow``; ``all`` is appended to all three. The client's family picks the list (an
 IPv4-mapped IPv6 client is checked against the IPv4 list) and the first match decides; no match
-allows. A ``deny`` ends the session before the TLS handshake: ``access forbidden by rule`` at
-*error*, ``$status`` 403. The address checked is the session's ``remote_addr``, which realip
+allows. A ``deny`` ends the session before the TLS handshake: ``access forbidden by rule while
+initializing session`` at *error*, ``$status`` 403. The address checked is the session's ``remote_addr``, which realip
 has replaced by then on a ``proxy_protocol`` address (the post-accept phase runs first).
 
 A listener whose default server has no rule never sees this module (:func:`access` returns
@@ -82,7 +82,7 @@ def checker(rules: Rules) -> Callable[[Any], bool]:
     def check(session: Any) -> bool:
         if allows(session.remote_addr):
             return True
-        session.error("error", "access forbidden by rule", proxy=False)
+        session.error("error", "access forbidden by rule while initializing session", proxy=False)
         session.finalize(Status.FORBIDDEN)
         return False
 

@@ -39,7 +39,7 @@ def checker(limits: tuple[Limit, ...], level: str, dry_run: bool) -> Callable[[A
             if len(key) > MAX_KEY:
                 shown = key.decode("utf-8", "backslashreplace")
                 session.error("error", f'the value of the "{limit.key_text}" key is more than '
-                              f'{MAX_KEY} bytes: "{shown}"', proxy=False)
+                              f'{MAX_KEY} bytes: "{shown}" while initializing session', proxy=False)
                 continue
             got = limit.zone.take(key, limit.number)
             if got == PASSED:
@@ -47,8 +47,8 @@ def checker(limits: tuple[Limit, ...], level: str, dry_run: bool) -> Callable[[A
                 continue
             if got == OVER:
                 dry = ", dry run," if dry_run else ""
-                session.error(level, f'limiting connections{dry} by zone "{limit.name}"',
-                              proxy=False)
+                session.error(level, f'limiting connections{dry} by zone "{limit.name}" while '
+                              "initializing session", proxy=False)
                 if dry_run:
                     status = "REJECTED_DRY_RUN"
                     continue

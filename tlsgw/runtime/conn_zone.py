@@ -89,7 +89,8 @@ class ConnZone:
             k = self._home(j)
             # slot j may move to i unless its home lies cyclically in (i, j]
             if (i < j and (k <= i or k > j)) or (i > j and k <= i and k > j):
-                mem[_HEADER + i * _SLOT_SIZE:_HEADER + (i + 1) * _SLOT_SIZE] = mem[off:off + _SLOT_SIZE]
+                to = _HEADER + i * _SLOT_SIZE
+                mem[to:to + _SLOT_SIZE] = mem[off:off + _SLOT_SIZE]
                 i = j
         _SLOT.pack_into(mem, _HEADER + i * _SLOT_SIZE, b"\0" * 16, 0)
 
