@@ -269,3 +269,16 @@ def test_rated_session_delivers_held_bytes_and_a_fin_at_the_rate(harness, monkey
     h.loop.advance(3.0)
     assert len(up.data) == 3000 and session.finished and session.status == 200
     assert not h.loop.timers or all(t[2].cancelled() for t in h.loop.timers)
+
+
+def test_settings_of_a_non_default_server_on_a_shared_address_are_a_warning(tmp_path, pki):
+    path = tmp_path / "t.yaml"
+    tls = f"    ssl_certificate: {pki.server}\n    ssl_certificate_key: {pki.server_key}\n"
+    path.write_text("servers:\n  - listen: 127.0.0.1:9443 ssl\n    server_name: a.test\n" + tls
+                    + "    proxy_pass: 127.0.0.1:9001\n"
+                    "  - listen: 127.0.0.1:9443 ssl\n    server_name: b.test\n" + tls
+                    + "    access: [deny all]\n    proxy_pass: 127.0.0.1:9001\n")
+    cfg = load_config(str(path))
+    assert cfg.warnings == [f'{path}:11: "access" has no effect on "127.0.0.1:9443", where the '
+                            "default server's applies (it runs before TLS SNI chooses the "
+                            "server)"]

@@ -213,10 +213,21 @@ def sni_unhonoured(group: ListenGroup) -> list[Finding]:
 
 # ---- access limits (allow/deny, limit_conn) ----------------------------------------------------
 def limits(zones: Sequence[LimitConnZone] | None, servers: Sequence[ServerConfig],
-           main: SourceMap) -> list[Finding]:
+           main: SourceMap, groups: Sequence[ListenGroup] = ()) -> list[Finding]:
     """``limit_conn_zone`` names once each, ``limit_conn`` naming a declared zone, once per
-    level; ``access`` CIDRs with host bits set (nginx warns)."""
+    level; ``access`` CIDRs with host bits set (nginx warns); on an address shared by several
+    servers, the settings of a server other than the default one, which have no effect there
+    (they run before TLS SNI chooses the server)."""
     out: list[Finding] = []
+    for group in groups:
+        default = group.servers[0]
+        for srv in group.servers[1:]:
+            for name in ("access", "limit_conn", "limit_conn_log_level", "limit_conn_dry_run"):
+                if getattr(srv.s, name) != getattr(default.s, name):
+                    out.append(_warn(srv.source.get(name) or srv.line,
+                                     f'"{name}" has no effect on "{group.listen.text}", where '
+                                     "the default server's applies (it runs before TLS SNI "
+                                     "chooses the server)"))
     declared: dict[str, LimitConnZone] = {}
     for z in zones or ():
         if z.name in declared:

@@ -315,7 +315,7 @@ class Loader:
                 self.error(_Line(srv.source.get("health_check") or srv.line),
                            f'match "{hc.match}" not found in "health_check"')
         groups = self.groups(servers)
-        self.report(checks.limits(main["limit_conn_zone"], servers, self.lines(nodes)))
+        self.report(checks.limits(main["limit_conn_zone"], servers, self.lines(nodes), groups))
         error_target, level = main["error_log"]
         error_line = nodes["error_log"].start_mark.line + 1 if "error_log" in nodes else 0
         self.check_log_target(error_target, nodes.get("error_log"))
