@@ -282,3 +282,63 @@ def test_settings_of_a_non_default_server_on_a_shared_address_are_a_warning(tmp_
     assert cfg.warnings == [f'{path}:11: "access" has no effect on "127.0.0.1:9443", where the '
                             "default server's applies (it runs before TLS SNI chooses the "
                             "server)"]
+
+
+def _listener(tmp_path, listen: str, extra: str, top: str = ""):
+    from mockio import RecordingLog
+
+    from tlsgw.balancer import Upstream
+    from tlsgw.proxy import phases
+    from tlsgw.proxy.context import WorkerContext
+    from tlsgw.runtime.generation import build
+
+    path = tmp_path / "gw.yaml"
+    path.write_text(f"{top}servers:\n  - listen: {listen}\n    proxy_pass: 127.0.0.1:9\n{extra}")
+    cfg = load_config(str(path))
+    gen = build(cfg, allocate=False)
+    for s in cfg.servers:
+        gen.runtimes[s.index].bind(Upstream(s.upstream.name, s.upstream.peer_configs(),
+                                            s.upstream.method))
+    group = cfg.groups[0]
+    context = WorkerContext(FakeLoop(), RecordingLog())  # type: ignore[arg-type]
+    return phases.Listener(group, gen.routes[gen.route_key(group)].by_index, context), gen
+
+
+def test_phases_slot_in_only_where_used(tmp_path):
+    from tlsgw.proxy import phases
+    from tlsgw.proxy.phases import Phase
+    from tlsgw.proxy.realip import HeaderReader, ProxyProtocolSession
+
+    top = "limit_conn_zone: $binary_remote_addr zone=z:64k\n"
+    listener, gen = _listener(tmp_path, "127.0.0.1:8000 proxy_protocol",
+                              "    access: [deny all]\n    limit_conn: z 1\n"
+                              "    proxy_upload_rate: 1k\n", top)
+    factory, used = phases.build(listener)
+    assert used == (Phase.POST_ACCEPT, Phase.PREACCESS, Phase.ACCESS)
+    reader = factory()
+    assert isinstance(reader, HeaderReader) and isinstance(reader.inner, gate.Gate)
+    assert isinstance(reader.inner.inner, gate.Gate)  # limit_conn's, then access's
+    cls = type(reader.session)
+    assert cls.__name__ == "RatedGatedProxyProtocolSession"
+    assert issubclass(cls, ProxyProtocolSession)
+    assert phases.build(listener)[0]().session.__class__ is cls  # made once per listener kind
+    gen.release()
+    # a rate only: no phase, the session class alone changes
+    listener, gen = _listener(tmp_path, "127.0.0.1:8001", "    proxy_download_rate: 1k\n")
+    factory, used = phases.build(listener)
+    assert used == () and factory.func.__name__ == "RatedSession"
+    gen.release()
+
+
+def test_a_key_longer_than_255_bytes_is_logged_and_not_counted(harness):
+    zone = ConnZone("long", 32768)
+    long_key = "k" * 300
+    h, one = _limited(harness, (Limit(zone, 1, LimitConnZone(long_key, "long", 32768)),))
+    for _ in range(2):
+        s, ok = one()
+        assert ok and s.limit_conn_status == "PASSED"
+    assert zone.keys == 0
+    assert any(level == "error" and line.startswith(f'the value of the "{long_key}" key is more '
+                                                    "than 255 bytes")
+               for level, line in h.log.lines)
+    zone.close()
