@@ -4,6 +4,7 @@ workers and across a reload, the statuses and nginx's lines in the logs."""
 
 from __future__ import annotations
 
+import re
 import signal
 import socket
 import ssl
@@ -135,9 +136,33 @@ def hold(port: int, source: str) -> socket.socket:
     return s
 
 
+def worker_of(gw: Gateway, s: socket.socket) -> int:
+    """The pid of the worker that accepted ``s`` (its ``client ... connected`` line)."""
+    addr, port = s.getsockname()
+    pattern = re.compile(rf"(\d+)#\d+: \*\d+ client {re.escape(addr)}:{port} connected")
+    wait_until(lambda: pattern.search(gw.stderr()), what=f"the accept of {addr}:{port}")
+    return int(pattern.search(gw.stderr()).group(1))
+
+
+def held_in_both_workers(gw: Gateway, port: int, source: str) -> list[socket.socket]:
+    """Two proxied sessions of ``source``, one in each worker (reuseport spreads connections
+    by their ports: retry until the two workers differ)."""
+    first = hold(port, source)
+    for _ in range(40):
+        second = hold(port, source)
+        if worker_of(gw, second) != worker_of(gw, first):
+            return [first, second]
+        ended = gw.stdout().count(f"{source} 200 PASSED")
+        second.close()  # and wait until its count is given back
+        wait_until(lambda n=ended: gw.stdout().count(f"{source} 200 PASSED") > n,
+                   what="its end")
+    first.close()
+    raise AssertionError("no two sessions in different workers")
+
+
 def test_limit_conn_across_workers_and_a_reload(gw):
     port = gw.port(2)
-    held = [hold(port, "127.0.0.20") for _ in range(2)]
+    held = held_in_both_workers(gw, port, "127.0.0.20")
     try:
         with connect(port, source="127.0.0.20") as s:  # the third of one address
             assert refused(s)
@@ -166,10 +191,14 @@ def test_limit_conn_across_workers_and_a_reload(gw):
         # the closed session gave its counts back, in whichever worker it ran
         with connect(port, source="127.0.0.23") as s:
             echo(s)
-    finally:
+    except BaseException:
         for s in held:
             s.close()
-    lines_with(gw, "127.0.0.20 200 PASSED", 2)
+        raise
+    ended = gw.stdout().count("127.0.0.20 200 PASSED")
+    for s in held:
+        s.close()
+    wait_until(lambda: gw.stdout().count("127.0.0.20 200 PASSED") >= ended + 2, what="both ends")
     # all given back: the address may open two again
     again = [hold(port, "127.0.0.20") for _ in range(2)]
     for s in again:
