@@ -342,3 +342,28 @@ def test_a_key_longer_than_255_bytes_is_logged_and_not_counted(harness):
                                                     "than 255 bytes")
                for level, line in h.log.lines)
     zone.close()
+
+
+def test_a_limiter_drops_what_arrives_after_its_session_ended():
+    loop = FakeLoop()
+    limiter, _, writes, session = _rated(loop, 1000)
+    limiter.stop()
+    limiter.feed(b"late")
+    loop.advance(1.0)
+    assert writes == [] and not limiter.pending
+
+
+def test_a_key_whose_variables_are_not_found_is_empty_and_not_counted(harness):
+    zone = ConnZone("sni", 32768)
+    h, one = _limited(harness, (Limit(zone, 1, LimitConnZone("$ssl_server_name", "sni",
+                                                             32768)),))
+    for _ in range(2):
+        assert one()[1]
+    assert zone.keys == 0
+    zone.close()
+
+
+def test_yaml_allow_says_where_the_rules_go(tmp_path):
+    errors = _errors(tmp_path, SERVER + "    allow: 10.0.0.0/8\n")
+    assert any('"allow" is an nginx directive that tlsgw does not have: tlsgw keeps nginx\'s '
+               "allow and deny rules, in order, in one list" in e for e in errors), errors

@@ -56,6 +56,8 @@ class Limiter:
         return s.client_flow if self.upload else s.upstream_flow
 
     def feed(self, data: bytes) -> None:
+        if self.session is None:  # uvloop may deliver a read after the session ended
+            return
         self.pending += data
         if not self.delayed and self.write is not None:
             self.pump()
@@ -105,10 +107,16 @@ class Limiter:
                 Session.side_eof(session, upstream)
 
     def stop(self) -> None:
+        """The session has ended: no timer, and what still arrives is dropped."""
         timer, self.timer = self.timer, None
         if timer is not None:
             timer.cancel()
+        self.delayed = True  # feed never writes again
+        self.pending = bytearray()
         self.session = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"<Limiter {self.rate} B/s sent={self.sent} pending={len(self.pending)}>"
 
 
 class _RatedUpstream(_UpstreamFirstData):

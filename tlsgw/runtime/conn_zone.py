@@ -151,7 +151,7 @@ class Limit:
         self.number = number
         self.name = spec.name
         self.key_text = spec.key
-        self.template = Template(spec.key)
+        self.template = Template(spec.key, "none")  # a variable not found is empty, as in nginx
         self.binary = spec.key == "$binary_remote_addr"  # the common key, without the template
 
     def key(self, session: Any) -> bytes:
