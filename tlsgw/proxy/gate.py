@@ -47,6 +47,8 @@ class Gate(asyncio.Protocol):
             self.handed = inner
             transport.set_protocol(inner)
             inner.connection_made(transport)
+        else:
+            abandon(inner)
 
     def data_received(self, data: bytes) -> None:
         """The bytes the PROXY protocol reader replays (what followed the header) go on to the
@@ -59,6 +61,17 @@ class Gate(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         pass
+
+
+def abandon(protocol: Any) -> None:
+    """The phases after a refusal never get the transport: let go of what they hold. (uvloop's
+    SSL protocol, :class:`~tlsgw.tls.transport.TLSAccept`, is its own handshake waiter and
+    drops that reference to itself only in ``connection_lost``; without it the session would
+    wait for the cyclic garbage collector.)"""
+    while isinstance(protocol, Gate):
+        protocol, protocol.inner = protocol.inner, None
+    if protocol is not None and not isinstance(protocol, Session):
+        protocol.connection_lost(None)
 
 
 def wrap(inner: Callable[[], Any], check: Callable[[Any], bool]) -> Callable[[], Gate]:
