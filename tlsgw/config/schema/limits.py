@@ -158,7 +158,9 @@ DIRECTIVES: list[Directive] = [
       repeatable=True,
       differs="a reload that adds a zone or changes a zone's size is refused (restart tlsgw "
       "to apply it): workers are forked once, and the zone must be mapped before the fork. "
-      "Counts of a worker that crashes stay taken, as in nginx.",
+      "A reload may change the key of a kept zone (nginx refuses that reload); each open "
+      "session gives back the count of the key it was counted under. Counts of a worker that "
+      "crashes stay taken, as in nginx.",
       nginx=Nginx("limit_conn_zone", ("stream",), "two or more")),
     D("limit_conn", ("main", "server"), "limit_conn: ZONE NUMBER", None, limit_conn,
       "At most NUMBER (1 to 65535) open sessions per key of zone ZONE. The count is taken in "
