@@ -276,6 +276,12 @@ class Master:
         try:
             if _digest(path) != digest:
                 return reject(f"{path}: the file changed while it was read; reload again")
+            for kind, name, size in gen.zone_keys:  # limit_conn_zone: as the session cache
+                if kind == conn_zone.LIMIT_CONN and gen.zones.holders((kind, name, size)) == 1:
+                    line = cfg.source.get("limit_conn_zone") or 1
+                    return reject(f'{path}:{line}: limit_conn_zone "{name}" of {size} bytes is '
+                                  "a new shared zone (a new name or size); it takes a restart "
+                                  "of tlsgw to be shared by running workers")
             checked = [srv for srv in cfg.servers if srv.health_check is not None]
             was = [srv for srv in old.cfg.servers if srv.health_check is not None]
             if checked or was:  # its helper and zone are made at start-up only (README: limits)
@@ -288,11 +294,6 @@ class Master:
             for key in gen.zone_keys:
                 if gen.zones.holders(key) == 1:  # made for this generation: workers lack it
                     kind, name, size = key
-                    if kind == conn_zone.LIMIT_CONN:
-                        line = cfg.source.get("limit_conn_zone") or 1
-                        return reject(f'{path}:{line}: limit_conn_zone "{name}" of {size} bytes '
-                                      "is a new shared zone (a new name or size); it takes a "
-                                      "restart of tlsgw to be shared by running workers")
                     srv = next(s for s in cfg.servers
                                if s.s.ssl_session_cache.shared_name == name)
                     line = srv.source.get("ssl_session_cache") or srv.line
