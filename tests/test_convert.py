@@ -168,7 +168,10 @@ def test_unsupported_become_comments():
     result = convert(path)
     cfg = _yaml(result.text)
     assert cfg["upstreams"]["backend"] == {"servers": ["127.0.0.1:7001 weight=2"]}
+    assert cfg["limit_conn_zone"] == "$binary_remote_addr zone=perip:1m"
     assert cfg["servers"] == [{"listen": "127.0.0.1:9443", "ssl_preread": True,
+                               "limit_conn": "perip 10",
+                               "access": ["allow 127.0.0.0/8", "deny all"],
                                "proxy_pass": "$name"},
                               {"listen": "127.0.0.1:9501", "proxy_requests": 1,
                                "proxy_pass": "backend"}]
@@ -178,9 +181,7 @@ def test_unsupported_become_comments():
     assert cfg["pid"] == "/tmp/tlsgw-convert-test.pid"  # supported since: converted, no warning
     assert not any(w.startswith('"pid"') for w in result.warnings)
     assert cfg["resolver"] == "127.0.0.1 valid=30s"  # supported since (DNS discovery)
-    for name, line in [("user", 2), ("limit_conn_zone", 15),
-                       ("zone", 24), ("limit_conn", 35),
-                       ("allow", 36), ("deny", 37),
+    for name, line in [("user", 2), ("zone", 24),
                        ("error_log", 45), ("listen", 42)]:
         assert warned[name].endswith(f" in {path}:{line}"), name
         assert f"# {name}: " in result.text and f"({path}:{line}):" in result.text
@@ -327,7 +328,7 @@ SIMPLE = [d for d in schema.DIRECTIVES
           if d.nginx.name and ("server" in d.contexts or "main" in d.contexts)
           and ({"stream", "server"} & set(d.nginx.contexts))
           and d.name not in ("listen", "proxy_pass", "servers", "upstreams", "log_format",
-                             "match", "map")]
+                             "match", "map", "access")]  # access: test_allow_and_deny_convert_in_order
 
 
 @pytest.mark.parametrize("d", SIMPLE, ids=lambda d: d.name)
@@ -348,6 +349,32 @@ def test_every_directive_of_the_table_converts(tmp_path, d):
     got = {k.value: v for k, v in mapping.value}[d.name]
     got_values = [n.value for n in got.value] if isinstance(got, yaml.SequenceNode) else [got.value]
     assert got_values == values
+
+
+def test_allow_and_deny_convert_in_order(tmp_path):
+    """nginx's allow/deny lines become one ``access`` list, in their order, at each level."""
+    conf = tmp_path / "nginx.conf"
+    conf.write_text("stream {\n  deny 10.0.0.1;\n  allow 10.0.0.0/8;\n  deny all;\n"
+                    "  limit_conn_zone $binary_remote_addr zone=perip:1m;\n"
+                    "  server { listen 9000; deny 192.168.1.1; allow 192.168.1.0/24;\n"
+                    "    allow 2001:db8::/32; deny unix:; deny all; limit_conn perip 2;\n"
+                    "    proxy_upload_rate 10k; proxy_pass 127.0.0.1:7000; }\n"
+                    "  server { listen 9001; allow bogus; proxy_pass 127.0.0.1:7000; }\n}\n")
+    result = convert(str(conf))
+    cfg = _yaml(result.text)
+    assert cfg["access"] == ["deny 10.0.0.1", "allow 10.0.0.0/8", "deny all"]
+    assert cfg["limit_conn_zone"] == "$binary_remote_addr zone=perip:1m"
+    srv = cfg["servers"][0]
+    assert srv["access"] == ["deny 192.168.1.1", "allow 192.168.1.0/24", "allow 2001:db8::/32",
+                             "deny unix:", "deny all"]
+    assert (srv["limit_conn"], srv["proxy_upload_rate"]) == ("perip 2", "10k")
+    assert "access" not in cfg["servers"][1]
+    assert any(w.startswith('"allow" cannot be converted') and w.endswith(f"{conf}:9")
+               for w in result.warnings), result.warnings
+    out = tmp_path / "tlsgw.yaml"
+    out.write_text(result.text)
+    r = run_cli("check", "-c", str(out))
+    assert r.returncode == 0, r.stderr
 
 
 # ---- the CLI -------------------------------------------------------------------------------------

@@ -46,7 +46,7 @@ def test_parameters_are_declared_once_and_listed_by_their_directive():
 
 def test_features_are_an_explicit_tuple():
     assert (schema.core, schema.logging, schema.proxy, schema.proxy_protocol, schema.tls,
-            schema.upstream, schema.health, schema.watch, schema.admin, schema.discovery, schema.preread, schema.udp) == schema.FEATURES
+            schema.upstream, schema.health, schema.watch, schema.admin, schema.discovery, schema.preread, schema.udp, schema.limits) == schema.FEATURES
     assert [d for f in schema.FEATURES for d in f.DIRECTIVES] == schema.DIRECTIVES
     names = [(d.name, d.contexts) for d in schema.DIRECTIVES]
     assert len(names) == len(set(names))

@@ -109,14 +109,15 @@ class InProcess:
         self.closers.append(raw.close)
         return f"127.0.0.1:{port}"
 
-    async def gateway(self, server: str, tls: bool = False, params: str = "") -> tuple[Worker, int]:
+    async def gateway(self, server: str, tls: bool = False, params: str = "",
+                      top: str = "") -> tuple[Worker, int]:
         """Serve one ``servers:`` entry (YAML lines after ``listen``) on a free port."""
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
         sock.close()
         path = self.tmp / "gw.yaml"
-        path.write_text(f"error_log: stderr crit\nservers:\n"
+        path.write_text(f"error_log: stderr crit\n{top}servers:\n"
                         f"  - listen: 127.0.0.1:{port}{' ssl' if tls else ''}{params}\n"
                         + textwrap.indent(server, "    "))
         cfg = load_config(str(path))
@@ -196,9 +197,9 @@ N = 20  # sessions per case: a leak leaves N of each object behind
 
 def check_freed(inproc: InProcess, server: Callable[[], Awaitable[str]],
                 client: Callable[[int], Awaitable[None]], tls: bool = False,
-                params: str = "") -> None:
+                params: str = "", top: str = "") -> None:
     async def go() -> dict[str, int]:
-        worker, port = await inproc.gateway(await server(), tls, params)
+        worker, port = await inproc.gateway(await server(), tls, params, top)
         baseline = alive()
         for _ in range(N):
             await client(port)
@@ -481,3 +482,24 @@ def test_preread_fails(inproc, send, extra):
             await w.wait_closed()
 
     check_preread_freed(inproc, client, extra)
+
+
+@pytest.mark.parametrize("tls", [False, True])
+def test_access_limit_conn_and_rates(inproc, pki, tls):
+    """Sessions through the pre-access and access gates with both rates (the limiters and the
+    session refer to each other until finalize), and sessions they refuse."""
+    async def server() -> str:
+        return ((cert_lines(pki) if tls else "") + "access: [deny 127.0.0.9, allow all]\n"
+                "limit_conn: z 100\nproxy_upload_rate: 1m\nproxy_download_rate: 1m\n"
+                f"proxy_pass: {await inproc.backend()}\n")
+
+    ctx = client_tls(pki) if tls else None
+
+    async def client(port: int) -> None:
+        await echo_session(port, ctx, b"x" * 5000)
+        r, w = await asyncio.open_connection("127.0.0.1", port, local_addr=("127.0.0.9", 0))
+        with contextlib.suppress(OSError):
+            assert await asyncio.wait_for(r.read(), 10) == b""  # denied
+        w.close()
+
+    check_freed(inproc, server, client, tls=tls, top="limit_conn_zone: $server_addr zone=z:64k\n")

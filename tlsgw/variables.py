@@ -10,6 +10,7 @@ found, ``", "``-joined per-attempt upstream values).
 from __future__ import annotations
 
 import re
+import socket
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -98,6 +99,15 @@ def _realip(attr: str, current: str) -> Getter:
     return get
 
 
+def binary_addr(addr: str) -> bytes:
+    """``$binary_remote_addr``: the address in 4 or 16 bytes (nothing for a unix socket)."""
+    family = socket.AF_INET6 if ":" in addr else socket.AF_INET
+    try:
+        return socket.inet_pton(family, addr)
+    except (OSError, ValueError):
+        return b""
+
+
 #: ``$proxy_protocol_tlv_NAME`` (nginx 1.23.2): NAME is one of nginx's TLV names or 0xHH
 #: (tests/test_variables_tlv.py holds this to the codec's tables in tlsgw.proxy.proxyproto)
 TLV_PREFIX = "proxy_protocol_tlv_"
@@ -154,6 +164,8 @@ VARIABLES: dict[str, tuple[Getter, bool]] = {
     "ssl_preread_server_name": (lambda s: getattr(s, "ssl_preread_server_name", None), True),
     "ssl_preread_alpn_protocols": (lambda s: getattr(s, "ssl_preread_alpn_protocols", None), True),
     "ssl_preread_protocol": (lambda s: getattr(s, "ssl_preread_protocol", None), False),
+    "binary_remote_addr": (lambda s: binary_addr(s.remote_addr).decode("latin-1"), True),
+    "limit_conn_status": (_opt("limit_conn_status"), False),
 }
 
 _SAFE = re.compile(r'[\x20-\x7e]*')

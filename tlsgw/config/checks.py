@@ -17,6 +17,7 @@ from tlsgw.balancer import warnings as balancer_warnings
 from tlsgw.config.maps import Map
 from tlsgw.config.model import ListenGroup, ServerConfig, SourceMap, UpstreamConfig
 from tlsgw.config.schema import MAX_CONSISTENT_WEIGHT
+from tlsgw.config.schema.limits import LimitConnZone
 
 
 @dataclass(frozen=True, slots=True)
@@ -307,3 +308,50 @@ def udp(servers: Sequence[ServerConfig], workers: int) -> list[Finding]:
                                        "it one client's datagrams reach different workers, "
                                        "each making a session of its own"))
     return out
+
+
+# ---- access limits (allow/deny, limit_conn) ----------------------------------------------------
+def limits(zones: Sequence[LimitConnZone] | None, servers: Sequence[ServerConfig],
+           main: SourceMap, groups: Sequence[ListenGroup] = ()) -> list[Finding]:
+    """``limit_conn_zone`` names once each, ``limit_conn`` naming a declared zone, once per
+    level; ``access`` CIDRs with host bits set (nginx warns); on an address shared by several
+    servers, the settings of a server other than the default one, which have no effect there
+    (they run before TLS SNI chooses the server)."""
+    out: list[Finding] = []
+    for group in groups:
+        default = group.servers[0]
+        for srv in group.servers[1:]:
+            for name in ("access", "limit_conn", "limit_conn_log_level", "limit_conn_dry_run"):
+                if getattr(srv.s, name) != getattr(default.s, name):
+                    out.append(_warn(srv.source.get(name) or srv.line,
+                                     f'"{name}" has no effect on "{group.listen.text}", where '
+                                     "the default server's applies (it runs before TLS SNI "
+                                     "chooses the server)"))
+    declared: dict[str, LimitConnZone] = {}
+    for z in zones or ():
+        if z.name in declared:
+            out.append(Finding(main.get("limit_conn_zone"),
+                               f'duplicate zone "{z.name}" in "limit_conn_zone"'))
+        declared.setdefault(z.name, z)
+    seen_warn: set[tuple[int | None, str]] = set()
+    for srv in servers:
+        line = srv.source.get("limit_conn")
+        names: list[str] = []
+        for lc in srv.s.limit_conn or ():
+            if lc.zone not in declared:
+                out.append(Finding(line, f'unknown zone "{lc.zone}" in "limit_conn" (declare it '
+                                         'with limit_conn_zone)'))
+            elif lc.zone in names:
+                out.append(Finding(line, f'"limit_conn" for zone "{lc.zone}" is duplicate'))
+            names.append(lc.zone)
+        for rule in srv.s.access or ():
+            key = (srv.source.get("access"), rule.text)
+            if rule.host_bits and key not in seen_warn:
+                seen_warn.add(key)
+                out.append(_warn(key[0], f'low address bits of {rule.text} are meaningless '
+                                         'in "access"'))
+    unique: list[Finding] = []
+    for f in out:  # a top-level limit_conn is every server's: say it once
+        if f not in unique:
+            unique.append(f)
+    return unique

@@ -332,6 +332,7 @@ class Loader:
                            '"health_check" is not supported yet for an upstream with '
                            f'"resolve" servers (upstream "{srv.upstream.name}")')
         groups = self.groups(servers, main.get("worker_processes") or 1)
+        self.report(checks.limits(main["limit_conn_zone"], servers, self.lines(nodes), groups))
         error_target, level = main["error_log"]
         error_line = nodes["error_log"].start_mark.line + 1 if "error_log" in nodes else 0
         self.check_log_target(error_target, nodes.get("error_log"))

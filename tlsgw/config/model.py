@@ -17,6 +17,7 @@ from tlsgw.config.maps import Map
 from tlsgw.config.schema import SessionCacheSpec, TrustedSource
 from tlsgw.config.schema.discovery import Resolver
 from tlsgw.config.schema.health import HealthCheck, Match
+from tlsgw.config.schema.limits import AccessRule, LimitConn, LimitConnZone
 from tlsgw.variables import Template
 
 
@@ -241,6 +242,12 @@ class ServerSettings:
     proxy_requests: int
     proxy_responses: int | None
     udp_max_sessions: int
+    access: tuple[AccessRule, ...] | None
+    limit_conn: tuple[LimitConn, ...] | None
+    limit_conn_log_level: str
+    limit_conn_dry_run: bool
+    proxy_upload_rate: int
+    proxy_download_rate: int
 
 @dataclass(frozen=True, slots=True)
 class MainSettings(ServerSettings):
@@ -253,6 +260,7 @@ class MainSettings(ServerSettings):
     config_watch: float | None  # seconds between looks at the watched files, or None (off)
     resolver: Resolver | None
     resolver_timeout: float
+    limit_conn_zone: tuple[LimitConnZone, ...] | None
 
 
 @dataclass

@@ -68,6 +68,11 @@ _OWN = {d.name for d in schema.DIRECTIVES if _facts(d).name is None}
 _LISTEN = {_facts(p).name: p for p in schema.LISTEN_PARAMS}
 _PEER = {_facts(p).name: p for p in schema.PEER_PARAMS}
 _LISTEN_DIRECTIVE = schema.BY_CONTEXT["server"]["listen"]
+#: nginx's ``allow``/``deny`` lines are the entries of one ordered ``access`` list
+_ACCESS = schema.BY_CONTEXT["server"]["access"]
+_ACCESS_VERBS = ("allow", "deny")
+#: directives whose value is a key made of variables (checked by their parser)
+_KEYED = ("limit_conn_zone",)
 
 
 @dataclass
@@ -181,6 +186,9 @@ class Converter:
     def directive(self, section: Section, context: str, stmt: Stmt) -> None:
         """A directive that becomes one YAML key of ``section`` (or a comment)."""
         tlsgw_context = _TLSGW_CONTEXT[context]
+        if stmt.name in _ACCESS_VERBS and context in ("stream", "server"):
+            self.access_rule(section, stmt)
+            return
         d = _TABLES[context].get(stmt.name)
         if d is None or tlsgw_context not in d.contexts:
             if d is not None:
@@ -219,7 +227,8 @@ class Converter:
             args = [self.path(d, stmt, args[0])] + args[1:]
         value = " ".join(args) if args else facts.no_args
         assert value is not None
-        if "$" in value and not (d.name == "proxy_pass" and _ONE_VARIABLE.fullmatch(value)):
+        if "$" in value and d.name not in _KEYED and not (
+                d.name == "proxy_pass" and _ONE_VARIABLE.fullmatch(value)):
             self.comment(section, stmt, f"with variables is {_NOT_YET}")
             return
         try:
@@ -237,6 +246,19 @@ class Converter:
             section.values[d.name].append(value)
         else:
             section.values[d.name] = [value] if d.repeatable else value
+
+    def access_rule(self, section: Section, stmt: Stmt) -> None:
+        """``allow X;`` / ``deny X;``: one ``allow X`` / ``deny X`` entry of the ``access``
+        list, in the order of the lines."""
+        if stmt.block is not None or len(stmt.args) != 2:
+            raise self.error(stmt, f'invalid number of arguments in "{stmt.name}" directive')
+        value = f"{stmt.name} {stmt.args[1]}"
+        try:
+            _ACCESS.parse(value)  # type: ignore[misc]
+        except UnitError as exc:
+            self.comment(section, stmt, f"cannot be converted ({exc})")
+            return
+        section.values.setdefault(_ACCESS.name, []).append(value)
 
     def access_log_args(self, section: Section, stmt: Stmt, args: list[str]) -> list[str] | None:
         if args == ["off"]:

@@ -53,7 +53,7 @@ from tlsgw.admin import table as stats_table
 from tlsgw.config.model import ListenGroup
 from tlsgw.errors import ConfigErrors, StartupError, TlsgwError
 from tlsgw.process import control, listeners, notify, pidfile, procctl, watch
-from tlsgw.runtime import steer, zones
+from tlsgw.runtime import conn_zone, steer, zones
 from tlsgw.runtime.generation import Generation, build_file
 
 RESPAWN_DELAY = 1.0  # seconds before restarting a worker that died within 1 s of its start
@@ -475,6 +475,12 @@ class Master:
         try:
             if _digest(path) != digest:
                 return reject(f"{path}: the file changed while it was read; reload again")
+            for kind, name, size in gen.zone_keys:  # limit_conn_zone: as the session cache
+                if kind == conn_zone.LIMIT_CONN and gen.zones.holders((kind, name, size)) == 1:
+                    line = cfg.source.get("limit_conn_zone") or 1
+                    return reject(f'{path}:{line}: limit_conn_zone "{name}" of {size} bytes is '
+                                  "a new shared zone (a new name or size); it takes a restart "
+                                  "of tlsgw to be shared by running workers")
             for key in gen.zone_keys:
                 if key[0] == zones.TLS_SESSION_CACHE and gen.zones.holders(key) == 1:  # made for this generation: workers lack it
                     kind, name, size = key

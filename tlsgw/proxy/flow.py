@@ -26,12 +26,14 @@ class Reason(enum.IntFlag):
 
     BACKPRESSURE = 1  # the other side's write buffer is over its high-water mark
     HELD = 2  # the client's bytes are held while the upstream connects (proxy_buffer_size)
+    RATE = 4  # proxy_upload_rate / proxy_download_rate: the side's reading waits for its timer
 
 
 # Plain ints for the calls (a pause can come every few kilobytes of a bulk transfer, and
 # IntFlag arithmetic is Python code); Reason gives them their names.
 BACKPRESSURE = int(Reason.BACKPRESSURE)
 HELD = int(Reason.HELD)
+RATE = int(Reason.RATE)
 
 
 class FlowControl:

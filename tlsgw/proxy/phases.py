@@ -29,13 +29,15 @@ What exists today:
   :mod:`tlsgw.proxy.connect`).
 * ``LOG``: the access-log line, written by :meth:`Session.finalize
   <tlsgw.proxy.pump.Session.finalize>` when the session ends.
-
+* ``PREACCESS``: :func:`tlsgw.proxy.limit_conn.preaccess` (``limit_conn``), and ``ACCESS``:
+  :func:`tlsgw.proxy.access.access` (``allow``/``deny``), each a
+  :class:`~tlsgw.proxy.gate.Gate` deciding in its ``connection_made``, for listeners whose
+  default server uses them; their sessions are :func:`tlsgw.proxy.gate.session_class`'s.
 * ``PREREAD``: :func:`tlsgw.proxy.preread.preread_phase`, for ``ssl_preread``: it owns the raw
   transport until the ClientHello is read, then passes it through or, on a mixed address,
   terminates TLS itself (so the SSL phase has no wrapper there).
 
-``PREACCESS`` and ``ACCESS`` have no module yet. A wrapper for one of them is a
-:data:`Wrap`: given the listener and the inner factory, it returns the outer factory, or None
+A pre-content phase's wrapper is a :data:`Wrap`: given the listener and the inner factory, it returns the outer factory, or None
 when the listen group does not use that phase (then it costs nothing). A phase that must read
 before deciding (PROXY protocol, preread) owns the raw transport until it has decided, then
 hands it on with ``transport.set_protocol(inner)`` and replays what it read; a phase that only
@@ -52,7 +54,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from tlsgw.config.model import ListenGroup
-from tlsgw.proxy import datagram, preread, realip
+from tlsgw.proxy import access, datagram, gate, limit_conn, preread, realip
 from tlsgw.proxy.context import WorkerContext
 from tlsgw.proxy.pump import Session
 from tlsgw.tls.transport import TLSAccept
@@ -114,6 +116,8 @@ def _ssl(listener: Listener, inner: Factory) -> Factory | None:
 #: of everything) and LOG its ``finalize``; PREACCESS and ACCESS come with their features.
 BEFORE_CONTENT: tuple[tuple[Phase, Wrap], ...] = (
     (Phase.POST_ACCEPT, realip.post_accept),
+    (Phase.PREACCESS, limit_conn.preaccess),
+    (Phase.ACCESS, access.access),
     (Phase.SSL, _ssl),
     (Phase.PREREAD, preread.preread_phase),
 )
@@ -127,6 +131,7 @@ def content(listener: Listener) -> Factory:
     # listen ... proxy_protocol: the session also keeps what the header said (realip)
     cls = realip.ProxyProtocolSession if listener.group.listen.proxy_protocol else Session
     cls = preread.session_class(listener, cls)  # ssl_preread, proxy_pass $VARIABLE
+    cls = gate.session_class(listener, cls)  # limit_conn, access, rates: a subclass
     return functools.partial(cls, listener.context, listener.default, listener.name, group)
 
 

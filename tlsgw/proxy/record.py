@@ -19,8 +19,10 @@ class Status(enum.IntEnum):
 
     OK = 200  # proxied, then one side closed, or timed out while proxying
     BAD_REQUEST = 400  # a broken PROXY protocol header
+    FORBIDDEN = 403  # denied by an access rule (allow/deny)
     INTERNAL_SERVER_ERROR = 500  # a failed client TLS handshake; a bug while connecting
     BAD_GATEWAY = 502  # no upstream could be connected
+    SERVICE_UNAVAILABLE = 503  # over a limit_conn limit
 
 
 class Attempt:

@@ -26,6 +26,7 @@ from typing import Any
 from tlsgw.config.load import load_config
 from tlsgw.config.model import Config, ListenGroup, ServerConfig
 from tlsgw.errors import ConfigError, ConfigErrors, TlsgwError
+from tlsgw.runtime import conn_zone
 from tlsgw.runtime import zones as zones_
 from tlsgw.runtime.server import ServerRuntime
 from tlsgw.tls import context as tlsctx
@@ -169,6 +170,7 @@ def build(cfg: Config, allocate: bool = True, number: int = 0,
                                              gen.server_contexts.get(srv.index),
                                              proxy_tls.get(srv.index))
                         for value, up in srv.targets.items()}
+            conn_zone.attach(gen, allocate)  # limit_conn
             for group in cfg.groups:
                 _route(gen, group, errors)
             _health(gen, allocate, errors, health_slots)

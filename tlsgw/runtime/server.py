@@ -63,6 +63,12 @@ class ServerRuntime:
         # makes them: this server's settings with that value's upstream)
         self.proxy_map = cfg.proxy_map
         self.targets: dict[str, ServerRuntime] | None = None
+        # access limits: allow/deny (tlsgw.proxy.access), limit_conn (set by the generation's
+        # build: tlsgw.runtime.conn_zone), the rates in bytes per second (tlsgw.proxy.rate)
+        self.access = s.access
+        self.limit_conn: tuple[Any, ...] = ()
+        self.upload_rate: int = s.proxy_upload_rate
+        self.download_rate: int = s.proxy_download_rate
         # bound per worker (bind)
         self.upstream: Upstream = None  # type: ignore[assignment]
         self.access_log: logs.LogSink | None = None

@@ -23,6 +23,7 @@ from tlsgw.config.schema import (
     core,
     discovery,
     health,
+    limits,
     logging,
     nginx,
     preread,
@@ -70,7 +71,7 @@ __all__ = [
 ]
 
 #: The feature modules, in the order of the reference; each has a ``DIRECTIVES`` list.
-FEATURES = (core, logging, proxy, proxy_protocol, tls, upstream, health, watch, admin, discovery, preread, udp)
+FEATURES = (core, logging, proxy, proxy_protocol, tls, upstream, health, watch, admin, discovery, preread, udp, limits)
 
 DIRECTIVES: list[Directive] = [d for feature in FEATURES for d in feature.DIRECTIVES]
 

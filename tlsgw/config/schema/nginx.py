@@ -9,6 +9,10 @@ from __future__ import annotations
 
 #: nginx directive → what tlsgw does instead (the answer to a user who wrote it)
 ANSWERS: dict[str, str] = {
+    "allow": 'tlsgw keeps nginx\'s allow and deny rules, in order, in one list: '
+             '"access: [allow ADDRESS, deny all]"',
+    "deny": 'tlsgw keeps nginx\'s allow and deny rules, in order, in one list: '
+            '"access: [deny ADDRESS, allow all]"',
     "daemon": "tlsgw runs in the foreground; run it as a service (systemd: Type=simple) to "
               "detach it",
     "master_process": "tlsgw always runs a master and its workers",
@@ -42,12 +46,11 @@ ANSWERS: dict[str, str] = {
 
 #: nginx stream directives tlsgw does not have yet (they may come)
 NOT_YET = frozenset({
-    "allow", "deny", "geo", "geoip_city", "geoip_country", "geoip_org", "js_access", "js_filter", "js_import", "js_path", "js_preread",
-    "js_set", "js_var", "limit_conn", "limit_conn_dry_run", "limit_conn_log_level",
-    "limit_conn_zone", "map_hash_bucket_size", "map_hash_max_size",
+    "geo", "geoip_city", "geoip_country", "geoip_org", "js_access", "js_filter", "js_import", "js_path", "js_preread",
+    "js_set", "js_var", "map_hash_bucket_size", "map_hash_max_size",
     "open_log_file_cache", "pass", "proxy_bind",
-    "proxy_download_rate", "proxy_socket_keepalive", "proxy_ssl_conf_command", "proxy_ssl_crl",
-    "proxy_upload_rate", "return", "set",
+    "proxy_socket_keepalive", "proxy_ssl_conf_command", "proxy_ssl_crl",
+    "return", "set",
     "split_clients", "ssl_certificate_cache", "ssl_conf_command", "ssl_dhparam", "ssl_key_log",
     "ssl_ocsp", "ssl_ocsp_cache", "ssl_ocsp_responder", "ssl_reject_handshake",
     "ssl_stapling", "ssl_stapling_file", "ssl_stapling_responder", "ssl_stapling_verify",
