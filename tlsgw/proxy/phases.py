@@ -37,8 +37,9 @@ What exists today:
   transport until the ClientHello is read, then passes it through or, on a mixed address,
   terminates TLS itself (so the SSL phase has no wrapper there).
 
-A pre-content phase's wrapper is a :data:`Wrap`: given the listener and the inner factory, it returns the outer factory, or None
-when the listen group does not use that phase (then it costs nothing). A phase that must read
+A pre-content phase's wrapper is a :data:`Wrap`: given the listener and the inner factory, it
+returns the outer factory, or None when the listen group does not use that phase (then it costs
+nothing). A phase that must read
 before deciding (PROXY protocol, preread) owns the raw transport until it has decided, then
 hands it on with ``transport.set_protocol(inner)`` and replays what it read; a phase that only
 decides (allow/deny, limit_conn) runs in its factory's ``connection_made``.
