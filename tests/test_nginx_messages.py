@@ -62,8 +62,8 @@ def test_no_nginx_directive_gets_a_misleading_suggestion(tmp_path, context):
     ("worker_connections", "file-descriptor limit"),
     ("user", "start it as the user it should run as"),
     ("zone", "peer state per worker"),
-    ("proxy_upload_rate", "does not support yet"),
-    ("limit_conn", "does not support yet"),
+    ("split_clients", "does not support yet"),
+    ("geo", "does not support yet"),
 ])
 def test_nginx_only_directives_get_an_answer(tmp_path, name, said):
     errs = errors_of(tmp_path, BASE.format(upstream="", server="", main=f"{name}: 1"))
