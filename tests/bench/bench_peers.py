@@ -287,6 +287,8 @@ stream {{
 class TlsgwGateway(Gateway):
     name = "tlsgw"
 
+    admin = False  # the admin endpoint and its metrics on (run.py --admin)
+
     def config(self, access_log: bool, tls: bool, preread: bool = False,
                udp: bool = False) -> str:
         text = f"""\
@@ -295,6 +297,8 @@ error_log: {self.dir}/error.log error
 log_format:
   bench: '{LOG_FORMAT}'
 """
+        if self.admin:
+            text += "admin: {listen: 127.0.0.1:0}\n"
         if access_log:
             text += f"access_log: {self.access_log} bench\n"
         text += f"""\

@@ -306,6 +306,7 @@ class Bench:
                         gw = cls(d, self.gateway_cpus, args.cap, backend_port, certs, src,
                                  backend_tls_port=backend_tls_port)
                         gw.backend_udp_port = backend.udp_port
+                        gw.admin = args.admin and name == "tlsgw"
                         gw.name = name
                         gateways.append(gw)
                         try:
@@ -426,6 +427,9 @@ def report(rows: list[Row], bench: Bench, started: float, args: argparse.Namespa
     out.append(f"* tlsgw: {source_text(args.tlsgw_src)}")
     if args.baseline_src is not None:
         out.append(f"* base (instead of nginx): tlsgw {source_text(args.baseline_src)}")
+    if args.admin:
+        out.append("* tlsgw under test with `admin: {listen: 127.0.0.1:0}` (the endpoint and its "
+                   "metrics on)")
     out += [f"* pinning: {pin}",
             f"* rounds: {args.rounds} per scenario (1 for idle connections), nginx and tlsgw "
             f"alternating, order reversed every round; runs of {args.duration} s "
@@ -479,6 +483,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--baseline-src", type=Path, metavar="DIR",
                    help="A/B mode: compare tlsgw from --tlsgw-src against tlsgw from DIR "
                    "(shown as 'base') instead of nginx; implies --no-write")
+    p.add_argument("--admin", action="store_true", help="run the tlsgw under test (not nginx, "
+                   "not the base) with the admin endpoint and its metrics on (`admin: {listen: "
+                   "127.0.0.1:0}`); with --baseline-src of the same tree: the cost of metrics")
     p.add_argument("--profile", type=Path, metavar="DIR", help="instead of the comparison, "
                    "profile tlsgw's worker with py-spy and write the profiles to DIR")
     args = p.parse_args(argv)
