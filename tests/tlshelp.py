@@ -32,8 +32,10 @@ error_log: stderr info
 
 
 def log_entries(gw: Gateway, port: int | None = None) -> list[dict[str, str]]:
+    """The whole lines only: the writer may be half-way through the last one."""
     out = []
-    for line in gw.stdout().splitlines():
+    text = gw.stdout()
+    for line in text[:text.rfind("\n") + 1].splitlines():
         if line.startswith("{"):
             e = json.loads(line)
             if port is None or e["port"] == str(port):
