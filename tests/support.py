@@ -332,9 +332,16 @@ class Gateway:
     def stdout(self) -> str:
         return self.out.read_text(errors="replace")
 
+    def stdout_lines(self) -> list[str]:
+        """The whole lines on stdout so far: a log writer thread may be half-way through the
+        last one, which is left out."""
+        text = self.stdout()
+        return text[:text.rfind("\n") + 1].splitlines()
+
     def access_lines(self, n: int, timeout: float = 10.0) -> list[str]:
-        wait_until(lambda: len(self.stdout().splitlines()) >= n, timeout, f"{n} access-log lines")
-        return self.stdout().splitlines()
+        """The whole access-log lines on stdout, once there are at least ``n``."""
+        wait_until(lambda: len(self.stdout_lines()) >= n, timeout, f"{n} access-log lines")
+        return self.stdout_lines()
 
     def wait_log(self, text: str, timeout: float = 10.0) -> str:
         wait_until(lambda: text in self.stderr(), timeout, f"{text!r} in the error log")

@@ -168,7 +168,7 @@ def _finish(sock: socket.socket) -> tuple[bytes, str]:
 
 
 def _lines(gw, port: int) -> list[list[str]]:
-    return [ln.split() for ln in gw.stdout().splitlines() if ln.startswith(f"{port} ")]
+    return [ln.split() for ln in gw.stdout_lines() if ln.startswith(f"{port} ")]
 
 
 def _wait_lines(gw, port: int, n: int, timeout: float = 15.0) -> list[list[str]]:

@@ -1,7 +1,8 @@
 """Active health checks end to end: the helper process probes, the workers skip down servers.
 
 Short intervals (200 ms) keep this file quick; every wait is for an event (a log line, a
-count), never a fixed sleep.
+count), never a fixed sleep. The probe timeout (1 s) is long enough that a healthy backend on
+a loaded machine is not timed out by accident.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ def _config(servers: list[str], hc: str, extra: str = "", workers: int = 2,
     return (f"worker_processes: {workers}\nerror_log: stderr info\n{PONG}{extra}"
             f"upstreams:\n  chat:\n    servers:\n{lines}\n"
             f"servers:\n  - listen: 127.0.0.1:0\n    proxy_pass: chat\n"
-            f"    health_check: {hc}\n    health_check_timeout: 300ms\n{server_extra}")
+            f"    health_check: {hc}\n    health_check_timeout: 1s\n{server_extra}")
 
 
 def test_hung_server_is_taken_out_and_returns_after_passes(backends, gateway):
@@ -49,9 +50,10 @@ def test_hung_server_is_taken_out_and_returns_after_passes(backends, gateway):
     gw = gateway(_config([a.address, b.address],
                          "interval=200ms fails=2 passes=2 match=pong"), workers=2)
     port = gw.port()
+    # the master forks the helper after the workers: its line says it exists
+    gw.wait_log("start health check helper process")
     pids = gw.pids()
     assert len(pids) == 1 + 2 + 1  # master, 2 workers, the health check helper
-    gw.wait_log("start health check helper process")
     assert {_who(port) for _ in range(6)} == {"PONG a", "PONG b"}
 
     # an open session to b, to be left alone

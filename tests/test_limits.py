@@ -65,9 +65,9 @@ def gw(tmp_path_factory: pytest.TempPathFactory, pki):
 
 
 def lines_with(gw: Gateway, text: str, n: int) -> list[str]:
-    wait_until(lambda: len([x for x in gw.stdout().splitlines() if text in x]) >= n,
+    wait_until(lambda: len([x for x in gw.stdout_lines() if text in x]) >= n,
                what=f"{n} access lines with {text!r}")
-    return [x for x in gw.stdout().splitlines() if text in x]
+    return [x for x in gw.stdout_lines() if text in x]
 
 
 def echo(s: socket.socket, data: bytes = b"ping") -> None:

@@ -53,8 +53,8 @@ servers:
         denied.connect(("127.0.0.1", port))
         denied.sendall(hello)
         assert closed(denied)
-    wait_until(lambda: len(gw.stdout().splitlines()) >= 3, what="three access lines")
-    lines = sorted(gw.stdout().splitlines())
+    wait_until(lambda: len(gw.stdout_lines()) >= 3, what="three access lines")
+    lines = sorted(gw.stdout_lines())
     assert lines == ["127.0.0.1 200 pass.test", "127.0.0.1 503 -", "127.0.0.9 403 -"], lines
     gw.wait_log("limiting connections by zone \"perip\"")
     gw.wait_log("access forbidden by rule")

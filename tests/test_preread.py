@@ -93,7 +93,7 @@ def s_client(port: int, host: str, ca: str, *args: str) -> str:
 
 
 def lines_with(gw: Gateway, text: str) -> list[str]:
-    return [line for line in gw.stdout().splitlines() if text in line]
+    return [line for line in gw.stdout_lines() if text in line]
 
 
 def test_a_passed_through_name_reaches_its_backend_which_the_client_verifies(lab):

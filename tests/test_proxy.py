@@ -212,7 +212,7 @@ def test_idle_timeout_closes_session(gateway, backends):
 def test_activity_keeps_session_alive_past_proxy_timeout(gateway, backends):
     b = backends("echo")
     port = free_port()
-    gateway(cfg(port, [b.address], extra="    proxy_timeout: 600ms"))
+    gateway(cfg(port, [b.address], extra="    proxy_timeout: 1s"))
     s = connect(port)
     for _ in range(6):  # 6 x 250 ms = 1.5 s > proxy_timeout, but never idle that long
         s.sendall(b"k")
@@ -352,7 +352,7 @@ def test_sigquit_stops_immediately(gateway, backends):
     t0 = time.monotonic()
     gw.send(signal.SIGQUIT)
     assert gw.proc.wait(10) == 0
-    assert time.monotonic() - t0 < 3
+    assert time.monotonic() - t0 < 8  # far below worker_shutdown_timeout (60s)
 
 
 def test_worker_crash_is_logged_and_respawned(gateway, backends):
@@ -460,7 +460,7 @@ def test_upstream_timing_variables_per_attempt(gateway, backends):
     gw = gateway(conf)
     s = connect(port)
     assert s.makefile("rb").readline() == b"late\n"
-    time.sleep(0.3)
+    time.sleep(1.0)  # well past the first byte's time, even on a loaded machine
     s.close()
     (line,) = gw.access_lines(1)
     connect_t, first_byte, session_t, status = line.split("|")
@@ -468,7 +468,7 @@ def test_upstream_timing_variables_per_attempt(gateway, backends):
     assert re.fullmatch(r"-, \d+\.\d{3}", connect_t), line
     assert re.fullmatch(r"-, \d+\.\d{3}", first_byte), line
     assert re.fullmatch(r"\d+\.\d{3}, \d+\.\d{3}", session_t), line
-    assert float(session_t.split(", ")[1]) >= 0.3 > float(first_byte.split(", ")[1])
+    assert float(session_t.split(", ")[1]) >= 1.0 > float(first_byte.split(", ")[1])
     assert status == "200"
 
 
@@ -497,13 +497,15 @@ def test_proxy_next_upstream_timeout_stops_new_attempts(gateway, backends):
     addrs = re.search(r'"([^"]*)"', gw.access_lines(1)[0]).group(1)
     assert addrs == ", ".join(h.address for h in hangs)  # three attempts
     gw.stop()
-    # with 500ms: the first attempt ends at ~0.3s (a second starts), the second at ~0.6s, past
-    # the limit, so no third one; an attempt already running is never cut short (nginx)
-    gw = gateway(cfg(port, servers, top=top, extra="    proxy_next_upstream_timeout: 500ms"))
+    # with 1s connect timeouts and a 1.7s limit: the first attempt ends at ~1s (a second
+    # starts), the second at ~2s, past the limit, so no third one; an attempt already running
+    # is never cut short (nginx). The 0.7s margin absorbs a late timer on a loaded machine.
+    gw = gateway(cfg(port, servers, top="proxy_connect_timeout: 1s",
+                     extra="    proxy_next_upstream_timeout: 1700ms"))
     t0 = time.monotonic()
-    s = connect(port, timeout=10)
+    s = connect(port, timeout=15)
     assert recv_all(s) == b""
-    assert 0.5 < time.monotonic() - t0 < 3
+    assert 1.7 < time.monotonic() - t0 < 8
     line = gw.access_lines(1)[0]
     assert " 502 " in line
     assert re.search(r'"([^"]*)"', line).group(1) == ", ".join(h.address for h in hangs[:2]), line

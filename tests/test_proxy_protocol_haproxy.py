@@ -100,7 +100,7 @@ def test_haproxy_in_front_sends_the_client_tlsgw_logs_it(send, gateway, backends
     gw = gateway(gw_cfg(gw_port, b.address, "proxy_protocol", "    set_real_ip_from: 127.0.0.1"))
     h = haproxy(f"listen front\n    bind 127.0.0.1:{front}\n    server gw 127.0.0.1:{gw_port} {send}\n")
     h.wait_port(front)
-    probes = len(gw.stdout().splitlines())  # wait_port's own connection, if it reached tlsgw
+    probes = len(gw.stdout_lines())  # wait_port's own connection, if it reached tlsgw
     s = connect(front, source="127.0.4.5")
     s.sendall(b"through haproxy")
     assert recv_exactly(s, 15) == b"through haproxy"

@@ -19,7 +19,9 @@ HC = "interval=200ms fails=1 passes=2 match=pong"
 
 def _config(servers: list[str], hc: str | None = HC) -> str:
     lines = "\n".join(f"      - {a}" for a in servers)
-    check = f"    health_check: {hc}\n    health_check_timeout: 300ms\n" if hc else ""
+    # fails=1: a probe timeout short enough for a loaded machine to hit would take a healthy
+    # server down; 1s is still quick for the server that never answers
+    check = f"    health_check: {hc}\n    health_check_timeout: 1s\n" if hc else ""
     return (f"worker_processes: 2\nerror_log: stderr info\npid: tlsgw.pid\n{PONG}"
             f"upstreams:\n  chat:\n    servers:\n{lines}\n"
             f"servers:\n  - listen: 127.0.0.1:0\n    proxy_pass: chat\n{check}")

@@ -46,7 +46,7 @@ servers:
   - listen: 127.0.0.1:0
     proxy_pass: chat
     health_check: interval=200ms fails=1 passes=1
-    health_check_timeout: 300ms
+    health_check_timeout: 1s
 """, workers=2)
     gw.a, gw.b = a, b
     gw.admin = admin_address(gw)

@@ -59,6 +59,28 @@ def act(gw, server: str, action: str, upstream: str = "app", **kw):
     return request(gw.admin, "POST", path, **kw)
 
 
+def workers(gw) -> list[int]:
+    return [p for p in gw.worker_pids()
+            if Path(f"/proc/{p}/comm").read_text().strip() == "tlsgw: worker"]
+
+
+def acted(gw, server: str, action: str, state: str) -> tuple[int, dict[str, str], bytes]:
+    """``act``, then wait until every worker has applied the change (its own info line): the
+    master logs the change before it tells the workers, so its line alone proves nothing
+    about where the next sessions go."""
+    line = re.escape(f'upstream server {server} of "app" {state} (admin)')
+
+    def counts() -> dict[int, int]:
+        err = gw.stderr()
+        return {pid: len(re.findall(rf"\[info\] {pid}#\d+: {line}", err)) for pid in workers(gw)}
+
+    before = counts()
+    result = act(gw, server, action)
+    wait_until(lambda: all(n > before.get(pid, 0) for pid, n in counts().items()),
+               what=f"every worker to apply {action} {server}")
+    return result
+
+
 def peer(gw, server: str) -> dict:
     doc = status_json(gw.admin)
     (app,) = [u for u in doc["upstreams"] if u["name"] == "app"]
@@ -76,7 +98,7 @@ def test_drain_takes_no_new_sessions_in_any_worker_and_open_ones_go_on(env):
         old = connect(port, timeout=5)
     else:
         raise AssertionError("no session reached B")
-    code, headers, body = act(env, b, "drain")
+    code, headers, body = acted(env, b, "drain", "is draining")
     assert code == 200, body
     assert headers["content-type"] == "application/json"
     assert json.loads(body) == {"upstream": "app", "server": b, "state": "draining",
@@ -97,7 +119,7 @@ def test_drain_takes_no_new_sessions_in_any_worker_and_open_ones_go_on(env):
     # the same action again changes nothing and logs nothing more
     code, _, body = act(env, b, "drain")
     assert code == 200 and json.loads(body)["changed"] is False
-    code, _, body = act(env, b, "disable")
+    code, _, body = acted(env, b, "disable", "is disabled")
     assert json.loads(body)["state"] == "disabled"
     env.wait_log(f'upstream server {b} of "app" is disabled (admin)')
     assert peer(env, b)["state"] == "disabled"
@@ -134,7 +156,7 @@ def test_unknown_upstream_server_or_method_is_a_clear_4xx(env):
 
 def test_states_survive_a_reload_for_servers_that_remain(env):
     port, a, b = env.port(), env.a.address, env.b.address
-    assert act(env, b, "drain")[0] == 200
+    assert acted(env, b, "drain", "is draining")[0] == 200
     c = Backend("identify", name="C")
     try:
         env.config.write_text(_config(env.a, env.b, extra_server=c.address))
@@ -160,12 +182,11 @@ def test_a_worker_started_later_inherits_the_states(env):
     port, b = env.port(), env.b.address
     assert act(env, b, "disable")[0] == 200
     try:
-        workers = [p for p in env.worker_pids()
-                   if Path(f"/proc/{p}/comm").read_text().strip() == "tlsgw: worker"]
-        assert len(workers) == 2
-        for pid in workers:
+        killed = workers(env)
+        assert len(killed) == 2
+        for pid in killed:
             os.kill(pid, signal.SIGKILL)
-        for pid in workers:
+        for pid in killed:
             env.wait_log(f"worker process {pid} exited on signal 9")
         wait_until(lambda: env.stderr().count("worker process") and
                    env.stderr().count(" started") >= 4, what="both workers restarted")

@@ -159,6 +159,10 @@ class UvServer:
         self._thread.join(10)
 
 
+#: the open connections of each echo server started by ``serve``, by port
+_LIVE: dict[int, set] = {}
+
+
 @pytest.fixture
 def serve():
     servers: list[UvServer] = []
@@ -166,6 +170,7 @@ def serve():
     def start(ctx, echo=False):
         srv = UvServer(ctx, echo)
         servers.append(srv)
+        _LIVE[srv.port] = srv.live
         return srv.port
 
     yield start
@@ -461,6 +466,13 @@ def _expiry_case(certs, tmp_path, cache, tickets, version, client, expired):
     ctx, runtime = configured(certs, settings)
     srv = UvServer(ctx)
     delay = TIMEOUT + 1.3 if expired else 1.3
+
+    def since(t0: int) -> int:
+        """The second to count from: for "within" the earliest the session can have been made
+        (t0), for "after" the latest (now: a loaded machine may have needed past the second
+        t0 to make it)."""
+        return int(time.time()) if expired else t0
+
     try:
         time.sleep(1.02 - time.time() % 1)  # start just after a second boundary
         t0 = int(time.time())
@@ -470,14 +482,14 @@ def _expiry_case(certs, tmp_path, cache, tickets, version, client, expired):
             assert not first
             if tickets:
                 assert sess.has_ticket and sess.ticket_lifetime_hint == TIMEOUT
-            time.sleep(max(0.0, t0 + delay - time.time()))
+            time.sleep(max(0.0, since(t0) + delay - time.time()))
             reused, _, _ = py_connect(srv.port, cctx, sess)
         else:
             sess_file = tmp_path / f"{cache}-{tickets}-{version.name}-{expired}.pem"
             v = "tls1_2" if version == TLS12 else "tls1_3"
             first, _ = s_client(srv.port, v, sess_file, resume=False, no_ticket=not tickets)
             assert not first
-            time.sleep(max(0.0, t0 + delay - time.time()))
+            time.sleep(max(0.0, since(t0) + delay - time.time()))
             reused, _ = s_client(srv.port, v, sess_file, resume=True, no_ticket=not tickets)
         assert srv.reused[-1] == reused  # the server saw the same thing
         # OpenSSL's counters: a resumed session is a hit, an offered one past its lifetime a
@@ -589,7 +601,14 @@ def _echo_then_drop(port, cctx, session=None):
     assert s.recv(4) == b"ping"
     out = s.session_reused, s.session
     s.close()
-    time.sleep(0.05)  # let the server notice EOF and free its SSL object
+    # let the server notice EOF and free its SSL object: its connection_lost comes after the
+    # SSL protocol has let go of it (a fixed sleep is too short on a loaded machine)
+    live = _LIVE.get(port)
+    deadline = time.monotonic() + 10
+    while live and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not live, "the server did not see the client close"
+    time.sleep(0.05)
     return out
 
 

@@ -199,7 +199,7 @@ def world(tmp_path_factory, dns):
 def access(gw: Gateway, port: int, n: int = 1) -> list[str]:
     """The access lines of the listener on ``port``, once there are ``n``."""
     def lines() -> list[str]:
-        return [ln for ln in gw.stdout().splitlines()
+        return [ln for ln in gw.stdout_lines()
                 if ln.split(" ", 2)[1].endswith(f":{port}")]
 
     wait_until(lambda: len(lines()) >= n, what=f"{n} access lines of :{port}")
@@ -233,8 +233,10 @@ def test_dig_through_tlsgw_sticks_per_client_address_as_tcp_placement(world):
     assert len(lines) == 24
     assert all(re.fullmatch(r'UDP 127\.0\.1\.1:\d+ 127\.0\.0\.\d+:\d+ 200 (\d+) (\d+) '
                             r'"127\.0\.0\.1:\d+" \1 \2 \d+\.\d{3}', ln) for ln in lines), lines
-    assert re.search(r"\*\d+ udp done, packets from/to client:1/1, bytes from/to client:\d+/\d+, "
-                     r"bytes from/to upstream:\d+/\d+", gw.stderr())
+    # the error log has its own writer thread: its lines may come after the access lines
+    wait_until(lambda: re.search(r"\*\d+ udp done, packets from/to client:1/1, bytes from/to "
+                                 r"client:\d+/\d+, bytes from/to upstream:\d+/\d+", gw.stderr()),
+               what="the udp done line")
     assert re.search(r"\*\d+ udp client 127\.0\.0\.\d+:\d+ connected to 127\.0\.1\.1:\d+",
                      gw.stderr())
 
@@ -270,10 +272,12 @@ def test_unanswered_session_is_upstream_timed_out(world):
         assert data == b"hello?"
         line = access(gw, port)[0]
     assert re.fullmatch(r'UDP \S+ \S+ 502 6 0 "127\.0\.0\.1:\d+" 6 0 \d+\.\d{3}', line), line
-    assert re.search(r"\[error\] .*upstream timed out \(110: Connection timed out\) while proxying "
-                     r"connection, udp client: 127\.0\.0\.1, server: \S+, upstream: "
-                     r'"127\.0\.0\.1:\d+", bytes from/to client:6/0, bytes from/to upstream:0/6',
-                     gw.stderr())
+    # the error log has its own writer thread: wait for the line, it may follow the access line
+    wait_until(lambda: re.search(
+        r"\[error\] .*upstream timed out \(110: Connection timed out\) while proxying "
+        r"connection, udp client: 127\.0\.0\.1, server: \S+, upstream: "
+        r'"127\.0\.0\.1:\d+", bytes from/to client:6/0, bytes from/to upstream:0/6',
+        gw.stderr()), what="the upstream timed out line")
 
 
 def test_without_proxy_responses_a_session_ends_at_proxy_timeout_with_200(world):
@@ -453,7 +457,7 @@ def test_health_check_udp_with_match_and_icmp(tmp_path):
     dead = udp_port()
     gw = Gateway(tmp_path, f"""
         error_log: stderr info
-        health_check_timeout: 500ms
+        health_check_timeout: 1s
         match:
           pong: {{send: "PING", expect: "~ ^PONG PING$"}}
         upstreams:
