@@ -158,6 +158,11 @@ def test_head_answers_headers_only(plain):
 def test_a_killed_admin_process_is_restarted(plain):
     address = admin_address(plain)
     (admin,) = [w["pid"] for w in status_json(address)["workers"] if w["role"] == "admin"]
+    # named for ps as the workers are (argv), and for pgrep -x (comm)
+    with open(f"/proc/{admin}/cmdline", "rb") as f:
+        assert f.read().rstrip(b"\0") == b"tlsgw: admin process"
+    with open(f"/proc/{admin}/comm") as f:
+        assert f.read().strip() == "tlsgw: admin"
     os.kill(admin, signal.SIGKILL)
     plain.wait_log(f"admin process {admin} exited on signal 9")
     wait_until(lambda: [w for w in status_json(address)["workers"]

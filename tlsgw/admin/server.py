@@ -208,7 +208,7 @@ def run_admin(generation: Any, channel: socket.socket | None, master_pid: int,
     import uvloop
 
     logs.reset_after_fork()
-    procctl.set_name("tlsgw: admin")
+    procctl.set_title("tlsgw: admin process", "tlsgw: admin")
     for sig in _IGNORED:
         signal.signal(sig, signal.SIG_IGN)
     for sig in (signal.SIGTERM, signal.SIGQUIT, signal.SIGCHLD):
