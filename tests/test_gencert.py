@@ -31,6 +31,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from support import free_port
 
 from tlsgw import gencert
 from tlsgw.certs import CA, CertError, KeyType, LeafCert, parse_identity
@@ -197,13 +198,17 @@ def py_client(
 
 
 def free_port_pair() -> tuple[socket.socket, socket.socket]:
-    """Two bound sockets on consecutive loopback ports P and P+1 (no bind race)."""
-    for _ in range(50):
+    """Two bound sockets on consecutive loopback ports P and P+1 (no bind race). P comes from
+    free_port(), below the ephemeral range: there, P+1 is rarely held by a client connection
+    in TIME_WAIT as it often is after bind(0) (Linux gives bind(0) even ports and connect()
+    the odd ones)."""
+    for _ in range(200):
         a = socket.socket()
-        a.bind(("127.0.0.1", 0))
         b = socket.socket()
         try:
-            b.bind(("127.0.0.1", a.getsockname()[1] + 1))
+            port = free_port()
+            a.bind(("127.0.0.1", port))
+            b.bind(("127.0.0.1", port + 1))
         except OSError:
             a.close()
             b.close()
