@@ -25,11 +25,9 @@ from tlsgw.admin import routes, steering
 from tlsgw.admin import table as stats_table
 from tlsgw.admin.board import Board, health_lookup
 from tlsgw.admin.http import MAX_LINE, HTTPError, Request, Response, Server
-from tlsgw.process import control, procctl
+from tlsgw.process import beside, control
 
 #: signals meant for the master that a stray kill must not act on here
-_IGNORED = (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH, signal.SIGTTIN,
-            signal.SIGTTOU, signal.SIGPIPE, signal.SIGALRM, signal.SIGINT)
 #: how long POST /reload waits for the master's outcome
 RELOAD_WAIT = 30.0
 
@@ -205,25 +203,6 @@ class AdminProcess:
 def run_admin(generation: Any, channel: socket.socket | None, master_pid: int,
               sock: socket.socket, board: Board, health_buf: Any = None) -> int:
     """Entry point in the forked child (the master's signals still blocked)."""
-    import uvloop
-
-    logs.reset_after_fork()
-    procctl.set_title("tlsgw: admin process", "tlsgw: admin")
-    for sig in _IGNORED:
-        signal.signal(sig, signal.SIG_IGN)
-    for sig in (signal.SIGTERM, signal.SIGQUIT, signal.SIGCHLD):
-        signal.signal(sig, signal.SIG_DFL)
-    signal.signal(signal.SIGRTMIN, signal.SIG_DFL)  # the parent-death signal: exit
-    procctl.set_parent_death_signal(signal.SIGRTMIN)
-    signal.pthread_sigmask(signal.SIG_SETMASK, set())
-    if master_pid and os.getppid() != master_pid:
-        return 1
-    loop = uvloop.new_event_loop()
-    asyncio.set_event_loop(loop)
-    try:
-        loop.run_until_complete(AdminProcess(generation, channel, master_pid, sock, board,
-                                                 health_buf).run())
-        return 0
-    finally:
-        logs.flush_all()
-        loop.close()
+    return beside.run("tlsgw: admin process", "tlsgw: admin", master_pid,
+                      lambda: AdminProcess(generation, channel, master_pid, sock, board,
+                                           health_buf).run())

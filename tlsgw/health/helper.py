@@ -11,7 +11,6 @@ it exits) and has the parent-death signal set; the master restarts it if it dies
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import signal
 import socket
@@ -22,11 +21,9 @@ from tlsgw import logs
 from tlsgw.admin import table as stats_table
 from tlsgw.health import probes
 from tlsgw.health.checker import Check, transition_line
-from tlsgw.process import control, procctl
+from tlsgw.process import beside, control
 
 # signals meant for the master that a stray kill must not act on here
-_IGNORED = (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH, signal.SIGTTIN,
-            signal.SIGTTOU, signal.SIGPIPE, signal.SIGALRM, signal.SIGINT)
 
 
 class Helper:
@@ -110,24 +107,5 @@ class Helper:
 def run_helper(generation: Any, channel: socket.socket | None = None, master_pid: int = 0) -> int:
     """Entry point in the forked child (the master's signals still blocked). Returns the exit
     status."""
-    import uvloop
-
-    logs.reset_after_fork()
-    procctl.set_title("tlsgw: health check helper process", "tlsgw: health check helper")
-    for sig in _IGNORED:
-        signal.signal(sig, signal.SIG_IGN)
-    for sig in (signal.SIGTERM, signal.SIGQUIT, signal.SIGCHLD):
-        signal.signal(sig, signal.SIG_DFL)
-    signal.signal(signal.SIGRTMIN, signal.SIG_DFL)  # the parent-death signal: exit
-    procctl.set_parent_death_signal(signal.SIGRTMIN)
-    signal.pthread_sigmask(signal.SIG_SETMASK, set())
-    if master_pid and os.getppid() != master_pid:
-        return 1
-    loop = uvloop.new_event_loop()
-    asyncio.set_event_loop(loop)
-    try:
-        loop.run_until_complete(Helper(generation, channel, master_pid).run())
-        return 0
-    finally:
-        logs.flush_all()
-        loop.close()
+    return beside.run("tlsgw: health check helper process", "tlsgw: health check helper",
+                      master_pid, lambda: Helper(generation, channel, master_pid).run())
