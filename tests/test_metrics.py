@@ -7,7 +7,9 @@ from __future__ import annotations
 import datetime as dt
 import os
 import signal
+import socket
 import ssl
+import threading
 
 import pytest
 from adminhelp import admin_address, request, status_json
@@ -306,6 +308,61 @@ def test_health_checks_and_the_down_state(health):
     assert value(m, "tlsgw_upstream_peer_up", **dead) == 0
     assert value(m, "tlsgw_upstream_peer_state", state="down", **dead) == 1
     assert value(m, "tlsgw_upstream_peer_up", upstream="checked", peer=health.live) == 1
+
+
+def test_udp_sessions_are_counted_as_tcp_ones_are(tmp_path):
+    """A UDP session is a connection of its listener and a session of its server, with its
+    bytes, its peer's bytes and gauge, and its connect duration, as for TCP."""
+    echo = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    echo.bind(("127.0.0.1", 0))
+    echo.settimeout(0.2)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                data, addr = echo.recvfrom(2048)
+            except TimeoutError:
+                continue
+            echo.sendto(data, addr)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    port = free_port()
+    peer = f"127.0.0.1:{echo.getsockname()[1]}"
+    g = module_gateway(tmp_path, f"""
+error_log: stderr info
+admin: {{listen: 127.0.0.1:0}}
+servers:
+  - listen: 127.0.0.1:{port} udp
+    proxy_pass: {peer}
+    proxy_responses: 1
+""")
+    try:
+        address = admin_address(g)
+        n = 5
+        for _ in range(n):  # a client socket each: n sessions
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as c:
+                c.settimeout(5)
+                c.sendto(PAYLOAD, ("127.0.0.1", port))
+                assert c.recvfrom(2048)[0] == PAYLOAD
+        m = wait_until(lambda: (m := scrape(address)) and value(
+            m, "tlsgw_sessions_total", status="200") == n and m, what="n UDP sessions")
+        assert value(m, "tlsgw_connections_total") == n
+        assert value(m, "tlsgw_connections_active") == 0
+        assert value(m, "tlsgw_bytes_total", direction="received") == n * len(PAYLOAD)
+        assert value(m, "tlsgw_bytes_total", direction="sent") == n * len(PAYLOAD)
+        at = {"upstream": peer, "peer": peer}
+        assert value(m, "tlsgw_upstream_bytes_total", direction="sent", **at) == n * len(PAYLOAD)
+        assert value(m, "tlsgw_upstream_bytes_total", direction="received", **at) == \
+            n * len(PAYLOAD)
+        assert value(m, "tlsgw_upstream_peer_sessions_active", **at) == 0
+        assert value(m, "tlsgw_upstream_connect_duration_seconds_count", upstream=peer) == n
+    finally:
+        g.stop()
+        stop.set()
+        thread.join()
+        echo.close()
 
 
 def test_metrics_is_off_the_data_path_when_admin_is_off(tmp_path):

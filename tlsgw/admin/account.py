@@ -1,7 +1,8 @@
-"""What a worker accounts in its row of the stats table (:mod:`tlsgw.admin.table`), called by
-the data path at four moments of a session, never per chunk: accepted (connection counters and
-gauge), TLS handshake done or failed, upstream connected (the peer's gauge, the connect time),
-and ended (sessions by status, bytes, attempts and their failures, the gauges back down).
+"""What a worker accounts in its row of the stats table (:mod:`tlsgw.admin.table`), at four
+moments of a session, never per chunk: accepted (the listener's connection counter and gauge,
+two additions inline in the data path), TLS handshake done or failed, upstream connected (the
+peer's gauge, one addition inline), and ended (sessions by status, bytes, the connect time,
+attempts and their failures, the gauges back down: one call).
 
 A worker makes one :class:`Account` per generation it adopts (with ``admin`` only) and gives
 each :class:`~tlsgw.runtime.server.ServerRuntime` a :class:`ServerAccount` as ``rt.stats``;
@@ -22,7 +23,7 @@ from tlsgw.proxy import messages
 #: histogram buckets (seconds) of the TLS handshake and upstream connect durations
 BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
            10.0)
-_WIDTH = len(BUCKETS) + 3  # the buckets, +Inf, the sum, the count
+_WIDTH = len(BUCKETS) + 2  # the buckets, +Inf, the sum (the count is the buckets')
 
 #: the TLS handshake failure reasons (label ``reason``), from the error log's causes
 HANDSHAKE_REASONS = ("not_tls", "no_client_certificate", "unknown_ca",
@@ -50,11 +51,27 @@ def handshake_reason(exc: BaseException) -> str:
     return "other"
 
 
+_bucket = bisect.bisect_left
+_SUM = len(BUCKETS) + 1  # the sum's value after a histogram's first; the count is the buckets'
+
+
 def observe(values: Any, first: int, seconds: float) -> None:
-    """One observation into the histogram whose values start at *first*."""
-    values[first + bisect.bisect_left(BUCKETS, seconds)] += 1
-    values[first + len(BUCKETS) + 1] += seconds
-    values[first + len(BUCKETS) + 2] += 1
+    """One observation into the histogram whose values start at *first* (its bucket and its
+    sum; the collector counts the buckets)."""
+    values[first + _bucket(BUCKETS, seconds)] += 1
+    values[first + _SUM] += seconds
+
+
+class _Opened(dict):
+    """listen_name -> (connections_total, connections_active); a name the generation's
+    listeners did not have gets its slots on first use (never a KeyError on the data path)."""
+
+    def __init__(self, acc: Account):
+        super().__init__()
+        self.acc = acc
+
+    def __missing__(self, listen_name: str) -> tuple[int, int]:
+        return self.acc.listener_slots(listen_name)[:2]
 
 
 class Account:
@@ -69,7 +86,24 @@ class Account:
         self.fail_timeout = {(u.name, p.name): p.fail_timeout for u in cfg.upstreams.values()
                              for p in u.peer_configs()}
         self.server_labels = server_labels
-        self.listeners: dict[str, tuple[int, int, int, int]] = {}  # see ServerAccount
+        #: listen_name -> (connections_total, connections_active, handshakes ok, histogram)
+        self.listeners: dict[str, tuple[int, int, int, int]] = {}
+        #: listen_name -> (connections_total, connections_active), what accept adds to
+        self.opened = _Opened(self)
+        for name in self.listener:
+            self.listener_slots(name)
+
+    def listener_slots(self, listen_name: str) -> tuple[int, int, int, int]:
+        got = self.listeners.get(listen_name)
+        if got is None:
+            lst = ("listener", self.listener.get(listen_name, listen_name))
+            got = self.listeners[listen_name] = (
+                self.slot("tlsgw_connections_total", lst),
+                self.slot("tlsgw_connections_active", lst),
+                self.slot("tlsgw_tls_handshakes_total", lst, ("result", "ok"), ("reason", "")),
+                self.slot("tlsgw_tls_handshake_duration_seconds", lst, width=_WIDTH))
+            self.opened[listen_name] = got[:2]
+        return got
 
     def slot(self, family: str, *labels: tuple[str, str], width: int = 1) -> int:
         k = (family, labels)
@@ -83,12 +117,18 @@ class Account:
 
 
 class ServerAccount:
-    """``rt.stats``: the accounting calls of one server's sessions. The value slots of a
-    listener, a status and a peer are found once and kept in plain dicts: a call is a few
-    dict reads and float additions."""
+    """``rt.stats``: the accounting of one server's sessions.
 
-    __slots__ = ("acc", "values", "server", "upstream", "tickets", "listeners", "statuses",
-                 "peers", "bytes_in", "bytes_out", "connect_hist")
+    The data path does as little as it can before a session ends: at accept it adds to two
+    values of its listener (:attr:`opened`, looked up by the session's ``listen_name``), at
+    upstream connect to one of the peer's (:attr:`connected_at`), both inline, with no call
+    (:mod:`tlsgw.proxy.pump`, :mod:`tlsgw.proxy.datagram`); everything else (sessions by
+    status, bytes, the connect duration, attempts and their failures, the gauges back down)
+    is :meth:`ended`, one call. The slots of the generation's listeners are found when it is
+    bound, a peer's when it is first used (DNS discovery adds peers)."""
+
+    __slots__ = ("acc", "values", "server", "upstream", "tickets", "opened", "statuses",
+                 "connected_at", "peers", "bytes_in", "bytes_out", "connect_hist")
 
     def __init__(self, acc: Account, server: str, upstream: str, tickets: bool):
         self.acc = acc
@@ -101,21 +141,17 @@ class ServerAccount:
         self.bytes_out = acc.slot("tlsgw_bytes_total", srv, ("direction", "sent"))
         self.connect_hist = acc.slot("tlsgw_upstream_connect_duration_seconds",
                                      ("upstream", upstream), width=_WIDTH)
-        self.listeners = acc.listeners  # listen_name -> (total, active, handshakes ok, hist)
+        #: listen_name -> (connections_total, connections_active): every listener of the
+        #: generation, shared by its servers (an SNI choice ends on another server's account)
+        self.opened = acc.opened
         self.statuses: dict[int, int] = {}
+        #: peer name -> its sessions_active value (what connect adds to)
+        self.connected_at: dict[str, int] = {}
         self.peers: dict[str, tuple[int, int, int, int]] = {}  # sent, received, active, until
 
     def listener(self, listen_name: str) -> tuple[int, int, int, int]:
-        got = self.listeners.get(listen_name)
-        if got is None:
-            acc = self.acc
-            lst = ("listener", acc.listener.get(listen_name, listen_name))
-            got = self.listeners[listen_name] = (
-                acc.slot("tlsgw_connections_total", lst),
-                acc.slot("tlsgw_connections_active", lst),
-                acc.slot("tlsgw_tls_handshakes_total", lst, ("result", "ok"), ("reason", "")),
-                acc.slot("tlsgw_tls_handshake_duration_seconds", lst, width=_WIDTH))
-        return got
+        """(connections_total, connections_active, handshakes ok, handshake histogram)."""
+        return self.acc.listener_slots(listen_name)
 
     def peer(self, name: str) -> tuple[int, int, int, int]:
         got = self.peers.get(name)
@@ -127,13 +163,13 @@ class ServerAccount:
                 acc.slot("tlsgw_upstream_bytes_total", *labels, ("direction", "received")),
                 acc.slot("tlsgw_upstream_peer_sessions_active", *labels),
                 acc.slot("tlsgw_upstream_peer_failed_until", *labels))
+            self.connected_at[name] = got[2]
         return got
 
-    def accepted(self, listen_name: str) -> None:
-        total, active, _, _ = self.listener(listen_name)
-        values = self.values
-        values[total] += 1
-        values[active] += 1
+    def connected_slot(self, name: str) -> int:
+        """The value an upstream connect to peer *name* adds to (the data path reads
+        :attr:`connected_at` first; this is its first time for the peer)."""
+        return self.peer(name)[2]
 
     def handshake_done(self, listen_name: str, sslobj: Any, seconds: float) -> None:
         _, _, ok, hist = self.listener(listen_name)
@@ -155,17 +191,11 @@ class ServerAccount:
                  ("result", "failed"), ("reason", handshake_reason(exc))))
         observe(self.values, self.listener(listen_name)[3], seconds)
 
-    def connected(self, peer: str, seconds: float) -> None:
-        _, _, active, until = self.peer(peer)
-        values = self.values
-        values[active] += 1
-        values[until] = 0.0
-        observe(values, self.connect_hist, seconds)
-
     def ended(self, session: Any) -> None:
-        """The session is over (``finalize``): everything else, at once."""
+        """The session is over (``finalize``): everything else, at once. A session the data
+        path counted as connected is one whose last attempt has a ``connect_time``."""
         values = self.values
-        values[self.listener(session.listen_name)[1]] -= 1
+        values[self.opened[session.listen_name][1]] -= 1
         status = session.status
         i = self.statuses.get(status)
         if i is None:
@@ -178,11 +208,18 @@ class ServerAccount:
         if not attempts:
             return
         last = attempts[-1]
-        if last.connect_time is not None and session.upstream is not None:
-            sent, received, active, _ = self.peer(last.name)
+        seconds = last.connect_time
+        if seconds is not None:
+            sent, received, active, until = self.peers.get(last.name) or self.peer(last.name)
             values[sent] += last.bytes_sent
             values[received] += last.bytes_received
             values[active] -= 1
+            values[until] = 0.0  # it took a session: not failed (max_fails) any more
+            hist = self.connect_hist  # observe(), inline
+            values[hist + _bucket(BUCKETS, seconds)] += 1
+            values[hist + _SUM] += seconds
+            if len(attempts) == 1:
+                return
         for a in attempts:
             if a.failure is not None:
                 self.failed(a)

@@ -259,6 +259,12 @@ class UdpSession:
         """The datagram that made the session: pick the server, connect, send it."""
         ctx, rt = self.ctx, self.rt
         ctx.sessions.add(self)
+        stats = rt.stats  # admin: tlsgw.admin.account, as for TCP (tlsgw.proxy.pump)
+        if stats is not None:
+            total, active = stats.opened[self.listen_name]
+            values = stats.values
+            values[total] += 1
+            values[active] += 1
         if ctx.log_info:
             ctx.error_log.log("info", f"udp {messages.client_connected(self.addr, self.listen_name)}",
                               self.conn_id)
@@ -310,6 +316,10 @@ class UdpSession:
                 continue
             self.peer = peer
             attempt.connect_time = _monotonic() - attempt.start
+            stats = rt.stats
+            if stats is not None:
+                i = stats.connected_at.get(peer.name)
+                stats.values[stats.connected_slot(peer.name) if i is None else i] += 1
             self.usock, self.ufd = sock, sock.fileno()
             ctx = self.ctx
             ctx.loop.add_reader(self.ufd, self.from_upstream)
@@ -494,6 +504,8 @@ class UdpSession:
         ctx = self.ctx
         ctx.sessions.discard(self)
         rt = self.rt
+        if rt.stats is not None:
+            rt.stats.ended(self)
         if rt.access_log is not None:  # the log phase
             rt.access_log.write(rt.access_template.render(self) + "\n")
         if ctx.draining and not ctx.sessions:

@@ -202,8 +202,11 @@ class Session(asyncio.Protocol):
             ctx.error_log.log("info", messages.client_connected(peer, self.listen_name),
                               self.conn_id)
         stats = self.rt.stats  # admin: the accounting of tlsgw.admin.account, or None
-        if stats is not None:
-            stats.accepted(self.listen_name)
+        if stats is not None:  # the listener's connections_total and _active, inline
+            total, active = stats.opened[self.listen_name]
+            values = stats.values
+            values[total] += 1
+            values[active] += 1
 
     def connection_made(self, transport: Any) -> None:
         if self.group is None:
@@ -342,8 +345,10 @@ class Session(asyncio.Protocol):
             tls.remember(peer.name, transport.get_extra_info("ssl_object"))
         now = _monotonic()
         attempt.connect_time = now - attempt.start
-        if rt.stats is not None:
-            rt.stats.connected(peer.name, attempt.connect_time)
+        stats = rt.stats
+        if stats is not None:  # the peer's sessions_active, inline; the rest at the end
+            i = stats.connected_at.get(peer.name)
+            stats.values[stats.connected_slot(peer.name) if i is None else i] += 1
         self.upstream = up
         if not rt.tcp_nodelay and peer.config.address.family != socket.AF_UNIX:
             _nodelay_off(transport)
