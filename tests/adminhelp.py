@@ -40,11 +40,13 @@ def request(address: str, method: str = "GET", path: str = "/status.json",
             token: str | None = None, body: bytes = b"",
             headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
     """One request (``Connection: close``): (status, headers lower-cased, body)."""
-    lines = [f"{method} {path} HTTP/1.1", "Host: admin", "Connection: close",
+    headers = dict(headers or {})
+    host = headers.pop("Host", "localhost" if address.startswith("unix:") else address)
+    lines = [f"{method} {path} HTTP/1.1", f"Host: {host}", "Connection: close",
              f"Content-Length: {len(body)}"]
     if token is not None:
         lines.append(f"Authorization: Bearer {token}")
-    lines += [f"{k}: {v}" for k, v in (headers or {}).items()]
+    lines += [f"{k}: {v}" for k, v in headers.items()]
     return parse(raw(address, ("\r\n".join(lines) + "\r\n\r\n").encode() + body))
 
 

@@ -114,25 +114,27 @@ def test_post_reload_answers_with_the_outcome(plain):
 
 @pytest.mark.parametrize(("data", "status", "reason"), [
     (b"GARBAGE\r\n\r\n", 400, "malformed request line"),
-    (b"GET /status.json HTTP/2.0\r\nHost: x\r\n\r\n", 505, "HTTP/2.0 is not supported"),
+    (b"GET /status.json HTTP/2.0\r\nHost: 127.0.0.1\r\n\r\n", 505, "HTTP/2.0 is not supported"),
     (b"GET /status.json HTTP/1.1\r\n\r\n", 400, "needs a Host header"),
-    (b"GET http://x/status.json HTTP/1.1\r\nHost: x\r\n\r\n", 400, "must be a path"),
-    (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 414, "longer than 8192"),
-    (b"GET / HTTP/1.1\r\nHost: x\r\n" + b"X-A: b\r\n" * 101 + b"\r\n", 431, "more than 100"),
-    (b"GET / HTTP/1.1\r\nHost: x\r\nbad header\r\n\r\n", 400, "malformed header"),
-    (b"POST /reload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n", 501,
+    (b"GET http://x/status.json HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", 400, "must be a path"),
+    (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", 414, "longer than 8192"),
+    (b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n" + b"X-A: b\r\n" * 101 + b"\r\n", 431, "more than 100"),
+    (b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nbad header\r\n\r\n", 400, "malformed header"),
+    (b"POST /reload HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n", 501,
      "Transfer-Encoding"),
-    (b"POST /reload HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999\r\n\r\n", 413,
+    (b"POST /reload HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 99999999\r\n\r\n", 413,
      "longer than 65536"),
-    (b"POST /reload HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n", 400,
+    (b"POST /reload HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: -1\r\n\r\n", 400,
      "invalid Content-Length"),
-    (b"POST /reload HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc", 400,
+    (b"POST /reload HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 10\r\n\r\nabc", 400,
      "shorter than its Content-Length"),
-    (b"GET /../../etc/passwd HTTP/1.1\r\nHost: x\r\n\r\n", 404, "no such endpoint"),
-    (b"GET /status.json/../../../etc/passwd HTTP/1.1\r\nHost: x\r\n\r\n", 404,
+    (b"GET /../../etc/passwd HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", 404, "no such endpoint"),
+    (b"GET /status.json/../../../etc/passwd HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", 404,
      "no such endpoint"),
-    (b"DELETE /status.json HTTP/1.1\r\nHost: x\r\n\r\n", 405, "allowed: GET"),
-    (b"GET /reload HTTP/1.1\r\nHost: x\r\n\r\n", 405, "allowed: POST"),
+    (b"DELETE /status.json HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", 405, "allowed: GET"),
+    (b"GET /reload HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", 405, "allowed: POST"),
+    (b"GET /status.json HTTP/1.1\r\nHost: 127.0.0.1\r\nHost: evil.example\r\n\r\n", 400,
+     "more than one Host header"),
 ])
 def test_bad_requests_get_a_4xx_with_a_reason(plain, data, status, reason):
     code, headers, body = parse(raw(admin_address(plain), data))
@@ -142,9 +144,54 @@ def test_bad_requests_get_a_4xx_with_a_reason(plain, data, status, reason):
         assert headers["allow"] in ("GET", "POST")
 
 
+def test_a_page_elsewhere_cannot_read_or_steer_the_endpoint(plain):
+    """DNS rebinding: a site's name resolved to 127.0.0.1 shows in Host and gets 403; a
+    cross-site POST (a form elsewhere) gets 403; an address, localhost, or no Host passes."""
+    address = admin_address(plain)
+    port = address.rpartition(":")[2]
+    code, _, body = request(address, headers={"Host": f"evil.example:{port}"})
+    assert code == 403 and b"'evil.example:" in body and b"set token_file" in body
+    for host in (f"localhost:{port}", f"[::1]:{port}", address, "127.0.0.1"):
+        code, _, body = parse(raw(address, f"GET /status.json HTTP/1.1\r\nHost: {host}\r\n"
+                                           "Connection: close\r\n\r\n".encode()))
+        assert code == 200, (host, body)
+    code, _, _ = parse(raw(address, b"GET /status.json HTTP/1.0\r\n\r\n"))
+    assert code == 200  # HTTP/1.0 need not name a host
+    before = status_json(address)["reloads"].get("attempts", 0)
+    code, _, body = request(address, "POST", "/reload", headers={"Origin": "http://evil.example"})
+    assert code == 403 and b"cross-site request refused" in body
+    assert status_json(address)["reloads"].get("attempts", 0) == before  # nothing was reloaded
+    # the page's files hold nothing and stay open to any Host
+    code, _, _ = request(address, "GET", "/", headers={"Host": "evil.example"})
+    assert code == 200
+
+
+@pytest.mark.parametrize(("headers", "token", "unix", "refused"), [
+    ({"host": "evil.example"}, False, False, "is not an IP address"),
+    ({"host": "evil.example"}, True, False, None),  # the token guards it
+    ({"host": "evil.example"}, False, True, None),  # no browser reaches a Unix socket
+    ({"host": "[::1"}, False, False, "is not an IP address"),  # unbalanced: no host at all
+    ({"host": "LOCALHOST:9"}, False, False, None),
+    ({"host": "10.1.2.3:9900"}, False, False, None),
+    ({"host": "a:1", "origin": "http://b:1"}, True, False, "cross-site"),
+    ({"host": "a:1", "origin": "null"}, True, False, "cross-site"),
+    ({"host": "a:1", "origin": "http://a:1"}, True, False, None),
+])
+def test_guard(headers, token, unix, refused):
+    from tlsgw.admin import guard
+    from tlsgw.admin.http import HTTPError, Request
+    req = Request("POST", "/reload", "/reload", {}, "HTTP/1.1", headers)
+    if refused is None:
+        guard.check(req, token=token, unix=unix)
+    else:
+        with pytest.raises(HTTPError) as got:
+            guard.check(req, token=token, unix=unix)
+        assert got.value.status == 403 and refused in str(got.value)
+
+
 def test_keep_alive_serves_several_requests_on_one_connection(plain):
-    one = b"GET /status.json HTTP/1.1\r\nHost: x\r\n\r\n"
-    out = raw(admin_address(plain), one + one + b"GET /nope HTTP/1.1\r\nHost: x\r\n"
+    one = b"GET /status.json HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    out = raw(admin_address(plain), one + one + b"GET /nope HTTP/1.1\r\nHost: 127.0.0.1\r\n"
               b"Connection: close\r\n\r\n")
     assert out.count(b"HTTP/1.1 200 OK") == 2 and out.count(b"HTTP/1.1 404") == 1
 
@@ -252,9 +299,9 @@ def test_connections_beyond_the_limit_get_503(plain):
         for _ in range(MAX_CONNECTIONS):
             idle.append(socket.create_connection((host, int(port)), timeout=10))
         # each is accepted (a request on the last one is answered) before the next is counted
-        idle[-1].sendall(b"GET /status.json HTTP/1.1\r\nHost: x\r\n\r\n")
+        idle[-1].sendall(b"GET /status.json HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         assert idle[-1].recv(12) == b"HTTP/1.1 200"
-        code, _, body = parse(raw(address, b"GET /status.json HTTP/1.1\r\nHost: x\r\n\r\n"))
+        code, _, body = parse(raw(address, b"GET /status.json HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"))
         assert code == 503 and b"too many admin connections" in body
     finally:
         for s in idle:

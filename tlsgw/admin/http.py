@@ -30,6 +30,11 @@ REASONS = {200: "OK", 204: "No Content", 400: "Bad Request", 401: "Unauthorized"
            504: "Gateway Timeout", 505: "HTTP Version Not Supported"}
 
 
+#: headers a request may have only once (RFC 9112 3.2 for Host; a repeated Content-Length is
+#: a request smuggler's, and an Origin or Authorization twice is nobody's honest request)
+_SINGLE = frozenset({"host", "content-length", "origin", "authorization"})
+
+
 class HTTPError(Exception):
     def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
         super().__init__(message)
@@ -130,6 +135,8 @@ async def read_request(reader: asyncio.StreamReader) -> Request | None:
             raise HTTPError(400, f"malformed header line {h[:60]!r}")
         key = name.lower()
         value = value.strip(" \t")
+        if key in headers and key in _SINGLE:
+            raise HTTPError(400, f"more than one {name} header")
         headers[key] = f"{headers[key]}, {value}" if key in headers else value
     else:
         raise HTTPError(431, f"more than {MAX_HEADERS} header lines")

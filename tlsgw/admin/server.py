@@ -20,8 +20,8 @@ from typing import Any
 from prometheus_client.exposition import choose_encoder
 
 from tlsgw import logs, statuspage
+from tlsgw.admin import guard, routes, steering
 from tlsgw.admin import metrics as admin_metrics
-from tlsgw.admin import routes, steering
 from tlsgw.admin import table as stats_table
 from tlsgw.admin.board import Board, health_lookup
 from tlsgw.admin.http import MAX_LINE, HTTPError, Request, Response, Server
@@ -75,6 +75,7 @@ class App:
         self.master_pid = master_pid
         self.log = log
         self.token = Token(self.cfg.admin.token_file if self.cfg.admin else None)
+        self.unix = self.cfg.admin is not None and self.cfg.admin.listen.family == socket.AF_UNIX
         self.reloading = asyncio.Lock()
         self.registry = self.collector = None
         if stats_table.TABLE is not None:
@@ -90,6 +91,7 @@ class App:
             raise HTTPError(401, "a valid bearer token is required (Authorization: Bearer "
                             "TOKEN, the first line of token_file)",
                             {"WWW-Authenticate": 'Bearer realm="tlsgw"'})
+        guard.check(req, token=self.token.path is not None, unix=self.unix)
         route, allowed = routes.find(req.method, req.path)
         if route is None:
             if allowed:

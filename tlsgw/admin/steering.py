@@ -15,7 +15,6 @@ import asyncio
 import os
 import socket
 from typing import Any
-from urllib.parse import urlsplit
 
 from tlsgw.admin.http import HTTPError, Request, Response
 from tlsgw.process import control
@@ -73,23 +72,10 @@ class MasterLink:
             self.pending.pop(number, None)
 
 
-def same_origin(req: Request) -> bool:
-    """False for a request a browser sent from another site (its ``Origin`` is not this
-    endpoint's ``Host``): a page elsewhere must not drain servers through a browser that can
-    reach a loopback endpoint. Clients that send no ``Origin`` (curl, scripts) pass."""
-    origin = req.headers.get("origin")
-    if origin is None:
-        return True
-    return origin != "null" and urlsplit(origin).netloc == req.headers.get("host", "")
-
-
 async def steer(link: MasterLink, req: Request) -> Response:
     """``POST /upstreams/NAME/servers/SERVER/ACTION``: SERVER is the ``server`` text as written
     in the configuration (percent-encode a ``/`` of a ``unix:`` path, or not: the last segment is
     the action)."""
-    if not same_origin(req):
-        raise HTTPError(403, f"cross-site request refused (Origin {req.headers['origin']} is not "
-                        f"this endpoint)")
     upstream, server, action = req.params["upstream"], req.params["server"], req.params["action"]
     answer = await link.steer(upstream, server, action)
     if answer.get("status") != 200:
