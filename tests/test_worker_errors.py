@@ -215,3 +215,91 @@ def test_a_failing_timer_callback_is_traced_to_its_session(tmp_path):
         logs.install(None)
         loop.close()
         asyncio.set_event_loop(None)
+
+
+def test_a_failing_udp_callback_ends_its_session_at_once(tmp_path, monkeypatch):
+    """A bug in a UDP session's upstream reader (a plain loop callback, no protocol): crit with
+    the session's number, that session ends at once with 500 (not at its proxy_timeout), the
+    listener forgets it and goes on serving others."""
+    from tlsgw.proxy.datagram import UdpSession
+    real = UdpSession.from_upstream
+
+    def buggy(self):
+        if self.bytes_received == 5:  # the client sent b"boom!"
+            raise RuntimeError("boom")
+        return real(self)
+
+    monkeypatch.setattr(UdpSession, "from_upstream", buggy)
+    loop = uvloop.new_event_loop()
+    asyncio.set_event_loop(loop)
+
+    class UdpEcho(asyncio.DatagramProtocol):
+        def connection_made(self, transport):
+            self.t = transport
+
+        def datagram_received(self, data, addr):
+            self.t.sendto(data, addr)
+
+    async def ask(port: int, data: bytes, wait: float = 5.0) -> bytes | None:
+        got = loop.create_future()
+
+        class Client(asyncio.DatagramProtocol):
+            def datagram_received(self, d, addr):
+                if not got.done():
+                    got.set_result(d)
+
+        t, _ = await loop.create_datagram_endpoint(Client, remote_addr=("127.0.0.1", port))
+        try:
+            t.sendto(data)
+            return await asyncio.wait_for(got, wait)
+        except TimeoutError:
+            return None
+        finally:
+            t.close()
+
+    async def main() -> None:
+        backend, _ = await loop.create_datagram_endpoint(UdpEcho, local_addr=("127.0.0.1", 0))
+        port = free_port()
+        path = tmp_path / "tlsgw.yaml"
+        path.write_text(textwrap.dedent(f"""\
+            error_log: {tmp_path / "error.log"} info
+            log_format:
+              short: '$remote_addr $protocol $status'
+            access_log: {tmp_path / "access.log"} short
+            servers:
+              - listen: 127.0.0.1:{port} udp
+                proxy_pass: 127.0.0.1:{backend.get_extra_info("sockname")[1]}
+                proxy_timeout: 60s
+            """))
+        cfg = load_config(str(path))
+        worker = Worker(build(cfg), [(g, listeners.bind(g.listen)) for g in cfg.groups], 0)
+        serving = loop.create_task(worker.serve())
+        assert await ask(port, b"ping") == b"ping"  # a session that stays (proxy_timeout 60s)
+        assert await ask(port, b"boom!", wait=0.5) is None  # its reply hit the bug
+        for _ in range(200):  # ended at once, not after 60 s
+            if len(worker.context.sessions) == 1:
+                break
+            await asyncio.sleep(0.01)
+        assert len(worker.context.sessions) == 1
+        assert await ask(port, b"another") == b"another"  # new clients are served
+        worker.request_stop(True)
+        await asyncio.wait_for(serving, 10)
+        backend.close()
+
+    try:
+        loop.run_until_complete(main())
+    finally:
+        for sig in (*STOP_SIGNALS, *MASTER_SIGNALS):
+            loop.remove_signal_handler(sig)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        logs.flush_all()
+        logs.install(None)
+        loop.close()
+        asyncio.set_event_loop(None)
+    errors = (tmp_path / "error.log").read_text()
+    crit = [line for line in errors.splitlines() if "[crit]" in line]
+    assert len(crit) == 1, errors
+    assert re.search(r"\[crit\] \d+#\d+: \*2 .*RuntimeError\('boom'\) at "
+                     r"tests/test_worker_errors.py:\d+ in buggy, client: 127\.0\.0\.1, "
+                     r"server: 127\.0\.0\.1:\d+$", crit[0]), crit
+    assert (tmp_path / "access.log").read_text().splitlines().count("127.0.0.1 UDP 500") == 1

@@ -404,9 +404,12 @@ class Worker:
         if ctx.draining and not ctx.sessions:  # the bug may have struck before finalize did it
             ctx.drained.set()
 
-    def forget(self, session: Session) -> None:
+    def forget(self, session: Session | datagram.UdpSession) -> None:
         """What ``finalize`` guarantees, once more, for a session whose finalize may have failed
         half way: both connections closed, the session out of the worker's set."""
+        if isinstance(session, datagram.UdpSession):
+            self.forget_udp(session)
+            return
         session.state = ENDED
         for transport in (getattr(session, "transport", None),
                           getattr(getattr(session, "upstream", None), "transport", None)):
@@ -414,10 +417,28 @@ class Worker:
                 transport.abort()
         self.context.forget(session)
 
-    def session_of(self, context: dict[str, Any], exc: BaseException | None) -> Session | None:
+    def forget_udp(self, session: datagram.UdpSession) -> None:
+        """The same for a UDP session: its timer stopped, its upstream socket closed and its
+        listener told (only if finalize did not get that far: it is still in the set then)."""
+        session.ended = True
+        timer, session.timer = session.timer, None
+        if timer is not None:
+            timer.cancel()
+        if session in self.context.sessions:
+            for step in (session.close_upstream, lambda: session.listener.ended(session)):
+                try:
+                    step()
+                except Exception as exc:
+                    self.error_log.log("crit", "ending the udp session failed: "
+                                       f"{logs.describe_exception(exc)}", session.conn_id)
+        self.context.forget(session)
+
+    def session_of(self, context: dict[str, Any],
+                   exc: BaseException | None) -> Session | datagram.UdpSession | None:
         """The session a loop error belongs to: the failing protocol's (the client side, the
         upstream side or a TLS layer around either), else the innermost frame of the traceback
-        that runs a method of one (timers, tasks, callbacks; finalize itself)."""
+        that runs a method of one (timers, tasks, callbacks; finalize itself). UDP sessions
+        too: their socket readers and timers are plain loop callbacks."""
         candidates: list[Any] = [context.get("protocol")]
         frames = []
         tb = exc.__traceback__ if exc is not None else None
@@ -427,7 +448,7 @@ class Worker:
         candidates += reversed(frames)
         for obj in candidates:
             for candidate in (obj, getattr(obj, "session", None)):
-                if isinstance(candidate, Session) and hasattr(candidate, "conn_id"):
+                if isinstance(candidate, _SESSIONS) and hasattr(candidate, "conn_id"):
                     return candidate
         return None
 
@@ -438,6 +459,10 @@ class Worker:
                 self.context.drained.set()
             return
         self.stop_requested.set()
+
+
+#: what a loop error can be traced to: a TCP session (any phase's subclass) or a UDP one
+_SESSIONS = (Session, datagram.UdpSession)
 
 
 def run_worker(generation: Generation, listeners: list[tuple[ListenGroup, socket.socket]],
