@@ -119,6 +119,7 @@ def test_counters_are_exact_over_two_workers_and_survive_kill_and_reload(gw):
     assert value(m, "tlsgw_upstream_bytes_total", direction="received", **implicit) == \
         N * len(PAYLOAD)
     assert value(m, "tlsgw_upstream_connect_duration_seconds_count", upstream=peer) == N
+    assert value(m, "tlsgw_upstream_peer_sessions_total", **implicit) == N
     # an open session: the gauges count it, in the listener and in the peer
     s = connect(port)
     assert roundtrip(s, b"x") == b"x"
@@ -224,6 +225,10 @@ def test_upstream_failures_and_peer_state(gw):
     states = {p["peer"]: p["state"] for p in pair["peers"]}
     assert states == {gw.refused: "failed", gw.echo.address: "up"}
     assert pair["peers"][0]["connect_failures"]["refused"] >= 1
+    # sessions per peer: the one session ended connected to the echo server
+    assert {p["peer"]: p["sessions_total"] for p in pair["peers"]} == {gw.refused: 0,
+                                                                       gw.echo.address: 1}
+    assert value(m, "tlsgw_upstream_peer_sessions_total", **good) == 1
     # an upstream whose certificate is not trusted (proxy_ssl_verify is on by default)
     with connect(gw.port(3), gw.host(3)) as s:
         s.sendall(PAYLOAD)
@@ -249,6 +254,7 @@ EXPECTED = {
     "tlsgw_upstream_peer_up": ("gauge", {"upstream", "peer"}),
     "tlsgw_upstream_peer_state": ("gauge", {"upstream", "peer", "state"}),
     "tlsgw_upstream_peer_sessions_active": ("gauge", {"upstream", "peer"}),
+    "tlsgw_upstream_peer_sessions": ("counter", {"upstream", "peer"}),
     "tlsgw_upstream_connect_failures": ("counter", {"upstream", "peer", "reason"}),
     "tlsgw_upstream_connect_duration_seconds": ("histogram", {"upstream"}),
     "tlsgw_health_checks": ("counter", {"upstream", "peer", "result"}),
@@ -357,6 +363,7 @@ servers:
         assert value(m, "tlsgw_upstream_bytes_total", direction="received", **at) == \
             n * len(PAYLOAD)
         assert value(m, "tlsgw_upstream_peer_sessions_active", **at) == 0
+        assert value(m, "tlsgw_upstream_peer_sessions_total", **at) == n
         assert value(m, "tlsgw_upstream_connect_duration_seconds_count", upstream=peer) == n
     finally:
         g.stop()

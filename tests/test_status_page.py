@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from adminhelp import admin_address, status_json
-from support import Backend, connect
+from support import Backend, connect, wait_until
 from tlshelp import module_gateway
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -77,6 +77,12 @@ def test_the_page_shows_a_killed_backend_down_and_a_drained_one_draining(env, br
         with connect(env.port(), timeout=5) as s:
             assert s.recv(2) in (b"A\n", b"B\n")
     expect(page.locator("#listeners tbody tr td").nth(6)).to_have_text("3", timeout=5_000)
+
+    def peer_sessions() -> int:  # the servers' "sessions" cells (round robin in each worker)
+        cells = [row(page, x).locator("td").nth(6).inner_text() for x in (a, b)]
+        return sum(int(c.replace(",", "")) for c in cells if c.strip().isdigit())
+
+    wait_until(lambda: peer_sessions() == 3, what="the servers' sessions on the page")
     page.screenshot(path=str(tmp_path / "status-up.png"), full_page=True)
 
     env.b.close()  # the backend dies: the health check takes it down

@@ -147,13 +147,14 @@ class ServerAccount:
         self.statuses: dict[int, int] = {}
         #: peer name -> its sessions_active value (what connect adds to)
         self.connected_at: dict[str, int] = {}
-        self.peers: dict[str, tuple[int, int, int, int]] = {}  # sent, received, active, until
+        #: peer name -> (bytes sent, bytes received, sessions_active, failed-until, sessions)
+        self.peers: dict[str, tuple[int, int, int, int, int]] = {}
 
     def listener(self, listen_name: str) -> tuple[int, int, int, int]:
         """(connections_total, connections_active, handshakes ok, handshake histogram)."""
         return self.acc.listener_slots(listen_name)
 
-    def peer(self, name: str) -> tuple[int, int, int, int]:
+    def peer(self, name: str) -> tuple[int, int, int, int, int]:
         got = self.peers.get(name)
         if got is None:
             acc = self.acc
@@ -162,7 +163,8 @@ class ServerAccount:
                 acc.slot("tlsgw_upstream_bytes_total", *labels, ("direction", "sent")),
                 acc.slot("tlsgw_upstream_bytes_total", *labels, ("direction", "received")),
                 acc.slot("tlsgw_upstream_peer_sessions_active", *labels),
-                acc.slot("tlsgw_upstream_peer_failed_until", *labels))
+                acc.slot("tlsgw_upstream_peer_failed_until", *labels),
+                acc.slot("tlsgw_upstream_peer_sessions_total", *labels))
             self.connected_at[name] = got[2]
         return got
 
@@ -210,10 +212,12 @@ class ServerAccount:
         last = attempts[-1]
         seconds = last.connect_time
         if seconds is not None:
-            sent, received, active, until = self.peers.get(last.name) or self.peer(last.name)
+            sent, received, active, until, total = (self.peers.get(last.name)
+                                                     or self.peer(last.name))
             values[sent] += last.bytes_sent
             values[received] += last.bytes_received
             values[active] -= 1
+            values[total] += 1
             values[until] = 0.0  # it took a session: not failed (max_fails) any more
             hist = self.connect_hist  # observe(), inline
             values[hist + _bucket(BUCKETS, seconds)] += 1

@@ -49,6 +49,9 @@ FAMILIES: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "tlsgw_upstream_peer_state": ("gauge", "The upstream server's state (one series per "
                                   "state, 1 for the current one).",
                                   ("upstream", "peer", "state")),
+    "tlsgw_upstream_peer_sessions_total": ("counter", "Sessions that were connected to the "
+                                           "upstream server, counted at their end.",
+                                           ("upstream", "peer")),
     "tlsgw_upstream_peer_sessions_active": ("gauge", "Sessions connected to the upstream "
                                             "server now.", ("upstream", "peer")),
     "tlsgw_upstream_connect_failures_total": ("counter", "Failed connection attempts to the "
@@ -164,6 +167,7 @@ class TlsgwCollector(Collector):
         for u in config.get("upstreams", []):
             for p in u["peers"]:
                 zero("tlsgw_upstream_peer_sessions_active", u["name"], p["peer"])
+                zero("tlsgw_upstream_peer_sessions_total", u["name"], p["peer"])
                 state = self.peer_state(u["name"], p, failed_until.get((u["name"], p["peer"]),
                                                                         0.0), now,
                                         steered.get((u["name"], p["server"]), "enabled"))
@@ -226,6 +230,7 @@ def live(collector: TlsgwCollector, doc: dict[str, Any]) -> dict[str, Any]:
             p["state"] = next((lb["state"] for lb, v in pick("tlsgw_upstream_peer_state", **at)
                                if v == 1), "up")
             p["sessions_active"] = total("tlsgw_upstream_peer_sessions_active", **at)
+            p["sessions_total"] = total("tlsgw_upstream_peer_sessions_total", **at)
             p["connect_failures"] = {lb["reason"]: v for lb, v in
                                      pick("tlsgw_upstream_connect_failures_total", **at)}
             p["bytes_sent"] = total("tlsgw_upstream_bytes_total", **at, direction="sent")
