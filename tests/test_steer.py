@@ -263,3 +263,17 @@ def test_sigusr2_from_anyone_but_the_admin_process_is_ignored(master):
     assert log.read_text().count("ignored") == 2
     with pytest.raises(BlockingIOError):
         worker.recv(65536)
+
+
+def test_the_implicit_upstream_of_proxy_pass_address_can_be_steered_and_is_listed(tmp_path):
+    """``proxy_pass 127.0.0.1:7009`` makes an upstream named by its address: status.json lists
+    it (so the page shows its server with buttons), and its server can be drained."""
+    from tlsgw.admin.state import describe
+    cfg = load(tmp_path, CONFIG + "  - listen: 127.0.0.1:18003\n    proxy_pass: 127.0.0.1:7009\n")
+    st = Steering()
+    assert st.change(cfg, "127.0.0.1:7009", "127.0.0.1:7009", "drain") == (DRAINING, True)
+    assert st.prune(cfg) == []  # it exists: kept across a reload
+    names = [u["name"] for u in describe(cfg, {})["upstreams"]]
+    assert names == ["u", "v", "127.0.0.1:7009"]
+    with pytest.raises(SteerError, match=r'upstreams: "127.0.0.1:7009", "u", "v"'):
+        st.change(cfg, "w", "127.0.0.1:7001", "drain")

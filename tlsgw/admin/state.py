@@ -13,6 +13,7 @@ from cryptography import x509
 
 from tlsgw.admin.names import server_label
 from tlsgw.config.model import Config
+from tlsgw.runtime.steer import steerable
 
 
 def certificate_files(cfg: Config) -> list[tuple[str, str]]:
@@ -52,7 +53,8 @@ def describe(cfg: Config, bound: dict[str, str]) -> dict[str, Any]:
                 "listen": [ls.text for ls in s.listens], "server_name": list(s.server_names),
                 "upstream": s.upstream.name} for s in cfg.servers]
     upstreams = []
-    for u in cfg.upstreams.values():
+    # the upstreams: block's (unused ones too), then the implicit ones of proxy_pass ADDRESS
+    for u in steerable(cfg).values():
         peers = [{"server": p.server, "peer": p.name, "weight": p.weight,
                   "max_fails": p.max_fails, "fail_timeout": p.fail_timeout,
                   "max_conns": p.max_conns, "backup": p.backup, "down": p.down}

@@ -335,3 +335,8 @@ class Config:
     """``match`` entries by name (for ``health_check match=NAME``)."""
     admin: AdminConfig | None = None
     """The admin endpoint (``admin``), or None when it is off."""
+
+    def used_upstreams(self) -> dict[str, UpstreamConfig]:
+        """Every upstream the servers use, by name: their ``proxy_pass`` ones (an address's
+        implicit upstream too) and those a ``proxy_pass: $VARIABLE`` map names."""
+        return {u.name: u for srv in self.servers for u in (srv.upstream, *srv.targets.values())}

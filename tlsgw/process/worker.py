@@ -77,10 +77,8 @@ class _Accept:
 
 
 def upstream_configs(generation: Generation) -> dict[str, UpstreamConfig]:
-    """Every upstream a generation's servers use, by name: their ``proxy_pass`` ones and those
-    a ``proxy_pass: $VARIABLE`` map names."""
-    return {u.name: u for srv in generation.cfg.servers
-            for u in (srv.upstream, *srv.targets.values())}
+    """Every upstream a generation's servers use (:meth:`Config.used_upstreams`)."""
+    return generation.cfg.used_upstreams()
 
 
 class Worker:

@@ -23,14 +23,20 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from tlsgw.balancer import ADMIN_STATES, DISABLED, DRAINING, ENABLED, Upstream
-from tlsgw.config.model import Config
+from tlsgw.config.model import Config, UpstreamConfig
 
-__all__ = ["ACTIONS", "STEERING", "SteerError", "Steering"]
+__all__ = ["ACTIONS", "STEERING", "SteerError", "Steering", "steerable"]
 
 #: the admin endpoint's actions and the state each sets
 ACTIONS = {"drain": DRAINING, "disable": DISABLED, "enable": ENABLED}
 #: how the error log words each state (HAProxy-like: ``... is draining (admin)``)
 WORDING = {DRAINING: "is draining", DISABLED: "is disabled", ENABLED: "is enabled"}
+
+
+def steerable(cfg: Config) -> dict[str, UpstreamConfig]:
+    """The upstreams a server of which can be steered: the ``upstreams:`` block's and the
+    implicit ones of ``proxy_pass ADDRESS`` (named by the address), as status.json lists them."""
+    return {**cfg.upstreams, **cfg.used_upstreams()}
 
 
 class SteerError(Exception):
@@ -57,9 +63,10 @@ class Steering:
         Raises:
             SteerError: no such upstream, or no such server in it (the message lists them).
         """
-        u = cfg.upstreams.get(upstream)
+        upstreams = steerable(cfg)
+        u = upstreams.get(upstream)
         if u is None:
-            known = ", ".join(f'"{n}"' for n in sorted(cfg.upstreams)) or "none"
+            known = ", ".join(f'"{n}"' for n in sorted(upstreams)) or "none"
             raise SteerError(f'no upstream "{upstream}" (upstreams: {known})')
         texts = [s.text for s in u.servers]
         if server not in texts:
@@ -95,8 +102,9 @@ class Steering:
 
     def prune(self, cfg: Config) -> list[tuple[str, str]]:
         """Forget the states of servers *cfg* no longer has; the ones forgotten."""
+        upstreams = steerable(cfg)
         gone = [(u, s) for u, s in self.states
-                if u not in cfg.upstreams or s not in {x.text for x in cfg.upstreams[u].servers}]
+                if u not in upstreams or s not in {x.text for x in upstreams[u].servers}]
         for key in gone:
             del self.states[key]
         return gone
