@@ -82,7 +82,15 @@ servers:
     proxy_ssl_trusted_certificate: {pki.ca}
     proxy_ssl_certificate: {pki.client}
     proxy_ssl_certificate_key: {pki.client_key}
+  - listen: 127.0.0.5:0 ssl  # the family test's own: it counts nothing the others count
+    proxy_pass: spare
+    ssl_certificate: {pki.server}
+    ssl_certificate_key: {pki.server_key}
 """
+    config = config.replace("upstreams:\n", f"""upstreams:
+  spare:
+    servers: ["127.0.0.1:{free_port()}", "{echo.address}"]
+""")
     g = module_gateway(d, config, workers=2)
     g.refused = f"127.0.0.1:{refused}"
     g.echo = echo
@@ -266,8 +274,22 @@ EXPECTED = {
 }
 
 
-def test_every_family_has_its_type_and_labels(gw, health):
-    got = {**families(admin_address(gw))}
+def test_every_family_has_its_type_and_labels(gw, health, pki):
+    """Every family, with samples: this test makes its own on a listener of its own (a TLS
+    session through a refused server to the echo one, and a resumption), so it holds in any
+    order of the file's tests."""
+    port, host = gw.port(4), gw.host(4)
+    ctx = pki.client_context()
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_2  # the session is complete after the handshake
+    with tls_connect(port, ctx, host=host) as s:
+        assert roundtrip(s, b"hello") == b"hello"
+        session = s.session
+    with tls_connect(port, ctx, session=session, host=host) as s:
+        assert s.session_reused and roundtrip(s, b"again") == b"again"
+    address = admin_address(gw)
+    wait_until(lambda: value(scrape(address), "tlsgw_sessions_total", server="127.0.0.5:0") == 2,
+               what="the two sessions")
+    got = {**families(address)}
     got["tlsgw_health_checks"] = families(admin_address(health))["tlsgw_health_checks"]
     for name, (kind, labels) in EXPECTED.items():
         fam = got[name]
