@@ -379,11 +379,15 @@ def test_proxy_protocol_tls_session_and_v2_out(inproc, pki):
     check_freed(inproc, server, client, tls=True, params=" proxy_protocol")
 
 
+@pytest.mark.parametrize("tls", [False, True], ids=["plain", "ssl"])
 @pytest.mark.parametrize("send", [b"GET / HTTP/1.0\r\n\r\n", b"PROXY TCP4 1.2", b""],
                          ids=["broken", "eof-in-header", "timeout"])
-def test_proxy_protocol_header_fails(inproc, send):
+def test_proxy_protocol_header_fails(inproc, pki, send, tls):
+    """Also on ``listen ... ssl proxy_protocol``: the TLS layer after the header never gets
+    the connection, and must not be left to the cyclic GC."""
     async def server() -> str:
-        return f"proxy_protocol_timeout: 10ms\nproxy_pass: {await inproc.backend()}\n"
+        return ((cert_lines(pki) if tls else "")
+                + f"proxy_protocol_timeout: 10ms\nproxy_pass: {await inproc.backend()}\n")
 
     async def client(port: int) -> None:
         r, w = await asyncio.open_connection("127.0.0.1", port)
@@ -397,7 +401,7 @@ def test_proxy_protocol_header_fails(inproc, send):
         with contextlib.suppress(OSError):
             await w.wait_closed()
 
-    check_freed(inproc, server, client, params=" proxy_protocol")
+    check_freed(inproc, server, client, tls=tls, params=" proxy_protocol")
 
 
 def test_proxy_protocol_v1_out_plain(inproc):

@@ -141,12 +141,16 @@ class HeaderReader(asyncio.Protocol):
 
     def fail(self, level: str, reason: str, status: int) -> None:
         self.done()
-        session = self.session
+        session, inner = self.session, self.inner
         self.inner = self.session = self.transport = None  # type: ignore[assignment]
-        if session.finished:
-            return
-        session.error(level, messages.reading_proxy_protocol(reason), proxy=False)
-        session.finalize(status, abort=True)
+        if not session.finished:
+            session.error(level, messages.reading_proxy_protocol(reason), proxy=False)
+            session.finalize(status, abort=True)
+        # the phases after this one never got the connection (``listen ... ssl
+        # proxy_protocol``: a TLS layer that is its own waiter); imported here, on the failure
+        # path, as gate imports this module
+        from tlsgw.proxy.gate import abandon
+        abandon(inner)
 
 
 def replay(protocol: Any, data: bytes) -> None:
