@@ -83,8 +83,8 @@ class Account:
         self.cache: dict[tuple, int] = {}
         #: Session.listen_name -> the ``listener`` label (the listen address as written)
         self.listener = {g.listen.log_name: g.listen.text for g in cfg.groups}
-        self.fail_timeout = {(u.name, p.name): p.fail_timeout for u in cfg.upstreams.values()
-                             for p in u.peer_configs()}
+        self.fail_timeout = {(u.name, p.name): p.fail_timeout
+                             for u in cfg.used_upstreams().values() for p in u.peer_configs()}
         self.server_labels = server_labels
         #: listen_name -> (connections_total, connections_active, handshakes ok, histogram)
         self.listeners: dict[str, tuple[int, int, int, int]] = {}
