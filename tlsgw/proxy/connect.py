@@ -50,7 +50,8 @@ async def attempts(session: Session) -> tuple[Peer, Attempt, UpstreamSide, Any] 
     transport), or None when the session is over (ended here with 502, or by its client)."""
     rt, loop, picker = session.rt, session.ctx.loop, session.picker
     assert picker is not None
-    task = asyncio.current_task()
+    # the task running this (the session's; asyncio.current_task() is a getpid() on 3.11)
+    task = session.connect_task or asyncio.current_task()
     assert task is not None
     first_start = _monotonic()
     while True:
