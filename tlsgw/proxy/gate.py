@@ -20,7 +20,8 @@ import asyncio
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from tlsgw.proxy import rate, realip
+from tlsgw.proxy import rate
+from tlsgw.proxy.handoff import abandon, replay
 from tlsgw.proxy.pump import ENDED, NEW, Session
 
 if TYPE_CHECKING:
@@ -31,6 +32,7 @@ class Gate(asyncio.Protocol):
     """The raw transport's protocol while a deciding phase runs."""
 
     __slots__ = ("inner", "session", "check", "handed")
+    wraps_next_phase = True  # tlsgw.proxy.handoff.abandon unwinds it
 
     def __init__(self, inner: Any, session: Any, check: Callable[[Any], bool]):
         self.inner = inner
@@ -54,24 +56,13 @@ class Gate(asyncio.Protocol):
         """The bytes the PROXY protocol reader replays (what followed the header) go on to the
         next phase; after a refusal, the transport is closing and they are dropped."""
         if self.handed is not None and not self.session.finished:
-            realip.replay(self.handed, data)
+            replay(self.handed, data)
 
     def eof_received(self) -> bool:
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
         pass
-
-
-def abandon(protocol: Any) -> None:
-    """The phases after a refusal never get the transport: let go of what they hold. (uvloop's
-    SSL protocol, :class:`~tlsgw.tls.transport.TLSAccept`, is its own handshake waiter and
-    drops that reference to itself only in ``connection_lost``; without it the session would
-    wait for the cyclic garbage collector.)"""
-    while isinstance(protocol, Gate):
-        protocol, protocol.inner = protocol.inner, None
-    if protocol is not None and not isinstance(protocol, Session):
-        protocol.connection_lost(None)
 
 
 def wrap(inner: Callable[[], Any], check: Callable[[Any], bool]) -> Callable[[], Gate]:

@@ -34,8 +34,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from tlsgw.proxy import messages
+from tlsgw.proxy.handoff import replay
 from tlsgw.proxy.pump import Session
-from tlsgw.proxy.realip import replay
 from tlsgw.proxy.record import Status
 from tlsgw.tls import sni
 from tlsgw.tls.clienthello import DECLINED, Preread

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from tlsgw.proxy import messages, proxyproto
+from tlsgw.proxy.handoff import abandon, replay
 from tlsgw.proxy.proxyproto import Header, ProxyProtocolError
 from tlsgw.proxy.pump import Session
 from tlsgw.proxy.record import Status
@@ -147,26 +148,8 @@ class HeaderReader(asyncio.Protocol):
             session.error(level, messages.reading_proxy_protocol(reason), proxy=False)
             session.finalize(status, abort=True)
         # the phases after this one never got the connection (``listen ... ssl
-        # proxy_protocol``: a TLS layer that is its own waiter); imported here, on the failure
-        # path, as gate imports this module
-        from tlsgw.proxy.gate import abandon
+        # proxy_protocol``: a TLS layer that is its own waiter)
         abandon(inner)
-
-
-def replay(protocol: Any, data: bytes) -> None:
-    """Give ``protocol`` bytes that were read before it had the transport, as the transport
-    would (uvloop's SSLProtocol is a buffered protocol)."""
-    get_buffer = getattr(protocol, "get_buffer", None)
-    if get_buffer is None:
-        protocol.data_received(data)
-        return
-    view = memoryview(data)
-    while view:
-        buf = get_buffer(len(view))
-        n = min(len(buf), len(view))
-        buf[:n] = view[:n]
-        protocol.buffer_updated(n)
-        view = view[n:]
 
 
 def post_accept(listener: Listener, inner: Callable[[], Any]) -> Callable[[], HeaderReader] | None:
