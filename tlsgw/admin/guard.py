@@ -6,10 +6,10 @@ reachable from every page the user opens).
   (a form elsewhere must not reload tlsgw or drain its servers). Clients that send no
   ``Origin`` (curl, scripts, Prometheus) pass.
 * **DNS rebinding**: without ``token_file``, a request must name the endpoint by an IP address
-  or ``localhost`` in its ``Host`` (an HTTP/1.0 request without one passes). A page whose own name was made to resolve to 127.0.0.1 is
-  same-origin with itself, so only its ``Host`` (that name) gives it away. With a token, the
-  token is the guard (the page cannot read it: the status page keeps it in sessionStorage,
-  which is per origin). A Unix socket endpoint is out of a browser's reach.
+  or ``localhost`` in its ``Host`` (an HTTP/1.0 request without one passes). A page whose own
+  name was made to resolve to 127.0.0.1 is same-origin with itself, so only its ``Host`` (that
+  name) gives it away. With a token, the token is the guard (the page cannot read it: the
+  status page keeps it in sessionStorage, which is per origin). A Unix socket endpoint is out of a browser's reach.
 """
 
 from __future__ import annotations

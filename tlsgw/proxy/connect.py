@@ -86,7 +86,7 @@ async def attempts(session: Session) -> tuple[Peer, Attempt, UpstreamSide, Any] 
                 await handshake
             transport = up.transport
         except asyncio.CancelledError:
-            if not deadline.expired:  # the client left (finalize), or the worker stops
+            if not deadline.expired or session.finished:  # the client left, or a stop
                 if raw is not None:
                     raw.abort()
                 if session.finished:
