@@ -75,17 +75,6 @@ class Route:
         self.ctx = ctx
 
 
-def context(message: str, remote_addr: str, listen: str, upstream: str | None,
-            counts: str | None) -> str:
-    """nginx's context suffix of a UDP session's line (``, udp client: ..., server: ...``)."""
-    text = f"{message}, udp client: {remote_addr}, server: {listen}"
-    if upstream is not None:
-        text += f', upstream: "{upstream}"'
-    if counts is not None:
-        text += f", {counts}"
-    return text
-
-
 class Listener:
     """One UDP listening socket of a worker, across generations: its session table.
 
@@ -524,9 +513,10 @@ class UdpSession:
             return
         if upstream == "":
             upstream = self.peer.name if self.peer is not None else None
-        log.log(level, context(message, self.remote_addr, self.listen_name, upstream,
-                               messages.byte_counts(self.bytes_received, self.up_received,
-                                                    self.up_sent) if counts else None),
+        log.log(level, messages.context(message, self.remote_addr, self.listen_name, upstream,
+                                        messages.byte_counts(self.bytes_received,
+                                                             self.up_received, self.up_sent)
+                                        if counts else None, client="udp client"),
                 self.conn_id)
 
 

@@ -97,9 +97,10 @@ def client_handshake_failed(exc: BaseException) -> str:  # info
 
 
 def context(message: str, remote_addr: str, listen: str, upstream: str | None,
-            counts: str | None) -> str:
-    """nginx's context suffix of a session's line."""
-    text = f"{message}, client: {remote_addr}, server: {listen}"
+            counts: str | None, client: str = "client") -> str:
+    """nginx's context suffix of a session's line (*client* is ``udp client`` for a UDP
+    session's)."""
+    text = f"{message}, {client}: {remote_addr}, server: {listen}"
     if upstream is not None:
         text += f', upstream: "{upstream}"'
     if counts is not None:
