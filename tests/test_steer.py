@@ -277,3 +277,15 @@ def test_the_implicit_upstream_of_proxy_pass_address_can_be_steered_and_is_liste
     assert names == ["u", "v", "127.0.0.1:7009"]
     with pytest.raises(SteerError, match=r'upstreams: "127.0.0.1:7009", "u", "v"'):
         st.change(cfg, "w", "127.0.0.1:7001", "drain")
+
+
+def test_a_child_reads_its_channel_as_nothing_yet_data_or_the_master_gone():
+    master_end, child_end = control.pair()
+    try:
+        assert control.receive(child_end, 16) is None  # nothing sent yet
+        master_end.sendall(control.REOPEN)
+        assert control.receive(child_end, 16) == control.REOPEN
+        master_end.close()
+        assert control.receive(child_end, 16) == b""  # EOF: the master is gone
+    finally:
+        child_end.close()

@@ -189,12 +189,9 @@ class AdminProcess:
 
     def from_master(self) -> None:
         assert self.channel is not None
-        try:
-            data = self.channel.recv(65536)
-        except (BlockingIOError, InterruptedError):
+        data = control.receive(self.channel, 65536)
+        if data is None:
             return
-        except OSError:
-            data = b""
         if not data:  # the master is gone
             self.done.set()
             return

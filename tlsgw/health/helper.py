@@ -64,12 +64,9 @@ class Helper:
 
     def from_master(self) -> None:
         assert self.channel is not None
-        try:
-            data = self.channel.recv(256)
-        except (BlockingIOError, InterruptedError):
+        data = control.receive(self.channel, 256)
+        if data is None:
             return
-        except OSError:
-            data = b""
         if not data:  # the master is gone
             self.done.set()
             return

@@ -120,6 +120,17 @@ def split(buffer: bytes) -> tuple[list[bytes | dict], bytes]:
     return out, buffer[i:]
 
 
+def receive(channel: socket.socket, size: int) -> bytes | None:
+    """A child's read of its non-blocking channel end: what the master sent, ``b""`` once the
+    master is gone (EOF or an error), None if nothing is there yet."""
+    try:
+        return channel.recv(size)
+    except (BlockingIOError, InterruptedError):
+        return None
+    except OSError:
+        return b""
+
+
 def pair() -> tuple[socket.socket, socket.socket]:
     """``(master_end, worker_end)``; the master closes ``worker_end`` after forking and the
     worker closes every master end it inherited (its own included, or EOF would never come)."""
