@@ -167,17 +167,22 @@ def test_counters_are_exact_over_two_workers_and_survive_kill_and_reload(gw):
     assert value(m, "tlsgw_workers") == 2
 
 
-def test_tls_handshakes_by_result_and_reason(gw, pki):
-    address = admin_address(gw)
-    port, host = gw.port(1), gw.host(1)
-    lst = "127.0.0.2:0"
+def _tls_session_and_resumption(pki, port: int, host: str) -> None:
+    """A TLS 1.2 session (complete after the handshake), then one that resumes it."""
     ctx = pki.client_context()
-    ctx.maximum_version = ssl.TLSVersion.TLSv1_2  # the session is complete after the handshake
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_2
     with tls_connect(port, ctx, host=host) as s:
         assert roundtrip(s, b"hello") == b"hello"
         session = s.session
     with tls_connect(port, ctx, session=session, host=host) as s:
         assert s.session_reused and roundtrip(s, b"again") == b"again"
+
+
+def test_tls_handshakes_by_result_and_reason(gw, pki):
+    address = admin_address(gw)
+    port, host = gw.port(1), gw.host(1)
+    lst = "127.0.0.2:0"
+    _tls_session_and_resumption(pki, port, host)
     with connect(port, host) as s:  # not TLS at all
         s.sendall(b"GET / HTTP/1.0\r\n\r\n")
         recv_all(s)
@@ -279,13 +284,7 @@ def test_every_family_has_its_type_and_labels(gw, health, pki):
     session through a refused server to the echo one, and a resumption), so it holds in any
     order of the file's tests."""
     port, host = gw.port(4), gw.host(4)
-    ctx = pki.client_context()
-    ctx.maximum_version = ssl.TLSVersion.TLSv1_2  # the session is complete after the handshake
-    with tls_connect(port, ctx, host=host) as s:
-        assert roundtrip(s, b"hello") == b"hello"
-        session = s.session
-    with tls_connect(port, ctx, session=session, host=host) as s:
-        assert s.session_reused and roundtrip(s, b"again") == b"again"
+    _tls_session_and_resumption(pki, port, host)
     address = admin_address(gw)
     wait_until(lambda: value(scrape(address), "tlsgw_sessions_total", server="127.0.0.5:0") == 2,
                what="the two sessions")

@@ -49,6 +49,21 @@ def config(tmp_path: Path, shutdown: str = "30s") -> tuple[object, list[int]]:
     return path, ports
 
 
+def run_on_fresh_loop(loop: asyncio.AbstractEventLoop, main) -> None:
+    """Run ``main()`` on *loop* (a fresh uvloop loop, the current one), then undo what a
+    Worker's ``serve()`` installed: its signal handlers, the error log, the loop."""
+    try:
+        loop.run_until_complete(main())
+    finally:
+        for sig in (*STOP_SIGNALS, *MASTER_SIGNALS):
+            loop.remove_signal_handler(sig)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        logs.flush_all()
+        logs.install(None)
+        loop.close()
+        asyncio.set_event_loop(None)
+
+
 def run_worker_in_process(tmp_path: Path, scenario) -> tuple[str, str]:
     """Run ``scenario(worker, ports)`` against an in-process worker; (error log, access log)."""
     loop = uvloop.new_event_loop()
@@ -76,16 +91,7 @@ def run_worker_in_process(tmp_path: Path, scenario) -> tuple[str, str]:
         await asyncio.wait_for(serving, 10)
         backend.close()
 
-    try:
-        loop.run_until_complete(main())
-    finally:
-        for sig in (*STOP_SIGNALS, *MASTER_SIGNALS):
-            loop.remove_signal_handler(sig)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        logs.flush_all()
-        logs.install(None)
-        loop.close()
-        asyncio.set_event_loop(None)
+    run_on_fresh_loop(loop, main)
     return (tmp_path / "error.log").read_text(), (tmp_path / "access.log").read_text()
 
 
@@ -286,16 +292,7 @@ def test_a_failing_udp_callback_ends_its_session_at_once(tmp_path, monkeypatch):
         await asyncio.wait_for(serving, 10)
         backend.close()
 
-    try:
-        loop.run_until_complete(main())
-    finally:
-        for sig in (*STOP_SIGNALS, *MASTER_SIGNALS):
-            loop.remove_signal_handler(sig)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        logs.flush_all()
-        logs.install(None)
-        loop.close()
-        asyncio.set_event_loop(None)
+    run_on_fresh_loop(loop, main)
     errors = (tmp_path / "error.log").read_text()
     crit = [line for line in errors.splitlines() if "[crit]" in line]
     assert len(crit) == 1, errors
