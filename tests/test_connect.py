@@ -6,6 +6,7 @@ from __future__ import annotations
 from mockio import Harness
 
 from tlsgw.proxy import messages
+from tlsgw.proxy.pump import State
 from tlsgw.proxy.record import Status
 
 PEERS = ("10.0.0.2:80", "10.0.0.3:80", "10.0.0.4:80")
@@ -40,6 +41,23 @@ def test_next_upstream_timeout_stops_new_attempts_but_never_cuts_one_short(harne
     h.loop.advance(0.1)
     assert len(h.connects) == 2 and h.session.status == Status.BAD_GATEWAY
     assert [round(a.session_time, 3) for a in h.session.attempts] == [0.8, 0.8]
+
+
+def test_a_timed_out_attempt_goes_on_to_the_next_peer_which_then_proxies(harness):
+    """The connect timer cancels the connect task; the task takes that back (uncancel) and
+    goes on: the next peer connects and the session proxies in the same task."""
+    h = harness(peers=PEERS[:2], top="proxy_connect_timeout: 500ms").start()
+    h.loop.advance(0.6)
+    assert len(h.connects) == 2 and not h.session.finished
+    (level, text), = lines(h, "upstream timed out (110: Connection timed out)")
+    assert level == "error" and f'upstream: "{PEERS[0]}"' in text
+    assert h.session.attempts[0].failure == "timeout"
+    upstream = h.connect()
+    assert h.session.state is State.PROXYING and h.session.connect_task is None
+    h.client.feed(b"hello")
+    assert upstream.data == b"hello"
+    h.loop.advance(1.0)  # the first attempt's timer is gone: nothing fires any more
+    assert h.session.state is State.PROXYING
 
 
 def test_failed_peer_is_disabled_after_max_fails(harness):
