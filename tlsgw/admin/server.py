@@ -177,24 +177,13 @@ class AdminProcess:
         self.done = asyncio.Event()
 
     async def run(self) -> None:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGQUIT):
-            loop.add_signal_handler(sig, self.done.set)
-        if self.channel is not None:
-            loop.add_reader(self.channel.fileno(), self.from_master)
+        beside.watch_master(self.done, self.channel, self.from_master, 65536)
         http = Server(self.app.dispatch, self.log.log)
         server = await asyncio.start_server(http.handle, sock=self.sock, limit=MAX_LINE + 2)
         await self.done.wait()
         server.close()
 
-    def from_master(self) -> None:
-        assert self.channel is not None
-        data = control.receive(self.channel, 65536)
-        if data is None:
-            return
-        if not data:  # the master is gone
-            self.done.set()
-            return
+    def from_master(self, data: bytes) -> None:
         if control.REOPEN in self.app.link.feed(data):  # and the master's replies
             logs.reopen_all()
 

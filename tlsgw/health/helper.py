@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import signal
 import socket
 import time
 from typing import Any
@@ -51,25 +50,14 @@ class Helper:
             self.stats.adopt()
 
     async def run(self) -> None:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGQUIT):
-            loop.add_signal_handler(sig, self.done.set)
-        if self.channel is not None:
-            loop.add_reader(self.channel.fileno(), self.from_master)
+        beside.watch_master(self.done, self.channel, self.from_master, 256)
         tasks = [asyncio.create_task(self.watch(t)) for t in self.generation.health_targets]
         await self.done.wait()
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    def from_master(self) -> None:
-        assert self.channel is not None
-        data = control.receive(self.channel, 256)
-        if data is None:
-            return
-        if not data:  # the master is gone
-            self.done.set()
-            return
+    def from_master(self, data: bytes) -> None:
         if control.REOPEN in data:
             logs.reopen_all()
             self.log.log("notice", "reopening logs")

@@ -14,7 +14,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from tlsgw import logs
-from tlsgw.process import procctl
+from tlsgw.process import control, procctl
 
 #: the signals such a process ignores (the master handles them for the whole gateway)
 IGNORED = (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH, signal.SIGTTIN,
@@ -46,3 +46,27 @@ def run(title: str, name: str, master_pid: int,
     finally:
         logs.flush_all()
         loop.close()
+
+
+def watch_master(done: asyncio.Event, channel: Any, on_data: Callable[[bytes], None],
+                 size: int) -> None:
+    """On the running loop: *done* is set on SIGTERM or SIGQUIT, or once the master is gone
+    (its end of *channel* closed); what the master sends (up to *size* bytes a read) goes to
+    *on_data*."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGQUIT):
+        loop.add_signal_handler(sig, done.set)
+    if channel is None:
+        return
+
+    def readable() -> None:
+        data = control.receive(channel, size)
+        if data is None:
+            return
+        if not data:  # the master is gone
+            loop.remove_reader(channel.fileno())
+            done.set()
+            return
+        on_data(data)
+
+    loop.add_reader(channel.fileno(), readable)
