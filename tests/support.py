@@ -8,6 +8,7 @@ import itertools
 import os
 import random
 import re
+import shutil
 import signal
 import socket
 import ssl
@@ -387,6 +388,39 @@ def run_cli(*args: str, cwd: Path | None = None, timeout: float = 30) -> subproc
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     return subprocess.run([sys.executable, "-m", "tlsgw", *args], capture_output=True, text=True,
                           cwd=cwd, timeout=timeout, env=env)
+
+
+#: the reference nginx, or None where it is not installed (tests that need it skip)
+NGINX = (shutil.which("nginx")
+         or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None))
+
+
+def accepts(port: int, host: str = "127.0.0.1") -> bool:
+    """True if something accepts a TCP connection on *port* now."""
+    try:
+        socket.create_connection((host, port), timeout=0.5).close()
+        return True
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def nginx_running(conf: Path, prefix: Path, port: int) -> Iterator[subprocess.Popen[bytes]]:
+    """nginx in the foreground on *conf* (prefix *prefix*, its pid file there), until it accepts
+    on *port*; SIGQUIT to its process group at the end."""
+    assert NGINX is not None
+    proc = subprocess.Popen([NGINX, "-p", str(prefix), "-c", str(conf), "-e", "stderr",
+                             "-g", f"daemon off; pid {prefix}/nginx.pid;"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    try:
+        wait_until(lambda: accepts(port) or proc.poll() is not None, what="nginx")
+        assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+        yield proc
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGQUIT)
+        proc.wait(10)
 
 
 def connect(port: int, host: str = "127.0.0.1", source: str | None = None,

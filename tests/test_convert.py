@@ -12,14 +12,12 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
-from support import connect, free_port, run_cli, wait_until
+from support import NGINX, accepts, connect, free_port, nginx_running, run_cli, wait_until
 
 from tlsgw.config import schema
 from tlsgw.convert import convert, scalar
@@ -27,7 +25,6 @@ from tlsgw.convert.nginxconf import read
 from tlsgw.errors import ConfigError
 
 CORPUS = Path(__file__).parent / "data" / "convert"
-NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
 STREAM_MODULE = "/usr/lib/nginx/modules/ngx_stream_module.so"
 CONFS = sorted(p.name for p in CORPUS.glob("*.conf"))
 ERRORS = sorted(p.name for p in (CORPUS / "errors").glob("*.conf"))
@@ -409,14 +406,6 @@ def _names(port: int, sources: list[str]) -> dict[str, str]:
     return out
 
 
-def _accepts(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-        return True
-    except OSError:
-        return False
-
-
 @needs_nginx
 @pytest.mark.parametrize("method", ["hash $remote_addr consistent", "hash $remote_addr"])
 def test_hash_placement_matches_nginx(tmp_path, backends, gateway, method):
@@ -444,20 +433,11 @@ stream {{
     text = convert(str(conf)).text
     assert text.count(f"listen: 127.0.0.1:{nginx_port}\n") == 1
     gw = gateway(text.replace(f"listen: 127.0.0.1:{nginx_port}", f"listen: 127.0.0.1:{tlsgw_port}"))
-    proc = subprocess.Popen([NGINX, "-p", str(tmp_path), "-c", str(conf), "-e", "stderr",
-                             "-g", f"daemon off; pid {tmp_path}/nginx.pid;"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            start_new_session=True)
-    try:
-        wait_until(lambda: _accepts(nginx_port) or proc.poll() is not None, what="nginx")
-        assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
-        wait_until(lambda: _accepts(tlsgw_port), what="tlsgw")
+    with nginx_running(conf, tmp_path, nginx_port):
+        wait_until(lambda: accepts(tlsgw_port), what="tlsgw")
         sources = [f"127.0.0.{i}" for i in range(10, 30)]
         by_nginx = _names(nginx_port, sources)
         by_tlsgw = _names(tlsgw_port, sources)
-    finally:
-        os.killpg(proc.pid, signal.SIGQUIT)
-        proc.wait(10)
     assert by_tlsgw == by_nginx
     # more than one backend is used (with random ports, a weight-1 backend of 8 may get none
     # of 20 addresses)

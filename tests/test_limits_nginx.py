@@ -6,28 +6,26 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
-import signal
-import socket
-import subprocess
 from pathlib import Path
 
 import pytest
-from support import Backend, Gateway, connect, free_port, recv_all, recv_exactly, wait_until
+from support import (
+    NGINX,
+    Backend,
+    Gateway,
+    accepts,
+    connect,
+    free_port,
+    nginx_running,
+    recv_all,
+    recv_exactly,
+    wait_until,
+)
 
 from tlsgw.convert import convert
 
-NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if os.path.exists("/usr/sbin/nginx") else None)
 STREAM_MODULE = "/usr/lib/nginx/modules/ngx_stream_module.so"
 pytestmark = pytest.mark.skipif(NGINX is None, reason="nginx is not installed")
-
-
-def _accepts(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-        return True
-    except OSError:
-        return False
 
 
 def _run_clients(port: int) -> None:
@@ -91,24 +89,17 @@ stream {{
             .replace(f"{tmp_path}/n/", f"{tmp_path}/t/"))
     gw = Gateway(tmp_path / "t", text, workers=1)
     gw.start(wait=False)
-    proc = subprocess.Popen([NGINX, "-p", str(tmp_path), "-c", str(conf), "-e", "stderr",
-                             "-g", f"daemon off; pid {tmp_path}/nginx.pid;"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            start_new_session=True)
     try:
-        wait_until(lambda: _accepts(nginx_port) or proc.poll() is not None, what="nginx")
-        assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
-        wait_until(lambda: _accepts(tlsgw_port) or gw.proc.poll() is not None, what="tlsgw")
-        assert gw.proc.poll() is None, gw.stderr()
-        _lines(tmp_path / "t" / "access.log", 1)  # the probe connection above
-        _lines(tmp_path / "n" / "access.log", 1)
-        for port in (nginx_port, tlsgw_port):
-            _run_clients(port)
-        by_nginx = _lines(tmp_path / "n" / "access.log", 5)
-        by_tlsgw = _lines(tmp_path / "t" / "access.log", 5)
+        with nginx_running(conf, tmp_path, nginx_port):
+            wait_until(lambda: accepts(tlsgw_port) or gw.proc.poll() is not None, what="tlsgw")
+            assert gw.proc.poll() is None, gw.stderr()
+            _lines(tmp_path / "t" / "access.log", 1)  # the probe connection above
+            _lines(tmp_path / "n" / "access.log", 1)
+            for port in (nginx_port, tlsgw_port):
+                _run_clients(port)
+            by_nginx = _lines(tmp_path / "n" / "access.log", 5)
+            by_tlsgw = _lines(tmp_path / "t" / "access.log", 5)
     finally:
-        os.killpg(proc.pid, signal.SIGQUIT)
-        proc.wait(10)
         gw.stop(timeout=10)
         backend.close()
     assert by_tlsgw == by_nginx
