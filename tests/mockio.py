@@ -254,6 +254,10 @@ class RecordingLog:
     def text(self) -> str:
         return "\n".join(f"[{lvl}] {msg}" for lvl, msg in self.lines)
 
+    def texts(self, level: str | None = None) -> list[str]:
+        """The lines' texts (of *level* only, if given)."""
+        return [m for lv, m in self.lines if level is None or lv == level]
+
 
 class Harness:
     """A :class:`Session` of the first server of a YAML config, on a :class:`FakeLoop`."""

@@ -10,26 +10,13 @@ import textwrap
 from typing import Any
 
 import pytest
+from mockio import RecordingLog
 
 from tlsgw.balancer import Upstream
 from tlsgw.config.load import load_config
 from tlsgw.proxy import datagram
 from tlsgw.proxy.context import WorkerContext
 from tlsgw.runtime.server import ServerRuntime
-
-
-class Log:
-    def __init__(self) -> None:
-        self.lines: list[tuple[str, str]] = []
-
-    def enabled(self, level: str) -> bool:
-        return True
-
-    def log(self, level: str, message: str, conn: int | None = None) -> None:
-        self.lines.append((level, message))
-
-    def texts(self, level: str | None = None) -> list[str]:
-        return [m for lv, m in self.lines if level is None or lv == level]
 
 
 class Timer:
@@ -145,7 +132,7 @@ class World:
         self.upstream = Upstream("u", srv.upstream.peer_configs(), srv.upstream.method)
         self.rt.bind(self.upstream)
         self.loop = Loop()
-        self.log = Log()
+        self.log = RecordingLog()
         self.ctx = WorkerContext(self.loop, self.log)  # type: ignore[arg-type]
         self.upsocks: list[Sock] = []
 
