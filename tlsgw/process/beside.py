@@ -1,5 +1,6 @@
 """The start of a process the master forks beside its workers (the health check helper, the
-admin process): what each does before its own event loop runs.
+admin process): what each does before its own event loop runs (:func:`run`), and how it then
+listens to the master (:func:`watch_master`).
 
 Such a process takes no operator signal (the master's job), ends on SIGTERM/SIGQUIT or when the
 master is gone (parent-death signal), and runs one uvloop loop until its main coroutine returns.
